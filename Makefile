@@ -1,0 +1,58 @@
+# ngx_http_llm_module: build, test and benchmark entry points.
+#
+#   make                      module against Debian's nginx (nginx-dev)
+#   make NGINX_SRC=DIR        module inside an nginx >= 1.22 source tree
+#   make test                 the Test::Nginx suite (prove -r t/)
+#   make valgrind             the suite with nginx under valgrind
+#   make demo                 nginx + the example config + the mock model
+#   make bootstrap            install every Debian package needed (root)
+
+BUILD   = build
+MODULE  = $(BUILD)/ngx_http_llm_module.so
+MOCK    = $(BUILD)/llm-mock
+UNIT    = $(BUILD)/llm-unit
+
+CC      ?= cc
+CFLAGS  ?= -O2 -g
+WARN    = -Wall -Wextra -Werror
+
+NGX_TREE = $(if $(NGINX_SRC),$(NGINX_SRC),$(BUILD)/nginx)
+NGX_INCS = -I$(NGX_TREE)/src/core -I$(NGX_TREE)/src/event \
+           -I$(NGX_TREE)/src/event/modules -I$(NGX_TREE)/src/os/unix \
+           -I$(NGX_TREE)/objs -Isrc
+
+UNIT_SRCS = t/unit/llm_unit.c src/ngx_http_llm_upstream_sse.c \
+            src/ngx_http_llm_json.c \
+            src/ngx_http_llm_openai.c src/ngx_http_llm_anthropic.c
+
+.PHONY: all module test valgrind demo bootstrap bench clean
+
+all: module $(MOCK) $(UNIT)
+
+module: $(MODULE)
+
+$(MODULE): config $(wildcard src/*.c src/*.h) util/build.sh
+	util/build.sh
+
+$(MOCK): util/llm-mock.c
+	@mkdir -p $(BUILD)
+	$(CC) $(CFLAGS) $(WARN) -o $@ $<
+
+$(UNIT): $(MODULE) $(UNIT_SRCS) $(wildcard src/*.h)
+	$(CC) $(CFLAGS) $(WARN) -Wno-unused-parameter $(NGX_INCS) \
+	    -o $@ $(UNIT_SRCS) -ljansson
+
+test: all
+	util/test.sh
+
+valgrind: all
+	TEST_NGINX_USE_VALGRIND=1 util/test.sh
+
+demo: all
+	util/demo.sh
+
+bootstrap:
+	util/bootstrap.sh
+
+clean:
+	rm -rf $(BUILD) t/servroot*

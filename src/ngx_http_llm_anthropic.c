@@ -1,0 +1,213 @@
+
+/*
+ * Copyright (C) ngx_http_llm_module authors
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <jansson.h>
+#include "ngx_http_llm_provider.h"
+
+
+/* the API requires "max_tokens" */
+#define NGX_HTTP_LLM_ANTHROPIC_MAX_TOKENS  4096
+
+
+typedef struct {
+    ngx_int_t   input;
+    unsigned    stopped:1;
+} ngx_http_llm_anthropic_state_t;
+
+
+static char *ngx_http_llm_anthropic_body(ngx_http_llm_params_t *params,
+    size_t *len);
+static ngx_int_t ngx_http_llm_anthropic_headers(ngx_http_llm_params_t *params,
+    char **lines, ngx_uint_t max);
+static ngx_int_t ngx_http_llm_anthropic_event(void *state, ngx_str_t *event,
+    ngx_str_t *data, ngx_http_llm_sink_t *sink);
+static void ngx_http_llm_anthropic_delta(ngx_http_llm_anthropic_state_t *st,
+    json_t *root, ngx_http_llm_sink_t *sink);
+static ngx_int_t ngx_http_llm_anthropic_eof(void *state);
+
+
+const ngx_http_llm_provider_t  ngx_http_llm_anthropic = {
+    "anthropic",
+    ngx_http_llm_anthropic_body,
+    ngx_http_llm_anthropic_headers,
+    sizeof(ngx_http_llm_anthropic_state_t),
+    ngx_http_llm_anthropic_event,
+    ngx_http_llm_anthropic_eof,
+    ngx_http_llm_status_error
+};
+
+
+static char *
+ngx_http_llm_anthropic_body(ngx_http_llm_params_t *params, size_t *len)
+{
+    json_t      *root, *messages;
+    ngx_uint_t   max;
+
+    max = params->max_tokens ? params->max_tokens
+                             : NGX_HTTP_LLM_ANTHROPIC_MAX_TOKENS;
+
+    root = json_object();
+    messages = json_array();
+
+    if (json_object_set_new(root, "model",
+                            ngx_http_llm_json_str(&params->model))
+           != 0
+        || json_object_set_new(root, "max_tokens", json_integer(max)) != 0
+        || (params->system.len
+            && json_object_set_new(root, "system",
+                                   ngx_http_llm_json_str(&params->system))
+               != 0)
+        || json_object_set(root, "messages", messages) != 0
+        || json_array_append_new(messages,
+               ngx_http_llm_json_msg("user", &params->prompt))
+           != 0
+        || json_object_set_new(root, "stream", json_true()) != 0)
+    {
+        json_decref(messages);
+        json_decref(root);
+        return NULL;
+    }
+
+    json_decref(messages);
+
+    return ngx_http_llm_json_dump(root, len);
+}
+
+
+static ngx_int_t
+ngx_http_llm_anthropic_headers(ngx_http_llm_params_t *params, char **lines,
+    ngx_uint_t max)
+{
+    static const char  *fixed[] = {
+        "Content-Type: application/json",
+        "Accept: text/event-stream",
+        "anthropic-version: 2023-06-01",
+        NULL
+    };
+
+    return ngx_http_llm_header_lines(lines, max, fixed, "x-api-key: ",
+                                     &params->api_key);
+}
+
+
+static ngx_int_t
+ngx_http_llm_anthropic_event(void *state, ngx_str_t *event, ngx_str_t *data,
+    ngx_http_llm_sink_t *sink)
+{
+    ngx_http_llm_anthropic_state_t  *st = state;
+
+    u_char     *type;
+    size_t      len;
+    json_t     *root, *delta, *v;
+    ngx_int_t   rc;
+
+    root = ngx_http_llm_json_parse(data, sink);
+    if (root == NULL) {
+        return NGX_ERROR;
+    }
+
+    /* some proxies drop "event:" lines; "type" in the data repeats it */
+
+    if (event->len) {
+        type = event->data;
+        len = event->len;
+
+    } else {
+        v = json_object_get(root, "type");
+        type = (u_char *) json_string_value(v);
+        len = json_string_length(v);
+    }
+
+    rc = NGX_OK;
+
+    if (ngx_http_llm_str_is(type, len, "content_block_delta")) {
+
+        /* not tool input ("input_json_delta") nor "thinking_delta" */
+
+        delta = json_object_get(root, "delta");
+        v = json_object_get(delta, "type");
+
+        if (json_is_string(v)
+            && ngx_strcmp(json_string_value(v), "text_delta") == 0)
+        {
+            v = json_object_get(delta, "text");
+
+            if (json_is_string(v) && json_string_length(v) > 0) {
+                sink->text(sink->data, (u_char *) json_string_value(v),
+                           json_string_length(v));
+            }
+        }
+
+    } else if (ngx_http_llm_str_is(type, len, "message_start")) {
+
+        v = json_object_get(json_object_get(json_object_get(root, "message"),
+                                            "usage"),
+                            "input_tokens");
+
+        if (json_is_integer(v)) {
+            st->input = (ngx_int_t) json_integer_value(v);
+        }
+
+    } else if (ngx_http_llm_str_is(type, len, "message_delta")) {
+        ngx_http_llm_anthropic_delta(st, root, sink);
+
+    } else if (ngx_http_llm_str_is(type, len, "message_stop")) {
+        rc = NGX_DONE;
+
+    } else if (ngx_http_llm_str_is(type, len, "error")) {
+        rc = ngx_http_llm_json_fail(root, sink);
+    }
+
+    /* "ping", "content_block_start/stop" and future events are ignored */
+
+    json_decref(root);
+
+    return rc;
+}
+
+
+static void
+ngx_http_llm_anthropic_delta(ngx_http_llm_anthropic_state_t *st, json_t *root,
+    ngx_http_llm_sink_t *sink)
+{
+    json_t  *v, *usage;
+
+    v = json_object_get(json_object_get(root, "delta"), "stop_reason");
+
+    if (json_is_string(v) && json_string_length(v) > 0) {
+        st->stopped = 1;
+        sink->finish(sink->data, (u_char *) json_string_value(v),
+                     json_string_length(v));
+    }
+
+    usage = json_object_get(root, "usage");
+
+    /* newer API versions repeat the input count here */
+
+    v = json_object_get(usage, "input_tokens");
+
+    if (json_is_integer(v)) {
+        st->input = (ngx_int_t) json_integer_value(v);
+    }
+
+    v = json_object_get(usage, "output_tokens");
+
+    if (json_is_integer(v)) {
+        sink->usage(sink->data, st->input, (ngx_int_t) json_integer_value(v));
+    }
+}
+
+
+static ngx_int_t
+ngx_http_llm_anthropic_eof(void *state)
+{
+    ngx_http_llm_anthropic_state_t  *st = state;
+
+    /* a stop reason means only "message_stop" is missing */
+    return st->stopped ? NGX_OK : NGX_ERROR;
+}

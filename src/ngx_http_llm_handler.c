@@ -1,0 +1,375 @@
+
+/*
+ * Copyright (C) ngx_http_llm_module authors
+ */
+
+
+/*
+ * The content handler: checks the request, reads its body, resolves the
+ * configured texts, starts a job and turns the request into its stream.
+ * Everything that can be refused is refused here, as JSON, before the
+ * stream starts.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <jansson.h>
+
+#include "ngx_http_llm_module.h"
+
+
+static void ngx_http_llm_body_handler(ngx_http_request_t *r);
+static void ngx_http_llm_begin(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+static ngx_int_t ngx_http_llm_spec(ngx_http_request_t *r,
+    ngx_http_llm_loc_conf_t *llcf, ngx_http_llm_spec_t *spec,
+    ngx_str_t *err);
+static ngx_int_t ngx_http_llm_eval(ngx_http_request_t *r,
+    ngx_http_complex_value_t *cv, ngx_str_t *value);
+static void ngx_http_llm_cleanup(void *data);
+
+
+ngx_int_t
+ngx_http_llm_handler(ngx_http_request_t *r)
+{
+    ngx_int_t            rc;
+    ngx_str_t            msg, *type;
+    ngx_table_elt_t     *allow;
+    ngx_http_llm_ctx_t  *ctx;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_POST))) {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        allow = ngx_list_push(&r->headers_out.headers);
+        if (allow == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        allow->hash = 1;
+        ngx_str_set(&allow->key, "Allow");
+        ngx_str_set(&allow->value, "GET, POST");
+
+        ngx_str_set(&msg, "use GET (EventSource) or POST");
+        return ngx_http_llm_send_json_error(r, NGX_HTTP_NOT_ALLOWED,
+                                            "method_not_allowed", &msg);
+    }
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->request = r;
+    ngx_http_set_ctx(r, ctx, ngx_http_llm_module);
+
+    if (r->method == NGX_HTTP_GET) {
+        rc = ngx_http_discard_request_body(r);
+        if (rc != NGX_OK) {
+            return rc;
+        }
+
+        r->main->count++;
+        ngx_http_llm_begin(r, ctx);
+
+        return NGX_DONE;
+    }
+
+    type = r->headers_in.content_type ? &r->headers_in.content_type->value
+                                      : NULL;
+
+    if (r->headers_in.content_length_n > 0 || r->headers_in.chunked) {
+
+        if (type == NULL
+            || (ngx_strncasecmp(type->data, (u_char *) "application/json",
+                                sizeof("application/json") - 1) != 0
+                && ngx_strncasecmp(type->data,
+                             (u_char *) "application/x-www-form-urlencoded",
+                             sizeof("application/x-www-form-urlencoded") - 1)
+                   != 0))
+        {
+            rc = ngx_http_discard_request_body(r);
+            if (rc != NGX_OK) {
+                return rc;
+            }
+
+            ngx_str_set(&msg, "the body must be application/json or "
+                              "application/x-www-form-urlencoded");
+            return ngx_http_llm_send_json_error(r,
+                                         NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
+                                         "unsupported_media_type", &msg);
+        }
+    }
+
+    /* one buffer, so that the body can be parsed in place */
+    r->request_body_in_single_buf = 1;
+
+    rc = ngx_http_read_client_request_body(r, ngx_http_llm_body_handler);
+
+    if (rc >= NGX_HTTP_SPECIAL_RESPONSE) {
+        return rc;
+    }
+
+    return NGX_DONE;
+}
+
+
+static void
+ngx_http_llm_body_handler(ngx_http_request_t *r)
+{
+    ngx_int_t            rc;
+    ngx_str_t            err;
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    rc = ngx_http_llm_input_parse(r, ctx, &err);
+
+    if (rc != NGX_OK) {
+        ngx_http_finalize_request(r,
+                        ngx_http_llm_send_json_error(r, rc,
+                                  rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE
+                                  ? "body_too_large" : "invalid_body",
+                                  &err));
+        return;
+    }
+
+    ngx_http_llm_begin(r, ctx);
+}
+
+
+/* holds one reference to the request: finalizes it on failure */
+
+static void
+ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_int_t                 rc;
+    ngx_str_t                 err;
+    ngx_http_llm_job_t       *job;
+    ngx_http_llm_spec_t       spec;
+    ngx_pool_cleanup_t       *cln;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    ngx_memzero(&spec, sizeof(ngx_http_llm_spec_t));
+
+    rc = ngx_http_llm_spec(r, llcf, &spec, &err);
+
+    if (rc != NGX_OK) {
+        ngx_http_llm_spec_free(&spec);
+        ngx_http_finalize_request(r,
+                        ngx_http_llm_send_json_error(r, rc,
+                                  rc == NGX_HTTP_BAD_REQUEST
+                                  ? "invalid_request" : "internal",
+                                  &err));
+        return;
+    }
+
+    /* runs when the request is freed: no buf points into the job then */
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        ngx_http_llm_spec_free(&spec);
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    job = ngx_http_llm_job_start(&spec, llcf->thread_pool,
+                                 r->connection->log);
+
+    if (job == NULL) {
+        ngx_str_set(&err, "cannot start the generation");
+        ngx_http_finalize_request(r,
+                        ngx_http_llm_send_json_error(r,
+                                  NGX_HTTP_SERVICE_UNAVAILABLE,
+                                  "unavailable", &err));
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "llm: job %s started", job->id);
+
+    ngx_http_llm_job_subscribe(job, ctx);
+
+    cln->handler = ngx_http_llm_cleanup;
+    cln->data = ctx;
+
+    rc = ngx_http_llm_sse_start(r, ctx);
+
+    if (rc != NGX_OK) {
+        ngx_http_finalize_request(r, rc);
+    }
+}
+
+
+/* resolve the texts and build the upstream request */
+
+static ngx_int_t
+ngx_http_llm_spec(ngx_http_request_t *r, ngx_http_llm_loc_conf_t *llcf,
+    ngx_http_llm_spec_t *spec, ngx_str_t *err)
+{
+    ngx_int_t              n;
+    ngx_str_t              url;
+    ngx_http_llm_params_t  params;
+
+    ngx_memzero(&params, sizeof(ngx_http_llm_params_t));
+
+    if (ngx_http_llm_eval(r, llcf->pass, &url) != NGX_OK
+        || ngx_http_llm_eval(r, llcf->model, &params.model) != NGX_OK
+        || ngx_http_llm_eval(r, llcf->system, &params.system) != NGX_OK
+        || ngx_http_llm_eval(r, llcf->prompt, &params.prompt) != NGX_OK
+        || ngx_http_llm_eval(r, llcf->api_key, &params.api_key) != NGX_OK)
+    {
+        ngx_str_set(err, "cannot evaluate the configuration");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (params.prompt.len == 0) {
+        ngx_str_set(err, "the prompt is empty");
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    if (params.model.len == 0) {
+        ngx_str_set(err, "the model is empty");
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    if (url.len < 8
+        || (ngx_strncasecmp(url.data, (u_char *) "http://", 7) != 0
+            && ngx_strncasecmp(url.data, (u_char *) "https://", 8) != 0)
+        || ngx_strlchr(url.data, url.data + url.len, '\0')
+        || ngx_strlchr(url.data, url.data + url.len, ' '))
+    {
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "llm: invalid URL \"%V\" in \"llm_pass\"", &url);
+        ngx_str_set(err, "invalid upstream URL");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    params.max_tokens = llcf->max_tokens;
+
+    spec->provider = llcf->provider;
+    spec->connect_timeout = llcf->connect_timeout;
+    spec->first_token_timeout = llcf->first_token_timeout;
+    spec->idle_timeout = llcf->idle_timeout;
+    spec->timeout = llcf->timeout;
+    spec->ssl_verify = llcf->ssl_verify;
+
+    spec->url = malloc(url.len + 1);
+    if (spec->url == NULL) {
+        ngx_str_set(err, "out of memory");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_cpystrn((u_char *) spec->url, url.data, url.len + 1);
+
+    spec->body = spec->provider->body(&params, &spec->body_len);
+    if (spec->body == NULL) {
+        ngx_str_set(err, "cannot build the upstream request");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    n = spec->provider->headers(&params, spec->headers,
+                                sizeof(spec->headers) / sizeof(char *));
+    if (n == NGX_ERROR) {
+        /* never log the key itself */
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "llm: invalid \"llm_api_key\" value");
+        ngx_str_set(err, "invalid API key configuration");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    spec->nheaders = n;
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_eval(ngx_http_request_t *r, ngx_http_complex_value_t *cv,
+    ngx_str_t *value)
+{
+    if (cv == NULL) {
+        ngx_str_null(value);
+        return NGX_OK;
+    }
+
+    return ngx_http_complex_value(r, cv, value);
+}
+
+
+static void
+ngx_http_llm_cleanup(void *data)
+{
+    ngx_http_llm_ctx_t *ctx = data;
+
+    if (ctx->heartbeat.timer_set) {
+        ngx_del_timer(&ctx->heartbeat);
+    }
+
+    ctx->finished = 1;
+    ngx_http_llm_job_unsubscribe(ctx);
+}
+
+
+ngx_int_t
+ngx_http_llm_send_json_error(ngx_http_request_t *r, ngx_uint_t status,
+    const char *code, ngx_str_t *message)
+{
+    char         *json;
+    size_t        len;
+    json_t       *data;
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    data = json_pack("{s{ssss%}}", "error", "code", code,
+                     "message", (char *) message->data, message->len);
+    if (data == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    json = json_dumps(data, JSON_COMPACT);
+    json_decref(data);
+
+    if (json == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = ngx_strlen(json);
+
+    b = ngx_create_temp_buf(r->pool, len + 1);
+    if (b == NULL) {
+        free(json);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = ngx_cpymem(b->last, json, len);
+    *b->last++ = '\n';
+    free(json);
+
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}

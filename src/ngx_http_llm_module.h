@@ -1,0 +1,189 @@
+
+/*
+ * Copyright (C) ngx_http_llm_module authors
+ */
+
+
+#ifndef _NGX_HTTP_LLM_MODULE_H_INCLUDED_
+#define _NGX_HTTP_LLM_MODULE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <ngx_thread_pool.h>
+
+#include "ngx_http_llm_provider.h"
+
+
+#define NGX_HTTP_LLM_JOB_ID_LEN      22      /* 128 bits, base64url */
+
+
+typedef struct ngx_http_llm_engine_s  ngx_http_llm_engine_t;
+typedef struct ngx_http_llm_xfer_s    ngx_http_llm_xfer_t;
+typedef struct ngx_http_llm_job_s     ngx_http_llm_job_t;
+typedef struct ngx_http_llm_ctx_s     ngx_http_llm_ctx_t;
+
+
+typedef struct {
+    ngx_http_complex_value_t      *pass;
+    const ngx_http_llm_provider_t *provider;
+    ngx_http_complex_value_t      *model;
+    ngx_http_complex_value_t      *system;
+    ngx_http_complex_value_t      *prompt;
+    ngx_http_complex_value_t      *api_key;
+    ngx_uint_t                     max_tokens;
+
+    ngx_str_t                      thread_pool_name;
+    ngx_thread_pool_t             *thread_pool;
+
+    ngx_msec_t                     heartbeat;
+    ngx_msec_t                     retry;
+    ngx_msec_t                     connect_timeout;
+    ngx_msec_t                     first_token_timeout;
+    ngx_msec_t                     idle_timeout;
+    ngx_msec_t                     timeout;
+    ngx_flag_t                     ssl_verify;
+} ngx_http_llm_loc_conf_t;
+
+
+/* one field of the request body: $llm_input_NAME */
+typedef struct {
+    ngx_str_t                      name;
+    ngx_str_t                      value;
+} ngx_http_llm_input_t;
+
+
+/* the request's side of a stream; lives in the request pool */
+struct ngx_http_llm_ctx_s {
+    ngx_http_request_t            *request;
+    ngx_http_llm_job_t            *job;
+    ngx_queue_t                    queue;       /* in job->subscribers */
+
+    ngx_array_t                   *inputs;      /* ngx_http_llm_input_t */
+
+    ngx_uint_t                     sent;        /* events written */
+    ngx_chain_t                   *free;
+    ngx_chain_t                   *busy;
+    ngx_event_t                    heartbeat;
+
+    unsigned                       streaming:1;
+    unsigned                       finished:1;
+    unsigned                       wrote:1;     /* since last heartbeat */
+};
+
+
+/* event log entry: one complete SSE frame */
+typedef struct {
+    u_char                        *data;
+    size_t                         len;
+} ngx_http_llm_frame_t;
+
+
+typedef enum {
+    NGX_HTTP_LLM_RUNNING = 0,
+    NGX_HTTP_LLM_COMPLETED,
+    NGX_HTTP_LLM_FAILED,
+    NGX_HTTP_LLM_CANCELLED
+} ngx_http_llm_state_e;
+
+
+/* a generation, owned by the event loop; heap-allocated */
+struct ngx_http_llm_job_s {
+    u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN + 1];
+    ngx_http_llm_state_e           state;
+
+    ngx_http_llm_frame_t          *frames;
+    ngx_uint_t                     nframes;
+    ngx_uint_t                     frames_cap;
+
+    u_char                        *text;
+    size_t                         text_len;
+    size_t                         text_cap;
+
+    ngx_http_llm_xfer_t           *xfer;
+    ngx_queue_t                    subscribers;
+    ngx_queue_t                    queue;       /* in the worker's jobs */
+    ngx_log_t                     *log;
+};
+
+
+/* engine output handed to the event loop, one batch per drain */
+typedef struct {
+    u_char                        *text;        /* malloc()ed, or NULL */
+    size_t                         text_len;
+    size_t                         text_cap;
+
+    unsigned                       done:1;
+    unsigned                       failed:1;
+
+    ngx_int_t                      input_tokens;     /* -1: unknown */
+    ngx_int_t                      output_tokens;
+    u_char                         finish[32];
+    size_t                         finish_len;
+
+    const char                    *code;
+    u_char                        *message;    /* malloc()ed, or NULL */
+    size_t                         message_len;
+} ngx_http_llm_output_t;
+
+
+/* everything a transfer needs, resolved on the loop before submit */
+typedef struct {
+    char                          *url;
+    char                          *body;
+    size_t                         body_len;
+    char                          *headers[8];
+    ngx_uint_t                     nheaders;
+    const ngx_http_llm_provider_t *provider;
+
+    ngx_msec_t                     connect_timeout;
+    ngx_msec_t                     first_token_timeout;
+    ngx_msec_t                     idle_timeout;
+    ngx_msec_t                     timeout;
+    ngx_flag_t                     ssl_verify;
+} ngx_http_llm_spec_t;
+
+
+extern ngx_module_t  ngx_http_llm_module;
+
+
+/* ngx_http_llm_input.c */
+ngx_int_t ngx_http_llm_input_parse(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_str_t *err);
+ngx_int_t ngx_http_llm_input_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+
+/* ngx_http_llm_handler.c */
+ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_llm_send_json_error(ngx_http_request_t *r,
+    ngx_uint_t status, const char *code, ngx_str_t *message);
+
+/* ngx_http_llm_sse.c */
+ngx_int_t ngx_http_llm_sse_start(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
+void ngx_http_llm_sse_wake(ngx_http_llm_ctx_t *ctx);
+
+/* ngx_http_llm_job.c */
+ngx_http_llm_job_t *ngx_http_llm_job_start(ngx_http_llm_spec_t *spec,
+    ngx_thread_pool_t *pool, ngx_log_t *log);
+void ngx_http_llm_job_subscribe(ngx_http_llm_job_t *job,
+    ngx_http_llm_ctx_t *ctx);
+void ngx_http_llm_job_unsubscribe(ngx_http_llm_ctx_t *ctx);
+void ngx_http_llm_job_output(ngx_http_llm_job_t *job,
+    ngx_http_llm_output_t *out);
+void ngx_http_llm_job_fail(ngx_http_llm_job_t *job, const char *code,
+    const char *message);
+void ngx_http_llm_jobs_shutdown(void);
+ngx_uint_t ngx_http_llm_jobs_running(void);
+
+/* ngx_http_llm_engine.c */
+ngx_int_t ngx_http_llm_engine_init_process(ngx_cycle_t *cycle);
+void ngx_http_llm_engine_exit_process(ngx_cycle_t *cycle);
+ngx_http_llm_xfer_t *ngx_http_llm_engine_submit(ngx_thread_pool_t *pool,
+    ngx_http_llm_spec_t *spec, ngx_http_llm_job_t *job, ngx_log_t *log);
+void ngx_http_llm_engine_cancel(ngx_http_llm_xfer_t *x);
+void ngx_http_llm_spec_free(ngx_http_llm_spec_t *spec);
+
+
+#endif /* _NGX_HTTP_LLM_MODULE_H_INCLUDED_ */
