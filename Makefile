@@ -42,13 +42,20 @@ $(UNIT): $(MODULE) $(UNIT_SRCS) $(wildcard src/*.h)
 	$(CC) $(CFLAGS) $(WARN) -Wno-unused-parameter $(NGX_INCS) \
 	    -o $@ $(UNIT_SRCS) -ljansson
 
-test: all
+# test and demo set up a fresh machine first
+test:
+	util/bootstrap.sh
+	$(MAKE) all
 	util/test.sh
 
-valgrind: all
+valgrind:
+	util/bootstrap.sh
+	$(MAKE) all
 	TEST_NGINX_USE_VALGRIND=1 util/test.sh
 
-demo: all
+demo:
+	util/bootstrap.sh
+	$(MAKE) all
 	util/demo.sh
 
 bootstrap:

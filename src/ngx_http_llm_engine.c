@@ -1089,8 +1089,15 @@ ngx_http_llm_channel_handler(ngx_event_t *ev)
         x->out.text = NULL;
         x->out.text_len = 0;
         x->out.text_cap = 0;
-        x->out.message = NULL;
-        x->out.message_len = 0;
+
+        /* the outcome is read once, with the end of the transfer */
+        if (out.done) {
+            x->out.message = NULL;
+            x->out.message_len = 0;
+
+        } else {
+            out.message = NULL;
+        }
 
         (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
 

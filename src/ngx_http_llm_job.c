@@ -38,8 +38,11 @@ static void ngx_http_llm_job_free(ngx_http_llm_job_t *job);
 static void ngx_http_llm_watch_handler(ngx_event_t *ev);
 
 
-static ngx_queue_t  ngx_http_llm_jobs;
-static ngx_event_t  ngx_http_llm_watch;
+static ngx_queue_t       ngx_http_llm_jobs;
+static ngx_event_t       ngx_http_llm_watch;
+
+/* timers log their connection's fd in debug builds: give it one */
+static ngx_connection_t  ngx_http_llm_watch_conn = { .fd = -1 };
 
 
 /* takes the spec; NULL when the job cannot start */
@@ -81,6 +84,7 @@ ngx_http_llm_job_start(ngx_http_llm_spec_t *spec, ngx_thread_pool_t *pool,
 
     if (!ngx_http_llm_watch.timer_set) {
         ngx_http_llm_watch.handler = ngx_http_llm_watch_handler;
+        ngx_http_llm_watch.data = &ngx_http_llm_watch_conn;
         ngx_http_llm_watch.log = ngx_cycle->log;
         ngx_add_timer(&ngx_http_llm_watch, NGX_HTTP_LLM_WATCH_MS);
     }

@@ -86,7 +86,7 @@ ngx_http_llm_sse_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     r->write_event_handler = ngx_http_llm_sse_write_handler;
 
     ctx->heartbeat.handler = ngx_http_llm_sse_heartbeat;
-    ctx->heartbeat.data = ctx;
+    ctx->heartbeat.data = r->connection;
     ctx->heartbeat.log = r->connection->log;
 
     if (llcf->heartbeat) {
@@ -288,16 +288,16 @@ ngx_http_llm_sse_write_handler(ngx_http_request_t *r)
 static void
 ngx_http_llm_sse_heartbeat(ngx_event_t *ev)
 {
-    ngx_http_llm_ctx_t *ctx = ev->data;
-
     ngx_buf_t                *b;
     ngx_chain_t              *cl;
     ngx_connection_t         *c;
     ngx_http_request_t       *r;
+    ngx_http_llm_ctx_t       *ctx;
     ngx_http_llm_loc_conf_t  *llcf;
 
-    r = ctx->request;
-    c = r->connection;
+    c = ev->data;
+    r = c->data;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
     if (!ctx->wrote && ctx->busy == NULL) {

@@ -1,26 +1,24 @@
 package Test::Nginx::Socket;
 
-# A small, self-contained stand-in for OpenResty's Test::Nginx::Socket
-# (CPAN, not packaged by Debian).  It implements the subset of the block
-# format that this project's t/*.t files use, following the documented
-# behaviour of the real module, so the same files pass under both.  The real
-# module is always preferred: util/test.sh only adds -I t/lib when
-# `perl -MTest::Nginx::Socket -e1` fails.  See t/README for the list of
-# supported sections, functions and environment variables.
+# A small stand-in for OpenResty's Test::Nginx::Socket (CPAN only, not in
+# Debian), written from its documented behaviour.  It implements the subset
+# of the block format this project's t/*.t files use, so that the same files
+# pass under both.  The real module is preferred whenever it is installed:
+# util/test.sh adds -I t/lib only when `perl -MTest::Nginx::Socket -e1`
+# fails.  t/README lists the supported sections, functions and environment
+# variables; a block using a section listed in @Unsupported stops the run.
 
 use strict;
 use warnings;
 
-# -base (lower case): subclass Test::Base without Spiffy's source filter.
-use Test::Base -base;
+use Test::Base -base;    # lower case: no Spiffy source filter
 
-use Cwd ();
 use File::Path qw(remove_tree make_path);
 use File::Spec ();
 use HTTP::Response ();
 use IO::Select ();
 use IO::Socket::INET ();
-use List::Util qw(shuffle min);
+use List::Util qw(shuffle min max);
 use POSIX qw(EAGAIN EWOULDBLOCK WNOHANG SIGQUIT SIGKILL);
 use Test::LongString ();
 use Time::HiRes qw(sleep time);
@@ -56,10 +54,9 @@ our $ServerPortForClient = $ENV{TEST_NGINX_CLIENT_PORT} || $ENV{TEST_NGINX_PORT}
 our $Timeout           = $ENV{TEST_NGINX_TIMEOUT} || 3;
 our $TestNginxSleep    = $ENV{TEST_NGINX_SLEEP} || 0.015;
 our $UseValgrind       = $ENV{TEST_NGINX_USE_VALGRIND};
-our $Verbose           = $ENV{TEST_NGINX_VERBOSE};
 our $ForceRestart      = $ENV{TEST_NGINX_FORCE_RESTART_ON_TEST} // 1;
-# Local extension, timing only: multiplies client timeouts and start/stop
-# waits (util/test.sh sets it under valgrind).  No .t file may rely on it.
+# Local extension that only affects timing: multiplies client timeouts and
+# start/stop waits (util/test.sh sets it under valgrind).
 our $TimeoutScale      = $ENV{TEST_NGINX_TIMEOUT_SCALE} || 1;
 our $NginxBinary       = $ENV{TEST_NGINX_BINARY} || find_in_path('nginx')
                          || '/usr/sbin/nginx';
@@ -79,11 +76,11 @@ our (@EnvToNginx, @BlockPreprocessors, @CleanupHandlers);
 our ($PrevConfig, $PrevBlock, $ChildPid, $NginxVersion, $ErrLogFilePos, $Started);
 my $MainPid = $$;
 
-# Sections of the real module that this runner does not implement: a block
-# using one of them stops the run instead of passing vacuously.
+# Sections of the real module that are not implemented here.
 my @Unsupported = qw(tcp_listen udp_listen stap stap_out stap_out_like
-    stap_out_unlike http2 http3 curl todo todo_nginx skip_openssl
-    skip_slave reload_fails server_addr_for_client);
+    stap_out_unlike http2 http3 curl todo todo_nginx skip_nginx skip_nginx2
+    skip_openssl skip_slave reload_fails server_addr_for_client http09
+    response_body_filters request_eval response_body_eval);
 
 # ------------------------------------------------------ exported functions
 
@@ -92,10 +89,7 @@ sub no_shuffle     { $NoShuffle = 1 }
 sub log_level      { $LogLevel = shift if @_; $LogLevel }
 sub master_on      { $MasterProcess = 'on' }
 sub master_off     { $MasterProcess = 'off' }
-sub master_process_enabled {
-    $MasterProcess = $_[0] ? 'on' : 'off' if @_;
-    $MasterProcess;
-}
+sub master_process_enabled { $MasterProcess = $_[0] ? 'on' : 'off' if @_; $MasterProcess }
 sub workers            { $Workers = shift if @_; $Workers }
 sub worker_connections { $WorkerConnections = shift if @_; $WorkerConnections }
 sub no_long_string     { $NoLongString = 1 }
@@ -171,30 +165,26 @@ sub trim {
     return $s;
 }
 
-sub verbose { warn "# ", @_, "\n" if $Verbose }
+sub slurp {
+    open my $fh, '<', shift or return '';
+    local $/;
+    return scalar(<$fh>) // '';
+}
 
-# Alive and not a zombie (a daemonised nginx is not our child, so nobody
-# may have reaped it yet when no init process runs: see tini in t/README).
+# Alive and not a zombie: a daemonised nginx is not our child, and nobody
+# reaps it when no init runs (hence `tini -s` in util/test.sh).
 sub is_running {
     my $pid = shift;
     return 0 unless $pid && kill(0, $pid);
     waitpid($pid, WNOHANG);
-    if (open my $fh, '<', "/proc/$pid/stat") {
-        my $stat = <$fh> // '';
-        return 0 if $stat =~ /^\d+ \(.*\) [ZX]/s;
-    }
+    return 0 if slurp("/proc/$pid/stat") =~ /^\d+ \(.*\) [ZX]/s;
     return kill(0, $pid) ? 1 : 0;
 }
 
-sub read_pid {
-    open my $fh, '<', $PidFile or return undef;
-    my $pid = <$fh>;
-    return undef unless defined $pid && $pid =~ /^\s*(\d+)/;
-    return $1;
-}
+sub read_pid { slurp($PidFile) =~ /^\s*(\d+)/ ? $1 : undef }
 
-# Replaces $TEST_NGINX_* with the environment's value; TEST_NGINX_RAND_PORT_N
-# become free ports (the same one throughout a block).
+# $TEST_NGINX_FOO -> $ENV{TEST_NGINX_FOO} (unset: the run stops);
+# $TEST_NGINX_RAND_PORT_N -> a free port, the same throughout the block.
 sub expand_env {
     my ($text, $name, $rand) = @_;
     return undef unless defined $text;
@@ -203,9 +193,8 @@ sub expand_env {
         if ($var =~ /^TEST_NGINX_RAND_PORT_\d+$/) {
             $rand->{$var} //= free_port($rand);
         } else {
-            bail_out("$name - No environment $var defined.\n")
-                unless defined $ENV{$var};
-            $ENV{$var};
+            defined $ENV{$var} ? $ENV{$var}
+                : bail_out("$name - No environment $var defined.\n");
         }
     }ge;
     return $text;
@@ -224,28 +213,20 @@ sub free_port {
     bail_out("Cannot find a free port");
 }
 
-sub nginx_version {
-    my $out = `$NginxBinary -v 2>&1` // '';
-    return sprintf("%d.%03d%03d", $1, $2, $3) if $out =~ m{/(\d+)\.(\d+)\.(\d+)};
-    bail_out("Failed to get the version of nginx ($NginxBinary): $out");
-}
-
 # ------------------------------------------------------------ server root
 
 sub setup_server_root {
-    if (-d $ServRoot) {
-        remove_tree($ConfDir, $HtmlDir, $LogDir, glob("$ServRoot/*_temp"),
-                    glob("$ServRoot/*_cache"));
-    }
+    remove_tree($ConfDir, $HtmlDir, $LogDir, glob("$ServRoot/*_temp"),
+                glob("$ServRoot/*_cache"));
     for my $d ($ServRoot, $LogDir, $HtmlDir, $ConfDir) {
         -d $d or mkdir $d or bail_out("Failed to mkdir $d: $!");
     }
     open my $out, '>', "$HtmlDir/index.html" or bail_out("$HtmlDir: $!");
-    print $out '<html><head><title>It works!</title></head>'
-             . '<body>It works!</body></html>';
+    print $out '<html><head><title>It works!</title></head><body>It works!</body></html>';
     close $out;
 }
 
+# --- user_files: ">>> name [touch -t date]" lines, or [[name, body, date]].
 sub write_user_files {
     my ($block, $rand) = @_;
     my $files = $block->user_files or return;
@@ -254,7 +235,7 @@ sub write_user_files {
         my @list;
         for my $line (split /^/, $files) {
             if ($line =~ /^>>> (\S+)(?:\s+(.+))?/) {
-                push @list, [$1, undef, $2];
+                push @list, [$1, '', $2];
             } elsif (@list) {
                 $list[-1][1] .= $line;
             }
@@ -269,10 +250,8 @@ sub write_user_files {
         binmode $out;
         print $out expand_env($body // '', $name, $rand);
         close $out;
-        if ($date) {
-            system('touch', '-t', $date, $path) == 0
-                or bail_out("$name - touch -t $date $path failed");
-        }
+        system('touch', '-t', $date, $path) == 0
+            or bail_out("$name - touch -t $date $path failed") if $date;
     }
 }
 
@@ -285,18 +264,14 @@ sub write_config_file {
     my $errlog = $block->error_log_file || $ErrLogFile;
     my $server_name = $block->server_name // $ServerName;
     my $listen = $ServerPort . ($ENV{TEST_NGINX_REUSE_PORT} ? ' reuseport' : '');
-    # Like the real module: load_module lines follow the block's main_config.
+    # as in the real module, load_module lines follow the block's main_config
     $main .= join '', map { "\nload_module $_;" }
                       split ' ', $ENV{TEST_NGINX_LOAD_MODULES} // '';
-    my $env = join '', map { my $v = /\s/ ? "'$_'" : $_; "env $v;\n" }
-                       'LD_PRELOAD', 'LD_LIBRARY_PATH', 'ASAN_OPTIONS',
-                       @EnvToNginx;
-    my $root_location = $NoRootLocation ? '' : <<"_EOC_";
-        location / {
-            root $HtmlDir;
-            index index.html index.htm;
-        }
-_EOC_
+    my $env = join '', map { /\s/ ? "env '$_';\n" : "env $_;\n" }
+                       qw(LD_PRELOAD LD_LIBRARY_PATH ASAN_OPTIONS), @EnvToNginx;
+    my $root = $NoRootLocation ? '' : "        location / {\n"
+        . "            root $HtmlDir;\n            index index.html index.htm;\n"
+        . "        }\n";
     my $use = $ENV{TEST_NGINX_EVENT_TYPE} ? "    use $ENV{TEST_NGINX_EVENT_TYPE};\n" : '';
     my $user = $> == 0 ? "user root;\n" : '';
 
@@ -324,22 +299,18 @@ $http
 
         client_max_body_size 30M;
 
-        # Begin preamble config...
 $ConfigPreamble
-        # End preamble config...
-
         # Begin test case config...
 $config
         # End test case config.
 
-$root_location    }
+$root    }
 }
 
 $post
 
 events {
     accept_mutex off;
-
     worker_connections  $WorkerConnections;
 $use}
 $user
@@ -349,9 +320,8 @@ _EOC_
 
 # ------------------------------------------------------- nginx life cycle
 
-# The command line; -e sends messages logged before nginx.conf's error_log
-# is open (config errors) to logs/error.log, where a stock nginx build puts
-# them too (Debian's nginx defaults to stderr).
+# -e: what nginx logs before nginx.conf's error_log is open (config errors)
+# goes to logs/error.log, as with a stock build (Debian's goes to stderr).
 sub nginx_cmd {
     my $cmd = "$NginxBinary -p '$ServRoot/' -c '$ConfFile'";
     $cmd .= " -e '$ErrLogFile'" if ($NginxVersion // 0) >= 1.019005;
@@ -359,19 +329,17 @@ sub nginx_cmd {
 }
 
 sub stop_nginx {
-    my ($name, $why) = @_;
+    my ($name) = @_;
     my $pid = read_pid() // $ChildPid;
     if ($pid && is_running($pid)) {
-        verbose("$name - stopping nginx $pid ($why)");
         kill SIGQUIT, $pid;
-        my $wait = ($UseValgrind ? 30 : $Timeout) * $TimeoutScale;
-        my $deadline = time + $wait;
+        my $deadline = time + ($UseValgrind ? 30 : $Timeout) * $TimeoutScale;
         sleep 0.01 while is_running($pid) && time < $deadline;
         if (is_running($pid)) {
             warn "$name - timeout when waiting for the nginx process $pid to exit\n";
-            # a daemonised nginx leads its own process group (its workers too)
+            # nginx and valgrind lead their own process group (with workers)
             kill SIGKILL, (getpgrp($pid) == $pid ? -$pid : $pid);
-            sleep 0.01 while is_running($pid) && time < $deadline + 2;
+            sleep 0.01 while is_running($pid) && time < $deadline + 3;
         }
     }
     waitpid($ChildPid, 0) if defined $ChildPid;
@@ -384,20 +352,20 @@ sub stop_nginx {
 sub start_nginx {
     my ($name) = @_;
     my $cmd = nginx_cmd();
-    if ($UseValgrind) {
+    if ($UseValgrind) {     # daemon off: valgrind is our child
         my $opts = $UseValgrind =~ /^\d+$/
             ? '--tool=memcheck --leak-check=full --show-possibly-lost=no'
             : $UseValgrind;
         $opts .= ' --suppressions=valgrind.suppress' if -f 'valgrind.suppress';
         $cmd = "valgrind --num-callers=100 -q $opts --gen-suppressions=all $cmd";
-        warn "$name\n";     # so valgrind's reports on stderr can be placed
+        warn "$name\n";     # places valgrind's reports on stderr
         my $pid = fork // bail_out("$name - fork failed: $!");
         if ($pid == 0) {
             setpgrp(0, 0);
             open STDOUT, '>', '/dev/null';
             exec "exec $cmd" or POSIX::_exit(127);
         }
-        $ChildPid = $pid;
+        $ChildPid = $pid;   # connect_server() waits for the port
         return;
     }
     my $deadline = time + 5 * $TimeoutScale;
@@ -405,20 +373,10 @@ sub start_nginx {
         system("$cmd > /dev/null 2> '$StderrFile'");
         return if $? == 0;
         my $err = slurp($StderrFile);
-        if ($err =~ /Address already in use/ && time < $deadline) {
-            sleep 0.1;
-            next;
-        }
+        next if $err =~ /Address already in use/ && time < $deadline && sleep 0.1;
         bail_out("$name - Cannot start nginx using command \"$cmd\""
                  . " (status code $?): $err");
     }
-}
-
-sub slurp {
-    open my $fh, '<', shift or return '';
-    local $/;
-    my $s = <$fh>;
-    return $s // '';
 }
 
 sub cleanup {
@@ -431,9 +389,7 @@ END {
     if ($$ == $MainPid && $Started) {
         local $?;
         cleanup();
-        if ($UseValgrind || !$ENV{TEST_NGINX_NO_CLEAN}) {
-            stop_nginx('END', 'end of the test file');
-        }
+        stop_nginx('END') if $UseValgrind || !$ENV{TEST_NGINX_NO_CLEAN};
     }
 }
 
@@ -441,9 +397,12 @@ END {
 
 sub run_tests {
     $Started = 1;
-    $NginxVersion = nginx_version();
+    my $v = `$NginxBinary -v 2>&1` // '';
+    $v =~ m{/(\d+)\.(\d+)\.(\d+)}
+        or bail_out("Failed to get the version of nginx ($NginxBinary): $v");
+    $NginxVersion = sprintf "%d.%03d%03d", $1, $2, $3;
     $ENV{TEST_NGINX_SERVER_PORT} //= $ServerPort;
-    my @blocks = Test::Base::blocks();
+    my @blocks = Test::Base::blocks();    # handles ONLY, SKIP, LAST
     @blocks = shuffle @blocks unless $NoShuffle;
     for my $block (@blocks) {
         $_->($block) for @BlockPreprocessors;
@@ -451,27 +410,6 @@ sub run_tests {
         run_block($block);
     }
     cleanup();
-}
-
-sub should_skip {
-    my $block = shift;
-    my $name = $block->name;
-    if (defined(my $spec = $block->skip_eval)) {
-        $spec =~ /^\s*(\d+)\s*:\s*(.*)/s
-            or bail_out("$name - invalid --- skip_eval: $spec");
-        my ($n, $code) = ($1, $2);
-        my $skip = eval $code;
-        bail_out("$name - skip_eval - failed to eval \"$code\": $@") if $@;
-        return ($n, 'skip_eval') if $skip;
-    }
-    if (defined(my $spec = $block->skip_nginx)) {
-        $spec =~ /^\s*(\d+)\s*:\s*([<>]=?)\s*(\d+)\.(\d+)\.(\d+)(?:\s*:\s*(.*?))?\s*$/
-            or bail_out("$name - invalid --- skip_nginx: $spec");
-        my ($n, $op, $ver) = ($1, $2, sprintf("%d.%03d%03d", $3, $4, $5));
-        return ($n, $6 || "nginx version $op $3.$4.$5")
-            if eval "$NginxVersion $op $ver";
-    }
-    return;
 }
 
 sub run_block {
@@ -484,9 +422,15 @@ sub run_block {
             if defined $block->$s;
     }
 
-    if (my ($n, $why) = should_skip($block)) {
-        SKIP: { Test::More::skip("$name - $why", $n * $RepeatEach) }
-        return;
+    if (defined(my $spec = $block->skip_eval)) {    # "N: perl code"
+        $spec =~ /^\s*(\d+)\s*:\s*(.*)/s or bail_out("$name - bad --- skip_eval");
+        my ($n, $code) = ($1, $2);
+        my $skip = eval $code;
+        bail_out("$name - skip_eval - failed to eval \"$code\": $@") if $@;
+        if ($skip) {
+            SKIP: { Test::More::skip("$name - skip_eval", $n * $RepeatEach) }
+            return;
+        }
     }
 
     my %rand;
@@ -494,18 +438,19 @@ sub run_block {
     local $LogLevel = $block->log_level || $LogLevel;
     my $must_die = $block->must_die;
 
-    if (!defined $config) {
-        bail_out("$name - No '--- config' section specified and could not"
-                 . " get previous one") unless defined $PrevConfig;
-    } elsif (defined $must_die || $ForceRestart || $config ne ($PrevConfig // '')
-             || !is_running(read_pid() // 0)) {
-        stop_nginx($name, 'new test block');
+    # no --- config: keep using the running nginx (the previous block's)
+    my $reuse = !defined $config;
+    $config //= $PrevConfig // bail_out("$name - No '--- config' section"
+                                        . " specified and could not get previous one");
+    if (!is_running(read_pid() // $ChildPid // 0) || defined $must_die
+        || !$reuse && ($ForceRestart || $config ne ($PrevConfig // '')))
+    {
+        stop_nginx($name);
         $PrevConfig = $config;
         setup_server_root();
         write_user_files($block, \%rand);
         my $daemon = (!$UseValgrind || defined $must_die) ? 'on' : 'off';
         write_config_file($block, $config, \%rand, $daemon);
-
         if (defined $must_die) {
             run_must_die($block, $must_die);
             undef $PrevConfig;
@@ -530,33 +475,31 @@ sub run_block {
             print $out "\n=== $name\n", slurp($ErrLogFile);
         }
     }
-
     $PrevBlock = $block;
-    stop_nginx($name, 'valgrind: end of block') if $UseValgrind;
+    stop_nginx($name) if $UseValgrind;    # valgrind reports at exit
 }
 
+# --- must_die: start-up must fail (or exit with the given code).
 sub run_must_die {
     my ($block, $must_die) = @_;
     my $name = $block->name;
-    my $cmd = nginx_cmd();
     $ErrLogFilePos = 0;
     for my $i (0 .. $RepeatEach - 1) {
-        system("$cmd > /dev/null 2>> '$StderrFile'");
+        system(nginx_cmd() . " > /dev/null 2>> '$StderrFile'");
         my $status = $?;
         if ($status == -1) {
             Test::More::fail("$name - failed to execute the nginx command line");
         } elsif ($status & 128) {
             Test::More::fail("$name - nginx core dumped");
-        } elsif ($must_die =~ /^\s*\d+\s*$/) {
-            Test::More::is($must_die + 0, $status >> 8,
-                           "$name - die with the expected exit code");
+        } elsif ($must_die =~ /^\s*(\d+)\s*$/) {
+            Test::More::is($1, $status >> 8, "$name - die with the expected exit code");
         } else {
             Test::More::isnt($status, 0, "$name - die as expected");
         }
         check_error_log($block, $i);
         if ($status == 0) {
             warn "WARNING: $name - nginx must die but it does not; killing it (req $i)\n";
-            stop_nginx($name, 'must_die');
+            stop_nginx($name);
         }
     }
 }
@@ -564,9 +507,8 @@ sub run_must_die {
 # ------------------------------------------------------------- requests
 
 sub parse_more_headers {
-    my $in = shift // '';
     my ($out, $chunked) = ('', 0);
-    for my $line (split /\n+/, $in) {
+    for my $line (split /\n+/, shift // '') {
         next if $line =~ /^\s*#/;
         my ($k, $v) = split /:\s*/, $line, 2;
         $v //= '';
@@ -576,9 +518,10 @@ sub parse_more_headers {
     return ($out, $chunked);
 }
 
-# Turns "METHOD [/uri [HTTP/x.y]]\nbody" (possibly split into packets) into
-# wire packets: request line, Host, Connection, more_headers, Content-Length
-# (unless chunked or given), blank line, trimmed body.
+# "METHOD [/uri [HTTP/x.y]]\nbody", maybe split in packets, becomes: request
+# line, Host, Connection, more_headers, Content-Length (unless chunked or
+# given; the body is then trimmed), blank line, body.  Packet boundaries are
+# kept at the same places of the rewritten request.
 sub build_request {
     my ($name, $packets, $more, $conn) = @_;
     my $src = join '', @$packets;
@@ -586,8 +529,7 @@ sub build_request {
     $src =~ /\A[ \t]*(\S+)[ \t]*(?:(\S+)[ \t]*)?(?:(\S+)[ \t]*)?(?:\r?\n|\z)/
         or bail_out("$name - Request line is not valid. Should be"
                     . " 'meth [url [version]]' but got \"$src\".");
-    my ($meth, $url, $ver) = ($1, $2 // '/', $3 // 'HTTP/1.1');
-    my $head_len = $+[0];
+    my ($meth, $url, $ver, $head_len) = ($1, $2 // '/', $3 // 'HTTP/1.1', $+[0]);
     my $body = substr $src, $head_len;
     my ($ltrim, $cl) = (0, '');
     if (!$chunked && $body ne '' && $hdr !~ /(?:^|\n)Content-Length:/i) {
@@ -600,35 +542,27 @@ sub build_request {
     $head .= "Connection: $conn\r\n" if $hdr !~ /(?:^|\n)Connection/i;
     $head .= "$hdr$cl\r\n";
     my $wire = $head . $body;
-    return [$wire] if @$packets == 1;
-
-    # keep the caller's packet boundaries, mapped onto the rewritten request
-    my (@out, $from, $off) = ((), 0, 0);
+    my ($from, $off, @out) = (0, 0);
     for my $p (@$packets[0 .. $#$packets - 1]) {
         $off += length $p;
-        my $to = $off <= $head_len
-            ? min(length($head), $off)
-            : length($head) + min(length($body), max0($off - $head_len - $ltrim));
+        my $to = $off <= $head_len ? min(length $head, $off)
+               : length($head) + min(length $body, max(0, $off - $head_len - $ltrim));
         push @out, substr($wire, $from, $to - $from);
         $from = $to;
     }
-    push @out, substr($wire, $from);
-    return \@out;
+    return [@out, substr($wire, $from)];
 }
 
-sub max0 { $_[0] > 0 ? $_[0] : 0 }
-
-# Returns a list of requests; each request is a list of {value, delay_before}.
+# The block's requests: a list of connections, each a list of packets
+# ({value => bytes, delay_before => seconds}).
 sub requests_of {
     my $block = shift;
     my $name = $block->name;
     my $more = $block->more_headers;
     my $more_for = sub {
-        my $i = shift;
         return $more unless ref $more eq 'ARRAY';
-        bail_out("$name - --- more_headers lacks data for request $i")
-            unless defined $more->[$i];
-        return $more->[$i];
+        return $more->[$_[0]] // bail_out("$name - --- more_headers lacks data"
+                                          . " for request $_[0]");
     };
 
     if (defined(my $raw = $block->raw_request)) {
@@ -637,30 +571,27 @@ sub requests_of {
     if (defined(my $reqs = $block->pipelined_requests)) {
         bail_out("$name - invalid entries in --- pipelined_requests")
             unless ref $reqs eq 'ARRAY';
-        my $wire = '';
-        for my $i (0 .. $#$reqs) {
-            my $conn = $i == $#$reqs ? 'close' : 'keep-alive';
-            $wire .= build_request($name, [$reqs->[$i]], $more_for->($i), $conn)->[0];
-        }
-        return [{value => $wire}];
+        return [{value => join '', map {
+            build_request($name, [$reqs->[$_]], $more_for->($_),
+                          $_ == $#$reqs ? 'close' : 'keep-alive')->[0]
+        } 0 .. $#$reqs}];
     }
 
     my $req = $block->request;
     bail_out("$name - request empty") unless defined $req;
     if (!ref $req) {
-        1 while $req =~ s/^\s*#[^\n]+\s+|^\s+//s;
+        1 while $req =~ s/^\s*#[^\n]+\s+|^\s+//s;    # leading comments
         $req = [$req];
     }
     bail_out("$name - invalid --- request: MUST be string or array of requests")
         unless ref $req eq 'ARRAY';
     my @list;
     for my $i (0 .. $#$req) {
-        my $one = $req->[$i];
-        my @parts = ref $one eq 'ARRAY' ? @$one : ($one);
-        my @vals = map { ref $_ eq 'HASH' ? $_->{value} : $_ } @parts;
-        my $wire = build_request($name, \@vals, $more_for->($i), 'close');
-        push @list, [map { +{ %{ ref $parts[$_] eq 'HASH' ? $parts[$_] : {} },
-                              value => $wire->[$_] } } 0 .. $#$wire];
+        my @parts = map { ref $_ eq 'HASH' ? $_ : {value => $_} }
+                    ref $req->[$i] eq 'ARRAY' ? @{ $req->[$i] } : ($req->[$i]);
+        my $wire = build_request($name, [map { $_->{value} } @parts],
+                                 $more_for->($i), 'close');
+        push @list, [map { +{ %{ $parts[$_] }, value => $wire->[$_] } } 0 .. $#$wire];
     }
     return @list;
 }
@@ -674,8 +605,10 @@ sub connect_server {
                                          PeerPort => $ServerPortForClient,
                                          Proto => 'tcp', Timeout => $Timeout);
         return $sock if $sock;
-        my $err = $!;
-        if (time >= $deadline || ($ChildPid && waitpid($ChildPid, WNOHANG) == $ChildPid)) {
+        my ($err, $pid) = ($!, read_pid());
+        if (time >= $deadline || $ChildPid && waitpid($ChildPid, WNOHANG) == $ChildPid
+            || !$UseValgrind && $pid && !is_running($pid))    # nginx died
+        {
             Test::More::fail("$name - Can't connect to $ServerAddr:"
                              . "$ServerPortForClient: $err (aborted)\n");
             return undef;
@@ -685,8 +618,8 @@ sub connect_server {
     }
 }
 
-# Sends one request (a list of packets) and reads until the server closes
-# the connection.  The timeout is an idle timeout, as in the real module.
+# Sends one request's packets and reads until the server closes.  The
+# timeout is an idle timeout (between two I/O events), not a total.
 sub send_request {
     my ($block, $bits, $timeout) = @_;
     my $name = $block->name;
@@ -694,7 +627,6 @@ sub send_request {
     my $sock = connect_server($name) or return undef;
     $sock->blocking(0);
     my @bits = @$bits;
-    my $middle_delay = $block->raw_request_middle_delay;
     my $wbuf = (shift @bits)->{value};
     my $resp = '';
     my $sel = IO::Select->new($sock);
@@ -702,14 +634,11 @@ sub send_request {
         my ($r, $w) = IO::Select->select($sel, defined $wbuf ? $sel : undef,
                                          undef, $timeout);
         if (!$r && !$w) {
-            if (defined $block->abort) {
-                sleep 0.005;
-            } else {
-                Test::More::fail("ERROR: client socket timed out - $name\n");
-            }
+            Test::More::fail("ERROR: client socket timed out - $name\n")
+                unless defined $block->abort;
             last;
         }
-        if ($w && @$w && defined $wbuf) {
+        if ($w && @$w) {
             my $n = syswrite $sock, $wbuf;
             if (!defined $n) {
                 next if $! == EAGAIN || $! == EWOULDBLOCK;
@@ -717,15 +646,14 @@ sub send_request {
                 last;
             }
             substr($wbuf, 0, $n) = '';
-            if ($wbuf eq '') {
-                undef $wbuf;
-                if (my $next = shift @bits) {
-                    my $delay = $next->{delay_before} // $middle_delay;
-                    sleep $delay if $delay;
-                    $wbuf = $next->{value};
-                } elsif (defined(my $how = $block->shutdown)) {
-                    shutdown $sock, ($how =~ /^\s*(\d)/ ? $1 : 1);
-                }
+            next if $wbuf ne '';
+            undef $wbuf;
+            if (my $next = shift @bits) {
+                my $delay = $next->{delay_before} // $block->raw_request_middle_delay;
+                sleep $delay if $delay;
+                $wbuf = $next->{value};
+            } elsif (defined(my $how = $block->shutdown)) {
+                shutdown $sock, ($how =~ /(\d)/ ? $1 : 1);
             }
         }
         if ($r && @$r) {
@@ -743,59 +671,52 @@ sub send_request {
     return $resp;
 }
 
-# Parses one response off the front of $raw; returns (HTTP::Response or
-# undef, raw header text, bytes left over for the next pipelined response).
+# Parses a response off the front of $raw: (HTTP::Response, or undef when
+# the chunked body is broken or unfinished; raw header text; leftover bytes).
 sub parse_response {
     my ($name, $raw, $head_req) = @_;
     my $raw_headers = $raw =~ /(.*?\r\n)\r\n/s ? $1 : '';
     my $res = HTTP::Response->parse($raw);
-    my $left;
-    my $code = $res->code;
-    $res->code(undef) if defined $code && $code !~ /^\d+$/;
-    return ($res, $raw_headers) if $res->code && ($res->code == 304 || $res->code == 101);
+    $res->code(undef) if defined $res->code && $res->code !~ /^\d+$/;
+    return ($res, $raw_headers) if ($res->code // 0) =~ /^(?:304|101)$/;
 
-    my $te = $res->header('Transfer-Encoding');
+    my $body = $res->content // '';
     my $len = $res->header('Content-Length');
-    if (defined $te && $te eq 'chunked') {
-        my $body = $res->content // '';
-        my $out = '';
+    my $left;
+    if (($res->header('Transfer-Encoding') // '') eq 'chunked') {
+        my ($out, $err) = ('');
         pos($body) = 0;
-        while (1) {
+        while (!defined $err) {
             if ($body !~ /\G[ \t]*([0-9A-Fa-f]+)[^\r\n]*\r\n/gc) {
-                Test::More::fail($body =~ /\G\z/gc
-                    ? "$name - no last chunk found - $body"
-                    : "$name - invalid chunked body received: "
-                      . fmt_str(substr $body, pos($body) // 0, 80));
-                return (undef, $raw_headers);
-            }
-            my $size = hex $1;
-            if ($size == 0) {
-                if ($body !~ /\G(?:[^\r\n]+\r\n)*\r\n/gc) {
-                    Test::More::fail("$name - no last chunk found - $body");
-                    return (undef, $raw_headers);
-                }
-                $left = substr $body, pos $body;
+                $err = $body =~ /\G\z/gc ? "no last chunk found - $body"
+                     : "invalid chunked body received: " . fmt_str(substr $body, pos $body);
                 last;
             }
-            my $at = pos $body;
-            if (length($body) - $at < $size) {
-                Test::More::fail("$name - invalid chunked data received"
-                                 . " (not enough octets for the data section)");
-                return (undef, $raw_headers);
+            my ($size, $at) = (hex $1, pos $body);
+            if ($size == 0) {
+                if ($body =~ /\G(?:[^\r\n]+\r\n)*\r\n/gc) {    # trailers
+                    $left = substr $body, pos $body;
+                } else {
+                    $err = "no last chunk found - $body";
+                }
+                last;
             }
+            $err = "invalid chunked data received (not enough octets for the data"
+                   . " section)" if length($body) - $at < $size;
+            $err //= "invalid chunked data received (expected CRLF)."
+                if substr($body, $at + $size, 2) ne "\r\n";
             $out .= substr $body, $at, $size;
-            pos($body) = $at + $size;
-            if ($body !~ /\G\r\n/gc) {
-                Test::More::fail("$name - invalid chunked data received (expected CRLF).");
-                return (undef, $raw_headers);
-            }
+            pos($body) = $at + $size + 2;
+        }
+        if (defined $err) {
+            Test::More::fail("$name - $err");
+            return (undef, $raw_headers);
         }
         $res->content($out);
     } elsif (defined $len && $len =~ /^\d+$/) {
-        my $body = $res->content // '';
         if (length $body < $len) {
-            warn "WARNING: $name - response body truncated: $len expected,"
-                 . " but got " . length($body) . "\n" unless $head_req;
+            warn "WARNING: $name - response body truncated: $len expected, but got "
+                 . length($body) . "\n" unless $head_req;
         } elsif (length $body > $len) {
             $left = substr $body, $len;
             $res->content(substr $body, 0, $len);
@@ -804,48 +725,31 @@ sub parse_response {
     return ($res, $raw_headers, $left);
 }
 
-sub indexed {
-    my ($name, $value, $idx, $need_array) = @_;
-    if (ref $value eq 'ARRAY') {
-        return $value->[$idx] if $need_array || $idx == 0;
-    } elsif (!$need_array) {
-        return $value;
-    }
-    bail_out("$name - You asked for many requests, the expected results"
-             . " should be arrays as well.");
-}
-
 sub run_requests {
     my ($block, $rep) = @_;
     my $name = $block->name;
     my @reqs = requests_of($block);
     my $timeout = (parse_time(scalar $block->timeout) // $Timeout) * $TimeoutScale;
     my $pipelined = $block->pipelined_requests;
-    my $n = $pipelined ? scalar @$pipelined : 0;
-    my $need_array = $pipelined ? 1 : @reqs > 1;
+    my $n = $pipelined ? @$pipelined : 1;
+    my $need_array = $pipelined || @reqs > 1;
     my $idx = 0;
-
     for my $r (0 .. $#reqs) {
         my $raw = send_request($block, $reqs[$r], $timeout) // '';
-        my $head_req = join('', map { $_->{value} } @{ $reqs[$r] }) =~ /^\s*HEAD\s/;
-        my $more = $n ? $n : 1;
-        while ($more--) {
+        my $head_req = $reqs[$r][0]{value} =~ /^\s*HEAD\s/;
+        for my $k (1 .. $n) {
             my ($res, $raw_headers, $left);
             if (!defined $block->ignore_response) {
-                if (defined $block->http09) {
-                    ($res, $raw_headers) = (HTTP::Response->new(200, 'OK', [], $raw), '');
-                } else {
-                    ($res, $raw_headers, $left) = parse_response($name, $raw, $head_req);
-                }
-                check_response($block, $res, $raw_headers // '', $idx, $rep, $need_array);
+                ($res, $raw_headers, $left) = parse_response($name, $raw, $head_req);
+                check_response($block, $res, $raw_headers, $idx, $rep, $need_array);
             }
-            if ($n) {
+            if ($pipelined) {
                 $raw = $left // '';
             } elsif (defined $left && $left ne '') {
                 warn "WARNING: $name - unexpected extra bytes after last chunk in"
                      . " response: \"" . fmt_str($left) . "\"\n";
             }
-            if ($more || $r < $#reqs) {
+            if ($k < $n || $r < $#reqs) {    # as the real module does
                 sleep $block->wait if $block->wait;
                 check_error_log($block, $rep);
             }
@@ -858,78 +762,80 @@ sub run_requests {
 
 # ------------------------------------------------------------ assertions
 
+# A section's value for request $idx: arrays are required with several requests.
+sub indexed {
+    my ($block, $section, $idx, $need_array) = @_;
+    my $value = $block->$section;
+    return $value->[$idx] if ref $value eq 'ARRAY' && ($need_array || $idx == 0);
+    return $value if ref $value ne 'ARRAY' && !$need_array;
+    bail_out($block->name . " - You asked for many requests, the expected"
+             . " results should be arrays as well.");
+}
+
+sub subst_port {
+    my $s = shift;
+    $s =~ s/\$ServerPort\b/$ServerPort/g;
+    $s =~ s/\$ServerPortForClient\b/$ServerPortForClient/g;
+    return $s;
+}
+
 sub check_response {
-    my ($block, $res, $raw_headers, $i, $rep, $need_array) = @_;
+    my ($block, $res, $raw_headers, $i, $rep, $arr) = @_;
     my $name = $block->name;
     my $code = ($res && $res->code) || '';
+    $raw_headers //= '';
 
     if (defined $block->error_code_like) {
-        my $pat = indexed($name, scalar $block->error_code_like, $i, $need_array);
+        my $pat = indexed($block, 'error_code_like', $i, $arr);
         Test::More::like($code, qr/$pat/sm, "$name - status code ok");
     } else {
-        my $want = defined $block->error_code
-            ? indexed($name, scalar $block->error_code, $i, $need_array) : 200;
+        my $want = defined $block->error_code ? indexed($block, 'error_code', $i, $arr) : 200;
         Test::More::is($code, $want, "$name - status code ok");
     }
-
     if (defined $block->raw_response_headers_like) {
-        my $pat = indexed($name, scalar $block->raw_response_headers_like, $i, $need_array);
+        my $pat = indexed($block, 'raw_response_headers_like', $i, $arr);
         Test::More::like($raw_headers, qr/$pat/s, "$name - raw resp headers like");
     }
     if (defined $block->raw_response_headers_unlike) {
-        my $pat = indexed($name, scalar $block->raw_response_headers_unlike, $i, $need_array);
+        my $pat = indexed($block, 'raw_response_headers_unlike', $i, $arr);
         Test::More::unlike($raw_headers, qr/$pat/s, "$name - raw resp headers unlike");
     }
 
-    if (defined $block->response_headers) {
-        my $want = parse_headers(indexed($name, scalar $block->response_headers, $i, $need_array));
+    my $like = !defined $block->response_headers;
+    if (defined $block->response_headers || defined $block->response_headers_like) {
+        my $want = parse_headers(indexed($block, $like ? 'response_headers_like'
+                                                       : 'response_headers', $i, $arr));
         for my $key (sort keys %$want) {
+            my $got = ($res ? scalar $res->header($key) : undef) // '';
             my $val = $want->{$key};
-            if (!defined $val) {
+            if ($like) {
+                $val //= '';
+                Test::More::like($got, qr/^$val$/, "$name - header $key like ok");
+            } elsif (!defined $val) {
                 Test::More::unlike($raw_headers, qr/^\s*\Q$key\E\s*:/ms,
                                    "$name - header $key not present in the raw headers");
-                next;
+            } else {
+                Test::More::is($got, subst_port($val), "$name - header $key ok");
             }
-            $val =~ s/\$ServerPort\b/$ServerPort/g;
-            $val =~ s/\$ServerPortForClient\b/$ServerPortForClient/g;
-            my $got = $res ? scalar $res->header($key) : undef;
-            Test::More::is($got // '', $val, "$name - header $key ok");
-        }
-    } elsif (defined $block->response_headers_like) {
-        my $want = parse_headers(indexed($name, scalar $block->response_headers_like, $i, $need_array));
-        for my $key (sort keys %$want) {
-            my $got = $res ? scalar $res->header($key) : undef;
-            my $pat = $want->{$key} // '';
-            Test::More::like($got // '', qr/^$pat$/, "$name - header $key like ok");
         }
     }
 
     my $content = $res ? $res->content : undef;
-    $content = filter_body($block, $content, $i) if defined $content;
-
-    if (defined $block->response_body) {
-        my $want = indexed($name, scalar $block->response_body, $i, $need_array);
-        if (defined $want && !ref $want) {
-            $want =~ s/\$ServerPort\b/$ServerPort/g;
-            $want =~ s/\$ServerPortForClient\b/$ServerPortForClient/g;
-        }
+    if (defined $block->response_body) {    # the exact form wins over _like
+        my $want = indexed($block, 'response_body', $i, $arr);
         if (ref $want) {
             Test::More::like($content, $want,
                 "$name - response_body - like (repeated req $rep, req $i)");
         } else {
-            is_str($content, $want,
+            is_str($content, defined $want ? subst_port($want) : undef,
                 "$name - response_body - response is expected (repeated req $rep, req $i)");
         }
     } elsif (defined $block->response_body_like || defined $block->response_body_unlike) {
         my $type = defined $block->response_body_like ? 'like' : 'unlike';
-        my $section = "response_body_$type";
-        my $pat = indexed($name, scalar $block->$section, $i, $need_array);
-        $pat =~ s/\$ServerPort\b/$ServerPort/g;
-        $pat =~ s/\$ServerPortForClient\b/$ServerPortForClient/g;
-        my $summary = trim($content) // '';
-        no strict 'refs';
-        &{"Test::More::$type"}($content, qr/$pat/s,
-            "$name - response_body_$type - response is expected ($summary)");
+        my $pat = subst_port(indexed($block, "response_body_$type", $i, $arr));
+        my $check = $type eq 'like' ? \&Test::More::like : \&Test::More::unlike;
+        $check->($content, qr/$pat/s, "$name - response_body_$type - response is"
+                                      . " expected (" . (trim($content) // '') . ")");
     }
 }
 
@@ -948,44 +854,19 @@ sub parse_headers {
     return \%h;
 }
 
-my %BodyFilters = (
-    md5_hex  => sub { require Digest::MD5; Digest::MD5::md5_hex(shift) },
-    sha1_hex => sub { require Digest::SHA; Digest::SHA::sha1_hex(shift) },
-    uc => sub { uc shift }, lc => sub { lc shift },
-    ucfirst => sub { ucfirst shift }, lcfirst => sub { lcfirst shift },
-    length => sub { length shift },
-);
-
-sub filter_body {
-    my ($block, $content, $i) = @_;
-    my $f = $block->response_body_filters;
-    return $content unless defined $f;
-    if (!ref $f) {
-        $f = [split ' ', $f];
-    } elsif (ref $f eq 'ARRAY' && ref $f->[0] eq 'ARRAY') {
-        $f = $f->[$i];
-    } elsif (ref $f ne 'ARRAY') {
-        $f = [$f];
-    }
-    for my $one (@$f) {
-        my $code = ref $one eq 'CODE' ? $one : $BodyFilters{$one}
-            or bail_out($block->name . " - unknown filter, \"$one\", specified"
-                        . " in the --- response_body_filters section");
-        $content = $code->($content);
-    }
-    return $content;
-}
-
+# Lines of a log; with $pos_ref, only those after *$pos_ref (then updated).
 sub log_lines {
     my ($file, $pos_ref) = @_;
-    sleep $TestNginxSleep * 3;  # log-phase lines come after the response
+    sleep $TestNginxSleep * 3;    # log-phase lines come after the response
     open my $in, '<', $file or return [];
-    seek $in, $$pos_ref, 0 if $pos_ref && !$CheckAccumErrLog && $$pos_ref;
+    seek $in, $$pos_ref, 0 if $pos_ref && $$pos_ref && !$CheckAccumErrLog;
     my @lines = <$in>;
     $$pos_ref = tell $in if $pos_ref && !$CheckAccumErrLog;
     return \@lines;
 }
 
+# A string is a substring to find in a line, a qr// a regex; a multi-line
+# string or an array holds several.
 sub patterns {
     my $p = shift;
     return [$p] if ref $p eq 'Regexp';
@@ -994,33 +875,28 @@ sub patterns {
     return [split /\n+/, $p];
 }
 
-sub line_matches {
-    my ($line, $pat) = @_;
-    return ref $pat ? $line =~ $pat : index($line, $pat) >= 0;
-}
+sub line_matches { ref $_[1] ? $_[0] =~ $_[1] : index($_[0], $_[1]) >= 0 }
 
-# --- error_log / --- no_error_log style checks against a list of lines.
+# error_log / no_error_log style checks over some log lines.
 sub check_patterns {
     my ($name, $lines, $want, $dont, $file, $suffix) = @_;
     if (defined $want) {
-        my $pats = patterns($want);
+        my @pats = @{ patterns($want) };
         for my $line (@$lines) {
-            for my $pat (@$pats) {
+            for my $pat (@pats) {
                 next unless defined $pat && line_matches($line, $pat);
                 Test::More::pass("$name - pattern \"$pat\" matches a line in $file$suffix");
                 undef $pat;
             }
         }
-        for my $pat (grep { defined } @$pats) {
-            Test::More::fail("$name - pattern \"$pat\" should match a line in $file$suffix");
-        }
+        Test::More::fail("$name - pattern \"$_\" should match a line in $file$suffix")
+            for grep { defined } @pats;
     }
     if (defined $dont) {
         my %found;
-        my $pats = patterns($dont);
+        my @pats = @{ patterns($dont) };
         for my $j (0 .. $#$lines) {
-            for my $pat (@$pats) {
-                next unless line_matches($lines->[$j], $pat);
+            for my $pat (grep { line_matches($lines->[$j], $_) } @pats) {
                 $found{$pat} = 1;
                 Test::More::fail("$name - pattern \"" . fmt_str($pat) . "\" should not"
                     . " match any line in $file but matches line \""
@@ -1028,57 +904,44 @@ sub check_patterns {
                     . join '', @$lines[$j + 1 .. min($j + 9, $#$lines)]);
             }
         }
-        for my $pat (grep { !$found{$_} } @$pats) {
-            Test::More::pass("$name - pattern \"" . fmt_str($pat)
-                             . "\" does not match a line in $file$suffix");
-        }
+        Test::More::pass("$name - pattern \"" . fmt_str($_) . "\" does not match"
+                         . " a line in $file$suffix") for grep { !$found{$_} } @pats;
     }
 }
 
 sub check_error_log {
     my ($block, $rep) = @_;
     my $name = $block->name;
-    my $lines;
-    my $suffix = " (req $rep)";
+    my $lines = log_lines($ErrLogFile, \$ErrLogFilePos);
 
-    if (defined(my $grep = $block->grep_error_log)) {
+    my $grep = $block->grep_error_log;
+    my $want = $block->grep_error_log_out;
+    if (defined $grep || defined $want) {
+        bail_out("$name - --- grep_error_log and --- grep_error_log_out go together")
+            unless defined $grep && defined $want;
         $grep = $grep->[$rep] if ref $grep eq 'ARRAY';
-        my $want = $block->grep_error_log_out;
-        bail_out("$name - No --- grep_error_log_out defined but --- grep_error_log is defined")
-            unless defined $want;
         $want = $want->[$rep] if ref $want eq 'ARRAY';
-        $lines ||= log_lines($ErrLogFile, \$ErrLogFilePos);
         my $got = '';
         for my $line (@$lines) {
-            if (ref $grep ? $line =~ $grep : $line =~ /\Q$grep\E/) {
-                $got .= "$&\n" if $& !~ /\n/;
-            }
+            $got .= "$&\n" if (ref $grep ? $line =~ $grep : $line =~ /\Q$grep\E/)
+                              && $& !~ /\n/;
         }
-        is_str($got, $want, "$name - grep_error_log_out$suffix");
-    } elsif (defined $block->grep_error_log_out) {
-        bail_out("$name - No --- grep_error_log defined but --- grep_error_log_out is defined");
+        is_str($got, $want, "$name - grep_error_log_out (req $rep)");
     }
-
-    if (defined $block->error_log || defined $block->no_error_log) {
-        $lines ||= log_lines($ErrLogFile, \$ErrLogFilePos);
-        check_patterns($name, $lines, scalar $block->error_log, scalar $block->no_error_log,
-                       'error.log', $suffix);
-    }
+    check_patterns($name, $lines, scalar $block->error_log,
+                   scalar $block->no_error_log, 'error.log', " (req $rep)");
     if (defined $block->access_log || defined $block->no_access_log) {
         check_patterns($name, log_lines($AccLogFile), scalar $block->access_log,
-                       scalar $block->no_access_log, 'access.log', $suffix);
+                       scalar $block->no_access_log, 'access.log', " (req $rep)");
     }
 
-    $lines ||= log_lines($ErrLogFile, \$ErrLogFilePos);
-    my $mentioned = join "\n", map { ref $_ eq 'ARRAY' ? @$_ : $_ }
-                    grep { defined } scalar $block->error_log, scalar $block->no_error_log;
+    my $mentioned = join "\n", map { ref $_ eq 'ARRAY' ? @$_ : $_ } grep { defined }
+                    scalar $block->error_log, scalar $block->no_error_log;
     for my $level (qw(alert crit emerg)) {
         next if $mentioned =~ /\[$level/;
         warn "WARNING: $name - ", fmt_str($_), "\n" for grep { /\[$level\]/ } @$lines;
     }
-    for my $line (@$lines) {
-        Test::More::fail("$name - $1") if $line =~ /(\bAssertion .*?failed\b.*)/;
-    }
+    /(\bAssertion .*?failed\b.*)/ and Test::More::fail("$name - $1") for @$lines;
 }
 
 # --- shutdown_error_log / --- no_shutdown_error_log of the block whose
@@ -1089,8 +952,8 @@ sub check_shutdown_error_log {
                || defined $block->no_shutdown_error_log;
     my $pos = $ErrLogFilePos;
     check_patterns($block->name, log_lines($ErrLogFile, \$pos),
-                   scalar $block->shutdown_error_log, scalar $block->no_shutdown_error_log,
-                   'error.log', '');
+                   scalar $block->shutdown_error_log,
+                   scalar $block->no_shutdown_error_log, 'error.log', '');
 }
 
 1;

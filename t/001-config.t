@@ -1,0 +1,171 @@
+# Configuration: what nginx -t accepts and what it refuses, by directive.
+
+use Test::Nginx::Socket 'no_plan';
+
+no_shuffle();
+run_tests();
+
+__DATA__
+
+=== TEST 1: a complete location loads
+--- config
+    location = /g {
+        llm_pass  http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model m;
+        llm_prompt "hi";
+    }
+    location = /ok { return 200 "up\n"; }
+--- request
+GET /ok
+--- response_body
+up
+--- no_error_log
+[emerg]
+
+
+
+=== TEST 2: llm_prompt is required
+--- config
+    location = /g {
+        llm_pass  http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model m;
+    }
+--- must_die
+--- error_log
+"llm_prompt" is required where "llm_pass" is set
+
+
+
+=== TEST 3: llm_model is required
+--- config
+    location = /g {
+        llm_pass  http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_prompt "hi";
+    }
+--- must_die
+--- error_log
+"llm_model" is required where "llm_pass" is set
+
+
+
+=== TEST 4: llm_model inherited from the server level
+--- config
+    llm_model m;
+    llm_prompt "hi";
+    location = /g {
+        llm_pass  http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+    }
+    location = /ok { return 200 "up\n"; }
+--- request
+GET /ok
+--- response_body
+up
+
+
+
+=== TEST 5: llm_pass needs http:// or https://
+--- config
+    location = /g {
+        llm_pass  ftp://example.com/v1;
+        llm_model m;
+        llm_prompt "hi";
+    }
+--- must_die
+--- error_log
+invalid URL "ftp://example.com/v1" in "llm_pass"
+
+
+
+=== TEST 6: llm_pass needs a host
+--- config
+    location = /g {
+        llm_pass  http:///v1/chat/completions;
+        llm_model m;
+        llm_prompt "hi";
+    }
+--- must_die
+--- error_log
+"llm_pass": no host
+
+
+
+=== TEST 7: unknown provider
+--- config
+    location = /g {
+        llm_pass     http://127.0.0.1/v1;
+        llm_provider gemini;
+        llm_model    m;
+        llm_prompt   "hi";
+    }
+--- must_die
+--- error_log
+invalid value "gemini" in "llm_provider"
+
+
+
+=== TEST 8: unknown thread pool
+--- config
+    location = /g {
+        llm_pass        http://127.0.0.1/v1;
+        llm_model       m;
+        llm_prompt      "hi";
+        llm_thread_pool nosuchpool;
+    }
+--- must_die
+--- error_log
+unknown thread pool "nosuchpool"
+
+
+
+=== TEST 9: llm_pass twice
+--- config
+    location = /g {
+        llm_pass   http://127.0.0.1/a;
+        llm_pass   http://127.0.0.1/b;
+        llm_model  m;
+        llm_prompt "hi";
+    }
+--- must_die
+--- error_log
+"llm_pass" directive is duplicate
+
+
+
+=== TEST 10: a bad time value names the directive
+--- config
+    location = /g {
+        llm_pass          http://127.0.0.1/a;
+        llm_model         m;
+        llm_prompt        "hi";
+        llm_idle_timeout  soon;
+    }
+--- must_die
+--- error_log
+"llm_idle_timeout" directive invalid value
+
+
+
+=== TEST 11: llm_pass is not allowed at the server level
+--- config
+    llm_pass http://127.0.0.1/a;
+--- must_die
+--- error_log
+"llm_pass" directive is not allowed here
+
+
+
+=== TEST 12: a named thread pool from thread_pool
+--- main_config
+    thread_pool llm threads=2;
+--- config
+    location = /g {
+        llm_pass        http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model       m;
+        llm_prompt      "hi";
+        llm_thread_pool llm;
+    }
+    location = /ok { return 200 "up\n"; }
+--- request
+GET /ok
+--- response_body
+up

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs every Debian package that the build, the demo, the tests and the
+# benchmarks need.  Idempotent: does nothing when all are there.
+set -euo pipefail
+
+pkgs=(
+    build-essential nginx-core nginx-dev libnginx-mod-http-echo
+    libcurl4-openssl-dev libjansson-dev libhiredis-dev libpcre3-dev
+    libssl-dev zlib1g-dev
+    redis-server tini valgrind curl procps
+    libtest-base-perl libtext-diff-perl libwww-perl libipc-run-perl
+    libtest-longstring-perl liblist-moreutils-perl liburi-perl
+    libhttp-message-perl
+)
+
+missing=()
+for p in "${pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" \
+        || missing+=("$p")
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+    exit 0
+fi
+
+echo "bootstrap: installing ${missing[*]}"
+
+sudo=
+if [ "$(id -u)" != 0 ]; then
+    sudo=sudo
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+# the packaged nginx must not hold port 80 or run as a service here
+if command -v systemctl >/dev/null 2>&1; then
+    $sudo systemctl disable --now nginx >/dev/null 2>&1 || true
+fi
+$sudo service nginx stop >/dev/null 2>&1 || true
+$sudo service redis-server stop >/dev/null 2>&1 || true
