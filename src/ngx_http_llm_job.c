@@ -6,8 +6,8 @@
 
 /*
  * A job is one generation as the event loop sees it: its id, its state, the
- * text so far and its event log, a list of SSE frames that every subscribed
- * stream reads at its own pace.  Jobs are heap-allocated and outlive the
+ * text so far, its outcome and its event log, which every subscribed stream
+ * reads at its own pace (the SSE writer renders the frames).  Jobs are heap-allocated and outlive the
  * requests that watch them; a job is freed when it is over and nobody
  * watches it any more.
  */
@@ -18,7 +18,6 @@
 #include <ngx_http.h>
 
 #include <sys/random.h>
-#include <jansson.h>
 
 #include "ngx_http_llm_module.h"
 
@@ -28,7 +27,7 @@
 
 static ngx_int_t ngx_http_llm_job_id(u_char *id, ngx_log_t *log);
 static ngx_int_t ngx_http_llm_job_event(ngx_http_llm_job_t *job,
-    const char *type, json_t *data);
+    ngx_http_llm_event_type_e type, size_t off, size_t len);
 static ngx_int_t ngx_http_llm_job_append_text(ngx_http_llm_job_t *job,
     u_char *text, size_t len);
 static void ngx_http_llm_job_end(ngx_http_llm_job_t *job,
@@ -65,13 +64,13 @@ ngx_http_llm_job_start(ngx_http_llm_spec_t *spec, ngx_thread_pool_t *pool,
 
     job->state = NGX_HTTP_LLM_RUNNING;
     job->log = ngx_cycle->log;
+    job->input_tokens = -1;
+    job->output_tokens = -1;
     ngx_queue_init(&job->subscribers);
     ngx_queue_insert_tail(&ngx_http_llm_jobs, &job->queue);
 
     if (ngx_http_llm_job_id(job->id, log) != NGX_OK
-        || ngx_http_llm_job_event(job, "start",
-                                  json_pack("{ss}", "job", (char *) job->id))
-           != NGX_OK)
+        || ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_START, 0, 0) != NGX_OK)
     {
         goto failed;
     }
@@ -149,19 +148,20 @@ ngx_http_llm_job_unsubscribe(ngx_http_llm_ctx_t *ctx)
 void
 ngx_http_llm_job_output(ngx_http_llm_job_t *job, ngx_http_llm_output_t *out)
 {
-    json_t  *data, *usage;
+    size_t  off;
 
     if (job->state != NGX_HTTP_LLM_RUNNING) {
         return;
     }
 
     if (out->text_len) {
-        data = json_pack("{ss%}", "text", (char *) out->text,
-                         out->text_len);
+        off = job->text_len;
 
         if (ngx_http_llm_job_append_text(job, out->text, out->text_len)
                != NGX_OK
-            || ngx_http_llm_job_event(job, "delta", data) != NGX_OK)
+            || ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_DELTA, off,
+                                      out->text_len)
+               != NGX_OK)
         {
             ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_INTERNAL,
                                   "out of memory");
@@ -185,43 +185,19 @@ ngx_http_llm_job_output(ngx_http_llm_job_t *job, ngx_http_llm_output_t *out)
         return;
     }
 
-    data = json_pack("{ss%}", "text", (char *) job->text, job->text_len);
+    ngx_memcpy(job->finish, out->finish, out->finish_len);
+    job->finish_len = out->finish_len;
+    job->input_tokens = out->input_tokens;
+    job->output_tokens = out->output_tokens;
 
-    if (data && out->finish_len) {
-        json_object_set_new(data, "finish_reason",
-                            json_stringn((char *) out->finish,
-                                         out->finish_len));
-    }
-
-    if (data && (out->input_tokens >= 0 || out->output_tokens >= 0)) {
-        usage = json_object();
-
-        if (out->input_tokens >= 0) {
-            json_object_set_new(usage, "input_tokens",
-                                json_integer(out->input_tokens));
-        }
-
-        if (out->output_tokens >= 0) {
-            json_object_set_new(usage, "output_tokens",
-                                json_integer(out->output_tokens));
-        }
-
-        if (out->input_tokens >= 0 && out->output_tokens >= 0) {
-            json_object_set_new(usage, "total_tokens",
-                                json_integer(out->input_tokens
-                                             + out->output_tokens));
-        }
-
-        json_object_set_new(data, "usage", usage);
-    }
-
-    job->state = NGX_HTTP_LLM_COMPLETED;
-
-    if (ngx_http_llm_job_event(job, "complete", data) != NGX_OK) {
-        job->state = NGX_HTTP_LLM_RUNNING;
+    if (ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_COMPLETE, 0, 0)
+        != NGX_OK)
+    {
         ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_INTERNAL, "out of memory");
         return;
     }
+
+    job->state = NGX_HTTP_LLM_COMPLETED;
 
     ngx_http_llm_job_wake(job);
 }
@@ -291,58 +267,31 @@ ngx_http_llm_job_id(u_char *id, ngx_log_t *log)
 }
 
 
-/* format one SSE frame and append it to the log; takes "data" */
-
 static ngx_int_t
-ngx_http_llm_job_event(ngx_http_llm_job_t *job, const char *type,
-    json_t *data)
+ngx_http_llm_job_event(ngx_http_llm_job_t *job, ngx_http_llm_event_type_e type,
+    size_t off, size_t len)
 {
-    char                  *json;
-    u_char                *p;
-    size_t                 len, n;
-    ngx_http_llm_frame_t  *frames, *f;
+    ngx_uint_t             n;
+    ngx_http_llm_event_t  *events, *ev;
 
-    if (data == NULL) {
-        return NGX_ERROR;
-    }
+    /* growing one early keeps a slot for the final event */
 
-    json = json_dumps(data, JSON_COMPACT);
-    json_decref(data);
+    if (job->nevents + 1 >= job->events_cap) {
+        n = job->events_cap ? job->events_cap * 2 : 16;
+        events = realloc(job->events, n * sizeof(ngx_http_llm_event_t));
 
-    if (json == NULL) {
-        return NGX_ERROR;
-    }
-
-    if (job->nframes == job->frames_cap) {
-        n = job->frames_cap ? job->frames_cap * 2 : 16;
-        frames = realloc(job->frames, n * sizeof(ngx_http_llm_frame_t));
-
-        if (frames == NULL) {
-            free(json);
+        if (events == NULL) {
             return NGX_ERROR;
         }
 
-        job->frames = frames;
-        job->frames_cap = n;
+        job->events = events;
+        job->events_cap = n;
     }
 
-    len = sizeof("id: :\nevent: \ndata: \n\n") - 1 + NGX_HTTP_LLM_JOB_ID_LEN
-          + NGX_INT_T_LEN + ngx_strlen(type) + ngx_strlen(json);
-
-    p = ngx_alloc(len, job->log);
-    if (p == NULL) {
-        free(json);
-        return NGX_ERROR;
-    }
-
-    f = &job->frames[job->nframes];
-    f->data = p;
-    f->len = ngx_sprintf(p, "id: %s:%ui\nevent: %s\ndata: %s\n\n",
-                         job->id, job->nframes + 1, type, json)
-             - p;
-
-    free(json);
-    job->nframes++;
+    ev = &job->events[job->nevents++];
+    ev->type = type;
+    ev->off = off;
+    ev->len = (uint32_t) len;
 
     return NGX_OK;
 }
@@ -381,28 +330,21 @@ static void
 ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
     const char *code, u_char *msg, size_t len)
 {
-    json_t  *data;
-
     if (job->xfer) {
         ngx_http_llm_engine_cancel(job->xfer);
         job->xfer = NULL;
     }
 
     job->state = state;
+    job->code = code;
 
-    data = json_pack("{ssss%ss%}", "code", code,
-                     "message", msg ? (char *) msg : "", msg ? len : 0,
-                     "text", job->text ? (char *) job->text : "",
-                     job->text_len);
-
-    if (data == NULL) {
-        /* the message was not valid UTF-8: keep the code and the text */
-        data = json_pack("{ssssss%}", "code", code, "message", code,
-                         "text", job->text ? (char *) job->text : "",
-                         job->text_len);
+    job->message = ngx_alloc(len ? len : 1, job->log);
+    if (job->message) {
+        ngx_memcpy(job->message, msg, len);
+        job->message_len = len;
     }
 
-    if (ngx_http_llm_job_event(job, "error", data) != NGX_OK) {
+    if (ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_ERROR, 0, 0) != NGX_OK) {
         ngx_log_error(NGX_LOG_ALERT, job->log, 0,
                       "llm: job %s: cannot log its final event", job->id);
     }
@@ -433,20 +375,15 @@ ngx_http_llm_job_wake(ngx_http_llm_job_t *job)
 static void
 ngx_http_llm_job_free(ngx_http_llm_job_t *job)
 {
-    ngx_uint_t  i;
-
     if (job->state == NGX_HTTP_LLM_RUNNING
         || !ngx_queue_empty(&job->subscribers))
     {
         return;
     }
 
-    for (i = 0; i < job->nframes; i++) {
-        ngx_free(job->frames[i].data);
-    }
-
-    free(job->frames);
+    free(job->events);
     free(job->text);
+    ngx_free(job->message);
     ngx_queue_remove(&job->queue);
     ngx_free(job);
 

@@ -63,21 +63,36 @@ struct ngx_http_llm_ctx_s {
     ngx_array_t                   *inputs;      /* ngx_http_llm_input_t */
 
     ngx_uint_t                     sent;        /* events written */
+    u_char                        *mem;         /* rendered frames */
+    size_t                         mem_size;
     ngx_chain_t                   *free;
     ngx_chain_t                   *busy;
     ngx_event_t                    heartbeat;
 
     unsigned                       streaming:1;
+    unsigned                       retry:1;
     unsigned                       finished:1;
     unsigned                       wrote:1;     /* since last heartbeat */
 };
 
 
-/* event log entry: one complete SSE frame */
+typedef enum {
+    NGX_HTTP_LLM_EV_START = 0,
+    NGX_HTTP_LLM_EV_DELTA,
+    NGX_HTTP_LLM_EV_COMPLETE,
+    NGX_HTTP_LLM_EV_ERROR
+} ngx_http_llm_event_type_e;
+
+
+/*
+ * Event log entry.  A delta is a range of the job's text, so the log costs
+ * a few words per event and consecutive deltas can be sent as one.
+ */
 typedef struct {
-    u_char                        *data;
-    size_t                         len;
-} ngx_http_llm_frame_t;
+    ngx_http_llm_event_type_e      type;
+    uint32_t                       len;
+    size_t                         off;
+} ngx_http_llm_event_t;
 
 
 typedef enum {
@@ -93,13 +108,22 @@ struct ngx_http_llm_job_s {
     u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN + 1];
     ngx_http_llm_state_e           state;
 
-    ngx_http_llm_frame_t          *frames;
-    ngx_uint_t                     nframes;
-    ngx_uint_t                     frames_cap;
+    ngx_http_llm_event_t          *events;
+    ngx_uint_t                     nevents;
+    ngx_uint_t                     events_cap;
 
     u_char                        *text;
     size_t                         text_len;
     size_t                         text_cap;
+
+    /* the outcome, for the final event */
+    u_char                         finish[32];
+    size_t                         finish_len;
+    ngx_int_t                      input_tokens;     /* -1: unknown */
+    ngx_int_t                      output_tokens;
+    const char                    *code;
+    u_char                        *message;
+    size_t                         message_len;
 
     ngx_http_llm_xfer_t           *xfer;
     ngx_queue_t                    subscribers;

@@ -5,12 +5,12 @@
 
 
 /*
- * The SSE writer: sends a job's event log to one client through the output
- * filter chain, every write flushed.  Frames are not copied: bufs point
- * into the job's log, which outlives the request.  While the client does
- * not drain what was sent, nothing more is queued (the log keeps growing in
- * one place, not per stream); once it drains, everything missed goes out in
- * one write.
+ * The SSE writer: renders a job's event log for one client and sends it
+ * through the output filter chain, every write flushed.  While the client
+ * has not taken the last write nothing more is rendered: the log grows in
+ * one place for all its readers, and when the client drains, the deltas it
+ * missed go out merged into one event that carries the last one's id, so a
+ * slow client gets fewer, bigger events and the same text.
  */
 
 
@@ -21,24 +21,41 @@
 #include "ngx_http_llm_module.h"
 
 
-#define NGX_HTTP_LLM_WRITE_FRAMES  64
+#define NGX_HTTP_LLM_WRITE_MAX  65536      /* text rendered per write */
+#define NGX_HTTP_LLM_DELTA_MAX  16384      /* text merged into one delta */
 
 
-static void ngx_http_llm_sse_send(ngx_http_llm_ctx_t *ctx,
-    ngx_chain_t *extra);
+/* renders into p, or only counts when p is NULL */
+typedef struct {
+    u_char                    *p;
+    size_t                     n;
+} ngx_http_llm_render_t;
+
+
+static ngx_int_t ngx_http_llm_sse_render(ngx_http_llm_ctx_t *ctx,
+    ngx_chain_t **out, ngx_uint_t ping);
+static ngx_uint_t ngx_http_llm_sse_frames(ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_render_t *w, ngx_uint_t ping);
+static void ngx_http_llm_sse_event(ngx_http_llm_job_t *job,
+    ngx_http_llm_render_t *w, ngx_uint_t first, ngx_uint_t last);
+static void ngx_http_llm_sse_raw(ngx_http_llm_render_t *w, const void *s,
+    size_t len);
+static void ngx_http_llm_sse_str(ngx_http_llm_render_t *w, u_char *s,
+    size_t len);
+static void ngx_http_llm_sse_send(ngx_http_llm_ctx_t *ctx, ngx_uint_t ping);
 static void ngx_http_llm_sse_write_handler(ngx_http_request_t *r);
 static void ngx_http_llm_sse_heartbeat(ngx_event_t *ev);
 
 
-static u_char  ngx_http_llm_ping[] = ": ping\n\n";
+static const char  *ngx_http_llm_event_names[] = {
+    "start", "delta", "complete", "error"
+};
 
 
 ngx_int_t
 ngx_http_llm_sse_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
     ngx_int_t                 rc;
-    ngx_buf_t                *b;
-    ngx_chain_t              *cl;
     ngx_table_elt_t          *h;
     ngx_http_llm_loc_conf_t  *llcf;
 
@@ -94,24 +111,9 @@ ngx_http_llm_sse_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     }
 
     /* the reconnection delay goes first, before any event */
+    ctx->retry = 1;
 
-    b = ngx_create_temp_buf(r->pool, sizeof("retry: \n\n") + NGX_INT_T_LEN);
-    if (b == NULL) {
-        return NGX_ERROR;
-    }
-
-    b->last = ngx_sprintf(b->last, "retry: %M\n\n", llcf->retry);
-    b->tag = (ngx_buf_tag_t) &ngx_http_llm_module;
-
-    cl = ngx_alloc_chain_link(r->pool);
-    if (cl == NULL) {
-        return NGX_ERROR;
-    }
-
-    cl->buf = b;
-    cl->next = NULL;
-
-    ngx_http_llm_sse_send(ctx, cl);
+    ngx_http_llm_sse_send(ctx, 0);
 
     return NGX_OK;
 }
@@ -130,7 +132,7 @@ ngx_http_llm_sse_wake(ngx_http_llm_ctx_t *ctx)
 
     c = ctx->request->connection;
 
-    ngx_http_llm_sse_send(ctx, NULL);
+    ngx_http_llm_sse_send(ctx, 0);
     ngx_http_run_posted_requests(c);
 }
 
@@ -141,55 +143,24 @@ ngx_http_llm_sse_wake(ngx_http_llm_ctx_t *ctx)
  */
 
 static void
-ngx_http_llm_sse_send(ngx_http_llm_ctx_t *ctx, ngx_chain_t *extra)
+ngx_http_llm_sse_send(ngx_http_llm_ctx_t *ctx, ngx_uint_t ping)
 {
     ngx_int_t                  rc;
-    ngx_uint_t                 n;
-    ngx_buf_t                 *b;
-    ngx_chain_t               *out, **ll, *cl;
+    ngx_chain_t               *out;
     ngx_connection_t          *c;
     ngx_http_request_t        *r;
     ngx_http_llm_job_t        *job;
-    ngx_http_llm_frame_t      *f;
     ngx_http_core_loc_conf_t  *clcf;
 
     r = ctx->request;
     c = r->connection;
     job = ctx->job;
+    out = NULL;
 
-    out = extra;
-    ll = extra ? &extra->next : &out;
-
-    for (n = 0;
-         ctx->busy == NULL && job && ctx->sent < job->nframes
-         && n < NGX_HTTP_LLM_WRITE_FRAMES;
-         n++)
+    if (ctx->busy == NULL
+        && ngx_http_llm_sse_render(ctx, &out, ping) != NGX_OK)
     {
-        f = &job->frames[ctx->sent++];
-
-        cl = ngx_chain_get_free_buf(r->pool, &ctx->free);
-        if (cl == NULL) {
-            goto failed;
-        }
-
-        b = cl->buf;
-        ngx_memzero(b, sizeof(ngx_buf_t));
-
-        b->start = f->data;
-        b->pos = f->data;
-        b->last = f->data + f->len;
-        b->end = b->last;
-        b->memory = 1;
-        b->tag = (ngx_buf_tag_t) &ngx_http_llm_module;
-
-        *ll = cl;
-        ll = &cl->next;
-    }
-
-    if (out) {
-        for (cl = out; cl->next; cl = cl->next) { /* void */ }
-        cl->buf->flush = 1;
-        ctx->wrote = 1;
+        goto failed;
     }
 
     rc = ngx_http_output_filter(r, out);
@@ -219,7 +190,7 @@ ngx_http_llm_sse_send(ngx_http_llm_ctx_t *ctx, ngx_chain_t *extra)
         ngx_del_timer(c->write);
     }
 
-    if (job && ctx->sent < job->nframes) {
+    if (job && ctx->sent < job->nevents) {
         /* more than one write's worth: go on when the loop comes back */
         ngx_post_event(c->write, &ngx_posted_events);
         return;
@@ -247,6 +218,307 @@ failed:
     }
 
     ngx_http_finalize_request(r, NGX_ERROR);
+}
+
+
+/* one buf with every frame the client has not seen, up to a bound */
+
+static ngx_int_t
+ngx_http_llm_sse_render(ngx_http_llm_ctx_t *ctx, ngx_chain_t **out,
+    ngx_uint_t ping)
+{
+    size_t                  size;
+    ngx_buf_t              *b;
+    ngx_chain_t            *cl;
+    ngx_http_request_t     *r;
+    ngx_http_llm_render_t   w;
+
+    r = ctx->request;
+
+    w.p = NULL;
+    w.n = 0;
+    (void) ngx_http_llm_sse_frames(ctx, &w, ping);
+
+    if (w.n == 0) {
+        return NGX_OK;
+    }
+
+    /* only one write is in flight: its memory is free again now */
+
+    if (ctx->mem_size < w.n) {
+        if (ctx->mem) {
+            ngx_pfree(r->pool, ctx->mem);
+        }
+
+        size = ngx_max(w.n, 1024);
+
+        ctx->mem = ngx_palloc(r->pool, size);
+        if (ctx->mem == NULL) {
+            ctx->mem_size = 0;
+            return NGX_ERROR;
+        }
+
+        ctx->mem_size = size;
+    }
+
+    cl = ngx_chain_get_free_buf(r->pool, &ctx->free);
+    if (cl == NULL) {
+        return NGX_ERROR;
+    }
+
+    w.p = ctx->mem;
+    w.n = 0;
+    ctx->sent = ngx_http_llm_sse_frames(ctx, &w, ping);
+    ctx->retry = 0;
+    ctx->wrote = 1;
+
+    b = cl->buf;
+    ngx_memzero(b, sizeof(ngx_buf_t));
+
+    b->start = ctx->mem;
+    b->pos = ctx->mem;
+    b->last = w.p;
+    b->end = ctx->mem + ctx->mem_size;
+    b->temporary = 1;
+    b->flush = 1;
+    b->tag = (ngx_buf_tag_t) &ngx_http_llm_module;
+
+    *out = cl;
+
+    return NGX_OK;
+}
+
+
+/* the frames to write now; returns the next event to send after them */
+
+static ngx_uint_t
+ngx_http_llm_sse_frames(ngx_http_llm_ctx_t *ctx, ngx_http_llm_render_t *w,
+    ngx_uint_t ping)
+{
+    u_char                    line[NGX_INT_T_LEN + 16];
+    size_t                    n, text;
+    ngx_uint_t                i, last;
+    ngx_http_llm_job_t       *job;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    job = ctx->job;
+
+    if (ctx->retry) {
+        llcf = ngx_http_get_module_loc_conf(ctx->request, ngx_http_llm_module);
+        n = ngx_sprintf(line, "retry: %M\n\n", llcf->retry) - line;
+        ngx_http_llm_sse_raw(w, line, n);
+    }
+
+    i = ctx->sent;
+    text = 0;
+
+    while (job && i < job->nevents && text < NGX_HTTP_LLM_WRITE_MAX) {
+        last = i;
+
+        if (job->events[i].type == NGX_HTTP_LLM_EV_DELTA) {
+            text += job->events[i].len;
+
+            while (last + 1 < job->nevents
+                   && job->events[last + 1].type == NGX_HTTP_LLM_EV_DELTA
+                   && text + job->events[last + 1].len
+                      <= NGX_HTTP_LLM_DELTA_MAX)
+            {
+                last++;
+                text += job->events[last].len;
+            }
+
+        } else if (job->events[i].type != NGX_HTTP_LLM_EV_START) {
+            text += job->text_len;
+        }
+
+        ngx_http_llm_sse_event(job, w, i, last);
+        i = last + 1;
+    }
+
+    if (ping && w->n == 0) {
+        ngx_http_llm_sse_raw(w, ": ping\n\n", sizeof(": ping\n\n") - 1);
+    }
+
+    return i;
+}
+
+
+static void
+ngx_http_llm_sse_event(ngx_http_llm_job_t *job, ngx_http_llm_render_t *w,
+    ngx_uint_t first, ngx_uint_t last)
+{
+    u_char                 num[NGX_INT_T_LEN * 3 + 64];
+    size_t                 n;
+    ngx_http_llm_event_t  *ev;
+
+    ev = &job->events[first];
+
+    n = ngx_sprintf(num, "%ui", last + 1) - num;
+
+    ngx_http_llm_sse_raw(w, "id: ", sizeof("id: ") - 1);
+    ngx_http_llm_sse_raw(w, job->id, NGX_HTTP_LLM_JOB_ID_LEN);
+    ngx_http_llm_sse_raw(w, ":", 1);
+    ngx_http_llm_sse_raw(w, num, n);
+    ngx_http_llm_sse_raw(w, "\nevent: ", sizeof("\nevent: ") - 1);
+    ngx_http_llm_sse_raw(w, ngx_http_llm_event_names[ev->type],
+                         ngx_strlen(ngx_http_llm_event_names[ev->type]));
+    ngx_http_llm_sse_raw(w, "\ndata: ", sizeof("\ndata: ") - 1);
+
+    switch (ev->type) {
+
+    case NGX_HTTP_LLM_EV_START:
+        ngx_http_llm_sse_raw(w, "{\"job\":\"", sizeof("{\"job\":\"") - 1);
+        ngx_http_llm_sse_raw(w, job->id, NGX_HTTP_LLM_JOB_ID_LEN);
+        ngx_http_llm_sse_raw(w, "\"}", 2);
+        break;
+
+    case NGX_HTTP_LLM_EV_DELTA:
+        ngx_http_llm_sse_raw(w, "{\"text\":", sizeof("{\"text\":") - 1);
+        ngx_http_llm_sse_str(w, job->text + ev->off,
+                             job->events[last].off + job->events[last].len
+                             - ev->off);
+        ngx_http_llm_sse_raw(w, "}", 1);
+        break;
+
+    case NGX_HTTP_LLM_EV_COMPLETE:
+        ngx_http_llm_sse_raw(w, "{\"text\":", sizeof("{\"text\":") - 1);
+        ngx_http_llm_sse_str(w, job->text, job->text_len);
+
+        if (job->finish_len) {
+            ngx_http_llm_sse_raw(w, ",\"finish_reason\":",
+                                 sizeof(",\"finish_reason\":") - 1);
+            ngx_http_llm_sse_str(w, job->finish, job->finish_len);
+        }
+
+        if (job->input_tokens >= 0 || job->output_tokens >= 0) {
+            ngx_http_llm_sse_raw(w, ",\"usage\":{", sizeof(",\"usage\":{") - 1);
+            n = 0;
+
+            if (job->input_tokens >= 0) {
+                n = ngx_sprintf(num, "\"input_tokens\":%i", job->input_tokens)
+                    - num;
+            }
+
+            if (job->output_tokens >= 0) {
+                n = ngx_sprintf(num + n, "%s\"output_tokens\":%i",
+                                n ? "," : "", job->output_tokens)
+                    - num;
+            }
+
+            if (job->input_tokens >= 0 && job->output_tokens >= 0) {
+                n = ngx_sprintf(num + n, ",\"total_tokens\":%i",
+                                job->input_tokens + job->output_tokens)
+                    - num;
+            }
+
+            ngx_http_llm_sse_raw(w, num, n);
+            ngx_http_llm_sse_raw(w, "}", 1);
+        }
+
+        ngx_http_llm_sse_raw(w, "}", 1);
+        break;
+
+    case NGX_HTTP_LLM_EV_ERROR:
+        ngx_http_llm_sse_raw(w, "{\"code\":", sizeof("{\"code\":") - 1);
+        ngx_http_llm_sse_str(w, (u_char *) job->code, ngx_strlen(job->code));
+        ngx_http_llm_sse_raw(w, ",\"message\":", sizeof(",\"message\":") - 1);
+        ngx_http_llm_sse_str(w, job->message, job->message_len);
+        ngx_http_llm_sse_raw(w, ",\"text\":", sizeof(",\"text\":") - 1);
+        ngx_http_llm_sse_str(w, job->text, job->text_len);
+        ngx_http_llm_sse_raw(w, "}", 1);
+        break;
+    }
+
+    ngx_http_llm_sse_raw(w, "\n\n", 2);
+}
+
+
+static void
+ngx_http_llm_sse_raw(ngx_http_llm_render_t *w, const void *s, size_t len)
+{
+    if (w->p) {
+        w->p = ngx_cpymem(w->p, s, len);
+    }
+
+    w->n += len;
+}
+
+
+/* a JSON string: the text is valid UTF-8, only escapes are needed */
+
+static void
+ngx_http_llm_sse_str(ngx_http_llm_render_t *w, u_char *s, size_t len)
+{
+    u_char         c, *p, *last;
+    size_t         n;
+    static u_char  hex[] = "0123456789abcdef";
+
+    n = 2;
+    last = s + len;
+
+    for (p = s; p < last; p++) {
+        c = *p;
+        n += (c == '"' || c == '\\') ? 2
+             : (c >= 0x20) ? 1
+             : (c == '\n' || c == '\r' || c == '\t' || c == '\b' || c == '\f')
+               ? 2 : 6;
+    }
+
+    w->n += n;
+
+    if (w->p == NULL) {
+        return;
+    }
+
+    p = w->p;
+    *p++ = '"';
+
+    for ( /* void */ ; s < last; s++) {
+        c = *s;
+
+        if (c >= 0x20 && c != '"' && c != '\\') {
+            *p++ = c;
+            continue;
+        }
+
+        *p++ = '\\';
+
+        switch (c) {
+
+        case '"':
+        case '\\':
+            *p++ = c;
+            break;
+
+        case '\n':
+            *p++ = 'n';
+            break;
+
+        case '\r':
+            *p++ = 'r';
+            break;
+
+        case '\t':
+            *p++ = 't';
+            break;
+
+        case '\b':
+            *p++ = 'b';
+            break;
+
+        case '\f':
+            *p++ = 'f';
+            break;
+
+        default:
+            p = ngx_cpymem(p, "u00", 3);
+            *p++ = hex[c >> 4];
+            *p++ = hex[c & 0xf];
+        }
+    }
+
+    *p++ = '"';
+    w->p = p;
 }
 
 
@@ -279,7 +551,7 @@ ngx_http_llm_sse_write_handler(ngx_http_request_t *r)
         return;
     }
 
-    ngx_http_llm_sse_send(ctx, NULL);
+    ngx_http_llm_sse_send(ctx, 0);
 }
 
 
@@ -288,8 +560,6 @@ ngx_http_llm_sse_write_handler(ngx_http_request_t *r)
 static void
 ngx_http_llm_sse_heartbeat(ngx_event_t *ev)
 {
-    ngx_buf_t                *b;
-    ngx_chain_t              *cl;
     ngx_connection_t         *c;
     ngx_http_request_t       *r;
     ngx_http_llm_ctx_t       *ctx;
@@ -301,23 +571,7 @@ ngx_http_llm_sse_heartbeat(ngx_event_t *ev)
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
     if (!ctx->wrote && ctx->busy == NULL) {
-        cl = ngx_chain_get_free_buf(r->pool, &ctx->free);
-        if (cl == NULL) {
-            ctx->finished = 1;
-            ngx_http_finalize_request(r, NGX_ERROR);
-            ngx_http_run_posted_requests(c);
-            return;
-        }
-
-        b = cl->buf;
-        ngx_memzero(b, sizeof(ngx_buf_t));
-
-        b->pos = ngx_http_llm_ping;
-        b->last = ngx_http_llm_ping + sizeof(ngx_http_llm_ping) - 1;
-        b->memory = 1;
-        b->tag = (ngx_buf_tag_t) &ngx_http_llm_module;
-
-        ngx_http_llm_sse_send(ctx, cl);
+        ngx_http_llm_sse_send(ctx, 1);
     }
 
     if (!ctx->finished) {
