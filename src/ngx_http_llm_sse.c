@@ -296,7 +296,7 @@ ngx_http_llm_sse_frames(ngx_http_llm_ctx_t *ctx, ngx_http_llm_render_t *w,
     ngx_uint_t ping)
 {
     u_char                    line[NGX_INT_T_LEN + 16];
-    size_t                    n, text;
+    size_t                    n, text, merged;
     ngx_uint_t                i, last;
     ngx_http_llm_job_t       *job;
     ngx_http_llm_loc_conf_t  *llcf;
@@ -316,16 +316,18 @@ ngx_http_llm_sse_frames(ngx_http_llm_ctx_t *ctx, ngx_http_llm_render_t *w,
         last = i;
 
         if (job->events[i].type == NGX_HTTP_LLM_EV_DELTA) {
-            text += job->events[i].len;
+            merged = job->events[i].len;
 
             while (last + 1 < job->nevents
                    && job->events[last + 1].type == NGX_HTTP_LLM_EV_DELTA
-                   && text + job->events[last + 1].len
+                   && merged + job->events[last + 1].len
                       <= NGX_HTTP_LLM_DELTA_MAX)
             {
                 last++;
-                text += job->events[last].len;
+                merged += job->events[last].len;
             }
+
+            text += merged;
 
         } else if (job->events[i].type != NGX_HTTP_LLM_EV_START) {
             text += job->text_len;
