@@ -9,36 +9,19 @@ use warnings;
 use Test::More;
 use IO::Socket::INET;
 use Socket qw(SOL_SOCKET SO_RCVBUF pack_sockaddr_in inet_aton);
-use File::Path qw(make_path remove_tree);
 use Time::HiRes qw(sleep);
+use FindBin;
+use lib "$FindBin::Bin/lib";
+use LLM::TestServer qw(start_nginx stop_nginx free_port error_log);
 
-my $nginx = $ENV{TEST_NGINX_BINARY} || 'nginx';
-my $mock  = $ENV{TEST_NGINX_MOCK_PORT};
-my $mods  = $ENV{TEST_NGINX_LOAD_MODULES} || '';
+my $mock = $ENV{TEST_NGINX_MOCK_PORT};
 
 plan skip_all => 'TEST_NGINX_MOCK_PORT is not set (run with make test)'
     unless $mock;
 
-my $root = ($ENV{TEST_NGINX_SERVROOT} || 't/servroot') . '_slow';
 my $port = free_port();
 
-remove_tree($root);
-make_path("$root/conf", "$root/logs");
-
-my $load = join '', map { "load_module $_;\n" } split ' ', $mods;
-my $user = $> == 0 ? "user root;\n" : '';
-
-open my $fh, '>', "$root/conf/nginx.conf" or die $!;
-print $fh <<"CONF";
-$load$user
-daemon on;
-master_process off;
-worker_processes 1;
-error_log logs/error.log info;
-pid logs/nginx.pid;
-events { worker_connections 256; }
-http {
-    access_log off;
+my $root = start_nginx('slow', "daemon on;\nmaster_process off;", <<"HTTP");
     server {
         listen 127.0.0.1:$port sndbuf=4k;
         location = /g {
@@ -47,12 +30,7 @@ http {
             llm_prompt "hi";
         }
     }
-}
-CONF
-close $fh;
-
-system($nginx, '-p', $root, '-c', 'conf/nginx.conf', '-e', 'logs/error.log') == 0
-    or BAIL_OUT("nginx did not start");
+HTTP
 
 # a small receive window, set before connecting so that it is advertised
 my $s;
@@ -80,7 +58,7 @@ while (1) {
 }
 close $s;
 
-kill 'QUIT', pid($root);
+stop_nginx($root);
 
 my ($body) = $resp =~ /\r\n\r\n(.*)\z/s;
 $body //= '';
@@ -109,24 +87,7 @@ my $increasing = 1;
 for (1 .. $#seq) { $increasing = 0 if $seq[$_] <= $seq[$_ - 1] }
 ok($increasing, 'event ids only increase');
 
-open my $log, '<', "$root/logs/error.log";
-my @bad = grep { /\[(alert|crit|emerg)\]/ } <$log>;
-is(scalar @bad, 0, 'no alerts in the error log') or diag(@bad);
+unlike(error_log($root), qr/\[(alert|crit|emerg)\]/, 'no alerts in the error log');
 
 done_testing();
 
-sub free_port {
-    my $l = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-                                  LocalPort => 0, Proto => 'tcp') or die $!;
-    my $p = $l->sockport;
-    close $l;
-    return $p;
-}
-
-sub pid {
-    my ($dir) = @_;
-    open my $f, '<', "$dir/logs/nginx.pid" or return 0;
-    my $p = <$f>;
-    chomp $p;
-    return $p;
-}

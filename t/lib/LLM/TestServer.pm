@@ -1,0 +1,94 @@
+package LLM::TestServer;
+
+# A private nginx for the plain TAP tests (those that need a client or a
+# signal that Test::Nginx::Socket has no section for).  It reads the same
+# TEST_NGINX_* environment as the Test::Nginx suite.
+
+use strict;
+use warnings;
+use Exporter 'import';
+use IO::Socket::INET;
+use File::Path qw(make_path remove_tree);
+use Time::HiRes qw(sleep);
+
+our @EXPORT_OK = qw(start_nginx stop_nginx nginx_pid free_port error_log);
+
+sub free_port {
+    my $l = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
+                                  LocalPort => 0, Proto => 'tcp') or die $!;
+    my $p = $l->sockport;
+    close $l;
+    return $p;
+}
+
+# start_nginx(name, main, http): the server root is t/servroot_NAME;
+# "main" and "http" are the main-level and http-level configuration.
+sub start_nginx {
+    my ($name, $main, $http) = @_;
+
+    my $root = ($ENV{TEST_NGINX_SERVROOT} || 't/servroot') . "_$name";
+    my $mods = $ENV{TEST_NGINX_LOAD_MODULES} || '';
+
+    remove_tree($root);
+    make_path("$root/conf", "$root/logs");
+
+    my $load = join '', map { "load_module $_;\n" } split ' ', $mods;
+    my $user = $> == 0 ? "user root;\n" : '';
+
+    open my $fh, '>', "$root/conf/nginx.conf" or die $!;
+    print $fh "$load${user}pid logs/nginx.pid;\n"
+              . "error_log logs/error.log info;\n$main\n"
+              . "events { worker_connections 1024; }\n"
+              . "http {\n    access_log off;\n$http\n}\n";
+    close $fh;
+
+    my $nginx = $ENV{TEST_NGINX_BINARY} || 'nginx';
+
+    system($nginx, '-p', $root, '-c', 'conf/nginx.conf',
+           '-e', 'logs/error.log') == 0
+        or die "nginx did not start: see $root/logs/error.log\n";
+
+    return $root;
+}
+
+sub nginx_pid {
+    my ($root) = @_;
+
+    for (1 .. 50) {
+        if (open my $f, '<', "$root/logs/nginx.pid") {
+            my $p = <$f>;
+            if (defined $p) {
+                chomp $p;
+                return $p if $p;
+            }
+        }
+        sleep 0.1;
+    }
+
+    return 0;
+}
+
+# stops nginx and waits until it has gone
+sub stop_nginx {
+    my ($root) = @_;
+
+    my $pid = nginx_pid($root) or return;
+    kill 'TERM', $pid;
+
+    for (1 .. 100) {
+        return unless kill 0, $pid;
+        sleep 0.05;
+    }
+
+    kill 'KILL', $pid;
+}
+
+sub error_log {
+    my ($root) = @_;
+
+    open my $f, '<', "$root/logs/error.log" or return '';
+    local $/;
+    return <$f>;
+}
+
+1;
