@@ -8,7 +8,6 @@
 #   make bootstrap            install every Debian package needed (root)
 
 BUILD   = build
-MODULE  = $(BUILD)/ngx_http_llm_module.so
 MOCK    = $(BUILD)/llm-mock
 UNIT    = $(BUILD)/llm-unit
 
@@ -29,16 +28,15 @@ UNIT_SRCS = t/unit/llm_unit.c src/ngx_http_llm_upstream_sse.c \
 
 all: module $(MOCK) $(UNIT)
 
-module: $(MODULE)
-
-$(MODULE): config $(wildcard src/*.c src/*.h) util/build.sh
+# nginx's own make decides what to rebuild, in whichever tree is used
+module:
 	util/build.sh
 
 $(MOCK): util/llm-mock.c
 	@mkdir -p $(BUILD)
 	$(CC) $(CFLAGS) $(WARN) -o $@ $<
 
-$(UNIT): $(MODULE) $(UNIT_SRCS) $(wildcard src/*.h)
+$(UNIT): module $(UNIT_SRCS) $(wildcard src/*.h)
 	$(CC) $(CFLAGS) $(WARN) -Wno-unused-parameter $(NGX_INCS) \
 	    -o $@ $(UNIT_SRCS) -ljansson
 
