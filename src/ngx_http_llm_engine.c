@@ -19,7 +19,6 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
-#include <ngx_channel.h>
 #include <curl/curl.h>
 
 #include "ngx_http_llm_module.h"
@@ -74,26 +73,13 @@ struct ngx_http_llm_xfer_s {
     unsigned                       in_multi:1;
 
     /* shared, under the channel mutex */
+    ngx_http_llm_chan_item_t       item;
     ngx_http_llm_output_t          out;
     ngx_uint_t                     refs;
-    unsigned                       queued:1;
     unsigned                       cancel:1;
     ngx_http_llm_xfer_t           *next_submit;
     ngx_http_llm_xfer_t           *next_cancel;
-    ngx_http_llm_xfer_t           *next_ready;
 };
-
-
-/* per worker: the way back to the event loop */
-typedef struct {
-    ngx_thread_mutex_t             mutex;
-    ngx_fd_t                       fd[2];
-    ngx_http_llm_xfer_t           *ready;
-    ngx_http_llm_xfer_t           *ready_tail;
-    unsigned                       notified:1;
-    ngx_http_llm_engine_t         *engines;
-    ngx_log_t                     *log;
-} ngx_http_llm_channel_t;
 
 
 static ngx_http_llm_engine_t *ngx_http_llm_engine_get(ngx_thread_pool_t *pool,
@@ -130,51 +116,19 @@ static void ngx_http_llm_sink_fail(void *data, const char *code,
 static void ngx_http_llm_sink_fail_str(ngx_http_llm_xfer_t *x,
     const char *code, const char *msg);
 
-static void ngx_http_llm_channel_push(ngx_http_llm_xfer_t *x);
-static void ngx_http_llm_channel_handler(ngx_event_t *ev);
+static void ngx_http_llm_xfer_push(ngx_http_llm_xfer_t *x);
+static void ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item);
 
 
-static ngx_http_llm_channel_t  ngx_http_llm_channel = {
-    .fd = { -1, -1 }
-};
+static ngx_http_llm_engine_t  *ngx_http_llm_engines;
 
 
 ngx_int_t
 ngx_http_llm_engine_init_process(ngx_cycle_t *cycle)
 {
-    ngx_http_llm_channel_t  *ch;
-
-    ch = &ngx_http_llm_channel;
-    ch->log = cycle->log;
-
     if (curl_global_init(CURL_GLOBAL_ALL) != CURLE_OK) {
         ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
                       "llm: curl_global_init() failed");
-        return NGX_ERROR;
-    }
-
-    if (ngx_thread_mutex_create(&ch->mutex, cycle->log) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    if (pipe(ch->fd) == -1) {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_errno,
-                      "llm: pipe() failed");
-        return NGX_ERROR;
-    }
-
-    if (ngx_nonblocking(ch->fd[0]) == -1
-        || ngx_nonblocking(ch->fd[1]) == -1)
-    {
-        ngx_log_error(NGX_LOG_EMERG, cycle->log, ngx_socket_errno,
-                      ngx_nonblocking_n " failed on llm channel");
-        return NGX_ERROR;
-    }
-
-    if (ngx_add_channel_event(cycle, ch->fd[0], NGX_READ_EVENT,
-                              ngx_http_llm_channel_handler)
-        != NGX_OK)
-    {
         return NGX_ERROR;
     }
 
@@ -185,18 +139,17 @@ ngx_http_llm_engine_init_process(ngx_cycle_t *cycle)
 void
 ngx_http_llm_engine_exit_process(ngx_cycle_t *cycle)
 {
-    ngx_http_llm_engine_t   *e;
-    ngx_http_llm_channel_t  *ch;
-
-    ch = &ngx_http_llm_channel;
+    ngx_http_llm_engine_t  *e, *next;
 
     /* the thread pools have been joined: every engine task has returned */
 
-    for (e = ch->engines; e; e = e->next) {
-        if (e->multi) {
-            curl_multi_cleanup(e->multi);
-        }
+    for (e = ngx_http_llm_engines; e; e = next) {
+        next = e->next;
+        curl_multi_cleanup(e->multi);
+        ngx_free(e);
     }
+
+    ngx_http_llm_engines = NULL;
 
     curl_global_cleanup();
 }
@@ -233,6 +186,7 @@ ngx_http_llm_engine_submit(ngx_thread_pool_t *pool, ngx_http_llm_spec_t *spec,
     x->engine = e;
     x->job = job;
     x->refs = 2;
+    x->item.handler = ngx_http_llm_xfer_drain;
     x->out.input_tokens = -1;
     x->out.output_tokens = -1;
 
@@ -316,12 +270,9 @@ ngx_http_llm_spec_free(ngx_http_llm_spec_t *spec)
 static ngx_http_llm_engine_t *
 ngx_http_llm_engine_get(ngx_thread_pool_t *pool, ngx_log_t *log)
 {
-    ngx_http_llm_engine_t   *e;
-    ngx_http_llm_channel_t  *ch;
+    ngx_http_llm_engine_t  *e;
 
-    ch = &ngx_http_llm_channel;
-
-    for (e = ch->engines; e; e = e->next) {
+    for (e = ngx_http_llm_engines; e; e = e->next) {
         if (e->pool == pool) {
             return e;
         }
@@ -352,8 +303,8 @@ ngx_http_llm_engine_get(ngx_thread_pool_t *pool, ngx_log_t *log)
     e->task->event.data = e;
     ngx_queue_init(&e->active);
 
-    e->next = ch->engines;
-    ch->engines = e;
+    e->next = ngx_http_llm_engines;
+    ngx_http_llm_engines = e;
 
     return e;
 }
@@ -854,7 +805,7 @@ ngx_http_llm_xfer_finish(ngx_http_llm_xfer_t *x, CURLcode rc)
     x->out.done = 1;
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
 
-    ngx_http_llm_channel_push(x);
+    ngx_http_llm_xfer_push(x);
     ngx_http_llm_xfer_release(x);
 }
 
@@ -931,7 +882,7 @@ ngx_http_llm_sink_text(void *data, u_char *p, size_t len)
 
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
 
-    ngx_http_llm_channel_push(x);
+    ngx_http_llm_xfer_push(x);
 }
 
 
@@ -1016,109 +967,81 @@ ngx_http_llm_sink_fail_str(ngx_http_llm_xfer_t *x, const char *code,
 /* any thread: queue the transfer's output for the event loop */
 
 static void
-ngx_http_llm_channel_push(ngx_http_llm_xfer_t *x)
+ngx_http_llm_xfer_push(ngx_http_llm_xfer_t *x)
 {
-    ngx_uint_t               notify;
+    ngx_uint_t               wake;
     ngx_http_llm_channel_t  *ch;
 
     ch = &ngx_http_llm_channel;
-    notify = 0;
+    wake = 0;
+
+    /* the queued item holds a reference until it is drained */
 
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
 
-    if (!x->queued && !x->cancel) {
-        x->queued = 1;
+    if (!x->item.queued && !x->cancel) {
         x->refs++;
-        x->next_ready = NULL;
-
-        if (ch->ready_tail) {
-            ch->ready_tail->next_ready = x;
-
-        } else {
-            ch->ready = x;
-        }
-
-        ch->ready_tail = x;
-
-        if (!ch->notified) {
-            ch->notified = 1;
-            notify = 1;
-        }
+        wake = ngx_http_llm_channel_queue(&x->item);
     }
 
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
 
-    if (notify) {
-        /* the pipe cannot fill up: one byte per wakeup of the loop */
-        (void) write(ch->fd[1], "", 1);
+    if (wake) {
+        ngx_http_llm_channel_wake();
     }
 }
 
 
-/* event loop: drain the channel */
+/* event loop: hand what the transfer made to its job */
 
 static void
-ngx_http_llm_channel_handler(ngx_event_t *ev)
+ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item)
 {
-    u_char                   buf[64];
     ngx_http_llm_job_t      *job;
-    ngx_http_llm_xfer_t     *x, *next;
+    ngx_http_llm_xfer_t     *x;
     ngx_http_llm_output_t    out;
     ngx_http_llm_channel_t  *ch;
 
     ch = &ngx_http_llm_channel;
-
-    while (read(ch->fd[0], buf, sizeof(buf)) > 0) { /* void */ }
+    x = (ngx_http_llm_xfer_t *) ((u_char *) item
+                                 - offsetof(ngx_http_llm_xfer_t, item));
 
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
-    x = ch->ready;
-    ch->ready = NULL;
-    ch->ready_tail = NULL;
-    ch->notified = 0;
+
+    out = x->out;
+
+    x->out.text = NULL;
+    x->out.text_len = 0;
+    x->out.text_cap = 0;
+
+    /* the outcome is read once, with the end of the transfer */
+    if (out.done) {
+        x->out.message = NULL;
+        x->out.message_len = 0;
+
+    } else {
+        out.message = NULL;
+    }
+
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
 
-    for ( /* void */ ; x; x = next) {
+    job = x->job;
 
-        (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
-
-        next = x->next_ready;
-        x->queued = 0;
-
-        out = x->out;
-
-        x->out.text = NULL;
-        x->out.text_len = 0;
-        x->out.text_cap = 0;
-
-        /* the outcome is read once, with the end of the transfer */
+    if (job != NULL) {
         if (out.done) {
-            x->out.message = NULL;
-            x->out.message_len = 0;
-
-        } else {
-            out.message = NULL;
+            job->xfer = NULL;
+            x->job = NULL;
         }
 
-        (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
+        ngx_http_llm_job_output(job, &out);
 
-        job = x->job;
-
-        if (job != NULL) {
-            if (out.done) {
-                job->xfer = NULL;
-                x->job = NULL;
-            }
-
-            ngx_http_llm_job_output(job, &out);
-
-            if (out.done) {
-                ngx_http_llm_xfer_release(x);
-            }
+        if (out.done) {
+            ngx_http_llm_xfer_release(x);
         }
-
-        free(out.text);
-        free(out.message);
-
-        ngx_http_llm_xfer_release(x);
     }
+
+    free(out.text);
+    free(out.message);
+
+    ngx_http_llm_xfer_release(x);
 }

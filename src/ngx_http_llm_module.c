@@ -399,6 +399,10 @@ ngx_http_llm_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
+    if (ngx_http_llm_channel_init_process(cycle) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     return ngx_http_llm_engine_init_process(cycle);
 }
 
@@ -407,4 +411,5 @@ static void
 ngx_http_llm_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_llm_engine_exit_process(cycle);
+    ngx_http_llm_channel_exit_process(cycle);
 }

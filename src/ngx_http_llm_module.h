@@ -23,6 +23,26 @@ typedef struct ngx_http_llm_engine_s  ngx_http_llm_engine_t;
 typedef struct ngx_http_llm_xfer_s    ngx_http_llm_xfer_t;
 typedef struct ngx_http_llm_job_s     ngx_http_llm_job_t;
 typedef struct ngx_http_llm_ctx_s     ngx_http_llm_ctx_t;
+typedef struct ngx_http_llm_chan_item_s  ngx_http_llm_chan_item_t;
+
+
+/* something a thread hands to the event loop */
+struct ngx_http_llm_chan_item_s {
+    void                         (*handler)(ngx_http_llm_chan_item_t *item);
+    ngx_http_llm_chan_item_t      *next;
+    unsigned                       queued:1;
+};
+
+
+/* per worker: the way back from threads to the event loop */
+typedef struct {
+    ngx_thread_mutex_t             mutex;   /* also guards shared items */
+    ngx_fd_t                       fd[2];
+    ngx_http_llm_chan_item_t      *head;
+    ngx_http_llm_chan_item_t      *tail;
+    unsigned                       notified:1;
+    ngx_log_t                     *log;
+} ngx_http_llm_channel_t;
 
 
 typedef struct {
@@ -200,6 +220,15 @@ void ngx_http_llm_job_fail(ngx_http_llm_job_t *job, const char *code,
     const char *message);
 void ngx_http_llm_jobs_shutdown(void);
 ngx_uint_t ngx_http_llm_jobs_running(void);
+
+/* ngx_http_llm_channel.c */
+extern ngx_http_llm_channel_t  ngx_http_llm_channel;
+
+ngx_int_t ngx_http_llm_channel_init_process(ngx_cycle_t *cycle);
+void ngx_http_llm_channel_exit_process(ngx_cycle_t *cycle);
+ngx_uint_t ngx_http_llm_channel_queue(ngx_http_llm_chan_item_t *item);
+void ngx_http_llm_channel_wake(void);
+void ngx_http_llm_channel_post(ngx_http_llm_chan_item_t *item);
 
 /* ngx_http_llm_engine.c */
 ngx_int_t ngx_http_llm_engine_init_process(ngx_cycle_t *cycle);
