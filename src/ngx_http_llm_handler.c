@@ -19,6 +19,7 @@
 #include <jansson.h>
 
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_store.h"
 
 
 static void ngx_http_llm_body_handler(ngx_http_request_t *r);
@@ -148,18 +149,60 @@ ngx_http_llm_body_handler(ngx_http_request_t *r)
 static void
 ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
+    u_char                    owner[NGX_HTTP_LLM_OWNER_LEN];
     ngx_int_t                 rc;
-    ngx_str_t                 err;
+    ngx_str_t                 err, id;
+    ngx_uint_t                seq;
     ngx_http_llm_job_t       *job;
     ngx_http_llm_spec_t       spec;
-    ngx_pool_cleanup_t       *cln;
+    ngx_http_llm_job_opts_t   opts;
     ngx_http_llm_loc_conf_t  *llcf;
 
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
+    /* a reconnecting client follows its job instead of starting one */
+
+    rc = ngx_http_llm_last_event_id(r, &id, &seq);
+
+    if (rc == NGX_OK) {
+        if (ngx_http_llm_resume(r, ctx, &id, seq) != NGX_OK) {
+            ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        }
+
+        return;
+    }
+
+    if (rc == NGX_ERROR) {
+        ngx_str_set(&err, "invalid Last-Event-ID");
+        ngx_http_finalize_request(r,
+                        ngx_http_llm_send_json_error(r, NGX_HTTP_BAD_REQUEST,
+                                                     "invalid_request",
+                                                     &err));
+        return;
+    }
+
     ngx_memzero(&spec, sizeof(ngx_http_llm_spec_t));
+    ngx_memzero(&opts, sizeof(ngx_http_llm_job_opts_t));
 
     rc = ngx_http_llm_spec(r, llcf, &spec, &err);
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_llm_owner(r, owner);
+
+        if (rc == NGX_ERROR) {
+            ngx_str_set(&err, "cannot evaluate llm_job_owner");
+            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+
+        } else {
+            opts.owner = (rc == NGX_OK) ? owner : NULL;
+            rc = NGX_OK;
+        }
+    }
+
+    if (rc == NGX_OK && ngx_http_llm_ctx_cleanup(r, ctx) != NGX_OK) {
+        ngx_str_set(&err, "out of memory");
+        rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     if (rc != NGX_OK) {
         ngx_http_llm_spec_free(&spec);
@@ -171,16 +214,13 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return;
     }
 
-    /* runs when the request is freed: no buf points into the job then */
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        ngx_http_llm_spec_free(&spec);
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
+    opts.pool = llcf->thread_pool;
+    opts.store = llcf->store;
+    opts.grace = llcf->grace;
+    opts.background = (r->method == NGX_HTTP_POST
+                       && ngx_http_llm_prefers_async(r));
 
-    job = ngx_http_llm_job_start(&spec, llcf->thread_pool,
-                                 r->connection->log);
+    job = ngx_http_llm_job_start(&spec, &opts, r->connection->log);
 
     if (job == NULL) {
         ngx_str_set(&err, "cannot start the generation");
@@ -191,13 +231,27 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return;
     }
 
+    ngx_memcpy(ctx->id, job->id, NGX_HTTP_LLM_JOB_ID_LEN + 1);
+
     ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                  "llm: job %s started", job->id);
+                  "llm: job %s started%s", job->id,
+                  job->background ? " in the background" : "");
+
+    if (job->background) {
+        ngx_http_finalize_request(r, ngx_http_llm_send_accepted(r, job));
+        return;
+    }
 
     ngx_http_llm_job_subscribe(job, ctx);
 
-    cln->handler = ngx_http_llm_cleanup;
-    cln->data = ctx;
+    if (!ngx_http_llm_accepts_stream(r)) {
+        /* a blocking client: the whole job as JSON when it is over */
+        ctx->wake = ngx_http_llm_wait_wake;
+        r->read_event_handler = ngx_http_test_reading;
+        return;
+    }
+
+    ctx->wake = ngx_http_llm_sse_wake;
 
     rc = ngx_http_llm_sse_start(r, ctx);
 
@@ -300,6 +354,30 @@ ngx_http_llm_eval(ngx_http_request_t *r, ngx_http_complex_value_t *cv,
     }
 
     return ngx_http_complex_value(r, cv, value);
+}
+
+
+/* once per request: runs when it is freed, when no buf points into a job */
+
+ngx_int_t
+ngx_http_llm_ctx_cleanup(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    if (ctx->cleanup) {
+        return NGX_OK;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_http_llm_cleanup;
+    cln->data = ctx;
+    ctx->cleanup = 1;
+
+    return NGX_OK;
 }
 
 

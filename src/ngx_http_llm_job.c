@@ -7,9 +7,15 @@
 /*
  * A job is one generation as the event loop sees it: its id, its state, the
  * text so far, its outcome and its event log, which every subscribed stream
- * reads at its own pace (the SSE writer renders the frames).  Jobs are heap-allocated and outlive the
- * requests that watch them; a job is freed when it is over and nobody
- * watches it any more.
+ * reads at its own pace (the SSE writer renders the frames).  The worker
+ * that runs a job saves it to its store after every change; any other
+ * worker that is asked for it builds a mirror from the store and keeps it
+ * up to date by reading the store again while the job runs.
+ *
+ * Jobs are heap-allocated and outlive the requests that watch them.  A job
+ * nobody watches is cancelled at once or after a grace period
+ * (llm_on_disconnect), unless it runs in the background; it is freed when
+ * it is over and nobody watches it.
  */
 
 
@@ -20,54 +26,75 @@
 #include <sys/random.h>
 
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_store.h"
 
 
-#define NGX_HTTP_LLM_WATCH_MS  1000
+#define NGX_HTTP_LLM_WATCH_MS   1000
+
+/* a running job whose worker has not saved it for this long is lost */
+#define NGX_HTTP_LLM_LOST_MS    15000
+
+
+typedef struct {
+    ngx_http_llm_store_t          *store;
+    u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN + 1];
+    ngx_http_llm_find_pt           handler;
+    void                          *data;
+} ngx_http_llm_find_t;
 
 
 static ngx_int_t ngx_http_llm_job_id(u_char *id, ngx_log_t *log);
+static ngx_http_llm_job_t *ngx_http_llm_job_alloc(ngx_log_t *log);
 static ngx_int_t ngx_http_llm_job_event(ngx_http_llm_job_t *job,
     ngx_http_llm_event_type_e type, size_t off, size_t len);
 static ngx_int_t ngx_http_llm_job_append_text(ngx_http_llm_job_t *job,
     u_char *text, size_t len);
 static void ngx_http_llm_job_end(ngx_http_llm_job_t *job,
     ngx_http_llm_state_e state, const char *code, u_char *msg, size_t len);
+static void ngx_http_llm_job_save(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_wake(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_free(ngx_http_llm_job_t *job);
+static void ngx_http_llm_job_grace_handler(ngx_event_t *ev);
+static void ngx_http_llm_job_cancel_handler(ngx_event_t *ev);
+static void ngx_http_llm_job_found(void *data, ngx_int_t rc,
+    ngx_http_llm_record_t *rec);
+static ngx_int_t ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
+    ngx_http_llm_record_t *rec);
+static void ngx_http_llm_mirror_poll(ngx_event_t *ev);
+static void ngx_http_llm_mirror_polled(void *data, ngx_int_t rc,
+    ngx_http_llm_record_t *rec);
 static void ngx_http_llm_watch_handler(ngx_event_t *ev);
 
 
 static ngx_queue_t       ngx_http_llm_jobs;
 static ngx_event_t       ngx_http_llm_watch;
 
-/* timers log their connection's fd in debug builds: give it one */
-static ngx_connection_t  ngx_http_llm_watch_conn = { .fd = -1 };
+/* timers log their connection's fd in debug builds: give them one */
+static ngx_connection_t  ngx_http_llm_dummy_conn = { .fd = -1 };
 
 
 /* takes the spec; NULL when the job cannot start */
 
 ngx_http_llm_job_t *
-ngx_http_llm_job_start(ngx_http_llm_spec_t *spec, ngx_thread_pool_t *pool,
+ngx_http_llm_job_start(ngx_http_llm_spec_t *spec, ngx_http_llm_job_opts_t *o,
     ngx_log_t *log)
 {
     ngx_http_llm_job_t  *job;
 
-    if (ngx_http_llm_jobs.next == NULL) {
-        ngx_queue_init(&ngx_http_llm_jobs);
-    }
-
-    job = ngx_calloc(sizeof(ngx_http_llm_job_t), log);
+    job = ngx_http_llm_job_alloc(log);
     if (job == NULL) {
         ngx_http_llm_spec_free(spec);
         return NULL;
     }
 
-    job->state = NGX_HTTP_LLM_RUNNING;
-    job->log = ngx_cycle->log;
-    job->input_tokens = -1;
-    job->output_tokens = -1;
-    ngx_queue_init(&job->subscribers);
-    ngx_queue_insert_tail(&ngx_http_llm_jobs, &job->queue);
+    job->store = o->store;
+    job->grace = o->grace;
+    job->background = o->background;
+
+    if (o->owner) {
+        ngx_memcpy(job->owner, o->owner, NGX_HTTP_LLM_OWNER_LEN);
+        job->has_owner = 1;
+    }
 
     if (ngx_http_llm_job_id(job->id, log) != NGX_OK
         || ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_START, 0, 0) != NGX_OK)
@@ -75,18 +102,13 @@ ngx_http_llm_job_start(ngx_http_llm_spec_t *spec, ngx_thread_pool_t *pool,
         goto failed;
     }
 
-    job->xfer = ngx_http_llm_engine_submit(pool, spec, job, log);
+    job->xfer = ngx_http_llm_engine_submit(o->pool, spec, job, log);
 
     if (job->xfer == NULL) {
         goto failed;
     }
 
-    if (!ngx_http_llm_watch.timer_set) {
-        ngx_http_llm_watch.handler = ngx_http_llm_watch_handler;
-        ngx_http_llm_watch.data = &ngx_http_llm_watch_conn;
-        ngx_http_llm_watch.log = ngx_cycle->log;
-        ngx_add_timer(&ngx_http_llm_watch, NGX_HTTP_LLM_WATCH_MS);
-    }
+    ngx_http_llm_job_save(job);
 
     return job;
 
@@ -100,15 +122,333 @@ failed:
 }
 
 
+static ngx_http_llm_job_t *
+ngx_http_llm_job_alloc(ngx_log_t *log)
+{
+    ngx_http_llm_job_t  *job;
+
+    if (ngx_http_llm_jobs.next == NULL) {
+        ngx_queue_init(&ngx_http_llm_jobs);
+    }
+
+    job = ngx_calloc(sizeof(ngx_http_llm_job_t), log);
+    if (job == NULL) {
+        return NULL;
+    }
+
+    job->state = NGX_HTTP_LLM_RUNNING;
+    job->log = ngx_cycle->log;
+    job->input_tokens = -1;
+    job->output_tokens = -1;
+    job->created = ngx_http_llm_now_ms();
+    job->updated = job->created;
+
+    job->timer.data = &ngx_http_llm_dummy_conn;
+    job->timer.log = job->log;
+    job->cancel_ev.data = job;
+    job->cancel_ev.log = job->log;
+    job->cancel_ev.handler = ngx_http_llm_job_cancel_handler;
+
+    ngx_queue_init(&job->subscribers);
+    ngx_queue_insert_tail(&ngx_http_llm_jobs, &job->queue);
+
+    if (!ngx_http_llm_watch.timer_set) {
+        ngx_http_llm_watch.handler = ngx_http_llm_watch_handler;
+        ngx_http_llm_watch.data = &ngx_http_llm_dummy_conn;
+        ngx_http_llm_watch.log = ngx_cycle->log;
+        ngx_add_timer(&ngx_http_llm_watch, NGX_HTTP_LLM_WATCH_MS);
+    }
+
+    return job;
+}
+
+
+/*
+ * Find a job by id: in this worker, else in the store (the handler then
+ * gets a mirror).  The handler gets the job, or NULL with NGX_DECLINED
+ * (unknown or expired) or NGX_ERROR (the store cannot answer); it may run
+ * before this returns.
+ */
+
+ngx_int_t
+ngx_http_llm_job_find(ngx_http_llm_store_t *st, u_char *id,
+    ngx_http_llm_find_pt handler, void *data)
+{
+    ngx_queue_t          *q;
+    ngx_http_llm_job_t   *job;
+    ngx_http_llm_find_t  *f;
+
+    if (ngx_http_llm_jobs.next) {
+        for (q = ngx_queue_head(&ngx_http_llm_jobs);
+             q != ngx_queue_sentinel(&ngx_http_llm_jobs);
+             q = ngx_queue_next(q))
+        {
+            job = ngx_queue_data(q, ngx_http_llm_job_t, queue);
+
+            if (ngx_strncmp(job->id, id, NGX_HTTP_LLM_JOB_ID_LEN) == 0) {
+                handler(data, NGX_OK, job);
+                return NGX_OK;
+            }
+        }
+    }
+
+    f = ngx_alloc(sizeof(ngx_http_llm_find_t), ngx_cycle->log);
+    if (f == NULL) {
+        return NGX_ERROR;
+    }
+
+    f->store = st;
+    ngx_memcpy(f->id, id, NGX_HTTP_LLM_JOB_ID_LEN);
+    f->id[NGX_HTTP_LLM_JOB_ID_LEN] = '\0';
+    f->handler = handler;
+    f->data = data;
+
+    if (st->ops->fetch(st, f->id, 0, 0, ngx_http_llm_job_found, f)
+        != NGX_OK)
+    {
+        ngx_free(f);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_job_found(void *data, ngx_int_t rc, ngx_http_llm_record_t *rec)
+{
+    ngx_http_llm_find_t *f = data;
+
+    ngx_queue_t         *q;
+    ngx_http_llm_job_t  *job;
+
+    if (rc != NGX_OK) {
+        f->handler(f->data, rc, NULL);
+        ngx_free(f);
+        return;
+    }
+
+    /* another find may have made a mirror meanwhile */
+
+    for (q = ngx_queue_head(&ngx_http_llm_jobs);
+         q != ngx_queue_sentinel(&ngx_http_llm_jobs);
+         q = ngx_queue_next(q))
+    {
+        job = ngx_queue_data(q, ngx_http_llm_job_t, queue);
+
+        if (ngx_strncmp(job->id, f->id, NGX_HTTP_LLM_JOB_ID_LEN) == 0) {
+            f->handler(f->data, NGX_OK, job);
+            ngx_free(f);
+            return;
+        }
+    }
+
+    job = ngx_http_llm_job_alloc(ngx_cycle->log);
+
+    if (job == NULL) {
+        f->handler(f->data, NGX_ERROR, NULL);
+        ngx_free(f);
+        return;
+    }
+
+    ngx_memcpy(job->id, f->id, NGX_HTTP_LLM_JOB_ID_LEN + 1);
+    job->mirror = 1;
+    job->store = f->store;
+    job->created = rec->created;
+    job->background = rec->background;
+    job->has_owner = rec->has_owner;
+    ngx_memcpy(job->owner, rec->owner, NGX_HTTP_LLM_OWNER_LEN);
+
+    /* held while in use here: a final event could free it */
+    job->fetching = 1;
+
+    if (ngx_http_llm_mirror_update(job, rec) != NGX_OK) {
+        job->fetching = 0;
+        job->state = NGX_HTTP_LLM_FAILED;
+        ngx_http_llm_job_free(job);
+        f->handler(f->data, NGX_ERROR, NULL);
+        ngx_free(f);
+        return;
+    }
+
+    if (job->state == NGX_HTTP_LLM_RUNNING) {
+        job->timer.handler = ngx_http_llm_mirror_poll;
+        ngx_add_timer(&job->timer, job->store->poll);
+    }
+
+    f->handler(f->data, NGX_OK, job);
+    ngx_free(f);
+
+    /* a mirror nobody took is not kept */
+    job->fetching = 0;
+    ngx_http_llm_job_free(job);
+}
+
+
+/* bring a mirror up to what the store has */
+
+static ngx_int_t
+ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
+    ngx_http_llm_record_t *rec)
+{
+    ngx_uint_t             i;
+    ngx_http_llm_event_t  *ev;
+
+    if (rec->from_text == job->text_len && rec->text_len > job->text_len) {
+        if (ngx_http_llm_job_append_text(job, rec->text,
+                                         rec->text_len - rec->from_text)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (rec->from_event == job->nevents) {
+        for (i = 0; i < rec->nevents - rec->from_event; i++) {
+            ev = &rec->events[i];
+
+            /* only the text this mirror has: the rest comes next time */
+            if (ev->off + ev->len > job->text_len) {
+                break;
+            }
+
+            if (ngx_http_llm_job_event(job, ev->type, ev->off, ev->len)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+        }
+    }
+
+    job->updated = rec->updated;
+    job->finished = rec->finished;
+
+    if (rec->state == NGX_HTTP_LLM_RUNNING) {
+        if (ngx_http_llm_now_ms() - rec->updated < NGX_HTTP_LLM_LOST_MS) {
+            return NGX_OK;
+        }
+
+        ngx_http_llm_job_end(job, NGX_HTTP_LLM_FAILED, "job_lost",
+                             (u_char *) "the worker running the job is gone",
+                             sizeof("the worker running the job is gone")
+                             - 1);
+        return NGX_OK;
+    }
+
+    if (job->nevents < rec->nevents) {
+        /* the rest of the log next time */
+        return NGX_OK;
+    }
+
+    ngx_memcpy(job->finish, rec->finish, rec->finish_len);
+    job->finish_len = rec->finish_len;
+    job->input_tokens = rec->input_tokens;
+    job->output_tokens = rec->output_tokens;
+    ngx_memcpy(job->code, rec->code, rec->code_len);
+    job->code_len = rec->code_len;
+
+    if (rec->message_len && job->message == NULL) {
+        job->message = ngx_alloc(rec->message_len, job->log);
+        if (job->message) {
+            ngx_memcpy(job->message, rec->message, rec->message_len);
+            job->message_len = rec->message_len;
+        }
+    }
+
+    job->state = rec->state;
+
+    /* a log cut short (a full zone) still ends with a final event */
+
+    if (job->nevents == 0
+        || job->events[job->nevents - 1].type == NGX_HTTP_LLM_EV_START
+        || job->events[job->nevents - 1].type == NGX_HTTP_LLM_EV_DELTA)
+    {
+        (void) ngx_http_llm_job_event(job,
+                                      job->state == NGX_HTTP_LLM_COMPLETED
+                                      ? NGX_HTTP_LLM_EV_COMPLETE
+                                      : NGX_HTTP_LLM_EV_ERROR, 0, 0);
+    }
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_mirror_poll(ngx_event_t *ev)
+{
+    ngx_http_llm_job_t  *job;
+
+    job = (ngx_http_llm_job_t *) ((u_char *) ev
+                                  - offsetof(ngx_http_llm_job_t, timer));
+
+    if (job->fetching) {
+        return;
+    }
+
+    job->fetching = 1;
+
+    if (job->store->ops->fetch(job->store, job->id, job->nevents,
+                               job->text_len, ngx_http_llm_mirror_polled, job)
+        != NGX_OK)
+    {
+        job->fetching = 0;
+        ngx_add_timer(&job->timer, job->store->poll);
+    }
+}
+
+
+static void
+ngx_http_llm_mirror_polled(void *data, ngx_int_t rc,
+    ngx_http_llm_record_t *rec)
+{
+    ngx_http_llm_job_t *job = data;
+
+    if (ngx_queue_empty(&job->subscribers)) {
+        /* everybody left while the store answered */
+        job->fetching = 0;
+        job->state = NGX_HTTP_LLM_CANCELLED;
+        ngx_http_llm_job_free(job);
+        return;
+    }
+
+    /* still held as fetching: a final event could free it */
+
+    if (rc == NGX_DECLINED) {
+        ngx_http_llm_job_end(job, NGX_HTTP_LLM_FAILED, "job_not_found",
+                             (u_char *) "the job has expired",
+                             sizeof("the job has expired") - 1);
+
+    } else if (rc == NGX_OK && ngx_http_llm_mirror_update(job, rec) != NGX_OK)
+    {
+        ngx_http_llm_job_end(job, NGX_HTTP_LLM_FAILED,
+                             NGX_HTTP_LLM_E_INTERNAL,
+                             (u_char *) "out of memory",
+                             sizeof("out of memory") - 1);
+    }
+
+    /* a store that cannot answer now is asked again later */
+
+    if (job->state == NGX_HTTP_LLM_RUNNING) {
+        ngx_add_timer(&job->timer, job->store->poll);
+    }
+
+    job->fetching = 0;
+    ngx_http_llm_job_wake(job);
+}
+
+
 void
 ngx_http_llm_job_subscribe(ngx_http_llm_job_t *job, ngx_http_llm_ctx_t *ctx)
 {
     ctx->job = job;
     ngx_queue_insert_tail(&job->subscribers, &ctx->queue);
+
+    if (!job->mirror && job->timer.timer_set) {
+        /* a client came back within the grace period */
+        ngx_del_timer(&job->timer);
+    }
 }
 
-
-/* the request is gone: a job nobody watches is not worth paying for */
 
 void
 ngx_http_llm_job_unsubscribe(ngx_http_llm_ctx_t *ctx)
@@ -128,7 +468,25 @@ ngx_http_llm_job_unsubscribe(ngx_http_llm_ctx_t *ctx)
         return;
     }
 
-    if (job->state == NGX_HTTP_LLM_RUNNING) {
+    if (job->mirror) {
+        if (job->fetching) {
+            /* freed when the store answers */
+            return;
+        }
+
+        job->state = NGX_HTTP_LLM_CANCELLED;
+        ngx_http_llm_job_free(job);
+        return;
+    }
+
+    if (job->state == NGX_HTTP_LLM_RUNNING && !job->background) {
+
+        if (job->grace) {
+            job->timer.handler = ngx_http_llm_job_grace_handler;
+            ngx_add_timer(&job->timer, job->grace);
+            return;
+        }
+
         ngx_log_error(NGX_LOG_INFO, job->log, 0,
                       "llm: job %s: client gone, upstream request cancelled",
                       job->id);
@@ -137,9 +495,46 @@ ngx_http_llm_job_unsubscribe(ngx_http_llm_ctx_t *ctx)
                              NGX_HTTP_LLM_E_CANCELLED,
                              (u_char *) "the client went away",
                              sizeof("the client went away") - 1);
+        return;
     }
 
     ngx_http_llm_job_free(job);
+}
+
+
+/* nobody came back: unless a follower elsewhere reads the job, cancel it */
+
+static void
+ngx_http_llm_job_grace_handler(ngx_event_t *ev)
+{
+    int64_t              watched;
+    ngx_http_llm_job_t  *job;
+
+    job = (ngx_http_llm_job_t *) ((u_char *) ev
+                                  - offsetof(ngx_http_llm_job_t, timer));
+
+    if (!ngx_queue_empty(&job->subscribers)
+        || job->state != NGX_HTTP_LLM_RUNNING)
+    {
+        ngx_http_llm_job_free(job);
+        return;
+    }
+
+    watched = job->watched;
+
+    if (watched && ngx_http_llm_now_ms() - watched < (int64_t) job->grace) {
+        ngx_add_timer(&job->timer, job->grace);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, job->log, 0,
+                  "llm: job %s: nobody came back within %M ms, upstream "
+                  "request cancelled", job->id, job->grace);
+
+    ngx_http_llm_job_end(job, NGX_HTTP_LLM_CANCELLED,
+                         NGX_HTTP_LLM_E_CANCELLED,
+                         (u_char *) "the client went away",
+                         sizeof("the client went away") - 1);
 }
 
 
@@ -170,6 +565,7 @@ ngx_http_llm_job_output(ngx_http_llm_job_t *job, ngx_http_llm_output_t *out)
     }
 
     if (!out->done) {
+        ngx_http_llm_job_save(job);
         ngx_http_llm_job_wake(job);
         return;
     }
@@ -198,7 +594,9 @@ ngx_http_llm_job_output(ngx_http_llm_job_t *job, ngx_http_llm_output_t *out)
     }
 
     job->state = NGX_HTTP_LLM_COMPLETED;
+    job->finished = ngx_http_llm_now_ms();
 
+    ngx_http_llm_job_save(job);
     ngx_http_llm_job_wake(job);
 }
 
@@ -213,6 +611,48 @@ ngx_http_llm_job_fail(ngx_http_llm_job_t *job, const char *code,
 
     ngx_http_llm_job_end(job, NGX_HTTP_LLM_FAILED, code, (u_char *) message,
                          ngx_strlen(message));
+}
+
+
+/* DELETE, or a cancel that came through the store */
+
+void
+ngx_http_llm_job_cancel(ngx_http_llm_job_t *job)
+{
+    if (job->state != NGX_HTTP_LLM_RUNNING) {
+        return;
+    }
+
+    if (job->mirror) {
+        (void) job->store->ops->cancel(job->store, job->id);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, job->log, 0, "llm: job %s cancelled",
+                  job->id);
+
+    ngx_http_llm_job_end(job, NGX_HTTP_LLM_CANCELLED,
+                         NGX_HTTP_LLM_E_CANCELLED,
+                         (u_char *) "the job was cancelled",
+                         sizeof("the job was cancelled") - 1);
+}
+
+
+/* a store saw a cancel request: act on it outside the store's call */
+
+void
+ngx_http_llm_job_cancel_requested(ngx_http_llm_job_t *job)
+{
+    if (!job->cancel_ev.posted) {
+        ngx_post_event(&job->cancel_ev, &ngx_posted_events);
+    }
+}
+
+
+static void
+ngx_http_llm_job_cancel_handler(ngx_event_t *ev)
+{
+    ngx_http_llm_job_cancel(ev->data);
 }
 
 
@@ -335,8 +775,18 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
         job->xfer = NULL;
     }
 
+    if (job->timer.timer_set) {
+        ngx_del_timer(&job->timer);
+    }
+
     job->state = state;
-    job->code = code;
+    job->finished = ngx_http_llm_now_ms();
+
+    job->code_len = ngx_min(ngx_strlen(code), sizeof(job->code));
+    ngx_memcpy(job->code, code, job->code_len);
+
+    ngx_free(job->message);
+    job->message_len = 0;
 
     job->message = ngx_alloc(len ? len : 1, job->log);
     if (job->message) {
@@ -349,9 +799,28 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
                       "llm: job %s: cannot log its final event", job->id);
     }
 
+    ngx_http_llm_job_save(job);
     ngx_http_llm_job_wake(job);
 }
 
+
+static void
+ngx_http_llm_job_save(ngx_http_llm_job_t *job)
+{
+    if (job->mirror || job->store == NULL) {
+        return;
+    }
+
+    job->updated = ngx_http_llm_now_ms();
+    job->store->ops->save(job->store, job);
+}
+
+
+/*
+ * Tell every watcher; a stream that finishes unsubscribes itself, so the
+ * job stays allocated during the walk and is freed after it if nobody
+ * needs it any more: callers do not touch the job after this.
+ */
 
 static void
 ngx_http_llm_job_wake(ngx_http_llm_job_t *job)
@@ -359,7 +828,7 @@ ngx_http_llm_job_wake(ngx_http_llm_job_t *job)
     ngx_queue_t         *q, *next;
     ngx_http_llm_ctx_t  *ctx;
 
-    /* a stream that finishes unsubscribes itself: walk with care */
+    job->waking++;
 
     for (q = ngx_queue_head(&job->subscribers);
          q != ngx_queue_sentinel(&job->subscribers);
@@ -367,18 +836,38 @@ ngx_http_llm_job_wake(ngx_http_llm_job_t *job)
     {
         next = ngx_queue_next(q);
         ctx = ngx_queue_data(q, ngx_http_llm_ctx_t, queue);
-        ngx_http_llm_sse_wake(ctx);
+        ctx->wake(ctx);
     }
+
+    job->waking--;
+
+    ngx_http_llm_job_free(job);
 }
 
+
+/* frees the job when it is over and nobody needs it any more */
 
 static void
 ngx_http_llm_job_free(ngx_http_llm_job_t *job)
 {
-    if (job->state == NGX_HTTP_LLM_RUNNING
-        || !ngx_queue_empty(&job->subscribers))
+    if ((job->state == NGX_HTTP_LLM_RUNNING && !job->mirror)
+        || !ngx_queue_empty(&job->subscribers)
+        || job->fetching
+        || job->waking)
     {
         return;
+    }
+
+    if (job->timer.timer_set) {
+        ngx_del_timer(&job->timer);
+    }
+
+    if (job->cancel_ev.posted) {
+        ngx_delete_posted_event(&job->cancel_ev);
+    }
+
+    if (job->store && !job->mirror) {
+        job->store->ops->release(job->store, job);
     }
 
     free(job->events);
@@ -394,16 +883,32 @@ ngx_http_llm_job_free(ngx_http_llm_job_t *job)
 
 
 /*
- * While jobs exist this timer holds the worker open, and it notices a
- * graceful shutdown: then every stream ends with a final event instead of
- * holding the old worker for as long as a generation runs.
+ * Every second while jobs exist: the running ones are saved again, which
+ * shows they are alive and picks up cancel requests made through the
+ * store; on a graceful shutdown every stream ends with a final event
+ * instead of holding the old worker for as long as a generation runs.
  */
 
 static void
 ngx_http_llm_watch_handler(ngx_event_t *ev)
 {
+    ngx_queue_t         *q, *next;
+    ngx_http_llm_job_t  *job;
+
     if (ngx_exiting || ngx_quit || ngx_terminate) {
         ngx_http_llm_jobs_shutdown();
+    }
+
+    for (q = ngx_queue_head(&ngx_http_llm_jobs);
+         q != ngx_queue_sentinel(&ngx_http_llm_jobs);
+         q = next)
+    {
+        next = ngx_queue_next(q);
+        job = ngx_queue_data(q, ngx_http_llm_job_t, queue);
+
+        if (job->state == NGX_HTTP_LLM_RUNNING) {
+            ngx_http_llm_job_save(job);
+        }
     }
 
     if (!ngx_queue_empty(&ngx_http_llm_jobs)) {

@@ -12,6 +12,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_store.h"
 
 
 static ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
@@ -21,6 +22,10 @@ static char *ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent,
 static char *ngx_http_llm_pass(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_llm_provider(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_llm_on_disconnect(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_llm_job(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static ngx_int_t ngx_http_llm_init_process(ngx_cycle_t *cycle);
 static void ngx_http_llm_exit_process(ngx_cycle_t *cycle);
@@ -126,6 +131,41 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       offsetof(ngx_http_llm_loc_conf_t, timeout),
       NULL },
 
+    { ngx_string("llm_store"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_llm_store_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llm_on_disconnect"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_llm_on_disconnect,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llm_job_owner"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, job_owner),
+      NULL },
+
+    { ngx_string("llm_job_url"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_set_complex_value_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, job_url),
+      NULL },
+
+    { ngx_string("llm_job"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_llm_job,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("llm_ssl_verify"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
       ngx_conf_set_flag_slot,
@@ -173,6 +213,9 @@ static ngx_http_variable_t  ngx_http_llm_vars[] = {
     { ngx_string("llm_input_"), NULL, ngx_http_llm_input_variable,
       0, NGX_HTTP_VAR_PREFIX|NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
+    { ngx_string("llm_job_id"), NULL, ngx_http_llm_job_id_variable,
+      0, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+
       ngx_http_null_variable
 };
 
@@ -213,6 +256,7 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
      *     conf->pass = NULL;
      *     conf->thread_pool_name = { 0, NULL };
      *     conf->thread_pool = NULL;
+     *     conf->job = NULL;
      */
 
     conf->provider = NGX_CONF_UNSET_PTR;
@@ -220,6 +264,10 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     conf->system = NGX_CONF_UNSET_PTR;
     conf->prompt = NGX_CONF_UNSET_PTR;
     conf->api_key = NGX_CONF_UNSET_PTR;
+    conf->store = NGX_CONF_UNSET_PTR;
+    conf->grace = NGX_CONF_UNSET_MSEC;
+    conf->job_owner = NGX_CONF_UNSET_PTR;
+    conf->job_url = NGX_CONF_UNSET_PTR;
     conf->max_tokens = NGX_CONF_UNSET_UINT;
     conf->heartbeat = NGX_CONF_UNSET_MSEC;
     conf->retry = NGX_CONF_UNSET_MSEC;
@@ -258,6 +306,21 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               30000);
     ngx_conf_merge_msec_value(conf->timeout, prev->timeout, 1800000);
     ngx_conf_merge_value(conf->ssl_verify, prev->ssl_verify, 1);
+    ngx_conf_merge_ptr_value(conf->store, prev->store, NULL);
+    ngx_conf_merge_msec_value(conf->grace, prev->grace, 30000);
+    ngx_conf_merge_ptr_value(conf->job_owner, prev->job_owner, NULL);
+    ngx_conf_merge_ptr_value(conf->job_url, prev->job_url, NULL);
+
+    if (conf->pass == NULL && conf->job == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    if (conf->store == NULL) {
+        conf->store = ngx_http_llm_store_default(cf);
+        if (conf->store == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
 
     if (conf->pass == NULL) {
         return NGX_CONF_OK;
@@ -300,6 +363,10 @@ ngx_http_llm_pass(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     if (llcf->pass) {
         return "is duplicate";
+    }
+
+    if (llcf->job) {
+        return "cannot be used together with \"llm_job\"";
     }
 
     value = cf->args->elts;
@@ -390,6 +457,94 @@ ngx_http_llm_provider(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* llm_on_disconnect cancel | continue [TIME] */
+
+static char *
+ngx_http_llm_on_disconnect(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_loc_conf_t *llcf = conf;
+
+    ngx_str_t  *value;
+
+    if (llcf->grace != NGX_CONF_UNSET_MSEC) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (ngx_strcmp(value[1].data, "cancel") == 0 && cf->args->nelts == 2) {
+        llcf->grace = 0;
+        return NGX_CONF_OK;
+    }
+
+    if (ngx_strcmp(value[1].data, "continue") != 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"llm_on_disconnect\": "
+                           "\"cancel\" or \"continue [TIME]\" expected",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    llcf->grace = 30000;
+
+    if (cf->args->nelts == 3) {
+        llcf->grace = ngx_parse_time(&value[2], 0);
+
+        if (llcf->grace == (ngx_msec_t) NGX_ERROR || llcf->grace == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid time \"%V\" in "
+                               "\"llm_on_disconnect\"", &value[2]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* llm_job $id: a job location */
+
+static char *
+ngx_http_llm_job(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_loc_conf_t *llcf = conf;
+
+    ngx_str_t                         *value;
+    ngx_http_core_loc_conf_t          *clcf;
+    ngx_http_compile_complex_value_t   ccv;
+
+    if (llcf->job) {
+        return "is duplicate";
+    }
+
+    if (llcf->pass) {
+        return "cannot be used together with \"llm_pass\"";
+    }
+
+    value = cf->args->elts;
+
+    llcf->job = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+    if (llcf->job == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = llcf->job;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_llm_job_handler;
+
+    return NGX_CONF_OK;
+}
+
+
 static ngx_int_t
 ngx_http_llm_init_process(ngx_cycle_t *cycle)
 {
@@ -399,7 +554,9 @@ ngx_http_llm_init_process(ngx_cycle_t *cycle)
         return NGX_OK;
     }
 
-    if (ngx_http_llm_channel_init_process(cycle) != NGX_OK) {
+    if (ngx_http_llm_channel_init_process(cycle) != NGX_OK
+        || ngx_http_llm_stores_init_process(cycle) != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
@@ -411,5 +568,6 @@ static void
 ngx_http_llm_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_llm_engine_exit_process(cycle);
+    ngx_http_llm_stores_exit_process(cycle);
     ngx_http_llm_channel_exit_process(cycle);
 }

@@ -24,6 +24,7 @@ typedef struct ngx_http_llm_xfer_s    ngx_http_llm_xfer_t;
 typedef struct ngx_http_llm_job_s     ngx_http_llm_job_t;
 typedef struct ngx_http_llm_ctx_s     ngx_http_llm_ctx_t;
 typedef struct ngx_http_llm_chan_item_s  ngx_http_llm_chan_item_t;
+typedef struct ngx_http_llm_store_s   ngx_http_llm_store_t;
 
 
 /* something a thread hands to the event loop */
@@ -57,6 +58,12 @@ typedef struct {
     ngx_str_t                      thread_pool_name;
     ngx_thread_pool_t             *thread_pool;
 
+    ngx_http_llm_store_t          *store;
+    ngx_msec_t                     grace;       /* llm_on_disconnect */
+    ngx_http_complex_value_t      *job_owner;
+    ngx_http_complex_value_t      *job_url;
+    ngx_http_complex_value_t      *job;         /* llm_job: the id */
+
     ngx_msec_t                     heartbeat;
     ngx_msec_t                     retry;
     ngx_msec_t                     connect_timeout;
@@ -79,9 +86,11 @@ struct ngx_http_llm_ctx_s {
     ngx_http_request_t            *request;
     ngx_http_llm_job_t            *job;
     ngx_queue_t                    queue;       /* in job->subscribers */
+    u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN + 1];
 
     ngx_array_t                   *inputs;      /* ngx_http_llm_input_t */
 
+    void                         (*wake)(ngx_http_llm_ctx_t *ctx);
     ngx_uint_t                     sent;        /* events written */
     u_char                        *mem;         /* rendered frames */
     size_t                         mem_size;
@@ -90,6 +99,8 @@ struct ngx_http_llm_ctx_s {
     ngx_event_t                    heartbeat;
 
     unsigned                       streaming:1;
+    unsigned                       waiting:1;   /* a store lookup */
+    unsigned                       cleanup:1;
     unsigned                       retry:1;
     unsigned                       finished:1;
     unsigned                       wrote:1;     /* since last heartbeat */
@@ -141,14 +152,36 @@ struct ngx_http_llm_job_s {
     size_t                         finish_len;
     ngx_int_t                      input_tokens;     /* -1: unknown */
     ngx_int_t                      output_tokens;
-    const char                    *code;
+    u_char                         code[32];
+    size_t                         code_len;
     u_char                        *message;
     size_t                         message_len;
+
+    int64_t                        created;     /* ms since the epoch */
+    int64_t                        updated;
+    int64_t                        finished;
+    int64_t                        watched;     /* by another worker */
+    u_char                         owner[20];   /* SHA-1 of the owner */
+
+    /* where the job is kept, and how much of it was handed over */
+    ngx_http_llm_store_t          *store;
+    ngx_uint_t                     saved_events;
+    size_t                         saved_text;
+    void                          *store_data;  /* the store's own */
 
     ngx_http_llm_xfer_t           *xfer;
     ngx_queue_t                    subscribers;
     ngx_queue_t                    queue;       /* in the worker's jobs */
+    ngx_event_t                    timer;       /* grace period or poll */
+    ngx_event_t                    cancel_ev;   /* a cancel came by store */
+    ngx_msec_t                     grace;
+    ngx_uint_t                     waking;
     ngx_log_t                     *log;
+
+    unsigned                       has_owner:1;
+    unsigned                       background:1;
+    unsigned                       mirror:1;    /* run by another worker */
+    unsigned                       fetching:1;
 };
 
 
@@ -189,6 +222,20 @@ typedef struct {
 } ngx_http_llm_spec_t;
 
 
+/* how a new job runs */
+typedef struct {
+    ngx_thread_pool_t             *pool;
+    ngx_http_llm_store_t          *store;
+    u_char                        *owner;       /* SHA-1, or NULL */
+    ngx_msec_t                     grace;
+    unsigned                       background:1;
+} ngx_http_llm_job_opts_t;
+
+
+typedef void (*ngx_http_llm_find_pt)(void *data, ngx_int_t rc,
+    ngx_http_llm_job_t *job);
+
+
 extern ngx_module_t  ngx_http_llm_module;
 
 
@@ -202,6 +249,8 @@ ngx_int_t ngx_http_llm_input_variable(ngx_http_request_t *r,
 ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_send_json_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, ngx_str_t *message);
+ngx_int_t ngx_http_llm_ctx_cleanup(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 
 /* ngx_http_llm_sse.c */
 ngx_int_t ngx_http_llm_sse_start(ngx_http_request_t *r,
@@ -210,7 +259,9 @@ void ngx_http_llm_sse_wake(ngx_http_llm_ctx_t *ctx);
 
 /* ngx_http_llm_job.c */
 ngx_http_llm_job_t *ngx_http_llm_job_start(ngx_http_llm_spec_t *spec,
-    ngx_thread_pool_t *pool, ngx_log_t *log);
+    ngx_http_llm_job_opts_t *opts, ngx_log_t *log);
+ngx_int_t ngx_http_llm_job_find(ngx_http_llm_store_t *st, u_char *id,
+    ngx_http_llm_find_pt handler, void *data);
 void ngx_http_llm_job_subscribe(ngx_http_llm_job_t *job,
     ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_job_unsubscribe(ngx_http_llm_ctx_t *ctx);
@@ -218,8 +269,26 @@ void ngx_http_llm_job_output(ngx_http_llm_job_t *job,
     ngx_http_llm_output_t *out);
 void ngx_http_llm_job_fail(ngx_http_llm_job_t *job, const char *code,
     const char *message);
+void ngx_http_llm_job_cancel(ngx_http_llm_job_t *job);
+void ngx_http_llm_job_cancel_requested(ngx_http_llm_job_t *job);
 void ngx_http_llm_jobs_shutdown(void);
-ngx_uint_t ngx_http_llm_jobs_running(void);
+
+/* ngx_http_llm_jobapi.c */
+ngx_int_t ngx_http_llm_job_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_llm_resume(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_str_t *id, ngx_uint_t from);
+ngx_int_t ngx_http_llm_last_event_id(ngx_http_request_t *r, ngx_str_t *id,
+    ngx_uint_t *seq);
+ngx_int_t ngx_http_llm_owner(ngx_http_request_t *r, u_char *hash);
+ngx_uint_t ngx_http_llm_accepts_stream(ngx_http_request_t *r);
+ngx_uint_t ngx_http_llm_prefers_async(ngx_http_request_t *r);
+ngx_int_t ngx_http_llm_send_accepted(ngx_http_request_t *r,
+    ngx_http_llm_job_t *job);
+ngx_int_t ngx_http_llm_job_id_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data);
+void ngx_http_llm_wait_wake(ngx_http_llm_ctx_t *ctx);
+ngx_int_t ngx_http_llm_send_job(ngx_http_request_t *r,
+    ngx_http_llm_job_t *job, ngx_uint_t status);
 
 /* ngx_http_llm_channel.c */
 extern ngx_http_llm_channel_t  ngx_http_llm_channel;

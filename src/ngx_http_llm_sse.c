@@ -422,7 +422,7 @@ ngx_http_llm_sse_event(ngx_http_llm_job_t *job, ngx_http_llm_render_t *w,
 
     case NGX_HTTP_LLM_EV_ERROR:
         ngx_http_llm_sse_raw(w, "{\"code\":", sizeof("{\"code\":") - 1);
-        ngx_http_llm_sse_str(w, (u_char *) job->code, ngx_strlen(job->code));
+        ngx_http_llm_sse_str(w, job->code, job->code_len);
         ngx_http_llm_sse_raw(w, ",\"message\":", sizeof(",\"message\":") - 1);
         ngx_http_llm_sse_str(w, job->message, job->message_len);
         ngx_http_llm_sse_raw(w, ",\"text\":", sizeof(",\"text\":") - 1);

@@ -30,6 +30,7 @@ GET /g
 === TEST 2: a client that leaves: the upstream request is dropped
 --- config
     location = /g {
+        llm_on_disconnect cancel;
         llm_pass   http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tag=abort1&mode=stall&after=3&tps=20&ttft=0;
         llm_model  m;
         llm_prompt "hi";
@@ -56,6 +57,7 @@ client gone, upstream request cancelled
 === TEST 3: the mock upstream saw the abort (same config, no restart)
 --- config
     location = /g {
+        llm_on_disconnect cancel;
         llm_pass   http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tag=abort1&mode=stall&after=3&tps=20&ttft=0;
         llm_model  m;
         llm_prompt "hi";
@@ -77,6 +79,7 @@ GET /stats
 === TEST 4: a client that leaves while waiting for the first token
 --- config
     location = /g {
+        llm_on_disconnect cancel;
         llm_pass   http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tag=abort2&mode=hang;
         llm_model  m;
         llm_prompt "hi";
@@ -103,6 +106,7 @@ client gone, upstream request cancelled
 === TEST 5: the hanging upstream request was closed too
 --- config
     location = /g {
+        llm_on_disconnect cancel;
         llm_pass   http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tag=abort2&mode=hang;
         llm_model  m;
         llm_prompt "hi";

@@ -26,6 +26,7 @@ my $root = start_nginx('h2', "daemon on;\nmaster_process off;", <<"HTTP");
             llm_prompt "hi";
         }
         location = /stall {
+            llm_on_disconnect cancel;
             llm_pass   http://127.0.0.1:$mock/v1/chat/completions?mode=stall&after=1&ttft=0&tag=h2stall;
             llm_model  m;
             llm_prompt "hi";

@@ -25,6 +25,7 @@ my $root = start_nginx('concurrency',
     server {
         listen 127.0.0.1:$port;
         location = /g {
+            llm_on_disconnect cancel;
             llm_pass        http://127.0.0.1:$mock/v1/chat/completions?mode=stall&after=1&ttft=0&tag=conc;
             llm_thread_pool one;
             llm_model       m;

@@ -1,0 +1,734 @@
+
+/*
+ * Copyright (C) ngx_http_llm_module authors
+ */
+
+
+/*
+ * Jobs seen from HTTP: resuming a stream with Last-Event-ID, the job
+ * location (llm_job: GET as JSON or as a stream, DELETE to cancel), the
+ * owner binding, and the JSON forms of a job (background and blocking
+ * answers).
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <ngx_sha1.h>
+
+#include <jansson.h>
+
+#include "ngx_http_llm_module.h"
+#include "ngx_http_llm_store.h"
+
+
+typedef enum {
+    NGX_HTTP_LLM_WANT_STREAM = 0,
+    NGX_HTTP_LLM_WANT_JSON,
+    NGX_HTTP_LLM_WANT_CANCEL
+} ngx_http_llm_want_e;
+
+
+/* a store lookup in flight for a request that may leave meanwhile */
+typedef struct {
+    ngx_http_request_t            *request;
+    ngx_pool_cleanup_t            *cln;
+    ngx_uint_t                     from;
+    ngx_http_llm_want_e            want;
+} ngx_http_llm_lookup_t;
+
+
+static ngx_int_t ngx_http_llm_lookup(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_str_t *id, ngx_uint_t from,
+    ngx_http_llm_want_e want);
+static void ngx_http_llm_looked_up(void *data, ngx_int_t rc,
+    ngx_http_llm_job_t *job);
+static void ngx_http_llm_lookup_cleanup(void *data);
+static ngx_table_elt_t *ngx_http_llm_header(ngx_http_request_t *r,
+    const char *name, size_t len);
+static ngx_uint_t ngx_http_llm_valid_id(ngx_str_t *id);
+
+
+ngx_int_t
+ngx_http_llm_job_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                 rc;
+    ngx_str_t                 id, last, msg;
+    ngx_uint_t                from;
+    ngx_table_elt_t          *h;
+    ngx_http_llm_ctx_t       *ctx;
+    ngx_http_llm_want_e       want;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_DELETE))) {
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "Allow");
+        ngx_str_set(&h->value, "GET, DELETE");
+
+        ngx_str_set(&msg, "use GET or DELETE");
+        return ngx_http_llm_send_json_error(r, NGX_HTTP_NOT_ALLOWED,
+                                            "method_not_allowed", &msg);
+    }
+
+    rc = ngx_http_discard_request_body(r);
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    if (ngx_http_complex_value(r, llcf->job, &id) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (!ngx_http_llm_valid_id(&id)) {
+        ngx_str_set(&msg, "no such job");
+        return ngx_http_llm_send_json_error(r, NGX_HTTP_NOT_FOUND,
+                                            "job_not_found", &msg);
+    }
+
+    from = 0;
+
+    if (r->method == NGX_HTTP_DELETE) {
+        want = NGX_HTTP_LLM_WANT_CANCEL;
+
+    } else if (ngx_http_llm_accepts_stream(r)) {
+        want = NGX_HTTP_LLM_WANT_STREAM;
+
+        /* a reconnecting EventSource says where it was */
+
+        if (ngx_http_llm_last_event_id(r, &last, &from) == NGX_OK
+            && (last.len != id.len
+                || ngx_strncmp(last.data, id.data, id.len) != 0))
+        {
+            from = 0;
+        }
+
+    } else {
+        want = NGX_HTTP_LLM_WANT_JSON;
+    }
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_llm_ctx_t));
+    if (ctx == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ctx->request = r;
+    ngx_http_set_ctx(r, ctx, ngx_http_llm_module);
+
+    r->main->count++;
+
+    if (ngx_http_llm_lookup(r, ctx, &id, from, want) != NGX_OK) {
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+    }
+
+    return NGX_DONE;
+}
+
+
+/* a stream that names a job: follow it from the event after "from" */
+
+ngx_int_t
+ngx_http_llm_resume(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_str_t *id, ngx_uint_t from)
+{
+    return ngx_http_llm_lookup(r, ctx, id, from, NGX_HTTP_LLM_WANT_STREAM);
+}
+
+
+static ngx_int_t
+ngx_http_llm_lookup(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_str_t *id, ngx_uint_t from, ngx_http_llm_want_e want)
+{
+    u_char                    sid[NGX_HTTP_LLM_JOB_ID_LEN + 1];
+    ngx_pool_cleanup_t       *cln;
+    ngx_http_llm_lookup_t    *lk;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    lk = ngx_alloc(sizeof(ngx_http_llm_lookup_t), r->connection->log);
+    if (lk == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        ngx_free(lk);
+        return NGX_ERROR;
+    }
+
+    lk->request = r;
+    lk->cln = cln;
+    lk->from = from;
+    lk->want = want;
+
+    cln->handler = ngx_http_llm_lookup_cleanup;
+    cln->data = lk;
+
+    if (ngx_http_llm_ctx_cleanup(r, ctx) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    /* notice a client that leaves while the store answers */
+    r->read_event_handler = ngx_http_test_reading;
+    ctx->waiting = 1;
+
+    ngx_memcpy(sid, id->data, NGX_HTTP_LLM_JOB_ID_LEN);
+    sid[NGX_HTTP_LLM_JOB_ID_LEN] = '\0';
+
+    if (ngx_http_llm_job_find(llcf->store, sid, ngx_http_llm_looked_up, lk)
+        != NGX_OK)
+    {
+        /* no answer will come */
+        cln->handler = NULL;
+        ngx_free(lk);
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/* the request goes before the store answered: the answer frees it */
+
+static void
+ngx_http_llm_lookup_cleanup(void *data)
+{
+    ngx_http_llm_lookup_t *lk = data;
+
+    lk->request = NULL;
+}
+
+
+static void
+ngx_http_llm_looked_up(void *data, ngx_int_t rc, ngx_http_llm_job_t *job)
+{
+    ngx_http_llm_lookup_t *lk = data;
+
+    u_char               owner[NGX_HTTP_LLM_OWNER_LEN];
+    ngx_str_t            msg;
+    ngx_int_t            orc;
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+    ngx_http_llm_ctx_t  *ctx;
+
+    r = lk->request;
+
+    if (r == NULL) {
+        /* the request has gone */
+        ngx_free(lk);
+        return;
+    }
+
+    lk->cln->handler = NULL;
+
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+    ctx->waiting = 0;
+
+    if (rc == NGX_ERROR) {
+        ngx_str_set(&msg, "the job store cannot be read now");
+        ngx_http_finalize_request(r,
+                        ngx_http_llm_send_json_error(r,
+                                  NGX_HTTP_SERVICE_UNAVAILABLE,
+                                  "store_unavailable", &msg));
+        goto done;
+    }
+
+    if (rc == NGX_OK && job->has_owner) {
+        orc = ngx_http_llm_owner(r, owner);
+
+        if (orc != NGX_OK
+            || ngx_memcmp(owner, job->owner, NGX_HTTP_LLM_OWNER_LEN) != 0)
+        {
+            /* the same answer as for an unknown job: ids are not probed */
+            rc = NGX_DECLINED;
+        }
+    }
+
+    if (rc == NGX_DECLINED) {
+        ngx_str_set(&msg, "no such job, or it has expired");
+        ngx_http_finalize_request(r,
+                        ngx_http_llm_send_json_error(r, NGX_HTTP_NOT_FOUND,
+                                                     "job_not_found", &msg));
+        goto done;
+    }
+
+    ngx_memcpy(ctx->id, job->id, NGX_HTTP_LLM_JOB_ID_LEN + 1);
+
+    switch (lk->want) {
+
+    case NGX_HTTP_LLM_WANT_CANCEL:
+        ngx_http_llm_job_cancel(job);
+        ngx_http_finalize_request(r, ngx_http_llm_send_job(r, job,
+                                                           NGX_HTTP_OK));
+        break;
+
+    case NGX_HTTP_LLM_WANT_JSON:
+        ngx_http_finalize_request(r, ngx_http_llm_send_job(r, job,
+                                                           NGX_HTTP_OK));
+        break;
+
+    default: /* NGX_HTTP_LLM_WANT_STREAM */
+        ctx->sent = ngx_min(lk->from, job->nevents);
+        ctx->wake = ngx_http_llm_sse_wake;
+        ngx_http_llm_job_subscribe(job, ctx);
+
+        rc = ngx_http_llm_sse_start(r, ctx);
+
+        if (rc != NGX_OK) {
+            ngx_http_finalize_request(r, rc);
+        }
+    }
+
+done:
+
+    ngx_free(lk);
+    ngx_http_run_posted_requests(c);
+}
+
+
+/* a blocking request: answer once the job is over */
+
+void
+ngx_http_llm_wait_wake(ngx_http_llm_ctx_t *ctx)
+{
+    ngx_http_llm_job_t  *job;
+
+    job = ctx->job;
+
+    if (job->state == NGX_HTTP_LLM_RUNNING || ctx->finished) {
+        return;
+    }
+
+    ctx->finished = 1;
+
+    ngx_http_finalize_request(ctx->request,
+                        ngx_http_llm_send_job(ctx->request, job,
+                                  job->state == NGX_HTTP_LLM_COMPLETED
+                                  ? NGX_HTTP_OK : NGX_HTTP_BAD_GATEWAY));
+}
+
+
+ngx_int_t
+ngx_http_llm_send_job(ngx_http_request_t *r, ngx_http_llm_job_t *job,
+    ngx_uint_t status)
+{
+    char         *json;
+    size_t        len;
+    json_t       *o, *usage;
+    ngx_int_t     rc;
+    ngx_buf_t    *b;
+    ngx_chain_t   out;
+
+    static const char  *states[] = {
+        "running", "completed", "failed", "cancelled"
+    };
+
+    o = json_pack("{sssss%sIsIsI}",
+                  "job", (char *) job->id,
+                  "state", states[job->state],
+                  "text", job->text ? (char *) job->text : "", job->text_len,
+                  "created", (json_int_t) job->created,
+                  "updated", (json_int_t) job->updated,
+                  "events", (json_int_t) job->nevents);
+    if (o == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (job->finished) {
+        json_object_set_new(o, "finished", json_integer(job->finished));
+    }
+
+    if (job->finish_len) {
+        json_object_set_new(o, "finish_reason",
+                            json_stringn((char *) job->finish,
+                                         job->finish_len));
+    }
+
+    if (job->input_tokens >= 0 || job->output_tokens >= 0) {
+        usage = json_object();
+
+        if (job->input_tokens >= 0) {
+            json_object_set_new(usage, "input_tokens",
+                                json_integer(job->input_tokens));
+        }
+
+        if (job->output_tokens >= 0) {
+            json_object_set_new(usage, "output_tokens",
+                                json_integer(job->output_tokens));
+        }
+
+        json_object_set_new(o, "usage", usage);
+    }
+
+    if (job->code_len) {
+        json_object_set_new(o, "error",
+                            json_pack("{ss%ss%}",
+                                      "code", (char *) job->code,
+                                      job->code_len,
+                                      "message",
+                                      job->message ? (char *) job->message
+                                                   : "",
+                                      job->message_len));
+    }
+
+    json = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+
+    if (json == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = ngx_strlen(json);
+
+    b = ngx_create_temp_buf(r->pool, len + 1);
+    if (b == NULL) {
+        free(json);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = ngx_cpymem(b->last, json, len);
+    *b->last++ = '\n';
+    b->last_buf = (r == r->main) ? 1 : 0;
+    b->last_in_chain = 1;
+    free(json);
+
+    r->headers_out.status = status;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+/* a background job: 202 with its id and, if configured, its URL */
+
+ngx_int_t
+ngx_http_llm_send_accepted(ngx_http_request_t *r, ngx_http_llm_job_t *job)
+{
+    char                     *json;
+    size_t                    len;
+    json_t                   *o;
+    ngx_int_t                 rc;
+    ngx_str_t                 url;
+    ngx_buf_t                *b;
+    ngx_chain_t               out;
+    ngx_table_elt_t          *h;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    o = json_pack("{ssss}", "job", (char *) job->id, "state", "running");
+    if (o == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (llcf->job_url) {
+        if (ngx_http_complex_value(r, llcf->job_url, &url) != NGX_OK) {
+            json_decref(o);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        json_object_set_new(o, "url", json_stringn((char *) url.data,
+                                                    url.len));
+
+        h = ngx_list_push(&r->headers_out.headers);
+        if (h == NULL) {
+            json_decref(o);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        h->hash = 1;
+        ngx_str_set(&h->key, "Location");
+        h->value = url;
+    }
+
+    json = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+
+    if (json == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    len = ngx_strlen(json);
+
+    b = ngx_create_temp_buf(r->pool, len + 1);
+    if (b == NULL) {
+        free(json);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    b->last = ngx_cpymem(b->last, json, len);
+    *b->last++ = '\n';
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+    free(json);
+
+    r->headers_out.status = NGX_HTTP_ACCEPTED;
+    r->headers_out.content_length_n = b->last - b->pos;
+    ngx_str_set(&r->headers_out.content_type, "application/json");
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    out.buf = b;
+    out.next = NULL;
+
+    return ngx_http_output_filter(r, &out);
+}
+
+
+/* $llm_job_id: the job this request started or follows */
+
+ngx_int_t
+ngx_http_llm_job_id_variable(ngx_http_request_t *r,
+    ngx_http_variable_value_t *v, uintptr_t data)
+{
+    ngx_http_llm_ctx_t  *ctx;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (ctx == NULL || ctx->id[0] == '\0') {
+        v->not_found = 1;
+        return NGX_OK;
+    }
+
+    v->data = ctx->id;
+    v->len = NGX_HTTP_LLM_JOB_ID_LEN;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+/*
+ * "<job>:<seq>" from the Last-Event-ID header or, for clients that cannot
+ * set headers, the last_event_id argument.  NGX_DECLINED: none given.
+ */
+
+ngx_int_t
+ngx_http_llm_last_event_id(ngx_http_request_t *r, ngx_str_t *id,
+    ngx_uint_t *seq)
+{
+    u_char           *colon, *dst, *src;
+    ngx_int_t         n;
+    ngx_str_t         v;
+    ngx_table_elt_t  *h;
+
+    h = ngx_http_llm_header(r, "Last-Event-ID", sizeof("Last-Event-ID") - 1);
+
+    if (h) {
+        v = h->value;
+
+    } else if (ngx_http_arg(r, (u_char *) "last_event_id",
+                            sizeof("last_event_id") - 1, &v)
+               == NGX_OK)
+    {
+        /* ':' may come escaped */
+        dst = ngx_pnalloc(r->pool, v.len);
+        if (dst == NULL) {
+            return NGX_ERROR;
+        }
+
+        src = v.data;
+        v.data = dst;
+        ngx_unescape_uri(&dst, &src, v.len, 0);
+        v.len = dst - v.data;
+
+    } else {
+        return NGX_DECLINED;
+    }
+
+    if (v.len == 0) {
+        return NGX_DECLINED;
+    }
+
+    colon = ngx_strlchr(v.data, v.data + v.len, ':');
+
+    id->data = v.data;
+    id->len = colon ? (size_t) (colon - v.data) : v.len;
+
+    if (!ngx_http_llm_valid_id(id)) {
+        return NGX_ERROR;
+    }
+
+    if (colon == NULL) {
+        *seq = 0;
+        return NGX_OK;
+    }
+
+    n = ngx_atoi(colon + 1, v.data + v.len - colon - 1);
+    if (n == NGX_ERROR) {
+        return NGX_ERROR;
+    }
+
+    *seq = n;
+
+    return NGX_OK;
+}
+
+
+/* the SHA-1 of llm_job_owner's value; NGX_DECLINED: no owner */
+
+ngx_int_t
+ngx_http_llm_owner(ngx_http_request_t *r, u_char *hash)
+{
+    ngx_str_t                 v;
+    ngx_sha1_t                sha1;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    if (llcf->job_owner == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_complex_value(r, llcf->job_owner, &v) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (v.len == 0) {
+        return NGX_DECLINED;
+    }
+
+    ngx_sha1_init(&sha1);
+    ngx_sha1_update(&sha1, v.data, v.len);
+    ngx_sha1_final(hash, &sha1);
+
+    return NGX_OK;
+}
+
+
+/* wants text/event-stream, or at least does not want only JSON */
+
+ngx_uint_t
+ngx_http_llm_accepts_stream(ngx_http_request_t *r)
+{
+    ngx_str_t        *v;
+    ngx_table_elt_t  *h;
+
+    h = ngx_http_llm_header(r, "Accept", sizeof("Accept") - 1);
+
+    if (h == NULL) {
+        return 1;
+    }
+
+    v = &h->value;
+
+    if (ngx_strlcasestrn(v->data, v->data + v->len,
+                         (u_char *) "text/event-stream",
+                         sizeof("text/event-stream") - 2)
+        != NULL)
+    {
+        return 1;
+    }
+
+    return ngx_strlcasestrn(v->data, v->data + v->len,
+                            (u_char *) "application/json",
+                            sizeof("application/json") - 2)
+           == NULL;
+}
+
+
+/* asked to run in the background: "Prefer: respond-async" */
+
+ngx_uint_t
+ngx_http_llm_prefers_async(ngx_http_request_t *r)
+{
+    ngx_str_t        *v;
+    ngx_table_elt_t  *h;
+
+    h = ngx_http_llm_header(r, "Prefer", sizeof("Prefer") - 1);
+
+    if (h == NULL) {
+        return 0;
+    }
+
+    v = &h->value;
+
+    return ngx_strlcasestrn(v->data, v->data + v->len,
+                            (u_char *) "respond-async",
+                            sizeof("respond-async") - 2)
+           != NULL;
+}
+
+
+static ngx_table_elt_t *
+ngx_http_llm_header(ngx_http_request_t *r, const char *name, size_t len)
+{
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h;
+
+    part = &r->headers_in.headers.part;
+    h = part->elts;
+
+    for (i = 0; /* void */ ; i++) {
+
+        if (i >= part->nelts) {
+            if (part->next == NULL) {
+                return NULL;
+            }
+
+            part = part->next;
+            h = part->elts;
+            i = 0;
+        }
+
+        if (h[i].key.len == len
+            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
+        {
+            return &h[i];
+        }
+    }
+}
+
+
+static ngx_uint_t
+ngx_http_llm_valid_id(ngx_str_t *id)
+{
+    u_char      c;
+    ngx_uint_t  i;
+
+    if (id->len != NGX_HTTP_LLM_JOB_ID_LEN) {
+        return 0;
+    }
+
+    for (i = 0; i < id->len; i++) {
+        c = id->data[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+              || (c >= '0' && c <= '9') || c == '-' || c == '_'))
+        {
+            return 0;
+        }
+    }
+
+    return 1;
+}

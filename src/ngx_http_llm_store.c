@@ -1,0 +1,226 @@
+
+/*
+ * Copyright (C) ngx_http_llm_module authors
+ */
+
+
+/* The store layer: the llm_store directive and what every store shares. */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_llm_module.h"
+#include "ngx_http_llm_store.h"
+
+
+#define NGX_HTTP_LLM_STORE_TTL  3600000
+
+
+static ngx_http_llm_store_t *ngx_http_llm_store_new(ngx_conf_t *cf);
+
+
+/* every store of the configuration being read or run, for the hooks */
+static ngx_http_llm_store_t  *ngx_http_llm_stores;
+static ngx_http_llm_store_t  *ngx_http_llm_default_store;
+static ngx_cycle_t           *ngx_http_llm_stores_cycle;
+
+
+char *
+ngx_http_llm_store_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_loc_conf_t *llcf = conf;
+
+    char                  *rv;
+    ngx_str_t             *value, args[8];
+    ngx_uint_t             i, n;
+    ngx_http_llm_store_t  *st;
+
+    if (llcf->store != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    st = ngx_http_llm_store_new(cf);
+    if (st == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    value = cf->args->elts;
+
+    /* the backends get the store and its options, less the common ttl= */
+
+    args[0] = value[1];
+    n = 1;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "ttl=", 4) == 0) {
+            value[i].data += 4;
+            value[i].len -= 4;
+
+            st->ttl = ngx_parse_time(&value[i], 0);
+
+            if (st->ttl == (ngx_msec_t) NGX_ERROR || st->ttl == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid ttl \"%V\" in \"llm_store\"",
+                                   &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (n == sizeof(args) / sizeof(ngx_str_t)) {
+            return "has too many parameters";
+        }
+
+        args[n++] = value[i];
+    }
+
+    if (ngx_strcmp(value[1].data, "memory") == 0) {
+        st->ops = &ngx_http_llm_store_memory;
+        rv = ngx_http_llm_store_memory_conf(cf, st, args, n);
+
+    } else if (ngx_strncmp(value[1].data, "redis://", 8) == 0
+               || ngx_strncmp(value[1].data, "unix:", 5) == 0)
+    {
+        st->ops = &ngx_http_llm_store_redis;
+        rv = ngx_http_llm_store_redis_conf(cf, st, args, n);
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid store \"%V\" in \"llm_store\": "
+                           "\"memory\", \"redis://\" or \"unix:\" expected",
+                           &value[1]);
+        return NGX_CONF_ERROR;
+    }
+
+    if (rv != NGX_CONF_OK) {
+        return rv;
+    }
+
+    llcf->store = st;
+
+    return NGX_CONF_OK;
+}
+
+
+/* where jobs go when no llm_store is configured: a shared memory zone */
+
+ngx_http_llm_store_t *
+ngx_http_llm_store_default(ngx_conf_t *cf)
+{
+    ngx_str_t              arg;
+    ngx_http_llm_store_t  *st;
+
+    if (ngx_http_llm_default_store
+        && ngx_http_llm_stores_cycle == cf->cycle)
+    {
+        return ngx_http_llm_default_store;
+    }
+
+    st = ngx_http_llm_store_new(cf);
+    if (st == NULL) {
+        return NULL;
+    }
+
+    st->ops = &ngx_http_llm_store_memory;
+    ngx_str_set(&arg, "memory");
+
+    if (ngx_http_llm_store_memory_conf(cf, st, &arg, 1) != NGX_CONF_OK) {
+        return NULL;
+    }
+
+    ngx_http_llm_default_store = st;
+
+    return st;
+}
+
+
+static ngx_http_llm_store_t *
+ngx_http_llm_store_new(ngx_conf_t *cf)
+{
+    ngx_http_llm_store_t  *st;
+
+    /* a new configuration starts a new list */
+
+    if (ngx_http_llm_stores_cycle != cf->cycle) {
+        ngx_http_llm_stores = NULL;
+        ngx_http_llm_default_store = NULL;
+        ngx_http_llm_stores_cycle = cf->cycle;
+    }
+
+    st = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_store_t));
+    if (st == NULL) {
+        return NULL;
+    }
+
+    st->ttl = NGX_HTTP_LLM_STORE_TTL;
+    st->next = ngx_http_llm_stores;
+    ngx_http_llm_stores = st;
+
+    return st;
+}
+
+
+ngx_int_t
+ngx_http_llm_stores_init_process(ngx_cycle_t *cycle)
+{
+    ngx_http_llm_store_t  *st;
+
+    if (ngx_http_llm_stores_cycle != cycle) {
+        return NGX_OK;
+    }
+
+    for (st = ngx_http_llm_stores; st; st = st->next) {
+        if (st->ops->init_process
+            && st->ops->init_process(st, cycle) != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
+void
+ngx_http_llm_stores_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_llm_store_t  *st;
+
+    if (ngx_http_llm_stores_cycle != cycle) {
+        return;
+    }
+
+    for (st = ngx_http_llm_stores; st; st = st->next) {
+        if (st->ops->exit_process) {
+            st->ops->exit_process(st, cycle);
+        }
+    }
+}
+
+
+void
+ngx_http_llm_record_free(ngx_http_llm_record_t *rec)
+{
+    free(rec->message);
+    free(rec->events);
+    free(rec->text);
+
+    rec->message = NULL;
+    rec->events = NULL;
+    rec->text = NULL;
+}
+
+
+int64_t
+ngx_http_llm_now_ms(void)
+{
+    ngx_time_t  *tp;
+
+    tp = ngx_timeofday();
+
+    return (int64_t) tp->sec * 1000 + tp->msec;
+}

@@ -1,0 +1,146 @@
+
+/*
+ * Copyright (C) ngx_http_llm_module authors
+ */
+
+
+#ifndef _NGX_HTTP_LLM_STORE_H_INCLUDED_
+#define _NGX_HTTP_LLM_STORE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_llm_module.h"
+
+
+/*
+ * Stores keep jobs beyond the worker that runs them: the shared memory zone
+ * for every worker of one instance, Redis for every instance sharing it.
+ * The worker that runs a job is its only writer; any worker reads.
+ *
+ * Everything here is called on the event loop and never waits: a store
+ * that needs the network does it on a thread of its own and answers
+ * through the worker's channel (ngx_http_llm_channel_post()).
+ */
+
+
+#define NGX_HTTP_LLM_OWNER_LEN      20      /* SHA-1 of the owner value */
+
+
+/* a job as a store knows it: a snapshot, from one event and text offset */
+typedef struct {
+    ngx_http_llm_state_e           state;
+    int64_t                        created;     /* ms since the epoch */
+    int64_t                        updated;
+    int64_t                        finished;    /* 0 while running */
+    int64_t                        watched;     /* last read by a follower */
+
+    u_char                         owner[NGX_HTTP_LLM_OWNER_LEN];
+    unsigned                       has_owner:1;
+    unsigned                       cancel:1;    /* a cancel was requested */
+    unsigned                       background:1;
+
+    u_char                         finish[32];
+    size_t                         finish_len;
+    ngx_int_t                      input_tokens;     /* -1: unknown */
+    ngx_int_t                      output_tokens;
+    u_char                         code[32];
+    size_t                         code_len;
+    u_char                        *message;     /* malloc()ed */
+    size_t                         message_len;
+
+    ngx_uint_t                     nevents;     /* in the whole job */
+    ngx_uint_t                     from_event;
+    ngx_http_llm_event_t          *events;      /* malloc()ed, from_event on */
+
+    size_t                         text_len;    /* of the whole job */
+    size_t                         from_text;
+    u_char                        *text;        /* malloc()ed, from_text on */
+} ngx_http_llm_record_t;
+
+
+/*
+ * The answer to a fetch.  rc: NGX_OK with a record, NGX_DECLINED when the
+ * job is unknown or expired, NGX_ERROR when the store cannot answer now.
+ * The record is valid during the call only.
+ */
+typedef void (*ngx_http_llm_fetch_pt)(void *data, ngx_int_t rc,
+    ngx_http_llm_record_t *rec);
+
+
+typedef struct {
+    const char                    *name;
+
+    /* worker start and exit */
+    ngx_int_t                    (*init_process)(ngx_http_llm_store_t *st,
+                                                 ngx_cycle_t *cycle);
+    void                         (*exit_process)(ngx_http_llm_store_t *st,
+                                                 ngx_cycle_t *cycle);
+
+    /*
+     * Persist what the job gained since the last save: the events from
+     * job->saved_events, the text from job->saved_text, and its current
+     * state and outcome (called after every change; the first call
+     * creates the job).  The store owns both marks and advances them as
+     * it sees fit.  A store may batch: its flush interval is the
+     * durability window; while it cannot write it keeps the marks and
+     * catches up later.
+     */
+    void                         (*save)(ngx_http_llm_store_t *st,
+                                         ngx_http_llm_job_t *job);
+
+    /* the job is about to be freed: take what is not saved yet */
+    void                         (*release)(ngx_http_llm_store_t *st,
+                                            ngx_http_llm_job_t *job);
+
+    /*
+     * Read a job: its state and outcome, its events from "from_event" and
+     * its text from "from_text".  Also marks the job as watched now.  The
+     * handler may run before fetch() returns.
+     */
+    ngx_int_t                    (*fetch)(ngx_http_llm_store_t *st,
+                                          u_char *id, ngx_uint_t from_event,
+                                          size_t from_text,
+                                          ngx_http_llm_fetch_pt handler,
+                                          void *data);
+
+    /* ask the worker that runs the job to cancel it */
+    ngx_int_t                    (*cancel)(ngx_http_llm_store_t *st,
+                                           u_char *id);
+} ngx_http_llm_store_ops_t;
+
+
+struct ngx_http_llm_store_s {
+    const ngx_http_llm_store_ops_t  *ops;
+    ngx_msec_t                       ttl;
+    ngx_msec_t                       poll;      /* how often followers read */
+    void                            *data;      /* the backend's own */
+    ngx_http_llm_store_t            *next;      /* all stores */
+};
+
+
+extern const ngx_http_llm_store_ops_t  ngx_http_llm_store_memory;
+extern const ngx_http_llm_store_ops_t  ngx_http_llm_store_redis;
+
+
+/* ngx_http_llm_store.c */
+char *ngx_http_llm_store_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_http_llm_store_t *ngx_http_llm_store_default(ngx_conf_t *cf);
+ngx_int_t ngx_http_llm_stores_init_process(ngx_cycle_t *cycle);
+void ngx_http_llm_stores_exit_process(ngx_cycle_t *cycle);
+void ngx_http_llm_record_free(ngx_http_llm_record_t *rec);
+int64_t ngx_http_llm_now_ms(void);
+
+/* ngx_http_llm_store_memory.c */
+char *ngx_http_llm_store_memory_conf(ngx_conf_t *cf,
+    ngx_http_llm_store_t *st, ngx_str_t *args, ngx_uint_t nargs);
+
+/* ngx_http_llm_store_redis.c */
+char *ngx_http_llm_store_redis_conf(ngx_conf_t *cf,
+    ngx_http_llm_store_t *st, ngx_str_t *args, ngx_uint_t nargs);
+
+
+#endif /* _NGX_HTTP_LLM_STORE_H_INCLUDED_ */

@@ -1,0 +1,656 @@
+
+/*
+ * Copyright (C) ngx_http_llm_module authors
+ */
+
+
+/*
+ * The embedded store: a shared memory zone, so that every worker of the
+ * instance sees every job.  Saves and reads are copies under the zone's
+ * mutex, done at once.  When the zone is full the oldest finished jobs go
+ * first; a running job that still does not fit is marked truncated: its
+ * stored copy ends with a "store_full" error and the error log says so.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_llm_module.h"
+#include "ngx_http_llm_store.h"
+
+
+#define NGX_HTTP_LLM_ZONE_SIZE   (32 * 1024 * 1024)
+
+
+typedef struct {
+    ngx_rbtree_t                   rbtree;
+    ngx_rbtree_node_t              sentinel;
+    ngx_queue_t                    finished;    /* oldest first */
+    ngx_queue_t                    running;
+} ngx_http_llm_mem_sh_t;
+
+
+typedef struct {
+    ngx_http_llm_mem_sh_t         *sh;
+    ngx_slab_pool_t               *shpool;
+} ngx_http_llm_mem_t;
+
+
+typedef struct {
+    ngx_rbtree_node_t              node;        /* key: crc32 of the id */
+    ngx_queue_t                    queue;
+    u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN];
+
+    ngx_http_llm_record_t          rec;         /* arrays below instead */
+
+    ngx_http_llm_event_t          *events;
+    ngx_uint_t                     events_cap;
+    u_char                        *text;
+    size_t                         text_cap;
+    u_char                        *message;
+    int64_t                        expires;
+
+    unsigned                       truncated:1;
+} ngx_http_llm_mem_job_t;
+
+
+static ngx_int_t ngx_http_llm_mem_init_zone(ngx_shm_zone_t *zone,
+    void *data);
+static void ngx_http_llm_mem_save(ngx_http_llm_store_t *st,
+    ngx_http_llm_job_t *job);
+static void ngx_http_llm_mem_release(ngx_http_llm_store_t *st,
+    ngx_http_llm_job_t *job);
+static ngx_int_t ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
+    ngx_uint_t from_event, size_t from_text, ngx_http_llm_fetch_pt handler,
+    void *data);
+static ngx_int_t ngx_http_llm_mem_cancel(ngx_http_llm_store_t *st,
+    u_char *id);
+static ngx_http_llm_mem_job_t *ngx_http_llm_mem_lookup(ngx_http_llm_mem_t *m,
+    u_char *id, int64_t now);
+static ngx_http_llm_mem_job_t *ngx_http_llm_mem_create(ngx_http_llm_mem_t *m,
+    ngx_http_llm_job_t *job);
+static ngx_int_t ngx_http_llm_mem_copy(ngx_http_llm_mem_t *m,
+    ngx_http_llm_mem_job_t *mj, ngx_http_llm_job_t *job);
+static void *ngx_http_llm_mem_alloc(ngx_http_llm_mem_t *m, size_t size);
+static void ngx_http_llm_mem_expire(ngx_http_llm_mem_t *m, int64_t now,
+    ngx_uint_t force);
+static void ngx_http_llm_mem_free(ngx_http_llm_mem_t *m,
+    ngx_http_llm_mem_job_t *mj);
+static void ngx_http_llm_mem_rbtree_insert(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
+
+
+const ngx_http_llm_store_ops_t  ngx_http_llm_store_memory = {
+    "memory",
+    NULL,
+    NULL,
+    ngx_http_llm_mem_save,
+    ngx_http_llm_mem_release,
+    ngx_http_llm_mem_fetch,
+    ngx_http_llm_mem_cancel
+};
+
+
+/* llm_store memory [zone=NAME:SIZE] */
+
+char *
+ngx_http_llm_store_memory_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
+    ngx_str_t *args, ngx_uint_t nargs)
+{
+    u_char              *p;
+    ssize_t              size;
+    ngx_str_t            name, s;
+    ngx_uint_t           i;
+    ngx_shm_zone_t      *zone;
+    ngx_http_llm_mem_t  *m;
+
+    ngx_str_set(&name, "llm_jobs");
+    size = NGX_HTTP_LLM_ZONE_SIZE;
+
+    for (i = 1; i < nargs; i++) {
+
+        if (ngx_strncmp(args[i].data, "zone=", 5) != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\" in \"llm_store\"",
+                               &args[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        name.data = args[i].data + 5;
+        p = (u_char *) ngx_strchr(name.data, ':');
+
+        if (p == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid zone \"%V\" in \"llm_store\": "
+                               "NAME:SIZE expected", &args[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        name.len = p - name.data;
+
+        s.data = p + 1;
+        s.len = args[i].data + args[i].len - s.data;
+
+        size = ngx_parse_size(&s);
+
+        if (name.len == 0 || size == NGX_ERROR || size < 64 * 1024) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid zone \"%V\" in \"llm_store\": "
+                               "a name and at least 64k expected",
+                               &args[i]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    zone = ngx_shared_memory_add(cf, &name, size, &ngx_http_llm_module);
+    if (zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    m = zone->data;
+
+    if (m == NULL) {
+        m = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_mem_t));
+        if (m == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        zone->init = ngx_http_llm_mem_init_zone;
+        zone->data = m;
+    }
+
+    /* zone->data outlives the store: a zone may serve several of them */
+    st->data = m;
+    st->poll = 100;
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_mem_init_zone(ngx_shm_zone_t *zone, void *data)
+{
+    ngx_http_llm_mem_t *old = data;
+
+    ngx_http_llm_mem_t  *m;
+
+    m = zone->data;
+
+    if (old) {
+        m->sh = old->sh;
+        m->shpool = old->shpool;
+        return NGX_OK;
+    }
+
+    m->shpool = (ngx_slab_pool_t *) zone->shm.addr;
+
+    if (zone->shm.exists) {
+        m->sh = m->shpool->data;
+        return NGX_OK;
+    }
+
+    m->sh = ngx_slab_alloc(m->shpool, sizeof(ngx_http_llm_mem_sh_t));
+    if (m->sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    m->shpool->data = m->sh;
+
+    ngx_rbtree_init(&m->sh->rbtree, &m->sh->sentinel,
+                    ngx_http_llm_mem_rbtree_insert);
+    ngx_queue_init(&m->sh->finished);
+    ngx_queue_init(&m->sh->running);
+
+    m->shpool->log_nomem = 0;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
+{
+    ngx_http_llm_mem_t *m = st->data;
+
+    int64_t                  now;
+    ngx_uint_t               cancel;
+    ngx_http_llm_mem_job_t  *mj;
+
+    now = ngx_http_llm_now_ms();
+
+    ngx_shmtx_lock(&m->shpool->mutex);
+
+    ngx_http_llm_mem_expire(m, now, 0);
+
+    mj = job->store_data;
+
+    if (mj == NULL) {
+        mj = ngx_http_llm_mem_create(m, job);
+
+        if (mj == NULL) {
+            ngx_shmtx_unlock(&m->shpool->mutex);
+            ngx_log_error(NGX_LOG_ERR, job->log, 0,
+                          "llm: job %s: the memory store is full, "
+                          "the job is not stored", job->id);
+            return;
+        }
+
+        job->store_data = mj;
+    }
+
+    if (!mj->truncated && ngx_http_llm_mem_copy(m, mj, job) != NGX_OK) {
+        mj->truncated = 1;
+        mj->rec.state = NGX_HTTP_LLM_FAILED;
+        mj->rec.code_len = sizeof("store_full") - 1;
+        ngx_memcpy(mj->rec.code, "store_full", mj->rec.code_len);
+
+        ngx_log_error(NGX_LOG_ERR, job->log, 0,
+                      "llm: job %s: the memory store is full, its stored "
+                      "copy ends here (store_full)", job->id);
+    }
+
+    /* both queues are kept in expiry order */
+
+    mj->expires = now + st->ttl;
+    ngx_queue_remove(&mj->queue);
+
+    if (mj->rec.state == NGX_HTTP_LLM_RUNNING) {
+        ngx_queue_insert_tail(&m->sh->running, &mj->queue);
+
+    } else {
+        if (mj->rec.finished == 0) {
+            mj->rec.finished = now;
+        }
+
+        ngx_queue_insert_tail(&m->sh->finished, &mj->queue);
+    }
+
+    cancel = mj->rec.cancel;
+
+    ngx_shmtx_unlock(&m->shpool->mutex);
+
+    if (cancel && job->state == NGX_HTTP_LLM_RUNNING) {
+        ngx_http_llm_job_cancel_requested(job);
+    }
+}
+
+
+/* saves are made at once: nothing is pending, only the pointer goes */
+
+static void
+ngx_http_llm_mem_release(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
+{
+    job->store_data = NULL;
+}
+
+
+static ngx_int_t
+ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
+    ngx_uint_t from_event, size_t from_text, ngx_http_llm_fetch_pt handler,
+    void *data)
+{
+    ngx_http_llm_mem_t *m = st->data;
+
+    size_t                   n;
+    int64_t                  now;
+    ngx_http_llm_record_t    rec;
+    ngx_http_llm_mem_job_t  *mj;
+
+    now = ngx_http_llm_now_ms();
+
+    ngx_shmtx_lock(&m->shpool->mutex);
+
+    mj = ngx_http_llm_mem_lookup(m, id, now);
+
+    if (mj == NULL) {
+        ngx_shmtx_unlock(&m->shpool->mutex);
+        handler(data, NGX_DECLINED, NULL);
+        return NGX_OK;
+    }
+
+    mj->rec.watched = now;
+
+    rec = mj->rec;
+    rec.events = NULL;
+    rec.text = NULL;
+    rec.message = NULL;
+
+    from_event = ngx_min(from_event, rec.nevents);
+    from_text = ngx_min(from_text, rec.text_len);
+    rec.from_event = from_event;
+    rec.from_text = from_text;
+
+    n = (rec.nevents - from_event) * sizeof(ngx_http_llm_event_t);
+
+    if (n) {
+        rec.events = malloc(n);
+        if (rec.events == NULL) {
+            goto failed;
+        }
+
+        ngx_memcpy(rec.events, mj->events + from_event, n);
+    }
+
+    n = rec.text_len - from_text;
+
+    if (n) {
+        rec.text = malloc(n);
+        if (rec.text == NULL) {
+            goto failed;
+        }
+
+        ngx_memcpy(rec.text, mj->text + from_text, n);
+    }
+
+    if (rec.message_len) {
+        rec.message = malloc(rec.message_len);
+        if (rec.message == NULL) {
+            goto failed;
+        }
+
+        ngx_memcpy(rec.message, mj->message, rec.message_len);
+    }
+
+    ngx_shmtx_unlock(&m->shpool->mutex);
+
+    handler(data, NGX_OK, &rec);
+    ngx_http_llm_record_free(&rec);
+
+    return NGX_OK;
+
+failed:
+
+    ngx_shmtx_unlock(&m->shpool->mutex);
+    ngx_http_llm_record_free(&rec);
+    handler(data, NGX_ERROR, NULL);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_mem_cancel(ngx_http_llm_store_t *st, u_char *id)
+{
+    ngx_http_llm_mem_t *m = st->data;
+
+    ngx_int_t                rc;
+    ngx_http_llm_mem_job_t  *mj;
+
+    ngx_shmtx_lock(&m->shpool->mutex);
+
+    mj = ngx_http_llm_mem_lookup(m, id, ngx_http_llm_now_ms());
+
+    if (mj) {
+        mj->rec.cancel = 1;
+        rc = NGX_OK;
+
+    } else {
+        rc = NGX_DECLINED;
+    }
+
+    ngx_shmtx_unlock(&m->shpool->mutex);
+
+    return rc;
+}
+
+
+static ngx_http_llm_mem_job_t *
+ngx_http_llm_mem_lookup(ngx_http_llm_mem_t *m, u_char *id, int64_t now)
+{
+    ngx_int_t                rc;
+    uint32_t                 hash;
+    ngx_rbtree_node_t       *node, *sentinel;
+    ngx_http_llm_mem_job_t  *mj;
+
+    ngx_http_llm_mem_expire(m, now, 0);
+
+    hash = ngx_crc32_short(id, NGX_HTTP_LLM_JOB_ID_LEN);
+
+    node = m->sh->rbtree.root;
+    sentinel = m->sh->rbtree.sentinel;
+
+    while (node != sentinel) {
+
+        if (hash != node->key) {
+            node = (hash < node->key) ? node->left : node->right;
+            continue;
+        }
+
+        mj = (ngx_http_llm_mem_job_t *) node;
+        rc = ngx_memcmp(id, mj->id, NGX_HTTP_LLM_JOB_ID_LEN);
+
+        if (rc == 0) {
+            return mj;
+        }
+
+        node = (rc < 0) ? node->left : node->right;
+    }
+
+    return NULL;
+}
+
+
+static ngx_http_llm_mem_job_t *
+ngx_http_llm_mem_create(ngx_http_llm_mem_t *m, ngx_http_llm_job_t *job)
+{
+    ngx_http_llm_mem_job_t  *mj;
+
+    mj = ngx_http_llm_mem_alloc(m, sizeof(ngx_http_llm_mem_job_t));
+    if (mj == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(mj, sizeof(ngx_http_llm_mem_job_t));
+
+    ngx_memcpy(mj->id, job->id, NGX_HTTP_LLM_JOB_ID_LEN);
+    mj->node.key = ngx_crc32_short(job->id, NGX_HTTP_LLM_JOB_ID_LEN);
+
+    mj->rec.created = job->created;
+    mj->rec.input_tokens = -1;
+    mj->rec.output_tokens = -1;
+    mj->rec.background = job->background;
+    mj->rec.has_owner = job->has_owner;
+    ngx_memcpy(mj->rec.owner, job->owner, NGX_HTTP_LLM_OWNER_LEN);
+
+    ngx_rbtree_insert(&m->sh->rbtree, &mj->node);
+    ngx_queue_insert_tail(&m->sh->running, &mj->queue);
+
+    return mj;
+}
+
+
+/* bring the stored copy up to date; the zone's mutex is held */
+
+static ngx_int_t
+ngx_http_llm_mem_copy(ngx_http_llm_mem_t *m, ngx_http_llm_mem_job_t *mj,
+    ngx_http_llm_job_t *job)
+{
+    size_t                 cap;
+    u_char                *p;
+    ngx_http_llm_event_t  *ev;
+
+    if (job->nevents > mj->events_cap) {
+        cap = ngx_max(job->events_cap, 16);
+
+        ev = ngx_http_llm_mem_alloc(m, cap * sizeof(ngx_http_llm_event_t));
+        if (ev == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (mj->events) {
+            ngx_memcpy(ev, mj->events,
+                       mj->rec.nevents * sizeof(ngx_http_llm_event_t));
+            ngx_slab_free_locked(m->shpool, mj->events);
+        }
+
+        mj->events = ev;
+        mj->events_cap = cap;
+    }
+
+    if (job->text_len > mj->text_cap) {
+        cap = ngx_max(job->text_cap, 1024);
+
+        p = ngx_http_llm_mem_alloc(m, cap);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (mj->text) {
+            ngx_memcpy(p, mj->text, mj->rec.text_len);
+            ngx_slab_free_locked(m->shpool, mj->text);
+        }
+
+        mj->text = p;
+        mj->text_cap = cap;
+    }
+
+    if (job->message_len && mj->message == NULL) {
+        mj->message = ngx_http_llm_mem_alloc(m, job->message_len);
+        if (mj->message == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(mj->message, job->message, job->message_len);
+        mj->rec.message_len = job->message_len;
+    }
+
+    ngx_memcpy(mj->events + job->saved_events, job->events + job->saved_events,
+               (job->nevents - job->saved_events)
+               * sizeof(ngx_http_llm_event_t));
+    ngx_memcpy(mj->text + job->saved_text, job->text + job->saved_text,
+               job->text_len - job->saved_text);
+
+    mj->rec.nevents = job->nevents;
+    mj->rec.text_len = job->text_len;
+    job->saved_events = job->nevents;
+    job->saved_text = job->text_len;
+
+    mj->rec.state = job->state;
+    mj->rec.updated = job->updated;
+    mj->rec.input_tokens = job->input_tokens;
+    mj->rec.output_tokens = job->output_tokens;
+
+    ngx_memcpy(mj->rec.finish, job->finish, job->finish_len);
+    mj->rec.finish_len = job->finish_len;
+
+    ngx_memcpy(mj->rec.code, job->code, job->code_len);
+    mj->rec.code_len = job->code_len;
+
+    return NGX_OK;
+}
+
+
+/* a slab allocation that makes room by dropping the oldest finished jobs */
+
+static void *
+ngx_http_llm_mem_alloc(ngx_http_llm_mem_t *m, size_t size)
+{
+    void  *p;
+
+    for ( ;; ) {
+        p = ngx_slab_alloc_locked(m->shpool, size);
+
+        if (p || ngx_queue_empty(&m->sh->finished)) {
+            return p;
+        }
+
+        ngx_http_llm_mem_expire(m, 0, 1);
+    }
+}
+
+
+/*
+ * Drop expired jobs: finished ones a ttl after they finished, running ones
+ * a ttl after their last save (their worker is gone); with "force", the
+ * oldest finished job, to make room.
+ */
+
+static void
+ngx_http_llm_mem_expire(ngx_http_llm_mem_t *m, int64_t now, ngx_uint_t force)
+{
+    ngx_queue_t             *q, *queues[2];
+    ngx_uint_t               i;
+    ngx_http_llm_mem_job_t  *mj;
+
+    if (force) {
+        q = ngx_queue_head(&m->sh->finished);
+        ngx_http_llm_mem_free(m, ngx_queue_data(q, ngx_http_llm_mem_job_t,
+                                                queue));
+        return;
+    }
+
+    queues[0] = &m->sh->finished;
+    queues[1] = &m->sh->running;
+
+    for (i = 0; i < 2; i++) {
+        while (!ngx_queue_empty(queues[i])) {
+            q = ngx_queue_head(queues[i]);
+            mj = ngx_queue_data(q, ngx_http_llm_mem_job_t, queue);
+
+            if (now < mj->expires) {
+                break;
+            }
+
+            ngx_http_llm_mem_free(m, mj);
+        }
+    }
+}
+
+
+static void
+ngx_http_llm_mem_free(ngx_http_llm_mem_t *m, ngx_http_llm_mem_job_t *mj)
+{
+    ngx_queue_remove(&mj->queue);
+    ngx_rbtree_delete(&m->sh->rbtree, &mj->node);
+
+    if (mj->events) {
+        ngx_slab_free_locked(m->shpool, mj->events);
+    }
+
+    if (mj->text) {
+        ngx_slab_free_locked(m->shpool, mj->text);
+    }
+
+    if (mj->message) {
+        ngx_slab_free_locked(m->shpool, mj->message);
+    }
+
+    ngx_slab_free_locked(m->shpool, mj);
+}
+
+
+static void
+ngx_http_llm_mem_rbtree_insert(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
+{
+    ngx_rbtree_node_t  **p;
+
+    for ( ;; ) {
+
+        /* (hash, id) order, as ngx_http_llm_mem_lookup() walks it */
+
+        if (node->key != temp->key) {
+            p = (node->key < temp->key) ? &temp->left : &temp->right;
+
+        } else {
+            p = (ngx_memcmp(((ngx_http_llm_mem_job_t *) node)->id,
+                            ((ngx_http_llm_mem_job_t *) temp)->id,
+                            NGX_HTTP_LLM_JOB_ID_LEN)
+                 < 0) ? &temp->left : &temp->right;
+        }
+
+        if (*p == sentinel) {
+            break;
+        }
+
+        temp = *p;
+    }
+
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}
