@@ -164,8 +164,9 @@ mock_pid=$!
 pids+=("$mock_pid")
 wait_http "http://127.0.0.1:$mock_port/health"
 
-user=()
-[ "$(id -u)" = 0 ] && user=(-g "user root;")
+# nginx takes one -g: daemon off, so that the master is our child
+globals="daemon off;"
+[ "$(id -u)" = 0 ] && globals="$globals user root;"
 
 # each stream takes one connection in a module worker (the upstream
 # socket belongs to libcurl), two in a proxying worker
@@ -213,8 +214,8 @@ http {
     }
 }
 EOF
-    nginx -p "$p" -c conf/nginx.conf -e logs/error.log -g "daemon off;" \
-        "${user[@]}" 2> "$p/logs/stderr.log" &
+    nginx -p "$p" -c conf/nginx.conf -e logs/error.log -g "$globals" \
+        2> "$p/logs/stderr.log" &
     nginx_module_pid=$!
     pids+=("$nginx_module_pid")
     wait_http "http://127.0.0.1:$nginx_module_port/health"
@@ -283,8 +284,8 @@ http {
     }
 }
 EOF
-    nginx -p "$p" -c conf/nginx.conf -e logs/error.log -g "daemon off;" \
-        "${user[@]}" 2> "$p/logs/stderr.log" &
+    nginx -p "$p" -c conf/nginx.conf -e logs/error.log -g "$globals" \
+        2> "$p/logs/stderr.log" &
     proxy_pid=$!
     pids+=("$proxy_pid")
     wait_http "http://127.0.0.1:$proxy_port/health"

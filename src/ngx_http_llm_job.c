@@ -56,6 +56,7 @@ static void ngx_http_llm_job_wake(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_free(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_grace_handler(ngx_event_t *ev);
 static void ngx_http_llm_job_cancel_handler(ngx_event_t *ev);
+static ngx_http_llm_job_t *ngx_http_llm_job_local(u_char *id);
 static void ngx_http_llm_job_found(void *data, ngx_int_t rc,
     ngx_http_llm_record_t *rec);
 static ngx_int_t ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
@@ -174,22 +175,14 @@ ngx_int_t
 ngx_http_llm_job_find(ngx_http_llm_store_t *st, u_char *id,
     ngx_http_llm_find_pt handler, void *data)
 {
-    ngx_queue_t          *q;
     ngx_http_llm_job_t   *job;
     ngx_http_llm_find_t  *f;
 
-    if (ngx_http_llm_jobs.next) {
-        for (q = ngx_queue_head(&ngx_http_llm_jobs);
-             q != ngx_queue_sentinel(&ngx_http_llm_jobs);
-             q = ngx_queue_next(q))
-        {
-            job = ngx_queue_data(q, ngx_http_llm_job_t, queue);
+    job = ngx_http_llm_job_local(id);
 
-            if (ngx_strncmp(job->id, id, NGX_HTTP_LLM_JOB_ID_LEN) == 0) {
-                handler(data, NGX_OK, job);
-                return NGX_OK;
-            }
-        }
+    if (job) {
+        handler(data, NGX_OK, job);
+        return NGX_OK;
     }
 
     f = ngx_alloc(sizeof(ngx_http_llm_find_t), ngx_cycle->log);
@@ -214,12 +207,38 @@ ngx_http_llm_job_find(ngx_http_llm_store_t *st, u_char *id,
 }
 
 
+/* linear: lookups are rare next to streaming, and jobs are few per worker */
+
+static ngx_http_llm_job_t *
+ngx_http_llm_job_local(u_char *id)
+{
+    ngx_queue_t         *q;
+    ngx_http_llm_job_t  *job;
+
+    if (ngx_http_llm_jobs.next == NULL) {
+        return NULL;
+    }
+
+    for (q = ngx_queue_head(&ngx_http_llm_jobs);
+         q != ngx_queue_sentinel(&ngx_http_llm_jobs);
+         q = ngx_queue_next(q))
+    {
+        job = ngx_queue_data(q, ngx_http_llm_job_t, queue);
+
+        if (ngx_strncmp(job->id, id, NGX_HTTP_LLM_JOB_ID_LEN) == 0) {
+            return job;
+        }
+    }
+
+    return NULL;
+}
+
+
 static void
 ngx_http_llm_job_found(void *data, ngx_int_t rc, ngx_http_llm_record_t *rec)
 {
     ngx_http_llm_find_t *f = data;
 
-    ngx_queue_t         *q;
     ngx_http_llm_job_t  *job;
 
     if (rc != NGX_OK) {
@@ -230,17 +249,12 @@ ngx_http_llm_job_found(void *data, ngx_int_t rc, ngx_http_llm_record_t *rec)
 
     /* another find may have made a mirror meanwhile */
 
-    for (q = ngx_queue_head(&ngx_http_llm_jobs);
-         q != ngx_queue_sentinel(&ngx_http_llm_jobs);
-         q = ngx_queue_next(q))
-    {
-        job = ngx_queue_data(q, ngx_http_llm_job_t, queue);
+    job = ngx_http_llm_job_local(f->id);
 
-        if (ngx_strncmp(job->id, f->id, NGX_HTTP_LLM_JOB_ID_LEN) == 0) {
-            f->handler(f->data, NGX_OK, job);
-            ngx_free(f);
-            return;
-        }
+    if (job) {
+        f->handler(f->data, NGX_OK, job);
+        ngx_free(f);
+        return;
     }
 
     job = ngx_http_llm_job_alloc(ngx_cycle->log);

@@ -268,6 +268,7 @@ ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
     }
 
     cancel = mj->rec.cancel;
+    job->watched = mj->rec.watched;
 
     ngx_shmtx_unlock(&m->shpool->mutex);
 

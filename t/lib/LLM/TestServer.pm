@@ -11,7 +11,8 @@ use IO::Socket::INET;
 use File::Path qw(make_path remove_tree);
 use Time::HiRes qw(sleep);
 
-our @EXPORT_OK = qw(start_nginx stop_nginx nginx_pid free_port error_log);
+our @EXPORT_OK = qw(start_nginx stop_nginx nginx_pid free_port error_log
+                    http_get sse_events);
 
 sub free_port {
     my $l = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
@@ -81,6 +82,55 @@ sub stop_nginx {
     }
 
     kill 'KILL', $pid;
+}
+
+# one HTTP/1.0 request, read until the server closes (or "timeout" idle
+# seconds pass, or "until" matches what was read): (status, headers, body)
+sub http_get {
+    my ($port, $method, $uri, %o) = @_;
+
+    my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port")
+        or return (0, '', '');
+
+    my $hdrs = join '', map { "$_: $o{headers}{$_}\r\n" }
+                        keys %{ $o{headers} || {} };
+    my $body = $o{body} // '';
+
+    $hdrs .= "Content-Length: " . length($body) . "\r\n" if length $body;
+
+    syswrite($s, "$method $uri HTTP/1.0\r\nHost: localhost\r\n$hdrs\r\n$body");
+
+    my $got = '';
+    my $timeout = $o{timeout} // 10;
+
+    while (1) {
+        my $rin = '';
+        vec($rin, fileno($s), 1) = 1;
+        last unless select($rin, undef, undef, $timeout);
+        my $n = sysread($s, my $buf, 65536);
+        last unless $n;
+        $got .= $buf;
+        last if $o{until} && $got =~ $o{until};
+    }
+
+    close $s;
+
+    my ($head, $rest) = split /\r\n\r\n/, $got, 2;
+    my ($status) = ($head // '') =~ m{^HTTP/1\.\d (\d+)};
+
+    return ($status // 0, $head // '', $rest // '');
+}
+
+# the events of an SSE body: a list of { id, event, data }
+sub sse_events {
+    my ($body) = @_;
+    my @ev;
+
+    while ($body =~ /^id: (\S+)\nevent: (\w+)\ndata: (.*)\n\n/mg) {
+        push @ev, { id => $1, event => $2, data => $3 };
+    }
+
+    return @ev;
 }
 
 sub error_log {
