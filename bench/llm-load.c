@@ -160,6 +160,7 @@ static int                 g_phase;
 static stats_t             g_st;
 static uint64_t            g_total_tokens;
 static uint64_t            g_total_deltas;
+static uint64_t            g_total_started;
 static FILE               *g_series;
 static volatile sig_atomic_t  g_stop;
 
@@ -431,6 +432,7 @@ conn_open(void)
     struct epoll_event  ev;
 
     g_st.started++;
+    g_total_started++;
 
     fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
@@ -1071,6 +1073,18 @@ floor_for(long level)
         }
     }
 
+    if (best >= 0) {
+        return p99;
+    }
+
+    /* below every floor level: the lowest one */
+    for (i = 0; i < cfg.nfloor; i++) {
+        if (best < 0 || cfg.floor_level[i] < best) {
+            best = cfg.floor_level[i];
+            p99 = cfg.floor_p99[i];
+        }
+    }
+
     return p99;
 }
 
@@ -1146,13 +1160,15 @@ report_level(long level, double secs, double client_cpu)
            "\"ttft_n\":%zu,\"ttft_p50\":%.0f,\"ttft_p90\":%.0f,"
            "\"ttft_p99\":%.0f,\"ttft_max\":%.0f,"
            "\"ttfe_p50\":%.0f,\"ttfe_p99\":%.0f,"
-           "\"floor_p99\":%.0f,\"client_cpu\":%.3f,",
+           "\"floor_p99\":%.0f,\"client_cpu\":%.3f,"
+           "\"total_started\":%llu,\"total_tokens\":%llu,",
            g_st.lat.n, pct(&g_st.lat, 0.5), pct(&g_st.lat, 0.9), p99,
            pct(&g_st.lat, 1.0),
            g_st.ttft.n, pct(&g_st.ttft, 0.5), pct(&g_st.ttft, 0.9),
            pct(&g_st.ttft, 0.99), pct(&g_st.ttft, 1.0),
            pct(&g_st.ttfe, 0.5), pct(&g_st.ttfe, 0.99),
-           floor, client_cpu);
+           floor, client_cpu, (unsigned long long) g_total_started,
+           (unsigned long long) g_total_tokens);
 
     printf("\"groups\":{");
 

@@ -118,6 +118,17 @@ def held(rows):
     return best, fail
 
 
+def floor_at(frows, level):
+    """The floor row of a level: that level, else the closest one below,
+    else the lowest (the same rule as llm-load's --floor)."""
+    if not frows:
+        return None
+    below = [x for x in frows if x["level"] <= level]
+    if below:
+        return max(below, key=lambda x: x["level"])
+    return min(frows, key=lambda x: x["level"])
+
+
 def yes(ok):
     return "yes" if ok else "**no**"
 
@@ -252,12 +263,14 @@ def main():
         if s1b:
             b, m = s1b[0], s1m[0]
             w("")
-            w("Module against the baseline: p99 added %s ms against %s ms; "
-              "p99 %.1fx lower; relay CPU %.1fx lower." % (
+            k = relay_cpu(b) / max(relay_cpu(m), 1e-9)
+            w("Module against the baseline: p99 added %s ms against %s ms "
+              "(p99 %.1fx lower); relay CPU %.1fx %s." % (
                   ms(m["lat_p99"] - f["lat_p99"]),
                   ms(b["lat_p99"] - f["lat_p99"]),
                   b["lat_p99"] / max(m["lat_p99"], 1),
-                  relay_cpu(b) / max(relay_cpu(m), 1e-9)))
+                  k if k >= 1 else 1 / k,
+                  "lower" if k >= 1 else "**higher**"))
     else:
         w("Not run.")
     w("")
@@ -297,14 +310,15 @@ def main():
           "| delivered | errors | relay CPU | CPU s/Mtok | RSS KB/stream "
           "| mock CPU | client CPU | result |")
         w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        fmap = {x["level"]: x for x in (s2f or [])}
         for label, rows in (("floor", s2f), ("module", s2m),
                             ("baseline", s2b)):
             for x in rows or []:
-                f = fmap.get(x["level"])
+                f = floor_at(s2f, x["level"])
                 is_floor = rows is s2f
                 added = "-" if is_floor or not f else \
                     ms(x["lat_p99"] - f["lat_p99"])
+                if f and not is_floor and f["level"] != x["level"]:
+                    added += " (floor at %d)" % f["level"]
                 rc = relay_cpu(x)
                 w("| %s | %d | %s | %s | %s | %s | %.0f | %.1f%% | %d "
                   "| %s | %s | %s | %.2f | %.2f | %s |" % (
@@ -331,7 +345,7 @@ def main():
     rows3 = []
     for name, label, state in (
             ("s3-module-wait", "module", "waiting for the first token"),
-            ("s3-module-stream", "module", "streaming, 2 tokens/s"),
+            ("s3-module-stream", "module", "streaming, 1 token/s"),
             ("s3-baseline-wait", "baseline (nginx + uvicorn)",
              "waiting for the first token")):
         for x in r[name] or []:
@@ -343,16 +357,16 @@ def main():
           "first connection.")
         w("")
         w("| | state | streams | idle RSS MB | RSS MB | KB per stream "
-          "| tokens/stream so far |")
+          "| tokens per stream so far |")
         w("|---|---|---|---|---|---|---|")
         for label, state, x in rows3:
             idle = sum(g["idle_rss_kb"] for n, g in x["groups"].items()
                        if n != "mock")
             now = sum(g["rss_kb"] for n, g in x["groups"].items()
                       if n != "mock")
-            # streaming: how many tokens the streams had when sampled
-            per = "0" if "waiting" in state else "~%.0f" % (
-                2 * (x["secs"] / 2 + 2))
+            # streaming: the tokens a stream had received, on average
+            per = "0" if "waiting" in state else "%.0f" % (
+                x.get("total_tokens", 0) / max(x.get("total_started", 1), 1))
             w("| %s | %s | %d | %.1f | %.1f | %.1f | %s |" % (
                 label, state, x["level"], idle / 1024.0, now / 1024.0,
                 relay_rss_delta(x) / x["level"], per))
@@ -389,9 +403,14 @@ def main():
                 "-" if is_floor else "%.2f" % (relay_cpu(x) / x["secs"]),
                 ms(x["lat_p99"]), mock / max(x["tokens"], 1) * 1e6))
         if s4b:
+            k = cpu_per_mtok(s4b[0]) / max(cpu_per_mtok(s4m[0]), 1e-9)
             w("")
-            w("Module against the baseline: %.1fx less CPU per token." % (
-                cpu_per_mtok(s4b[0]) / max(cpu_per_mtok(s4m[0]), 1e-9)))
+            if k >= 1:
+                w("Module against the baseline: **%.1fx less** CPU per "
+                  "token." % k)
+            else:
+                w("Module against the baseline: **%.1fx more** CPU per "
+                  "token." % (1 / k))
     else:
         w("Not run.")
     w("")

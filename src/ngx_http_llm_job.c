@@ -652,6 +652,23 @@ ngx_http_llm_job_cancel(ngx_http_llm_job_t *job)
 }
 
 
+/* keep a job allocated across calls that may end it */
+
+void
+ngx_http_llm_job_hold(ngx_http_llm_job_t *job)
+{
+    job->holds++;
+}
+
+
+void
+ngx_http_llm_job_unhold(ngx_http_llm_job_t *job)
+{
+    job->holds--;
+    ngx_http_llm_job_free(job);
+}
+
+
 /* a store saw a cancel request: act on it outside the store's call */
 
 void
@@ -842,7 +859,7 @@ ngx_http_llm_job_wake(ngx_http_llm_job_t *job)
     ngx_queue_t         *q, *next;
     ngx_http_llm_ctx_t  *ctx;
 
-    job->waking++;
+    job->holds++;
 
     for (q = ngx_queue_head(&job->subscribers);
          q != ngx_queue_sentinel(&job->subscribers);
@@ -853,7 +870,7 @@ ngx_http_llm_job_wake(ngx_http_llm_job_t *job)
         ctx->wake(ctx);
     }
 
-    job->waking--;
+    job->holds--;
 
     ngx_http_llm_job_free(job);
 }
@@ -867,7 +884,7 @@ ngx_http_llm_job_free(ngx_http_llm_job_t *job)
     if ((job->state == NGX_HTTP_LLM_RUNNING && !job->mirror)
         || !ngx_queue_empty(&job->subscribers)
         || job->fetching
-        || job->waking)
+        || job->holds)
     {
         return;
     }

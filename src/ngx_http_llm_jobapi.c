@@ -48,6 +48,8 @@ static void ngx_http_llm_lookup_cleanup(void *data);
 static ngx_table_elt_t *ngx_http_llm_header(ngx_http_request_t *r,
     const char *name, size_t len);
 static ngx_uint_t ngx_http_llm_valid_id(ngx_str_t *id);
+static ngx_uint_t ngx_http_llm_accepts(ngx_http_request_t *r,
+    const char *type, size_t len);
 
 
 ngx_int_t
@@ -98,7 +100,7 @@ ngx_http_llm_job_handler(ngx_http_request_t *r)
     if (r->method == NGX_HTTP_DELETE) {
         want = NGX_HTTP_LLM_WANT_CANCEL;
 
-    } else if (ngx_http_llm_accepts_stream(r)) {
+    } else if (ngx_http_llm_asks_stream(r)) {
         want = NGX_HTTP_LLM_WANT_STREAM;
 
         /* a reconnecting EventSource says where it was */
@@ -266,9 +268,15 @@ ngx_http_llm_looked_up(void *data, ngx_int_t rc, ngx_http_llm_job_t *job)
     switch (lk->want) {
 
     case NGX_HTTP_LLM_WANT_CANCEL:
+        ngx_http_llm_job_hold(job);
         ngx_http_llm_job_cancel(job);
-        ngx_http_finalize_request(r, ngx_http_llm_send_job(r, job,
-                                                           NGX_HTTP_OK));
+
+        /* a job run by another worker stops when that worker sees it */
+        ngx_http_finalize_request(r,
+                        ngx_http_llm_send_job(r, job,
+                                  job->state == NGX_HTTP_LLM_RUNNING
+                                  ? NGX_HTTP_ACCEPTED : NGX_HTTP_OK));
+        ngx_http_llm_job_unhold(job);
         break;
 
     case NGX_HTTP_LLM_WANT_JSON:
@@ -332,7 +340,7 @@ ngx_http_llm_send_job(ngx_http_request_t *r, ngx_http_llm_job_t *job,
         "running", "completed", "failed", "cancelled"
     };
 
-    o = json_pack("{sssss%sIsIsI}",
+    o = json_pack("{ssssss%sIsIsI}",
                   "job", (char *) job->id,
                   "state", states[job->state],
                   "text", job->text ? (char *) job->text : "", job->text_len,
@@ -625,10 +633,8 @@ ngx_http_llm_owner(ngx_http_request_t *r, u_char *hash)
 }
 
 
-/* wants text/event-stream, or at least does not want only JSON */
-
-ngx_uint_t
-ngx_http_llm_accepts_stream(ngx_http_request_t *r)
+static ngx_uint_t
+ngx_http_llm_accepts(ngx_http_request_t *r, const char *type, size_t len)
 {
     ngx_str_t        *v;
     ngx_table_elt_t  *h;
@@ -636,23 +642,35 @@ ngx_http_llm_accepts_stream(ngx_http_request_t *r)
     h = ngx_http_llm_header(r, "Accept", sizeof("Accept") - 1);
 
     if (h == NULL) {
-        return 1;
+        return 0;
     }
 
     v = &h->value;
 
-    if (ngx_strlcasestrn(v->data, v->data + v->len,
-                         (u_char *) "text/event-stream",
-                         sizeof("text/event-stream") - 2)
-        != NULL)
-    {
-        return 1;
-    }
+    return ngx_strlcasestrn(v->data, v->data + v->len, (u_char *) type,
+                            len - 1)
+           != NULL;
+}
 
-    return ngx_strlcasestrn(v->data, v->data + v->len,
-                            (u_char *) "application/json",
-                            sizeof("application/json") - 2)
-           == NULL;
+
+/* a generation streams unless the client wants JSON and not a stream */
+
+ngx_uint_t
+ngx_http_llm_accepts_stream(ngx_http_request_t *r)
+{
+    return ngx_http_llm_asks_stream(r)
+           || !ngx_http_llm_accepts(r, "application/json",
+                                    sizeof("application/json") - 1);
+}
+
+
+/* a job is JSON unless the client asks for a stream, as EventSource does */
+
+ngx_uint_t
+ngx_http_llm_asks_stream(ngx_http_request_t *r)
+{
+    return ngx_http_llm_accepts(r, "text/event-stream",
+                                sizeof("text/event-stream") - 1);
 }
 
 

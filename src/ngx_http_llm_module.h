@@ -175,7 +175,7 @@ struct ngx_http_llm_job_s {
     ngx_event_t                    timer;       /* grace period or poll */
     ngx_event_t                    cancel_ev;   /* a cancel came by store */
     ngx_msec_t                     grace;
-    ngx_uint_t                     waking;
+    ngx_uint_t                     holds;
     ngx_log_t                     *log;
 
     unsigned                       has_owner:1;
@@ -270,6 +270,8 @@ void ngx_http_llm_job_output(ngx_http_llm_job_t *job,
 void ngx_http_llm_job_fail(ngx_http_llm_job_t *job, const char *code,
     const char *message);
 void ngx_http_llm_job_cancel(ngx_http_llm_job_t *job);
+void ngx_http_llm_job_hold(ngx_http_llm_job_t *job);
+void ngx_http_llm_job_unhold(ngx_http_llm_job_t *job);
 void ngx_http_llm_job_cancel_requested(ngx_http_llm_job_t *job);
 void ngx_http_llm_jobs_shutdown(void);
 
@@ -281,6 +283,7 @@ ngx_int_t ngx_http_llm_last_event_id(ngx_http_request_t *r, ngx_str_t *id,
     ngx_uint_t *seq);
 ngx_int_t ngx_http_llm_owner(ngx_http_request_t *r, u_char *hash);
 ngx_uint_t ngx_http_llm_accepts_stream(ngx_http_request_t *r);
+ngx_uint_t ngx_http_llm_asks_stream(ngx_http_request_t *r);
 ngx_uint_t ngx_http_llm_prefers_async(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_send_accepted(ngx_http_request_t *r,
     ngx_http_llm_job_t *job);

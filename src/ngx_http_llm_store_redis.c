@@ -506,7 +506,7 @@ ngx_http_llm_redis_url(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid URL in \"llm_store\": "
                                "[USER]:PASSWORD@ expected before the host");
-            return NGX_CONF_ERROR;
+            return NGX_ERROR;
         }
 
         rc->user.data = p;
@@ -531,7 +531,7 @@ ngx_http_llm_redis_url(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid database \"%V\" in \"llm_store\"",
                                &s);
-            return NGX_CONF_ERROR;
+            return NGX_ERROR;
         }
     }
 
@@ -541,7 +541,7 @@ ngx_http_llm_redis_url(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
         if (host_end == NULL) {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid IPv6 address in \"llm_store\"");
-            return NGX_CONF_ERROR;
+            return NGX_ERROR;
         }
 
         p = host_end + 1;
@@ -560,7 +560,7 @@ ngx_http_llm_redis_url(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
     if (host_end == host) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "no host in \"llm_store\" URL");
-        return NGX_CONF_ERROR;
+        return NGX_ERROR;
     }
 
     rc->port = 6379;
@@ -576,7 +576,7 @@ ngx_http_llm_redis_url(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
             s.len = last - p;
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid port \"%V\" in \"llm_store\"", &s);
-            return NGX_CONF_ERROR;
+            return NGX_ERROR;
         }
 
         rc->port = (int) n;

@@ -98,7 +98,9 @@ sub http_get {
 
     $hdrs .= "Content-Length: " . length($body) . "\r\n" if length $body;
 
-    syswrite($s, "$method $uri HTTP/1.0\r\nHost: localhost\r\n$hdrs\r\n$body");
+    $hdrs = "Host: localhost\r\n$hdrs" unless $o{headers}{Host};
+
+    syswrite($s, "$method $uri HTTP/1.0\r\n$hdrs\r\n$body");
 
     my $got = '';
     my $timeout = $o{timeout} // 10;
