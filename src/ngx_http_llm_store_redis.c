@@ -198,8 +198,10 @@ struct ngx_http_llm_redis_s {
     redisContext                  *ctx;
     ngx_msec_t                     next_connect;
     ngx_msec_t                     backoff;
+    ngx_uint_t                     replies;     /* in this round trip */
     unsigned                       up:1;
     unsigned                       down:1;      /* failure logged */
+    unsigned                       quiet:1;
     unsigned                       erred:1;
     unsigned                       errors:1;    /* in this round trip */
     unsigned                       nomem:1;
@@ -255,6 +257,8 @@ static void ngx_http_llm_redis_op_free(ngx_http_llm_redis_op_t *op);
 
 static void ngx_http_llm_redis_thread(void *data, ngx_log_t *log);
 static void ngx_http_llm_redis_run(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *ops);
+static void ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *ops);
 static ngx_int_t ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd);
 static void ngx_http_llm_redis_broken(ngx_http_llm_redis_t *rd,
@@ -1537,22 +1541,51 @@ ngx_http_llm_redis_thread(void *data, ngx_log_t *log)
 }
 
 
-/* store thread: one pipelined round trip for everything taken */
+/*
+ * Store thread.  A connection kept from an earlier round may have been
+ * closed meanwhile (Redis restarted, or dropped it when idle): if it fails
+ * before the first answer, the round is sent again on a new connection,
+ * and only a failure of that one is logged.  Every command of a round can
+ * be sent twice.
+ */
 
 static void
 ngx_http_llm_redis_run(ngx_http_llm_redis_t *rd, ngx_http_llm_redis_op_t *ops)
+{
+    ngx_uint_t  kept;
+
+    kept = (rd->ctx != NULL);
+    rd->quiet = kept;
+
+    ngx_http_llm_redis_round(rd, ops);
+
+    rd->quiet = 0;
+
+    if (kept && rd->ctx == NULL && rd->replies == 0) {
+        ngx_http_llm_redis_round(rd, ops);
+    }
+
+    ngx_http_llm_redis_answer(rd, ops);
+}
+
+
+/* store thread: one pipelined round trip for everything taken */
+
+static void
+ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *ops)
 {
     ngx_queue_t                 *q;
     ngx_http_llm_redis_op_t     *op;
     ngx_http_llm_redis_write_t  *w;
 
-    if (ngx_http_llm_redis_connect(rd) != NGX_OK) {
-        ngx_http_llm_redis_answer(rd, ops);
-        return;
-    }
-
     rd->nomem = 0;
     rd->errors = 0;
+    rd->replies = 0;
+
+    if (ngx_http_llm_redis_connect(rd) != NGX_OK) {
+        return;
+    }
 
     for (op = ops; op; op = op->next) {
 
@@ -1581,7 +1614,6 @@ ngx_http_llm_redis_run(ngx_http_llm_redis_t *rd, ngx_http_llm_redis_op_t *ops)
 
     if (rd->nomem) {
         ngx_http_llm_redis_broken(rd, "cannot send", "out of memory");
-        ngx_http_llm_redis_answer(rd, ops);
         return;
     }
 
@@ -1623,8 +1655,6 @@ ngx_http_llm_redis_run(ngx_http_llm_redis_t *rd, ngx_http_llm_redis_op_t *ops)
             rd->erred = 0;
         }
     }
-
-    ngx_http_llm_redis_answer(rd, ops);
 }
 
 
@@ -1753,7 +1783,7 @@ static void
 ngx_http_llm_redis_broken(ngx_http_llm_redis_t *rd, const char *what,
     const char *err)
 {
-    if (!rd->down) {
+    if (!rd->down && !rd->quiet) {
         ngx_log_error(NGX_LOG_ERR, rd->log, 0,
                       "llm: redis store: %V: %s: %s",
                       &rd->conf->name, what, err);
@@ -1792,6 +1822,7 @@ ngx_http_llm_redis_reply(ngx_http_llm_redis_t *rd, redisReply **reply)
     }
 
     *reply = r;
+    rd->replies++;
 
     return NGX_OK;
 }

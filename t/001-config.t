@@ -169,3 +169,89 @@ unknown thread pool "nosuchpool"
 GET /ok
 --- response_body
 up
+
+
+
+=== TEST 13: an unknown store
+--- config
+    llm_store postgres://x;
+    location = /g {
+        llm_pass   http://127.0.0.1/a;
+        llm_model  m;
+        llm_prompt "hi";
+    }
+--- must_die
+--- error_log
+invalid store "postgres://x" in "llm_store"
+
+
+
+=== TEST 14: a memory zone without a size
+--- config
+    llm_store memory zone=jobs;
+--- must_die
+--- error_log
+invalid zone "zone=jobs" in "llm_store"
+
+
+
+=== TEST 15: a bad ttl
+--- config
+    llm_store memory ttl=never;
+--- must_die
+--- error_log
+invalid ttl "never" in "llm_store"
+
+
+
+=== TEST 16: llm_on_disconnect takes cancel or continue
+--- config
+    llm_on_disconnect wait;
+--- must_die
+--- error_log
+invalid value "wait" in "llm_on_disconnect"
+
+
+
+=== TEST 17: llm_on_disconnect continue with a bad time
+--- config
+    llm_on_disconnect continue soon;
+--- must_die
+--- error_log
+invalid time "soon" in "llm_on_disconnect"
+
+
+
+=== TEST 18: llm_job and llm_pass do not mix
+--- config
+    location /j {
+        llm_pass   http://127.0.0.1/a;
+        llm_model  m;
+        llm_prompt "hi";
+        llm_job    $arg_id;
+    }
+--- must_die
+--- error_log
+"llm_job" directive cannot be used together with "llm_pass"
+
+
+
+=== TEST 19: stores, policies and a job location load
+--- config
+    llm_store memory zone=jobs:1m ttl=10m;
+    llm_on_disconnect continue 1m;
+    llm_job_owner $cookie_session;
+    location = /g {
+        llm_pass    http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model   m;
+        llm_prompt  "hi";
+        llm_job_url /jobs/$llm_job_id;
+    }
+    location ~ ^/jobs/(?<id>[\w-]+)$ {
+        llm_job $id;
+    }
+    location = /ok { return 200 "up\n"; }
+--- request
+GET /ok
+--- response_body
+up
