@@ -358,7 +358,7 @@ ngx_http_llm_engine_abort_all(ngx_http_llm_engine_t *e, const char *code,
     const char *msg)
 {
     ngx_queue_t             *q;
-    ngx_http_llm_xfer_t     *x, *next;
+    ngx_http_llm_xfer_t     *x, *next, *can;
     ngx_http_llm_channel_t  *ch;
 
     ch = &ngx_http_llm_channel;
@@ -372,6 +372,7 @@ ngx_http_llm_engine_abort_all(ngx_http_llm_engine_t *e, const char *code,
 
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
     x = e->submitted;
+    can = e->cancelled;
     e->submitted = NULL;
     e->cancelled = NULL;
     e->running = 0;
@@ -381,6 +382,13 @@ ngx_http_llm_engine_abort_all(ngx_http_llm_engine_t *e, const char *code,
         next = x->next_submit;
         ngx_http_llm_sink_fail_str(x, code, msg);
         ngx_http_llm_xfer_finish(x, CURLE_OK);
+    }
+
+    /* the cancel list's references: those transfers are finished above */
+
+    for (x = can; x; x = next) {
+        next = x->next_cancel;
+        ngx_http_llm_xfer_release(x);
     }
 }
 

@@ -135,7 +135,9 @@ ngx_http_llm_body_handler(ngx_http_request_t *r)
         ngx_http_finalize_request(r,
                         ngx_http_llm_send_json_error(r, rc,
                                   rc == NGX_HTTP_REQUEST_ENTITY_TOO_LARGE
-                                  ? "body_too_large" : "invalid_body",
+                                  ? "body_too_large"
+                                  : rc == NGX_HTTP_BAD_REQUEST
+                                  ? "invalid_body" : "internal",
                                   &err));
         return;
     }

@@ -23,7 +23,7 @@
 static ngx_int_t ngx_http_llm_input_json(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, u_char *p, size_t len, ngx_str_t *err);
 static ngx_int_t ngx_http_llm_input_form(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx, u_char *p, size_t len);
+    ngx_http_llm_ctx_t *ctx, u_char *p, size_t len, ngx_str_t *err);
 static ngx_int_t ngx_http_llm_input_unescape(ngx_pool_t *pool,
     u_char *p, size_t len, ngx_str_t *out);
 
@@ -92,7 +92,7 @@ ngx_http_llm_input_parse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         return ngx_http_llm_input_json(r, ctx, p, len, err);
     }
 
-    return ngx_http_llm_input_form(r, ctx, p, len);
+    return ngx_http_llm_input_form(r, ctx, p, len, err);
 }
 
 
@@ -193,7 +193,7 @@ nomem:
 
 static ngx_int_t
 ngx_http_llm_input_form(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
-    u_char *p, size_t len)
+    u_char *p, size_t len, ngx_str_t *err)
 {
     u_char                *last, *amp, *eq;
     ngx_http_llm_input_t  *in;
@@ -210,18 +210,18 @@ ngx_http_llm_input_form(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
         if (amp > p) {
             in = ngx_array_push(ctx->inputs);
-            if (in == NULL) {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
 
-            if (ngx_http_llm_input_unescape(r->pool, p, (eq ? eq : amp) - p,
-                                            &in->name)
-                != NGX_OK
+            if (in == NULL
+                || ngx_http_llm_input_unescape(r->pool, p,
+                                               (eq ? eq : amp) - p,
+                                               &in->name)
+                   != NGX_OK
                 || ngx_http_llm_input_unescape(r->pool, eq ? eq + 1 : amp,
                                                eq ? amp - eq - 1 : 0,
                                                &in->value)
                    != NGX_OK)
             {
+                ngx_str_set(err, "out of memory");
                 return NGX_HTTP_INTERNAL_SERVER_ERROR;
             }
         }

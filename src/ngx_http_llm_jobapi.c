@@ -285,6 +285,19 @@ ngx_http_llm_looked_up(void *data, ngx_int_t rc, ngx_http_llm_job_t *job)
         break;
 
     default: /* NGX_HTTP_LLM_WANT_STREAM */
+
+        if (job->state != NGX_HTTP_LLM_RUNNING && lk->from >= job->nevents) {
+            /*
+             * An EventSource that was not closed after the final event
+             * reconnects: 204 tells it to stop (the SSE specification).
+             */
+            r->header_only = 1;
+            r->headers_out.status = NGX_HTTP_NO_CONTENT;
+            r->headers_out.content_length_n = 0;
+            ngx_http_finalize_request(r, ngx_http_send_header(r));
+            break;
+        }
+
         ctx->sent = ngx_min(lk->from, job->nevents);
         ctx->wake = ngx_http_llm_sse_wake;
         ngx_http_llm_job_subscribe(job, ctx);
@@ -372,6 +385,12 @@ ngx_http_llm_send_job(ngx_http_request_t *r, ngx_http_llm_job_t *job,
         if (job->output_tokens >= 0) {
             json_object_set_new(usage, "output_tokens",
                                 json_integer(job->output_tokens));
+        }
+
+        if (job->input_tokens >= 0 && job->output_tokens >= 0) {
+            json_object_set_new(usage, "total_tokens",
+                                json_integer(job->input_tokens
+                                             + job->output_tokens));
         }
 
         json_object_set_new(o, "usage", usage);

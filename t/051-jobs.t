@@ -122,6 +122,17 @@ is($ev[-1]{event}, 'complete', 'to the end');
 is(scalar @ev, 1, 'from a Last-Event-ID: only what follows');
 is($ev[0]{id}, "$id:12", 'the final event');
 
+# an EventSource left open after the final event reconnects: 204 stops it
+
+($st, $h, $body) = http_get($port, 'GET', "/jobs/$id",
+                            headers => { Accept => 'text/event-stream',
+                                         'Last-Event-ID' => "$id:12" });
+is($st, 204, 'resuming after the final event: 204');
+
+($st) = http_get($port, 'GET', '/g',
+                 headers => { 'Last-Event-ID' => "$id:12" });
+is($st, 204, 'also on the generation location');
+
 # unknown ids
 
 ($st, $h, $body) = http_get($port, 'GET', '/jobs/AAAAAAAAAAAAAAAAAAAAAA');

@@ -51,3 +51,18 @@ fi
 make -s -C "$tree" -f objs/Makefile modules
 cp "$tree/objs/ngx_http_llm_module.so" "$build/ngx_http_llm_module.so"
 echo "built $build/ngx_http_llm_module.so"
+
+# A dynamic module links with undefined symbols: prove that it loads.
+if [ -z "${NGINX_SRC:-}" ] && command -v nginx >/dev/null 2>&1; then
+    tmp=$(mktemp -d)
+    printf 'load_module %s;\nevents {}\nhttp {}\n' \
+        "$build/ngx_http_llm_module.so" > "$tmp/nginx.conf"
+    if ! nginx -t -q -p "$tmp" -c "$tmp/nginx.conf" -e "$tmp/error.log" \
+           -g "pid $tmp/nginx.pid;" 2> "$tmp/out"; then
+        cat "$tmp/out" "$tmp/error.log" >&2 2>/dev/null
+        rm -rf "$tmp"
+        echo "build: the module does not load into $(command -v nginx)" >&2
+        exit 1
+    fi
+    rm -rf "$tmp"
+fi
