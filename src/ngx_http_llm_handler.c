@@ -401,21 +401,31 @@ ngx_int_t
 ngx_http_llm_send_json_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, ngx_str_t *message)
 {
+    return ngx_http_llm_send_json(r, status,
+                                  json_pack("{s{ssss%}}", "error",
+                                            "code", code, "message",
+                                            (char *) message->data,
+                                            message->len));
+}
+
+
+/* the whole response: one JSON document (taken) and a newline */
+
+ngx_int_t
+ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status, json_t *o)
+{
     char         *json;
     size_t        len;
-    json_t       *data;
     ngx_int_t     rc;
     ngx_buf_t    *b;
     ngx_chain_t   out;
 
-    data = json_pack("{s{ssss%}}", "error", "code", code,
-                     "message", (char *) message->data, message->len);
-    if (data == NULL) {
+    if (o == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    json = json_dumps(data, JSON_COMPACT);
-    json_decref(data);
+    json = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
 
     if (json == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;

@@ -342,12 +342,7 @@ ngx_int_t
 ngx_http_llm_send_job(ngx_http_request_t *r, ngx_http_llm_job_t *job,
     ngx_uint_t status)
 {
-    char         *json;
-    size_t        len;
-    json_t       *o, *usage;
-    ngx_int_t     rc;
-    ngx_buf_t    *b;
-    ngx_chain_t   out;
+    json_t  *o, *usage;
 
     static const char  *states[] = {
         "running", "completed", "failed", "cancelled"
@@ -407,43 +402,7 @@ ngx_http_llm_send_job(ngx_http_request_t *r, ngx_http_llm_job_t *job,
                                       job->message_len));
     }
 
-    json = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-
-    if (json == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    len = ngx_strlen(json);
-
-    b = ngx_create_temp_buf(r->pool, len + 1);
-    if (b == NULL) {
-        free(json);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    b->last = ngx_cpymem(b->last, json, len);
-    *b->last++ = '\n';
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-    free(json);
-
-    r->headers_out.status = status;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_llm_send_json(r, status, o);
 }
 
 
@@ -452,13 +411,8 @@ ngx_http_llm_send_job(ngx_http_request_t *r, ngx_http_llm_job_t *job,
 ngx_int_t
 ngx_http_llm_send_accepted(ngx_http_request_t *r, ngx_http_llm_job_t *job)
 {
-    char                     *json;
-    size_t                    len;
     json_t                   *o;
-    ngx_int_t                 rc;
     ngx_str_t                 url;
-    ngx_buf_t                *b;
-    ngx_chain_t               out;
     ngx_table_elt_t          *h;
     ngx_http_llm_loc_conf_t  *llcf;
 
@@ -489,43 +443,7 @@ ngx_http_llm_send_accepted(ngx_http_request_t *r, ngx_http_llm_job_t *job)
         h->value = url;
     }
 
-    json = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-
-    if (json == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    len = ngx_strlen(json);
-
-    b = ngx_create_temp_buf(r->pool, len + 1);
-    if (b == NULL) {
-        free(json);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    b->last = ngx_cpymem(b->last, json, len);
-    *b->last++ = '\n';
-    b->last_buf = 1;
-    b->last_in_chain = 1;
-    free(json);
-
-    r->headers_out.status = NGX_HTTP_ACCEPTED;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
+    return ngx_http_llm_send_json(r, NGX_HTTP_ACCEPTED, o);
 }
 
 

@@ -13,6 +13,8 @@
 #include <ngx_http.h>
 #include <ngx_thread_pool.h>
 
+#include <jansson.h>
+
 #include "ngx_http_llm_provider.h"
 
 
@@ -249,6 +251,8 @@ ngx_int_t ngx_http_llm_input_variable(ngx_http_request_t *r,
 ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_send_json_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, ngx_str_t *message);
+ngx_int_t ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status,
+    json_t *o);
 ngx_int_t ngx_http_llm_ctx_cleanup(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 
