@@ -195,4 +195,17 @@ fi
 "${init[@]}" prove "${runner[@]}" "${args[@]}" &
 pids=($! "${pids[@]}")
 wait "${pids[0]}"
-exit $?
+status=$?
+
+# the plain TAP tests leave one valgrind report per process: show the
+# ones about this module (Test::Nginx blocks report on stderr)
+if [ -n "${TEST_NGINX_USE_VALGRIND:-}" ]; then
+    bad=$(grep -l -E 'ngx_http_llm' t/servroot*/logs/valgrind.*.log 2>/dev/null)
+    if [ -n "$bad" ]; then
+        say "valgrind reports about the module:"
+        cat $bad >&2
+        status=1
+    fi
+fi
+
+exit $status

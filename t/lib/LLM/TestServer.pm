@@ -43,10 +43,15 @@ sub start_nginx {
               . "http {\n    access_log off;\n$http\n}\n";
     close $fh;
 
-    my $nginx = $ENV{TEST_NGINX_BINARY} || 'nginx';
+    my @cmd = ($ENV{TEST_NGINX_BINARY} || 'nginx',
+               '-p', $root, '-c', 'conf/nginx.conf', '-e', 'logs/error.log');
 
-    system($nginx, '-p', $root, '-c', 'conf/nginx.conf',
-           '-e', 'logs/error.log') == 0
+    # under valgrind, one report per process in logs/ (see t/README)
+    unshift @cmd, 'valgrind', '-q', '--leak-check=full', '--keep-debuginfo=yes',
+                  "--log-file=$root/logs/valgrind.%p.log"
+        if $ENV{TEST_NGINX_USE_VALGRIND};
+
+    system(@cmd) == 0
         or die "nginx did not start: see $root/logs/error.log\n";
 
     return $root;
@@ -76,7 +81,7 @@ sub stop_nginx {
     my $pid = nginx_pid($root) or return;
     kill 'TERM', $pid;
 
-    for (1 .. 100) {
+    for (1 .. ($ENV{TEST_NGINX_USE_VALGRIND} ? 400 : 100)) {
         return unless kill 0, $pid;
         sleep 0.05;
     }
