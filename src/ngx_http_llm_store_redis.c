@@ -754,6 +754,11 @@ ngx_http_llm_redis_exit_process(ngx_http_llm_store_t *st, ngx_cycle_t *cycle)
             ngx_free(w->rj);
         }
 
+        /* the answer may have been there, not taken */
+        if (!w->ok) {
+            lost++;
+        }
+
         ngx_http_llm_redis_write_free(w);
     }
 
@@ -1051,19 +1056,30 @@ ngx_http_llm_redis_dirty(ngx_http_llm_redis_t *rd,
 
 
 /*
- * While there is something to write the flush timer is set and holds
- * the worker open on a graceful exit, unless Redis failed meanwhile.
+ * While there is something to write or a batch in flight, the flush timer
+ * is set and holds the worker open on a graceful exit, unless Redis
+ * failed meanwhile.
  */
 
 static void
 ngx_http_llm_redis_arm(ngx_http_llm_redis_t *rd)
 {
-    if (rd->timer.timer_set) {
+    ngx_msec_t  delay;
+
+    /* an exiting worker does not back off: it tries again, then lets go */
+
+    if (ngx_exiting || ngx_quit) {
+        delay = rd->conf->flush;
+
+    } else if (rd->timer.timer_set) {
         return;
+
+    } else {
+        delay = rd->retry ? rd->retry : rd->conf->flush;
     }
 
     rd->timer.cancelable = rd->given_up;
-    ngx_add_timer(&rd->timer, rd->retry ? rd->retry : rd->conf->flush);
+    ngx_add_timer(&rd->timer, delay);
 }
 
 
@@ -1082,7 +1098,8 @@ ngx_http_llm_redis_flush(ngx_event_t *ev)
                                    - offsetof(ngx_http_llm_redis_t, timer));
 
     if (rd->flushing) {
-        /* the batch in flight sets the timer again when it is back */
+        /* a worker exiting waits for the batch in flight */
+        ngx_http_llm_redis_arm(rd);
         return;
     }
 
@@ -1137,6 +1154,8 @@ ngx_http_llm_redis_flush(ngx_event_t *ev)
 
     rd->flushing = 1;
     ngx_http_llm_redis_submit(rd, &rd->batch);
+
+    ngx_http_llm_redis_arm(rd);
 }
 
 
@@ -1677,8 +1696,11 @@ ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
 
     now = ngx_http_llm_redis_now();
 
-    if ((ngx_msec_int_t) (rd->next_connect - now) > 0) {
-        /* fail fast while backing off */
+    /* fail fast while backing off, but try the final writes of an exit */
+
+    if ((ngx_msec_int_t) (rd->next_connect - now) > 0
+        && !ngx_exiting && !ngx_quit)
+    {
         return NGX_ERROR;
     }
 

@@ -355,6 +355,7 @@ sub start_nginx {
     if ($UseValgrind) {     # daemon off: valgrind is our child
         my $opts = $UseValgrind =~ /^\d+$/
             ? '--tool=memcheck --leak-check=full --show-possibly-lost=no'
+              . ' --keep-debuginfo=yes'
             : $UseValgrind;
         $opts .= ' --suppressions=valgrind.suppress' if -f 'valgrind.suppress';
         $cmd = "valgrind --num-callers=100 -q $opts --gen-suppressions=all $cmd";
