@@ -305,6 +305,7 @@ static ngx_int_t
 ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
     ngx_http_llm_record_t *rec)
 {
+    size_t                 off;
     ngx_uint_t             i;
     ngx_http_llm_event_t  *ev;
 
@@ -314,6 +315,38 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
             != NGX_OK)
         {
             return NGX_ERROR;
+        }
+    }
+
+    if (rec->from_event > job->nevents && rec->nevents > rec->from_event) {
+        /*
+         * The store dropped the oldest events (a bounded log): the gap
+         * becomes deltas that carry the text it covered, so that ids keep
+         * their positions; the SSE writer sends them as one event.
+         */
+        off = 0;
+
+        if (job->nevents) {
+            ev = &job->events[job->nevents - 1];
+            off = ev->off + ev->len;
+        }
+
+        if (job->nevents == 0
+            && ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_START, 0, 0)
+               != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        while (job->nevents < rec->from_event) {
+            if (ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_DELTA, off,
+                                       rec->events[0].off - off)
+                != NGX_OK)
+            {
+                return NGX_ERROR;
+            }
+
+            off = rec->events[0].off;
         }
     }
 

@@ -35,6 +35,11 @@
  * idempotent (SETRANGE at the text offset, XADD with the event's own id),
  * so a write whose answer was lost is simply sent again.  A job's marks
  * (saved_events, saved_text) only move when Redis has confirmed.
+ *
+ * While Redis cannot be reached, writes fail at once and are tried again
+ * with a growing delay (up to 5 s), reads answer NGX_ERROR; a job that
+ * Redis lost meanwhile (a restart without persistence) is written again
+ * from its start, from the copy the worker has.
  */
 
 
@@ -61,7 +66,8 @@
 #define NGX_HTTP_LLM_REDIS_WAIT_MS     250
 #define NGX_HTTP_LLM_REDIS_LINGER_MS   2000
 
-#define NGX_HTTP_LLM_REDIS_ARGS        32
+/* the longest command is the job's HSET: 28 arguments, about 300 bytes */
+#define NGX_HTTP_LLM_REDIS_ARGS        28
 #define NGX_HTTP_LLM_REDIS_BUF         1024
 
 
@@ -834,10 +840,15 @@ ngx_http_llm_redis_release(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
     }
 
     rj = job->store_data;
+
+    if (rj == NULL) {
+        /* never saved: not meant to be kept */
+        return;
+    }
+
     job->store_data = NULL;
 
-    if (rj == NULL
-        || rj->dirty || rj->write || rj->rewrite
+    if (rj->dirty || rj->write || rj->rewrite
         || job->saved_events < job->nevents
         || job->saved_text < job->text_len)
     {
@@ -851,19 +862,12 @@ ngx_http_llm_redis_release(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
         } else {
             w->from_event = job->saved_events;
             w->from_text = job->saved_text;
-
-            if (rj) {
-                w->known = rj->known;
-                w->rewrite = rj->rewrite || rj->rewriting;
-            }
+            w->known = rj->known;
+            w->rewrite = rj->rewrite || rj->rewriting;
 
             ngx_queue_insert_tail(&rd->orphans, &w->queue);
             ngx_http_llm_redis_arm(rd);
         }
-    }
-
-    if (rj == NULL) {
-        return;
     }
 
     ngx_queue_remove(&rj->queue);
@@ -1413,8 +1417,9 @@ ngx_http_llm_redis_answer(ngx_http_llm_redis_t *rd,
             if (op->rc == NGX_ERROR) {
                 ngx_log_error(NGX_LOG_ERR, rd->log, 0,
                               "llm: redis store: cancel of job %*s lost: "
-                              "%V unavailable", NGX_HTTP_LLM_JOB_ID_LEN,
-                              op->id, &rd->conf->name);
+                              "%V unavailable",
+                              (size_t) NGX_HTTP_LLM_JOB_ID_LEN, op->id,
+                              &rd->conf->name);
             }
 
             ngx_http_llm_redis_op_free(op);
@@ -1503,7 +1508,7 @@ ngx_http_llm_redis_thread(void *data, ngx_log_t *log)
 {
     ngx_http_llm_redis_t *rd = data;
 
-    ngx_msec_t                idle_since, wait;
+    ngx_msec_t                idle_since;
     struct timespec           ts;
     ngx_http_llm_redis_op_t  *ops;
     ngx_http_llm_channel_t   *ch;
@@ -1539,11 +1544,8 @@ ngx_http_llm_redis_thread(void *data, ngx_log_t *log)
 
         /* short waits: the exit flags are not signalled */
 
-        wait = NGX_HTTP_LLM_REDIS_WAIT_MS;
-
         (void) clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_sec += wait / 1000;
-        ts.tv_nsec += (wait % 1000) * 1000000;
+        ts.tv_nsec += NGX_HTTP_LLM_REDIS_WAIT_MS * 1000000;
 
         if (ts.tv_nsec >= 1000000000) {
             ts.tv_sec++;
@@ -1864,11 +1866,17 @@ ngx_http_llm_redis_error(ngx_http_llm_redis_t *rd, u_char *id,
 
     rd->erred = 1;
 
+    if (r->type != REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "llm: redis store: %V: job %*s: unexpected reply "
+                      "of type %d", &rd->conf->name,
+                      (size_t) NGX_HTTP_LLM_JOB_ID_LEN, id, r->type);
+        return;
+    }
+
     ngx_log_error(NGX_LOG_ERR, rd->log, 0,
                   "llm: redis store: %V: job %*s: %*s", &rd->conf->name,
-                  NGX_HTTP_LLM_JOB_ID_LEN, id,
-                  (size_t) (r->type == REDIS_REPLY_ERROR ? r->len : 0),
-                  r->str);
+                  (size_t) NGX_HTTP_LLM_JOB_ID_LEN, id, r->len, r->str);
 }
 
 
@@ -2474,7 +2482,7 @@ ngx_http_llm_redis_read_cancel(ngx_http_llm_redis_t *rd,
         if (r->type == REDIS_REPLY_INTEGER && r->integer < 0) {
             ngx_log_error(NGX_LOG_INFO, rd->log, 0,
                           "llm: redis store: cancel of unknown job %*s",
-                          NGX_HTTP_LLM_JOB_ID_LEN, op->id);
+                          (size_t) NGX_HTTP_LLM_JOB_ID_LEN, op->id);
         }
     }
 
@@ -2498,10 +2506,7 @@ static void
 ngx_http_llm_redis_arg(ngx_http_llm_redis_cmd_t *cmd, const void *p,
     size_t len)
 {
-    if (cmd->argc == NGX_HTTP_LLM_REDIS_ARGS) {
-        return;
-    }
-
+    /* an empty field may have no memory behind it */
     cmd->argv[cmd->argc] = p ? p : "";
     cmd->argvlen[cmd->argc] = len;
     cmd->argc++;

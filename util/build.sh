@@ -49,7 +49,9 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 
 make -s -C "$tree" -f objs/Makefile modules
-cp "$tree/objs/ngx_http_llm_module.so" "$build/ngx_http_llm_module.so"
+# a new file, not new bytes under a running nginx that mapped the old one
+cp "$tree/objs/ngx_http_llm_module.so" "$build/ngx_http_llm_module.so.new"
+mv -f "$build/ngx_http_llm_module.so.new" "$build/ngx_http_llm_module.so"
 echo "built $build/ngx_http_llm_module.so"
 
 # A dynamic module links with undefined symbols: prove that it loads.
