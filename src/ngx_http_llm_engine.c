@@ -7,7 +7,9 @@
 /*
  * The engine: per worker and thread pool, one long-lived task in the pool
  * drives every upstream transfer with a single libcurl multi handle, so
- * the number of streams is not bound by the number of threads.  Parsed
+ * the number of streams is not bound by the number of threads.  It runs
+ * libcurl's socket interface on an epoll set of its own: the work per
+ * wakeup follows the sockets that are ready, not the number of transfers.  Parsed
  * output goes back to the event loop through the worker's own channel (a
  * pipe registered as a channel event; ngx_notify() belongs to the thread
  * pools).  The task returns when it has nothing to do and is posted again
@@ -19,6 +21,8 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <curl/curl.h>
 
 #include "ngx_http_llm_module.h"
@@ -27,12 +31,15 @@
 #define NGX_HTTP_LLM_POLL_MS       250
 #define NGX_HTTP_LLM_SCAN_MS       50
 #define NGX_HTTP_LLM_LINGER_MS     2000
+#define NGX_HTTP_LLM_EVENTS        256
 
 
 struct ngx_http_llm_engine_s {
     ngx_thread_pool_t             *pool;
     ngx_thread_task_t             *task;
     CURLM                         *multi;
+    int                            epfd;
+    int                            wakefd;      /* eventfd: new work */
     ngx_http_llm_engine_t         *next;
 
     /* shared, under the channel mutex */
@@ -46,6 +53,7 @@ struct ngx_http_llm_engine_s {
 
     /* engine thread only */
     ngx_queue_t                    active;
+    ngx_msec_t                     deadline;    /* libcurl's timer, or 0 */
 };
 
 
@@ -96,6 +104,10 @@ static void ngx_http_llm_engine_scan(ngx_http_llm_engine_t *e,
 static void ngx_http_llm_engine_abort_all(ngx_http_llm_engine_t *e,
     const char *code, const char *msg);
 static ngx_msec_t ngx_http_llm_now(void);
+static void ngx_http_llm_engine_wake(ngx_http_llm_engine_t *e);
+static int ngx_http_llm_engine_socket(CURL *easy, curl_socket_t s, int what,
+    void *data, void *socketp);
+static int ngx_http_llm_engine_timer(CURLM *multi, long ms, void *data);
 
 static size_t ngx_http_llm_xfer_write(char *ptr, size_t size, size_t n,
     void *data);
@@ -146,6 +158,8 @@ ngx_http_llm_engine_exit_process(ngx_cycle_t *cycle)
     for (e = ngx_http_llm_engines; e; e = next) {
         next = e->next;
         curl_multi_cleanup(e->multi);
+        (void) close(e->epfd);
+        (void) close(e->wakefd);
         ngx_free(e);
     }
 
@@ -201,7 +215,7 @@ ngx_http_llm_engine_submit(ngx_thread_pool_t *pool, ngx_http_llm_spec_t *spec,
     (void) ngx_thread_mutex_unlock(&ch->mutex, log);
 
     if (!start) {
-        curl_multi_wakeup(e->multi);
+        ngx_http_llm_engine_wake(e);
         return x;
     }
 
@@ -243,7 +257,7 @@ ngx_http_llm_engine_cancel(ngx_http_llm_xfer_t *x)
 
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
 
-    curl_multi_wakeup(e->multi);
+    ngx_http_llm_engine_wake(e);
 
     ngx_http_llm_xfer_release(x);
 }
@@ -270,6 +284,7 @@ ngx_http_llm_spec_free(ngx_http_llm_spec_t *spec)
 static ngx_http_llm_engine_t *
 ngx_http_llm_engine_get(ngx_thread_pool_t *pool, ngx_log_t *log)
 {
+    struct epoll_event      ev;
     ngx_http_llm_engine_t  *e;
 
     for (e = ngx_http_llm_engines; e; e = e->next) {
@@ -289,12 +304,41 @@ ngx_http_llm_engine_get(ngx_thread_pool_t *pool, ngx_log_t *log)
         return NULL;
     }
 
+    e->epfd = epoll_create1(EPOLL_CLOEXEC);
+    e->wakefd = eventfd(0, EFD_NONBLOCK|EFD_CLOEXEC);
     e->multi = curl_multi_init();
-    if (e->multi == NULL) {
-        ngx_log_error(NGX_LOG_ALERT, log, 0, "llm: curl_multi_init() failed");
+
+    ev.events = EPOLLIN;
+    ev.data.fd = e->wakefd;
+
+    if (e->epfd == -1 || e->wakefd == -1 || e->multi == NULL
+        || epoll_ctl(e->epfd, EPOLL_CTL_ADD, e->wakefd, &ev) == -1)
+    {
+        ngx_log_error(NGX_LOG_ALERT, log, ngx_errno,
+                      "llm: cannot set up the engine");
+
+        if (e->multi) {
+            curl_multi_cleanup(e->multi);
+        }
+
+        if (e->epfd != -1) {
+            (void) close(e->epfd);
+        }
+
+        if (e->wakefd != -1) {
+            (void) close(e->wakefd);
+        }
+
         ngx_free(e);
         return NULL;
     }
+
+    curl_multi_setopt(e->multi, CURLMOPT_SOCKETFUNCTION,
+                      ngx_http_llm_engine_socket);
+    curl_multi_setopt(e->multi, CURLMOPT_SOCKETDATA, e);
+    curl_multi_setopt(e->multi, CURLMOPT_TIMERFUNCTION,
+                      ngx_http_llm_engine_timer);
+    curl_multi_setopt(e->multi, CURLMOPT_TIMERDATA, e);
 
     e->pool = pool;
     e->task->ctx = e;
@@ -400,9 +444,10 @@ ngx_http_llm_engine_thread(void *data, ngx_log_t *log)
 {
     ngx_http_llm_engine_t *e = data;
 
-    int                      running, pending;
-    long                     curl_ms;
+    int                      i, n, running, pending, flags;
+    uint64_t                 count;
     ngx_msec_t               now, last_scan, idle_since, wait;
+    struct epoll_event       events[NGX_HTTP_LLM_EVENTS];
     ngx_http_llm_channel_t  *ch;
 
     ch = &ngx_http_llm_channel;
@@ -419,11 +464,52 @@ ngx_http_llm_engine_thread(void *data, ngx_log_t *log)
             break;
         }
 
-        (void) curl_multi_perform(e->multi, &running);
+        now = ngx_http_llm_now();
 
-        ngx_http_llm_engine_done(e);
+        /* exit flags and timeouts are checked at least this often */
+        wait = ngx_queue_empty(&e->active) ? NGX_HTTP_LLM_POLL_MS
+                                           : NGX_HTTP_LLM_SCAN_MS;
+
+        if (e->deadline) {
+            wait = (e->deadline > now) ? ngx_min(wait, e->deadline - now) : 0;
+        }
+
+        n = epoll_wait(e->epfd, events, NGX_HTTP_LLM_EVENTS, (int) wait);
+
+        for (i = 0; i < n; i++) {
+
+            if (events[i].data.fd == e->wakefd) {
+                (void) read(e->wakefd, &count, sizeof(count));
+                continue;
+            }
+
+            flags = 0;
+
+            if (events[i].events & EPOLLIN) {
+                flags |= CURL_CSELECT_IN;
+            }
+
+            if (events[i].events & EPOLLOUT) {
+                flags |= CURL_CSELECT_OUT;
+            }
+
+            if (events[i].events & (EPOLLERR|EPOLLHUP)) {
+                flags |= CURL_CSELECT_ERR;
+            }
+
+            (void) curl_multi_socket_action(e->multi, events[i].data.fd,
+                                            flags, &running);
+        }
 
         now = ngx_http_llm_now();
+
+        if (e->deadline && now >= e->deadline) {
+            e->deadline = 0;
+            (void) curl_multi_socket_action(e->multi, CURL_SOCKET_TIMEOUT, 0,
+                                            &running);
+        }
+
+        ngx_http_llm_engine_done(e);
 
         if (now - last_scan >= NGX_HTTP_LLM_SCAN_MS) {
             ngx_http_llm_engine_scan(e, now);
@@ -432,38 +518,99 @@ ngx_http_llm_engine_thread(void *data, ngx_log_t *log)
 
         if (!ngx_queue_empty(&e->active)) {
             idle_since = now;
-
-        } else if (now - idle_since >= NGX_HTTP_LLM_LINGER_MS) {
-            (void) ngx_thread_mutex_lock(&ch->mutex, log);
-
-            pending = (e->submitted != NULL);
-            if (!pending) {
-                e->running = 0;
-            }
-
-            (void) ngx_thread_mutex_unlock(&ch->mutex, log);
-
-            if (!pending) {
-                break;
-            }
+            continue;
         }
 
-        wait = NGX_HTTP_LLM_POLL_MS;
-
-        if (!ngx_queue_empty(&e->active)) {
-            wait = NGX_HTTP_LLM_SCAN_MS;
+        if (now - idle_since < NGX_HTTP_LLM_LINGER_MS) {
+            continue;
         }
 
-        if (curl_multi_timeout(e->multi, &curl_ms) == CURLM_OK
-            && curl_ms >= 0 && (ngx_msec_t) curl_ms < wait)
-        {
-            wait = (ngx_msec_t) curl_ms;
+        (void) ngx_thread_mutex_lock(&ch->mutex, log);
+
+        pending = (e->submitted != NULL);
+        if (!pending) {
+            e->running = 0;
         }
 
-        (void) curl_multi_poll(e->multi, NULL, 0, (int) wait, NULL);
+        (void) ngx_thread_mutex_unlock(&ch->mutex, log);
+
+        if (!pending) {
+            break;
+        }
     }
 
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, log, 0, "llm engine: idle, returns");
+}
+
+
+/* libcurl tells which sockets to watch, and for what */
+
+static int
+ngx_http_llm_engine_socket(CURL *easy, curl_socket_t s, int what, void *data,
+    void *socketp)
+{
+    ngx_http_llm_engine_t *e = data;
+
+    int                 op;
+    struct epoll_event  ev;
+
+    if (what == CURL_POLL_REMOVE) {
+        (void) epoll_ctl(e->epfd, EPOLL_CTL_DEL, s, NULL);
+        return 0;
+    }
+
+    ev.events = 0;
+    ev.data.fd = s;
+
+    if (what & CURL_POLL_IN) {
+        ev.events |= EPOLLIN;
+    }
+
+    if (what & CURL_POLL_OUT) {
+        ev.events |= EPOLLOUT;
+    }
+
+    /* a socket that libcurl closed and opened again is new to it only */
+
+    op = (socketp == NULL) ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+
+    if (epoll_ctl(e->epfd, op, s, &ev) == -1) {
+        op = (op == EPOLL_CTL_ADD) ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+
+        if (epoll_ctl(e->epfd, op, s, &ev) == -1) {
+            return -1;
+        }
+    }
+
+    curl_multi_assign(e->multi, s, e);
+
+    return 0;
+}
+
+
+static int
+ngx_http_llm_engine_timer(CURLM *multi, long ms, void *data)
+{
+    ngx_http_llm_engine_t *e = data;
+
+    /* the monotonic clock is never 0 ms: 0 can mean "no timer" */
+    e->deadline = (ms < 0) ? 0 : ngx_http_llm_now() + (ngx_msec_t) ms;
+
+    return 0;
+}
+
+
+/* any thread: the engine has new work */
+
+static void
+ngx_http_llm_engine_wake(ngx_http_llm_engine_t *e)
+{
+    uint64_t  one;
+
+    one = 1;
+
+    /* a full counter still wakes the engine: the result does not matter */
+    (void) write(e->wakefd, &one, sizeof(one));
 }
 
 

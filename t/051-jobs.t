@@ -115,22 +115,25 @@ my @ev = sse_events($body);
 is($ev[0]{event}, 'start', 'as a stream: from the start');
 is($ev[-1]{event}, 'complete', 'to the end');
 
+my $n = $j->{events};
+my $before = $n - 1;
+
 ($st, $h, $body) = http_get($port, 'GET', "/jobs/$id",
                             headers => { Accept => 'text/event-stream',
-                                         'Last-Event-ID' => "$id:11" });
+                                         'Last-Event-ID' => "$id:$before" });
 @ev = sse_events($body);
 is(scalar @ev, 1, 'from a Last-Event-ID: only what follows');
-is($ev[0]{id}, "$id:12", 'the final event');
+is($ev[0]{id}, "$id:$n", 'the final event');
 
 # an EventSource left open after the final event reconnects: 204 stops it
 
 ($st, $h, $body) = http_get($port, 'GET', "/jobs/$id",
                             headers => { Accept => 'text/event-stream',
-                                         'Last-Event-ID' => "$id:12" });
+                                         'Last-Event-ID' => "$id:$n" });
 is($st, 204, 'resuming after the final event: 204');
 
 ($st) = http_get($port, 'GET', '/g',
-                 headers => { 'Last-Event-ID' => "$id:12" });
+                 headers => { 'Last-Event-ID' => "$id:$n" });
 is($st, 204, 'also on the generation location');
 
 # unknown ids
