@@ -23,6 +23,9 @@
 
 #define NGX_HTTP_LLM_ZONE_SIZE   (32 * 1024 * 1024)
 
+/* a running job not saved for this long lost its worker */
+#define NGX_HTTP_LLM_STALE_MS    60000
+
 
 typedef struct {
     ngx_rbtree_t                   rbtree;
@@ -231,6 +234,10 @@ ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
 
         if (mj == NULL) {
             ngx_shmtx_unlock(&m->shpool->mutex);
+
+            /* said once: the job is not stored, and not tried again */
+            job->store = NULL;
+
             ngx_log_error(NGX_LOG_ERR, job->log, 0,
                           "llm: job %s: the memory store is full, "
                           "the job is not stored", job->id);
@@ -251,15 +258,21 @@ ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
                       "copy ends here (store_full)", job->id);
     }
 
-    /* both queues are kept in expiry order */
+    /*
+     * Both queues are kept in expiry order.  A job stays with the running
+     * ones, which are never evicted, for as long as its worker runs it
+     * (and saves it every second), even when its stored copy was cut.
+     */
 
-    mj->expires = now + st->ttl;
     ngx_queue_remove(&mj->queue);
 
-    if (mj->rec.state == NGX_HTTP_LLM_RUNNING) {
+    if (job->state == NGX_HTTP_LLM_RUNNING) {
+        mj->expires = now + ngx_max(st->ttl, NGX_HTTP_LLM_STALE_MS);
         ngx_queue_insert_tail(&m->sh->running, &mj->queue);
 
     } else {
+        mj->expires = now + st->ttl;
+
         if (mj->rec.finished == 0) {
             mj->rec.finished = now;
         }

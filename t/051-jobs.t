@@ -281,6 +281,26 @@ for (1 .. 3) {
     is($ev[-1]{event}, 'complete', "big job $_ streams in full");
 }
 
+# jobs whose stored copies were cut keep running while the zone churns
+my @kids;
+for my $k (1 .. 4) {
+    my $pid = fork;
+    if ($pid == 0) {
+        my (undef, undef, $b) = http_get($port, 'GET', '/big',
+                                         headers => { Host => 'tiny' });
+        my @e = sse_events($b);
+        exit(@e && $e[-1]{event} eq 'complete' ? 0 : 1);
+    }
+    push @kids, $pid;
+}
+
+my $full = 0;
+for (@kids) {
+    waitpid($_, 0);
+    $full++ if $? == 0;
+}
+is($full, 4, 'four big jobs at once over a full zone all complete');
+
 like(error_log($root), qr/memory store is full/,
      'the error log says the zone is full');
 
