@@ -6,6 +6,8 @@
 #   make valgrind             the suite with nginx under valgrind
 #   make demo                 nginx + the example config + the mock model
 #   make bootstrap            install every Debian package needed (root)
+#   make bench                the benchmark (bench/README.md): writes
+#                             bench/results/<date>.md and <date>.png
 
 BUILD   = build
 MOCK    = $(BUILD)/llm-mock
@@ -58,6 +60,11 @@ demo:
 
 bootstrap:
 	util/bootstrap.sh
+
+bench:
+	util/bootstrap.sh bench
+	$(MAKE) all
+	bench/run.sh
 
 clean:
 	rm -rf $(BUILD) t/servroot*

@@ -16,6 +16,7 @@
 
 
 static ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
+static void *ngx_http_llm_create_main_conf(ngx_conf_t *cf);
 static void *ngx_http_llm_create_loc_conf(ngx_conf_t *cf);
 static char *ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent,
     void *child);
@@ -181,7 +182,7 @@ static ngx_http_module_t  ngx_http_llm_module_ctx = {
     ngx_http_llm_add_variables,            /* preconfiguration */
     NULL,                                  /* postconfiguration */
 
-    NULL,                                  /* create main configuration */
+    ngx_http_llm_create_main_conf,         /* create main configuration */
     NULL,                                  /* init main configuration */
 
     NULL,                                  /* create server configuration */
@@ -237,6 +238,13 @@ ngx_http_llm_add_variables(ngx_conf_t *cf)
     }
 
     return NGX_OK;
+}
+
+
+static void *
+ngx_http_llm_create_main_conf(ngx_conf_t *cf)
+{
+    return ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_main_conf_t));
 }
 
 

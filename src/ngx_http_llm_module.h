@@ -76,6 +76,12 @@ typedef struct {
 } ngx_http_llm_loc_conf_t;
 
 
+typedef struct {
+    ngx_http_llm_store_t          *stores;      /* all, for the hooks */
+    ngx_http_llm_store_t          *default_store;
+} ngx_http_llm_main_conf_t;
+
+
 /* one field of the request body: $llm_input_NAME */
 typedef struct {
     ngx_str_t                      name;

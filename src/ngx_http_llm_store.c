@@ -21,10 +21,6 @@
 static ngx_http_llm_store_t *ngx_http_llm_store_new(ngx_conf_t *cf);
 
 
-/* every store of the configuration being read or run, for the hooks */
-static ngx_http_llm_store_t  *ngx_http_llm_stores;
-static ngx_http_llm_store_t  *ngx_http_llm_default_store;
-static ngx_cycle_t           *ngx_http_llm_stores_cycle;
 
 
 char *
@@ -111,13 +107,14 @@ ngx_http_llm_store_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 ngx_http_llm_store_t *
 ngx_http_llm_store_default(ngx_conf_t *cf)
 {
-    ngx_str_t              arg;
-    ngx_http_llm_store_t  *st;
+    ngx_str_t                  arg;
+    ngx_http_llm_store_t      *st;
+    ngx_http_llm_main_conf_t  *lmcf;
 
-    if (ngx_http_llm_default_store
-        && ngx_http_llm_stores_cycle == cf->cycle)
-    {
-        return ngx_http_llm_default_store;
+    lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
+
+    if (lmcf->default_store) {
+        return lmcf->default_store;
     }
 
     st = ngx_http_llm_store_new(cf);
@@ -132,7 +129,7 @@ ngx_http_llm_store_default(ngx_conf_t *cf)
         return NULL;
     }
 
-    ngx_http_llm_default_store = st;
+    lmcf->default_store = st;
 
     return st;
 }
@@ -141,15 +138,12 @@ ngx_http_llm_store_default(ngx_conf_t *cf)
 static ngx_http_llm_store_t *
 ngx_http_llm_store_new(ngx_conf_t *cf)
 {
-    ngx_http_llm_store_t  *st;
+    ngx_http_llm_store_t      *st;
+    ngx_http_llm_main_conf_t  *lmcf;
 
-    /* a new configuration starts a new list */
+    /* the list belongs to its configuration: a failed reload keeps the old */
 
-    if (ngx_http_llm_stores_cycle != cf->cycle) {
-        ngx_http_llm_stores = NULL;
-        ngx_http_llm_default_store = NULL;
-        ngx_http_llm_stores_cycle = cf->cycle;
-    }
+    lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
 
     st = ngx_pcalloc(cf->pool, sizeof(ngx_http_llm_store_t));
     if (st == NULL) {
@@ -157,8 +151,8 @@ ngx_http_llm_store_new(ngx_conf_t *cf)
     }
 
     st->ttl = NGX_HTTP_LLM_STORE_TTL;
-    st->next = ngx_http_llm_stores;
-    ngx_http_llm_stores = st;
+    st->next = lmcf->stores;
+    lmcf->stores = st;
 
     return st;
 }
@@ -167,13 +161,16 @@ ngx_http_llm_store_new(ngx_conf_t *cf)
 ngx_int_t
 ngx_http_llm_stores_init_process(ngx_cycle_t *cycle)
 {
-    ngx_http_llm_store_t  *st;
+    ngx_http_llm_store_t      *st;
+    ngx_http_llm_main_conf_t  *lmcf;
 
-    if (ngx_http_llm_stores_cycle != cycle) {
+    lmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_llm_module);
+
+    if (lmcf == NULL) {
         return NGX_OK;
     }
 
-    for (st = ngx_http_llm_stores; st; st = st->next) {
+    for (st = lmcf->stores; st; st = st->next) {
         if (st->ops->init_process
             && st->ops->init_process(st, cycle) != NGX_OK)
         {
@@ -188,13 +185,16 @@ ngx_http_llm_stores_init_process(ngx_cycle_t *cycle)
 void
 ngx_http_llm_stores_exit_process(ngx_cycle_t *cycle)
 {
-    ngx_http_llm_store_t  *st;
+    ngx_http_llm_store_t      *st;
+    ngx_http_llm_main_conf_t  *lmcf;
 
-    if (ngx_http_llm_stores_cycle != cycle) {
+    lmcf = ngx_http_cycle_get_module_main_conf(cycle, ngx_http_llm_module);
+
+    if (lmcf == NULL) {
         return;
     }
 
-    for (st = ngx_http_llm_stores; st; st = st->next) {
+    for (st = lmcf->stores; st; st = st->next) {
         if (st->ops->exit_process) {
             st->ops->exit_process(st, cycle);
         }

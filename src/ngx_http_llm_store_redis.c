@@ -713,6 +713,24 @@ ngx_http_llm_redis_exit_process(ngx_http_llm_store_t *st, ngx_cycle_t *cycle)
     rc->rd = NULL;
     lost = 0;
 
+    while (!ngx_queue_empty(&rd->batch.writes)) {
+        q = ngx_queue_head(&rd->batch.writes);
+        ngx_queue_remove(q);
+        w = ngx_queue_data(q, ngx_http_llm_redis_write_t, queue);
+
+        /* a released job's own; a live job's goes with the lists below */
+        if (w->rj && w->rj->job == NULL) {
+            ngx_free(w->rj);
+        }
+
+        /* the answer may have been there, not taken */
+        if (!w->ok) {
+            lost++;
+        }
+
+        ngx_http_llm_redis_write_free(w);
+    }
+
     while (!ngx_queue_empty(&rd->dirty)) {
         q = ngx_queue_head(&rd->dirty);
         ngx_queue_remove(q);
@@ -750,23 +768,6 @@ ngx_http_llm_redis_exit_process(ngx_http_llm_store_t *st, ngx_cycle_t *cycle)
         ngx_http_llm_redis_op_free(op);
     }
 
-    while (!ngx_queue_empty(&rd->batch.writes)) {
-        q = ngx_queue_head(&rd->batch.writes);
-        ngx_queue_remove(q);
-        w = ngx_queue_data(q, ngx_http_llm_redis_write_t, queue);
-
-        /* the job's own went with the lists above */
-        if (w->rj && w->rj->job == NULL) {
-            ngx_free(w->rj);
-        }
-
-        /* the answer may have been there, not taken */
-        if (!w->ok) {
-            lost++;
-        }
-
-        ngx_http_llm_redis_write_free(w);
-    }
 
     if (lost) {
         ngx_log_error(NGX_LOG_WARN, cycle->log, 0,

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs every Debian package that the build, the demo, the tests and the
-# benchmarks need.  Idempotent: does nothing when all are there.
+# Installs every Debian package that the build, the demo and the tests need
+# (with "bench", the benchmarks' too).  Idempotent: does nothing when all
+# are there.
 set -euo pipefail
 
 pkgs=(
@@ -12,6 +13,12 @@ pkgs=(
     libtest-longstring-perl liblist-moreutils-perl liburi-perl
     libhttp-message-perl
 )
+
+# "util/bootstrap.sh bench": also what the benchmark's baseline and plot need
+if [ "${1:-}" = bench ]; then
+    pkgs+=(gnuplot-nox python3-fastapi python3-uvicorn python3-aiohttp
+           python3-uvloop python3-httptools)
+fi
 
 missing=()
 for p in "${pkgs[@]}"; do
