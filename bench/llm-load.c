@@ -100,12 +100,22 @@ typedef struct {
     int                  npids;
     int                  pids[LOAD_MAX_PIDS];
     long                 idle_rss;    /* kB, before the first connection */
-    long                 rss;         /* kB, the last sample */
+    long                 idle_pss;
+    long                 idle_shm;
+    long                 rss;         /* kB, the last sample: VmRSS */
+    long                 pss;         /* Pss: shared pages split */
+    long                 shm;         /* RssShmem */
     long                 rss_max;
     double               rss_sum;     /* over the hold's samples */
+    double               pss_sum;
+    double               shm_sum;
     long                 rss_n;
     long long            ticks;       /* the last sample */
     long long            ticks0;      /* at the start of the hold */
+    long long            last[LOAD_MAX_PIDS];
+    int                  gone[LOAD_MAX_PIDS];
+    int                  ngone;       /* processes that exited */
+    int                  ngone_reported;
 } group_t;
 
 
@@ -256,26 +266,36 @@ stats_reset(stats_t *st)
 }
 
 
-/* process sampling: /proc/PID/status VmRSS, /proc/PID/stat utime+stime */
+/*
+ * process sampling: VmRSS and RssShmem from /proc/PID/status, Pss from
+ * /proc/PID/smaps_rollup (shared pages, such as a shared memory zone both
+ * workers touch, divided among the processes that map them), utime+stime
+ * from /proc/PID/stat
+ */
 
 static long
-proc_rss(int pid)
+proc_kb(const char *path, const char *key, long *key2_kb, const char *key2)
 {
-    char   path[64], line[256];
-    long   kb;
-    FILE  *f;
+    char    line[256];
+    long    kb;
+    size_t  n, n2;
+    FILE   *f;
 
-    snprintf(path, sizeof(path), "/proc/%d/status", pid);
     f = fopen(path, "r");
     if (f == NULL) {
         return 0;
     }
 
     kb = 0;
+    n = strlen(key);
+    n2 = key2 ? strlen(key2) : 0;
+
     while (fgets(line, sizeof(line), f)) {
-        if (strncmp(line, "VmRSS:", 6) == 0) {
-            kb = strtol(line + 6, NULL, 10);
-            break;
+        if (strncmp(line, key, n) == 0) {
+            kb = strtol(line + n, NULL, 10);
+
+        } else if (key2 && strncmp(line, key2, n2) == 0) {
+            *key2_kb = strtol(line + n2, NULL, 10);
         }
     }
 
@@ -283,6 +303,24 @@ proc_rss(int pid)
     return kb;
 }
 
+
+static long
+proc_rss(int pid, long *shm, long *pss)
+{
+    char  path[64];
+
+    *shm = 0;
+    *pss = 0;
+
+    snprintf(path, sizeof(path), "/proc/%d/smaps_rollup", pid);
+    *pss = proc_kb(path, "Pss:", NULL, NULL);
+
+    snprintf(path, sizeof(path), "/proc/%d/status", pid);
+    return proc_kb(path, "VmRSS:", shm, "RssShmem:");
+}
+
+
+/* -1: the process is gone */
 
 static long long
 proc_ticks(int pid)
@@ -295,13 +333,13 @@ proc_ticks(int pid)
     snprintf(path, sizeof(path), "/proc/%d/stat", pid);
     fd = open(path, O_RDONLY);
     if (fd < 0) {
-        return 0;
+        return -1;
     }
 
     n = read(fd, buf, sizeof(buf) - 1);
     close(fd);
     if (n <= 0) {
-        return 0;
+        return -1;
     }
 
     buf[n] = '\0';
@@ -333,30 +371,81 @@ proc_ticks(int pid)
 static void
 sample_groups(int in_hold)
 {
-    int       g, i;
-    long      rss;
-    group_t  *gr;
+    int        g, i;
+    long       rss, pss, shm, p, h;
+    long long  t;
+    group_t   *gr;
 
     for (g = 0; g < cfg.ngroups; g++) {
         gr = &cfg.groups[g];
-        rss = 0;
+        rss = pss = shm = 0;
         gr->ticks = 0;
 
         for (i = 0; i < gr->npids; i++) {
-            rss += proc_rss(gr->pids[i]);
-            gr->ticks += proc_ticks(gr->pids[i]);
+            t = gr->gone[i] ? -1 : proc_ticks(gr->pids[i]);
+
+            if (t < 0) {
+                /* a crash, say: keep the CPU it had used */
+                if (!gr->gone[i]) {
+                    gr->gone[i] = 1;
+                    gr->ngone++;
+                    fprintf(stderr, "llm-load: %s process %d exited\n",
+                            gr->name, gr->pids[i]);
+                }
+                gr->ticks += gr->last[i];
+                continue;
+            }
+
+            gr->last[i] = t;
+            gr->ticks += t;
+            rss += proc_rss(gr->pids[i], &h, &p);
+            shm += h;
+            pss += p;
         }
 
         gr->rss = rss;
+        gr->pss = pss;
+        gr->shm = shm;
 
         if (in_hold) {
             gr->rss_sum += rss;
+            gr->pss_sum += pss;
+            gr->shm_sum += shm;
             gr->rss_n++;
             if (rss > gr->rss_max) {
                 gr->rss_max = rss;
             }
         }
     }
+}
+
+
+/* /proc/stat: ticks of user+nice+system, irq+softirq, steal */
+
+static void
+machine_ticks(long long t[3])
+{
+    FILE       *f;
+    long long   v[8];
+
+    t[0] = t[1] = t[2] = 0;
+
+    f = fopen("/proc/stat", "r");
+    if (f == NULL) {
+        return;
+    }
+
+    memset(v, 0, sizeof(v));
+
+    if (fscanf(f, "cpu %lld %lld %lld %lld %lld %lld %lld %lld", &v[0],
+               &v[1], &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]) >= 7)
+    {
+        t[0] = v[0] + v[1] + v[2];
+        t[1] = v[5] + v[6];
+        t[2] = v[7];
+    }
+
+    fclose(f);
 }
 
 
@@ -1090,7 +1179,7 @@ floor_for(long level)
 
 
 static int
-report_level(long level, double secs, double client_cpu)
+report_level(long level, double secs, double client_cpu, long long m0[3])
 {
     int          g, fail;
     uint64_t     errors;
@@ -1098,6 +1187,9 @@ report_level(long level, double secs, double client_cpu)
     char         reason[128];
     group_t     *gr;
     long         tck;
+    long long    m1[3];
+    double       ours, tasks;
+    int          exited;
 
     qsort(g_st.lat.v, g_st.lat.n, sizeof(uint32_t), cmp_u32);
     qsort(g_st.ttft.v, g_st.ttft.n, sizeof(uint32_t), cmp_u32);
@@ -1111,8 +1203,21 @@ report_level(long level, double secs, double client_cpu)
 
     fail = 0;
     reason[0] = '\0';
+    exited = 0;
 
-    if (errors || g_st.incomplete) {
+    for (g = 0; g < cfg.ngroups; g++) {
+        exited += cfg.groups[g].ngone - cfg.groups[g].ngone_reported;
+        cfg.groups[g].ngone_reported = cfg.groups[g].ngone;
+    }
+
+    if (exited) {
+        fail = 1;
+        snprintf(reason, sizeof(reason), "%d sampled process(es) exited, "
+                 "%llu errors, %llu incomplete", exited,
+                 (unsigned long long) errors,
+                 (unsigned long long) g_st.incomplete);
+
+    } else if (errors || g_st.incomplete) {
         fail = 1;
         snprintf(reason, sizeof(reason), "%llu errors, %llu incomplete",
                  (unsigned long long) errors,
@@ -1132,6 +1237,20 @@ report_level(long level, double secs, double client_cpu)
     }
 
     tck = sysconf(_SC_CLK_TCK);
+
+    /*
+     * The machine's CPU over the hold: task time (user, nice, system),
+     * interrupt time (loopback TCP runs much of its work in softirqs),
+     * steal.  "other" is the task time of processes not sampled here:
+     * whatever else runs on the machine.
+     */
+    machine_ticks(m1);
+    tasks = (double) (m1[0] - m0[0]) / tck / secs;
+    ours = client_cpu / secs;
+    for (g = 0; g < cfg.ngroups; g++) {
+        gr = &cfg.groups[g];
+        ours += (double) (gr->ticks - gr->ticks0) / tck / secs;
+    }
 
     printf("{\"label\":\"%s\",\"level\":%ld,\"open\":%ld,\"secs\":%.3f,"
            "\"started\":%llu,\"completed\":%llu,\"incomplete\":%llu,"
@@ -1161,24 +1280,35 @@ report_level(long level, double secs, double client_cpu)
            "\"ttft_p99\":%.0f,\"ttft_max\":%.0f,"
            "\"ttfe_p50\":%.0f,\"ttfe_p99\":%.0f,"
            "\"floor_p99\":%.0f,\"client_cpu\":%.3f,"
-           "\"total_started\":%llu,\"total_tokens\":%llu,",
+           "\"total_started\":%llu,\"total_tokens\":%llu,"
+           "\"machine_tasks\":%.3f,\"machine_irq\":%.3f,"
+           "\"machine_steal\":%.3f,\"other_cpu\":%.3f,",
            g_st.lat.n, pct(&g_st.lat, 0.5), pct(&g_st.lat, 0.9), p99,
            pct(&g_st.lat, 1.0),
            g_st.ttft.n, pct(&g_st.ttft, 0.5), pct(&g_st.ttft, 0.9),
            pct(&g_st.ttft, 0.99), pct(&g_st.ttft, 1.0),
            pct(&g_st.ttfe, 0.5), pct(&g_st.ttfe, 0.99),
            floor, client_cpu, (unsigned long long) g_total_started,
-           (unsigned long long) g_total_tokens);
+           (unsigned long long) g_total_tokens, tasks,
+           (double) (m1[1] - m0[1]) / tck / secs,
+           (double) (m1[2] - m0[2]) / tck / secs,
+           tasks > ours ? tasks - ours : 0);
 
     printf("\"groups\":{");
 
     for (g = 0; g < cfg.ngroups; g++) {
         gr = &cfg.groups[g];
         printf("%s\"%s\":{\"pids\":%d,\"idle_rss_kb\":%ld,\"rss_kb\":%.0f,"
-               "\"rss_max_kb\":%ld,\"cpu_s\":%.2f}",
+               "\"rss_max_kb\":%ld,\"idle_pss_kb\":%ld,\"pss_kb\":%.0f,"
+               "\"idle_shm_kb\":%ld,\"shm_kb\":%.0f,\"exited\":%d,"
+               "\"cpu_s\":%.2f}",
                g ? "," : "", gr->name, gr->npids, gr->idle_rss,
                gr->rss_n ? gr->rss_sum / gr->rss_n : (double) gr->rss,
-               gr->rss_max,
+               gr->rss_max, gr->idle_pss,
+               gr->rss_n ? gr->pss_sum / gr->rss_n : (double) gr->pss,
+               gr->idle_shm,
+               gr->rss_n ? gr->shm_sum / gr->rss_n : (double) gr->shm,
+               gr->ngone,
                (double) (gr->ticks - gr->ticks0) / (double) tck);
     }
 
@@ -1187,10 +1317,12 @@ report_level(long level, double secs, double client_cpu)
     fflush(stdout);
 
     fprintf(stderr, "llm-load %s: %6ld streams: p50 %7.2f p99 %8.2f ms, "
-            "ttft p99 %7.1f ms, %8.0f tok/s (%5.1f%%), err %llu inc %llu"
-            "%s%s\n", cfg.label, level, pct(&g_st.lat, 0.5) / 1000,
-            p99 / 1000, pct(&g_st.ttft, 0.99) / 1000, g_st.tokens / secs,
-            delivery * 100, (unsigned long long) errors,
+            "ttft p99 %7.1f ms, %8.0f tok/s (%5.1f%%), other cpu %.2f, "
+            "err %llu inc %llu%s%s\n", cfg.label, level,
+            pct(&g_st.lat, 0.5) / 1000, p99 / 1000,
+            pct(&g_st.ttft, 0.99) / 1000, g_st.tokens / secs,
+            delivery * 100, tasks > ours ? tasks - ours : 0,
+            (unsigned long long) errors,
             (unsigned long long) g_st.incomplete, fail ? ": " : "", reason);
 
     return fail;
@@ -1211,6 +1343,7 @@ main(int argc, char **argv)
     int                 i, n, lv, fail, g;
     long                target, level, base;
     double              t, cpu0;
+    long long           m0[3];
     uint64_t            now, start, phase_at, next_sample, ramp_at;
     struct rlimit       rl;
     struct epoll_event  evs[1024];
@@ -1251,6 +1384,8 @@ main(int argc, char **argv)
     sample_groups(0);
     for (g = 0; g < cfg.ngroups; g++) {
         cfg.groups[g].idle_rss = cfg.groups[g].rss;
+        cfg.groups[g].idle_pss = cfg.groups[g].pss;
+        cfg.groups[g].idle_shm = cfg.groups[g].shm;
     }
 
     start = mono_us();
@@ -1299,6 +1434,8 @@ main(int argc, char **argv)
             g_st.deltas = g_st.tokens = g_st.merged = 0;
             for (g = 0; g < cfg.ngroups; g++) {
                 cfg.groups[g].rss_sum = 0;
+                cfg.groups[g].pss_sum = 0;
+                cfg.groups[g].shm_sum = 0;
                 cfg.groups[g].rss_n = 0;
                 cfg.groups[g].rss_max = 0;
             }
@@ -1307,13 +1444,14 @@ main(int argc, char **argv)
                 cfg.groups[g].ticks0 = cfg.groups[g].ticks;
             }
             cpu0 = self_cpu();
+            machine_ticks(m0);
 
         } else if (g_phase == PH_HOLD
                    && (now - phase_at) / 1e6 >= cfg.hold)
         {
             sample_groups(1);
             fail = report_level(level, (now - phase_at) / 1e6,
-                                self_cpu() - cpu0);
+                                self_cpu() - cpu0, m0);
 
             if ((fail && cfg.stop_added_ms > 0) || ++lv == cfg.nlevels) {
                 break;

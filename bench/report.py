@@ -18,6 +18,8 @@ GOAL_P99_ADDED_MS = 2.0
 GOAL_RATIO = 10
 CAP_ADDED_MS = 100
 BUSY_CORE = 0.8          # a helper above this may be the bottleneck
+OTHER_CORE = 0.2         # CPU of processes that are not part of the run
+SATURATED = 1.8          # all of it: the 2 cores are (nearly) used up
 
 
 def load(work, name):
@@ -83,14 +85,37 @@ def relay_rss_delta(row):
     return total
 
 
+def relay_delta(row, key):
+    """kB of KEY (rss, pss, shm) the relay's processes grew by."""
+    total = None
+    for name in ("nginx", "uvicorn"):
+        g = row.get("groups", {}).get(name)
+        if g is not None and (key + "_kb") in g:
+            total = (total or 0.0) + g[key + "_kb"] - g["idle_" + key + "_kb"]
+    return total
+
+
+def per_stream(v, n):
+    return "n/a" if v is None else "%.1f" % (v / n)
+
+
 def cores(row, name):
     v = grp(row, name, "cpu_s")
     return None if v is None else v / row["secs"]
 
 
 def busy_helpers(row):
-    """Names of the helpers (mock, load client) that were near a core."""
+    """Names of the helpers (mock, load client) that were near a core,
+    and other processes of the machine that took CPU."""
     out = []
+    o = row.get("other_cpu", 0)
+    if o >= OTHER_CORE:
+        out.append("other processes on the machine %.2f cores" % o)
+    total = relay_cpu(row) / row["secs"] + (cores(row, "mock") or 0) \
+        + row["client_cpu"] / row["secs"] + o
+    if total >= SATURATED:
+        out.append("the machine was saturated: relay, mock, client and "
+                   "others used %.2f of the 2 cores" % total)
     c = cores(row, "mock")
     if c is not None and c >= BUSY_CORE:
         out.append("mock %.2f cores" % c)
@@ -164,14 +189,18 @@ def main():
       "mock directly) at the same load.")
     w("")
     w("- Machine: %s cores (%s), Linux %s, RLIMIT_NOFILE %s; "
-      "load average %s at the start, %s at the end; %s s in all." % (
+      "%s cores busy just before the run; load average %s at the start, "
+      "%s at the end; %s s in all." % (
           meta.get("cpus", "?"), meta.get("cpu_model", "?"),
           meta.get("kernel", "?"), meta.get("nofile", "?"),
+          meta.get("busy_before", "?"),
           meta.get("loadavg_start", "?"), meta_end.get("loadavg_end", "?"),
           meta_end.get("elapsed", "?")))
-    w("- Module: nginx %s from Debian, `worker_processes 2`, "
-      "`llm_pass` to the mock, default thread pool, `access_log off`." %
-      meta.get("nginx", "?"))
+    w("- Module: commit %s, built %s; nginx %s from Debian, "
+      "`worker_processes 2`, `llm_pass` to the mock, default thread pool, "
+      "`access_log off`." % (meta.get("git", "?"),
+                             meta.get("module_built", "?"),
+                             meta.get("nginx", "?")))
     w("- Baseline (the seeds' architecture): nginx, `worker_processes 2`, "
       "`proxy_buffering off`, upstream keepalive, in front of "
       "`uvicorn --workers 2 --loop uvloop --http httptools` running a "
@@ -181,6 +210,14 @@ def main():
     w("- Floor: the load client straight to build/llm-mock (OpenAI "
       "streaming, one thread).  Mock, load client and relays share the "
       "same 2 cores.")
+    others = sorted(x.get("other_cpu", 0) for rows in r.values()
+                    for x in rows or [])
+    if others and others[len(others) // 2] >= 0.5:
+        w("- **Not representative: processes outside the benchmark took "
+          "%.1f of the 2 cores (median over the measured levels; see the "
+          "*other CPU* columns).  Rerun on a quiet machine before quoting "
+          "any figure; CPU seconds per token suffer least.**" %
+          others[len(others) // 2])
     if meta.get("quick"):
         w("- **BENCH_QUICK run: short holds, low levels; a smoke test of "
           "the instrument, not figures to quote.**")
@@ -239,9 +276,9 @@ def main():
         w("")
         w("| | p50 | p90 | p99 | max | added p50 | added p99 | TTFT p50 "
           "| TTFT p99 | tokens/s | events/s | merged | completed "
-          "| errors | incomplete | relay CPU (cores) |")
+          "| errors | incomplete | relay CPU (cores) | other CPU |")
         w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---"
-          "|---|")
+          "|---|---|")
         f = s1f[0]
         for label, rows in (("floor (mock)", s1f), ("module", s1m),
                             ("baseline", s1b)):
@@ -251,7 +288,7 @@ def main():
             x = rows[0]
             is_floor = rows is s1f
             w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f | %.0f "
-              "| %d | %d | %d | %d | %s |" % (
+              "| %d | %d | %d | %d | %s | %.2f |" % (
                   label, ms(x["lat_p50"]), ms(x["lat_p90"]),
                   ms(x["lat_p99"]), ms(x["lat_max"]),
                   "-" if is_floor else ms(x["lat_p50"] - f["lat_p50"]),
@@ -259,7 +296,8 @@ def main():
                   ms(x["ttft_p50"]), ms(x["ttft_p99"]), x["tokps"],
                   x["eps"], x["merged"], x["completed"], x["errors"],
                   x["incomplete"],
-                  "-" if is_floor else "%.2f" % (relay_cpu(x) / x["secs"])))
+                  "-" if is_floor else "%.2f" % (relay_cpu(x) / x["secs"]),
+                  x.get("other_cpu", 0)))
         if s1b:
             b, m = s1b[0], s1m[0]
             w("")
@@ -302,14 +340,16 @@ def main():
         w("Each level: ramp (%s new streams/s), %s s settle, %s s "
           "measured.  Latency in ms; RSS is the relay processes' growth "
           "over idle divided by the streams; CPU in cores (1.0 = one core "
-          "busy) and seconds per million relayed tokens." % (
+          "busy) and seconds per million relayed tokens; *other CPU* is what "
+          "processes outside the run took from the machine meanwhile." % (
               meta.get("ramp", "?"), meta.get("settle", "?"),
               meta.get("hold", "?")))
         w("")
         w("| | streams | p50 | p99 | max | added p99 | tokens/s "
           "| delivered | errors | relay CPU | CPU s/Mtok | RSS KB/stream "
-          "| mock CPU | client CPU | result |")
-        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| mock CPU | client CPU | other CPU | result |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---"
+          "|---|")
         for label, rows in (("floor", s2f), ("module", s2m),
                             ("baseline", s2b)):
             for x in rows or []:
@@ -321,7 +361,7 @@ def main():
                     added += " (floor at %d)" % f["level"]
                 rc = relay_cpu(x)
                 w("| %s | %d | %s | %s | %s | %s | %.0f | %.1f%% | %d "
-                  "| %s | %s | %s | %.2f | %.2f | %s |" % (
+                  "| %s | %s | %s | %.2f | %.2f | %.2f | %s |" % (
                       label, x["level"], ms(x["lat_p50"]),
                       ms(x["lat_p99"]), ms(x["lat_max"]), added,
                       x["tokps"], 100 * x["delivery"],
@@ -331,6 +371,7 @@ def main():
                       "-" if is_floor else
                       "%.1f" % (relay_rss_delta(x) / x["level"]),
                       cores(x, "mock") or 0, x["client_cpu"] / x["secs"],
+                      x.get("other_cpu", 0),
                       "ok" if x["ok"] else x["reason"]))
     else:
         w("Not run.")
@@ -351,14 +392,16 @@ def main():
         for x in r[name] or []:
             rows3.append((label, state, x))
     if rows3:
-        w("A fresh nginx (and relay) for each state; RSS summed over the "
-          "worker processes (VmRSS), the mean of the samples taken while "
-          "the level was held, minus the same processes' RSS before the "
-          "first connection.")
+        w("A fresh nginx (and relay) for each state.  RSS: VmRSS summed "
+          "over the worker processes, the mean of the samples taken while "
+          "the level was held, minus the same before the first connection; "
+          "divided by the streams.  PSS counts a page shared by the workers "
+          "(a shared memory zone) once in all, not once per worker; "
+          "*shm* is the growth of shared memory (RssShmem, summed).")
         w("")
-        w("| | state | streams | idle RSS MB | RSS MB | KB per stream "
-          "| tokens per stream so far |")
-        w("|---|---|---|---|---|---|---|")
+        w("| | state | streams | idle RSS MB | RSS MB | RSS KB/stream "
+          "| PSS KB/stream | shm KB/stream | tokens per stream so far |")
+        w("|---|---|---|---|---|---|---|---|---|")
         for label, state, x in rows3:
             idle = sum(g["idle_rss_kb"] for n, g in x["groups"].items()
                        if n != "mock")
@@ -367,9 +410,11 @@ def main():
             # streaming: the tokens a stream had received, on average
             per = "0" if "waiting" in state else "%.0f" % (
                 x.get("total_tokens", 0) / max(x.get("total_started", 1), 1))
-            w("| %s | %s | %d | %.1f | %.1f | %.1f | %s |" % (
+            w("| %s | %s | %d | %.1f | %.1f | %.1f | %s | %s | %s |" % (
                 label, state, x["level"], idle / 1024.0, now / 1024.0,
-                relay_rss_delta(x) / x["level"], per))
+                relay_rss_delta(x) / x["level"],
+                per_stream(relay_delta(x, "pss"), x["level"]),
+                per_stream(relay_delta(x, "shm"), x["level"]), per))
     else:
         w("Not run.")
     w("")
@@ -385,8 +430,9 @@ def main():
           num(s4m[0]["secs"]))
         w("")
         w("| | tokens | tokens/s | nginx CPU s | uvicorn CPU s "
-          "| CPU s per M tokens | cores | p99 ms | mock CPU s/Mtok |")
-        w("|---|---|---|---|---|---|---|---|---|")
+          "| CPU s per M tokens | cores | p99 ms | mock CPU s/Mtok "
+          "| other CPU |")
+        w("|---|---|---|---|---|---|---|---|---|---|")
         for label, rows in (("floor (mock)", s4f), ("module", s4m),
                             ("baseline", s4b)):
             if not rows:
@@ -395,13 +441,14 @@ def main():
             x = rows[0]
             is_floor = rows is s4f
             mock = grp(x, "mock", "cpu_s") or 0
-            w("| %s | %d | %.0f | %s | %s | %s | %s | %s | %.1f |" % (
+            w("| %s | %d | %.0f | %s | %s | %s | %s | %s | %.1f | %.2f |" % (
                 label, x["tokens"], x["tokps"],
                 num(grp(x, "nginx", "cpu_s"), "%.2f"),
                 num(grp(x, "uvicorn", "cpu_s"), "%.2f"),
                 "-" if is_floor else num(cpu_per_mtok(x), "%.1f"),
                 "-" if is_floor else "%.2f" % (relay_cpu(x) / x["secs"]),
-                ms(x["lat_p99"]), mock / max(x["tokens"], 1) * 1e6))
+                ms(x["lat_p99"]), mock / max(x["tokens"], 1) * 1e6,
+                x.get("other_cpu", 0)))
         if s4b:
             k = cpu_per_mtok(s4b[0]) / max(cpu_per_mtok(s4m[0]), 1e-9)
             w("")
@@ -419,9 +466,35 @@ def main():
     w("## 5. Persistence (Redis job store)")
     w("")
     s5 = [x for x in skipped if x.get("scenario") == "5"]
-    w("**Skipped: %s.**  The hook is in bench/run.sh (scenario 5)." % (
-        s5[0]["skipped"] if s5 else "not run"))
+    w("**Skipped: %s.**  The hook is marked in bench/run.sh "
+      "(scenario 5) and bench/README.md." % (
+          s5[0]["skipped"] if s5 else "not run"))
     w("")
+
+    # --- server logs
+    w("## What the servers logged")
+    w("")
+    logged = []
+    for name in sorted(r):
+        path = os.path.join(work, name + ".errlog")
+        if os.path.exists(path) and os.path.getsize(path):
+            with open(path) as f:
+                logged.append((name, f.read().rstrip("\n")))
+    if logged:
+        w("Warnings and worse in the nginx error logs (and uvicorn's "
+          "output) during each run, counted by message (ids and pids "
+          "elided):")
+        w("")
+        for name, text in logged:
+            w("%s:" % name)
+            w("")
+            w("```")
+            L.extend(text.split("\n"))
+            w("```")
+            w("")
+    else:
+        w("Nothing at warn level or worse.")
+        w("")
 
     # --- caveats
     w("## Where the instrument may be the bottleneck")
@@ -435,12 +508,18 @@ def main():
                     name, x["level"], ", ".join(b)))
     if notes:
         w("Levels where the mock or the load client used most of a core "
-          "(each is single-threaded; above ~1 core its own delays enter "
-          "the latencies, floor included):")
+          "(each is single-threaded; near 1 core its own delays enter "
+          "the latencies, floor included), where processes outside the "
+          "run took more than %.1f cores (their figures are pessimistic), "
+          "or where everything together used %.1f cores or more (the "
+          "level measures the machine as much as the relay):"
+          % (OTHER_CORE, SATURATED))
         w("")
         L.extend(notes)
     else:
-        w("No level had the mock or the load client near a full core.")
+        w("No level had the mock or the load client near a full core, "
+          "and nothing else on the machine took more than %.1f cores." %
+          OTHER_CORE)
     w("")
     w("- All processes share 2 cores: at high levels the relay competes "
       "with the mock and the load client for CPU, so capacity is a "

@@ -82,14 +82,19 @@ stop() {        # stop a process we started and wait for it
 }
 
 free_port() {   # a free loopback port below the ephemeral range
-    local p
-    while :; do
-        p=$((20000 + RANDOM % 12000))
-        if ! ss -Hltn "sport = :$p" | grep -q .; then
-            echo "$p"
-            return
-        fi
-    done
+    $python -c '
+import random, socket
+while True:
+    p = random.randint(20000, 32000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    finally:
+        s.close()
+    print(p)
+    break'
 }
 
 wait_http() {   # wait_http URL: until it answers (10 s)
@@ -141,11 +146,24 @@ max_streams=$(( (nofile - 200) / 10000 * 10000 ))
 [ "$max_streams" -lt 1000 ] && max_streams=$(( (nofile - 200) / 1000 * 1000 ))
 
 mkdir -p "$work" "$results"
-rm -f "$work"/*.json "$work"/*.dat "$work"/*.series
+
+# one run at a time: two would share build/bench and the 2 cores
+exec 9> "$work/.lock"
+if ! flock -n 9; then
+    die "another bench/run.sh is running (build/bench/.lock is held)"
+fi
+
+rm -f "$work"/*.json "$work"/*.dat "$work"/*.series "$work"/*.errlog \
+      "$work"/module/logs/* "$work"/proxy/logs/*
 
 [ -x "$build/llm-mock" ] || die "build/llm-mock is missing: make all"
-module_so=${BENCH_MODULE:-$build/ngx_http_llm_module.so}
-[ -f "$module_so" ] || die "$module_so is missing: make"
+module_src=${BENCH_MODULE:-$build/ngx_http_llm_module.so}
+[ -f "$module_src" ] || die "$module_src is missing: make"
+# nginx maps the module: a rebuild that rewrites the file in place during
+# the run would crash it (SIGBUS), so it runs a private copy
+module_so=$work/ngx_http_llm_module.so
+cp "$module_src" "$module_so.tmp"
+mv -f "$module_so.tmp" "$module_so"
 command -v gnuplot >/dev/null || die "gnuplot is missing: util/bootstrap.sh"
 $python -c 'import fastapi, uvicorn, aiohttp' 2>/dev/null \
     || die "python3-fastapi/uvicorn/aiohttp missing: util/bootstrap.sh"
@@ -157,9 +175,25 @@ if [ ! -x "$build/llm-load" ] \
 fi
 
 load=$build/llm-load
+
+# the figures assume the 2 cores are ours: say so when they are not
+busy=$($python -c '
+import os, time
+def busy():
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return sum(v) - v[3] - v[4], sum(v)
+a = busy(); time.sleep(2); b = busy()
+hz = float(os.sysconf("SC_CLK_TCK"))
+print("%.2f" % ((b[0] - a[0]) / hz / 2))')
+log "the machine was busy with $busy cores before the run"
+if awk -v b="$busy" 'BEGIN { exit !(b > 0.3) }'; then
+    log "warning: other processes are using $busy cores: the figures" \
+        "will be pessimistic (see the 'other CPU' columns of the report)"
+fi
+
 mock_port=$(free_port)
 "$build/llm-mock" --listen "127.0.0.1:$mock_port" --quiet \
-    2> "$work/llm-mock.log" &
+    2> "$work/llm-mock.log" 9>&- &
 mock_pid=$!
 pids+=("$mock_pid")
 wait_http "http://127.0.0.1:$mock_port/health"
@@ -215,7 +249,7 @@ http {
 }
 EOF
     nginx -p "$p" -c conf/nginx.conf -e logs/error.log -g "$globals" \
-        2> "$p/logs/stderr.log" &
+        2> "$p/logs/stderr.log" 9>&- &
     nginx_module_pid=$!
     pids+=("$nginx_module_pid")
     wait_http "http://127.0.0.1:$nginx_module_port/health"
@@ -243,7 +277,7 @@ start_baseline() {
         exec $python -m uvicorn relay:app --workers 2 --host 127.0.0.1 \
             --port "$uv_port" --backlog 4096 --loop uvloop --http httptools \
             --no-access-log --log-level warning) \
-        2> "$work/uvicorn.log" &
+        2> "$work/uvicorn.log" 9>&- &
     uv_pid=$!
     pids+=("$uv_pid")
 
@@ -285,7 +319,7 @@ http {
 }
 EOF
     nginx -p "$p" -c conf/nginx.conf -e logs/error.log -g "$globals" \
-        2> "$p/logs/stderr.log" &
+        2> "$p/logs/stderr.log" 9>&- &
     proxy_pid=$!
     pids+=("$proxy_pid")
     wait_http "http://127.0.0.1:$proxy_port/health"
@@ -327,15 +361,43 @@ run() {
         ;;
     baseline)
         url="http://127.0.0.1:$proxy_port/generate?$query"
-        samples+=(--sample "nginx=$proxy_workers" --sample "uvicorn=$uv_workers")
+        samples+=(--sample "nginx=$proxy_workers"
+                  --sample "uvicorn=$uv_workers")
         ;;
     esac
+
+    local logs=() offs=() f i
+    case $target in
+    module)   logs=("$work/module/logs/error.log") ;;
+    baseline) logs=("$work/proxy/logs/error.log" "$work/uvicorn.log") ;;
+    esac
+    for f in "${logs[@]}"; do
+        offs+=("$(stat -c %s "$f" 2>/dev/null || echo 0)")
+    done
 
     log "$name: $target $query ($(elapsed) s)"
     "$load" --url "$url" --label "$name" "${samples[@]}" \
         --series "$work/$name.series" --deadline 200 "$@" \
         > "$work/$name.json"
     [ -s "$work/$name.json" ] || die "$name: no result"
+
+    # what the servers logged meanwhile (warn and worse), counted by kind
+    : > "$work/$name.errlog"
+    for i in "${!logs[@]}"; do
+        [ -f "${logs[$i]}" ] || continue
+        tail -c +"$(( ${offs[$i]} + 1 ))" "${logs[$i]}" \
+        | grep -E '\[(warn|error|crit|alert|emerg)\]|Traceback|Error' \
+        | sed -E -e 's/^[0-9/]+ [0-9:]+ //' -e 's/[0-9]+#[0-9]+: //' \
+                 -e 's/\*[0-9]+ //' -e 's/[A-Za-z0-9_-]{22}/ID/g' \
+                 -e 's/process [0-9]+/process N/' -e 's/by [0-9]+/by N/' \
+                 -e 's/, client: .*//' \
+        | cut -c1-160 | sort | uniq -c | sort -rn | head -8 \
+        >> "$work/$name.errlog" || true
+    done
+    if [ -s "$work/$name.errlog" ]; then
+        log "$name: the servers logged:"
+        sed 's/^/    /' "$work/$name.errlog" >&2
+    fi
 }
 
 floor_of() {    # floor_of NAME: "level:p99us,..." from a floor run
@@ -382,13 +444,19 @@ base_levels=$(echo "$base_levels" | tr , '\n' \
 mem_levels=$(echo "$mem_levels" | tr , '\n' \
              | awk -v m="$max_streams" '$1 <= m' | paste -sd,)
 
+commit=$(git -C "$top" rev-parse --short HEAD 2>/dev/null || echo '?')
+git -C "$top" diff --quiet HEAD -- src config 2>/dev/null \
+    || commit="$commit + uncommitted changes in src/"
+
 cat > "$work/meta.json" <<EOF
 {"day":"$day","started":"$(date -u +%FT%TZ)","nofile":$nofile,
  "max_streams":$max_streams,"cpus":$(nproc),
  "cpu_model":"$(sed -n 's/^model name[^:]*: //p' /proc/cpuinfo | head -1)",
  "kernel":"$(uname -r)","nginx":"$(nginx -v 2>&1 | sed 's/.*\///')",
  "python":"$($python -c 'import sys; print(sys.version.split()[0])')",
- "loadavg_start":"$(cut -d' ' -f1-3 /proc/loadavg)",
+ "loadavg_start":"$(cut -d' ' -f1-3 /proc/loadavg)","busy_before":$busy,
+ "git":"$commit",
+ "module_built":"$(date -u -r "$module_src" +%FT%TZ)",
  "quick":"${quick:-}","hold1":$hold1,"hold":$hold,"settle":$settle,
  "ramp":$ramp,"cap_levels":"$cap_levels","base_levels":"$base_levels",
  "mem_levels":"$mem_levels"}
@@ -456,8 +524,9 @@ if want 3 && ! over_budget 3; then
         --levels "$mem_levels" --hold 3 --settle 2 --ramp-rate "$ramp"
     stop_module
     start_module
+    # a longer settle: the streams of a big step start late (see README)
     run s3-module-stream module "tps=1&tokens=5000&ttft=0" \
-        --levels "$mem_levels" --tps 1 --hold 3 --settle 2 \
+        --levels "$mem_levels" --tps 1 --hold 3 --settle 6 \
         --ramp-rate "$ramp"
     stop_module
     if ! over_budget 3-baseline; then
@@ -494,24 +563,35 @@ fi
 
 # --- 5. persistence (Redis job store): NOT YET ------------------------
 #
-# HOOK: the job store does not exist yet.  When it does, start a private
-# redis-server here (as util/test.sh does), add a location with the store
-# configured to start_module, and run the scenario-1 load against it
-# (e.g. run s5-module-redis module "$s1q" --levels 100 --tps 50 ...),
-# plus a resume test; bench/report.py prints any s5-*.json it finds.
+# HOOK: not measured yet.  To add it: start a private redis-server here
+# (redis-server --port P --save '' --appendonly no, as util/test.sh does;
+# add it to pids[]), give start_module a second location with the Redis
+# store configured (llm_store, docs/directives.md), run the scenario-1 and
+# -2 loads against it (run s5-module-redis module "$s1q" --levels 100
+# --tps 50 ...), sample redis-server's CPU and RSS (--sample redis=PID),
+# and add a reconnect-and-resume check; then a section in report.py.
 
 if want 5; then
-    echo '{"scenario":"5","skipped":"the Redis job store does not exist yet"}' \
-        >> "$work/skipped.json"
-    log "5: persistence: skipped (no job store yet)"
+    note="not measured yet (a hook for the Redis job store)"
+    echo "{\"scenario\":\"5\",\"skipped\":\"$note\"}" >> "$work/skipped.json"
+    log "5: persistence: skipped (not measured yet)"
 fi
 
 
 # --- the report -------------------------------------------------------
 
-echo "{\"loadavg_end\":\"$(cut -d' ' -f1-3 /proc/loadavg)\",\"elapsed\":$(elapsed)}" \
-    > "$work/meta-end.json"
+printf '{"loadavg_end":"%s","elapsed":%d}\n' \
+    "$(cut -d' ' -f1-3 /proc/loadavg)" "$(elapsed)" > "$work/meta-end.json"
 
-$python "$bench/report.py" "$work" "$results/$day.md" "$results/$day.png"
-gnuplot -e "dir='$work'; out='$results/$day.png'" "$bench/plot.gp"
-log "wrote $results/$day.md and $results/$day.png in $(elapsed) s"
+# a smoke test or a partial run does not replace the day's full results
+name=$day
+[ "$only" != "1 2 3 4 5" ] && name=$day-partial
+[ -n "$quick" ] && name=$day-quick
+
+$python "$bench/report.py" "$work" "$results/$name.md" "$results/$name.png"
+if ! gnuplot -e "dir='$work'; out='$results/$name.png'" "$bench/plot.gp" \
+     2> "$work/gnuplot.log"; then
+    cat "$work/gnuplot.log" >&2
+    die "gnuplot failed"
+fi
+log "wrote $results/$name.md and $results/$name.png in $(elapsed) s"

@@ -512,6 +512,8 @@ ngx_http_llm_engine_thread(void *data, ngx_log_t *log)
         ngx_http_llm_engine_done(e);
 
         if (now - last_scan >= NGX_HTTP_LLM_SCAN_MS) {
+            /* a clock read after every callback: no read is newer */
+            now = ngx_http_llm_now();
             ngx_http_llm_engine_scan(e, now);
             last_scan = now;
         }
@@ -718,7 +720,7 @@ ngx_http_llm_engine_add(ngx_http_llm_engine_t *e, ngx_http_llm_xfer_t *x)
     curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, s->ssl_verify ? 2L : 0L);
 
     /* small receive buffers: a stream carries a few bytes at a time */
-    curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, 4096L);
+    curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, 1024L);
 
     if (s->connect_timeout) {
         curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,

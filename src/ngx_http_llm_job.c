@@ -781,7 +781,7 @@ ngx_http_llm_job_event(ngx_http_llm_job_t *job, ngx_http_llm_event_type_e type,
     /* growing one early keeps a slot for the final event */
 
     if (job->nevents + 1 >= job->events_cap) {
-        n = job->events_cap ? job->events_cap * 2 : 16;
+        n = job->events_cap ? job->events_cap * 2 : 8;
         events = realloc(job->events, n * sizeof(ngx_http_llm_event_t));
 
         if (events == NULL) {
@@ -810,7 +810,7 @@ ngx_http_llm_job_append_text(ngx_http_llm_job_t *job, u_char *text,
 
     if (job->text_len + len > job->text_cap) {
         cap = ngx_max(job->text_cap * 2, job->text_len + len);
-        cap = ngx_max(cap, 1024);
+        cap = ngx_max(cap, 256);
 
         t = realloc(job->text, cap);
         if (t == NULL) {
