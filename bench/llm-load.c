@@ -12,7 +12,7 @@
  *            --levels N[,N...] [--ramp-rate CONN/S] [--settle S] [--hold S]
  *            [--tps N] [--stop-added-ms MS] [--floor N:P99US[,...]]
  *            [--sample NAME=PID[,PID...]]... [--series FILE]
- *            [--deadline S] [--label STR]
+ *            [--deadline S] [--label STR] [--redis HOST:PORT]
  *
  * The run is a staircase: for each level the client ramps (at most
  * --ramp-rate new connections a second) to that many open streams,
@@ -32,6 +32,13 @@
  * fails: an error or incomplete stream, fewer than 90% of the expected
  * tokens (--tps), or a p99 latency above the floor's p99 at that level
  * (--floor, from a run straight against the mock) plus MS.
+ *
+ * With --redis (a Redis server that the relay uses as its store) the
+ * client reads INFO all from that server just before and just after each
+ * hold, over a connection of its own, and prints the differences: commands
+ * processed (in all and by command), socket reads and writes, bytes, new
+ * connections and CPU seconds.  The probe's own INFO, read, write and
+ * connection are taken out.
  */
 
 #define _GNU_SOURCE
@@ -61,6 +68,8 @@
 #define LOAD_READ           16384
 #define LOAD_SAMPLE_US      250000
 #define LOAD_MAX_LINE       (8 * 1024 * 1024)
+#define LOAD_REDIS_CMDS     48
+#define LOAD_REDIS_MAX      (1024 * 1024)
 
 
 enum { P_SSE, P_OPENAI };
@@ -137,6 +146,32 @@ typedef struct {
 } stats_t;
 
 
+/* INFO all of the --redis server: the counters read at one moment */
+
+enum {
+    RI_COMMANDS, RI_READS, RI_WRITES, RI_NET_IN, RI_NET_OUT,
+    RI_CONNECTIONS, RI_CPU_SYS, RI_CPU_USER, RI_USED_MEMORY, RI_N
+};
+
+static const char  *ri_names[RI_N] = {
+    "total_commands_processed", "total_reads_processed",
+    "total_writes_processed", "total_net_input_bytes",
+    "total_net_output_bytes", "total_connections_received",
+    "used_cpu_sys", "used_cpu_user", "used_memory"
+};
+
+typedef struct {
+    int                  ok;
+    int                  has[RI_N];
+    double               v[RI_N];
+    size_t               reply;       /* bytes of the INFO reply */
+    int                  ncmd;
+    char                 cmd[LOAD_REDIS_CMDS][40];
+    double               calls[LOAD_REDIS_CMDS];
+    double               usec[LOAD_REDIS_CMDS];
+} redis_info_t;
+
+
 static struct {
     char                 host[64];
     int                  port;
@@ -157,6 +192,8 @@ static struct {
     const char          *series;
     const char          *label;
     double               deadline;
+    int                  redis;
+    struct sockaddr_in   redis_addr;
 } cfg;
 
 
@@ -172,6 +209,7 @@ static uint64_t            g_total_tokens;
 static uint64_t            g_total_deltas;
 static uint64_t            g_total_started;
 static FILE               *g_series;
+static redis_info_t        g_redis0, g_redis1;
 static volatile sig_atomic_t  g_stop;
 
 
@@ -457,6 +495,262 @@ self_cpu(void)
     getrusage(RUSAGE_SELF, &ru);
     return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6
            + ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
+}
+
+
+/*
+ * --redis: INFO all, over a blocking connection of its own (loopback, at
+ * most a second each way), parsed into the counters above.  It runs at
+ * the edges of the hold, where a fraction of a millisecond of blocking
+ * does not show.
+ */
+
+static void
+redis_parse_line(redis_info_t *ri, char *line)
+{
+    int     i;
+    char   *colon, *p;
+
+    colon = strchr(line, ':');
+    if (colon == NULL) {
+        return;
+    }
+
+    *colon = '\0';
+
+    if (strncmp(line, "cmdstat_", 8) == 0) {
+        /* cmdstat_exec:calls=N,usec=N,usec_per_call=... */
+        if (ri->ncmd == LOAD_REDIS_CMDS) {
+            return;
+        }
+
+        i = ri->ncmd;
+        snprintf(ri->cmd[i], sizeof(ri->cmd[i]), "%s", line + 8);
+
+        p = strstr(colon + 1, "calls=");
+        if (p == NULL) {
+            return;
+        }
+        ri->calls[i] = strtod(p + 6, NULL);
+
+        p = strstr(colon + 1, "usec=");
+        ri->usec[i] = p ? strtod(p + 5, NULL) : 0;
+
+        ri->ncmd++;
+        return;
+    }
+
+    for (i = 0; i < RI_N; i++) {
+        if (strcmp(line, ri_names[i]) == 0) {
+            ri->v[i] = strtod(colon + 1, NULL);
+            ri->has[i] = 1;
+            return;
+        }
+    }
+}
+
+
+static void
+redis_probe(redis_info_t *ri)
+{
+    int             fd;
+    char           *buf, *p, *e, *nl;
+    size_t          len, cap, need;
+    ssize_t         n;
+    struct timeval  tv = { 1, 0 };
+
+    memset(ri, 0, sizeof(*ri));
+
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        return;
+    }
+
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+
+    if (connect(fd, (struct sockaddr *) &cfg.redis_addr,
+                sizeof(cfg.redis_addr)) != 0
+        || write(fd, "INFO all\r\n", 10) != 10)
+    {
+        fprintf(stderr, "llm-load: redis: %s\n", strerror(errno));
+        close(fd);
+        return;
+    }
+
+    /* "$LEN\r\n" LEN bytes "\r\n" */
+
+    cap = 65536;
+    buf = xrealloc(NULL, cap + 1);
+    len = 0;
+    need = 0;
+
+    for ( ;; ) {
+        if (len == cap) {
+            if (cap >= LOAD_REDIS_MAX) {
+                break;
+            }
+            cap *= 2;
+            buf = xrealloc(buf, cap + 1);
+        }
+
+        n = read(fd, buf + len, cap - len);
+        if (n <= 0) {
+            break;
+        }
+        len += n;
+        buf[len] = '\0';
+
+        if (need == 0 && (nl = strstr(buf, "\r\n")) != NULL) {
+            if (buf[0] != '$') {
+                break;
+            }
+            need = (nl - buf) + 2 + strtoul(buf + 1, NULL, 10) + 2;
+        }
+
+        if (need && len >= need) {
+            break;
+        }
+    }
+
+    close(fd);
+
+    if (need == 0 || len < need) {
+        fprintf(stderr, "llm-load: redis: no INFO reply\n");
+        free(buf);
+        return;
+    }
+
+    ri->reply = need;
+    p = strstr(buf, "\r\n") + 2;
+    e = buf + need - 2;
+    *e = '\0';
+
+    while (p < e) {
+        nl = strstr(p, "\r\n");
+        if (nl) {
+            *nl = '\0';
+        }
+        redis_parse_line(ri, p);
+        if (nl == NULL) {
+            break;
+        }
+        p = nl + 2;
+    }
+
+    free(buf);
+    ri->ok = ri->has[RI_COMMANDS];
+}
+
+
+static double
+redis_calls(redis_info_t *ri, const char *cmd, double *usec)
+{
+    int  i;
+
+    for (i = 0; i < ri->ncmd; i++) {
+        if (strcmp(ri->cmd[i], cmd) == 0) {
+            if (usec) {
+                *usec = ri->usec[i];
+            }
+            return ri->calls[i];
+        }
+    }
+
+    if (usec) {
+        *usec = 0;
+    }
+    return 0;
+}
+
+
+/* the "redis" member of a level's JSON line: after - before */
+
+static void
+redis_json(redis_info_t *a, redis_info_t *b)
+{
+    int          i, first;
+    double       d, u0, u1, own;
+    const char  *names[RI_N] = {
+        "commands", "reads", "writes", "net_in", "net_out", "connections",
+        "cpu_sys", "cpu_user", "used_memory"
+    };
+
+    if (!a->ok || !b->ok) {
+        printf("\"redis\":{\"ok\":false},");
+        return;
+    }
+
+    printf("\"redis\":{\"ok\":true");
+
+    for (i = 0; i < RI_N; i++) {
+        if (!a->has[i] || !b->has[i]) {
+            printf(",\"%s\":-1", names[i]);
+            continue;
+        }
+
+        if (i == RI_USED_MEMORY) {
+            printf(",\"%s\":%.0f", names[i], b->v[i]);
+            continue;
+        }
+
+        /*
+         * the first probe's INFO is counted after it ran (a command, its
+         * reply's write and bytes), the second's read and connection
+         * before INFO runs: neither is the relay's
+         */
+        own = 0;
+        if (i == RI_COMMANDS || i == RI_READS || i == RI_WRITES
+            || i == RI_CONNECTIONS)
+        {
+            own = 1;
+        } else if (i == RI_NET_IN) {
+            own = 10;
+        } else if (i == RI_NET_OUT) {
+            own = (double) a->reply;
+        }
+
+        d = b->v[i] - a->v[i] - own;
+        if (d < 0) {
+            d = 0;
+        }
+
+        printf(i == RI_CPU_SYS || i == RI_CPU_USER ? ",\"%s\":%.3f"
+               : ",\"%s\":%.0f", names[i], d);
+    }
+
+    printf(",\"calls\":{");
+    first = 1;
+
+    for (i = 0; i < b->ncmd; i++) {
+        if (strcmp(b->cmd[i], "info") == 0) {
+            continue;
+        }
+        d = b->calls[i] - redis_calls(a, b->cmd[i], &u0);
+        if (d <= 0) {
+            continue;
+        }
+        printf("%s\"%s\":%.0f", first ? "" : ",", b->cmd[i], d);
+        first = 0;
+    }
+
+    printf("},\"usec\":{");
+    first = 1;
+
+    for (i = 0; i < b->ncmd; i++) {
+        if (strcmp(b->cmd[i], "info") == 0) {
+            continue;
+        }
+        d = b->calls[i] - redis_calls(a, b->cmd[i], &u0);
+        if (d <= 0) {
+            continue;
+        }
+        u1 = b->usec[i];
+        printf("%s\"%s\":%.0f", first ? "" : ",", b->cmd[i], u1 - u0);
+        first = 0;
+    }
+
+    printf("}},");
 }
 
 
@@ -1014,6 +1308,33 @@ parse_group(const char *s)
 }
 
 
+static int
+parse_redis(const char *s)
+{
+    char        host[64];
+    const char *colon;
+
+    colon = strrchr(s, ':');
+    if (colon == NULL || (size_t) (colon - s) >= sizeof(host)) {
+        return -1;
+    }
+
+    memcpy(host, s, colon - s);
+    host[colon - s] = '\0';
+
+    memset(&cfg.redis_addr, 0, sizeof(cfg.redis_addr));
+    cfg.redis_addr.sin_family = AF_INET;
+    cfg.redis_addr.sin_port = htons((uint16_t) atoi(colon + 1));
+
+    if (inet_pton(AF_INET, host, &cfg.redis_addr.sin_addr) != 1) {
+        return -1;
+    }
+
+    cfg.redis = 1;
+    return 0;
+}
+
+
 static void
 usage(void)
 {
@@ -1025,7 +1346,7 @@ usage(void)
         " [--floor N:P99US,...]\n"
         "                [--sample NAME=PID,...]... [--series FILE]"
         " [--deadline S]\n"
-        "                [--label STR]\n");
+        "                [--label STR] [--redis HOST:PORT]\n");
 }
 
 
@@ -1096,6 +1417,11 @@ parse_args(int argc, char **argv)
             cfg.deadline = atof(v);
         } else if (strcmp(a, "--label") == 0) {
             cfg.label = v;
+        } else if (strcmp(a, "--redis") == 0) {
+            if (parse_redis(v) != 0) {
+                usage();
+                return -1;
+            }
         } else {
             usage();
             return -1;
@@ -1294,6 +1620,10 @@ report_level(long level, double secs, double client_cpu, long long m0[3])
            (double) (m1[2] - m0[2]) / tck / secs,
            tasks > ours ? tasks - ours : 0);
 
+    if (cfg.redis) {
+        redis_json(&g_redis0, &g_redis1);
+    }
+
     printf("\"groups\":{");
 
     for (g = 0; g < cfg.ngroups; g++) {
@@ -1428,6 +1758,10 @@ main(int argc, char **argv)
                    && (now - phase_at) / 1e6 >= cfg.settle)
         {
             /* the measurement starts: latency samples from now on */
+            if (cfg.redis) {
+                redis_probe(&g_redis0);
+                now = mono_us();
+            }
             g_phase = PH_HOLD;
             phase_at = now;
             g_st.lat.n = 0;
@@ -1449,6 +1783,9 @@ main(int argc, char **argv)
         } else if (g_phase == PH_HOLD
                    && (now - phase_at) / 1e6 >= cfg.hold)
         {
+            if (cfg.redis) {
+                redis_probe(&g_redis1);
+            }
             sample_groups(1);
             fail = report_level(level, (now - phase_at) / 1e6,
                                 self_cpu() - cpu0, m0);

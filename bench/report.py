@@ -16,6 +16,8 @@ GOAL_STREAMS = 10000
 GOAL_KB_PER_STREAM = 16
 GOAL_P99_ADDED_MS = 2.0
 GOAL_RATIO = 10
+GOAL_REDIS_RT_PER_TOKEN = 0.1   # at most one round trip per 10 tokens
+GOAL_REDIS_ADDED_MS = 1.0       # p99, Redis store against memory store
 CAP_ADDED_MS = 100
 BUSY_CORE = 0.8          # a helper above this may be the bottleneck
 OTHER_CORE = 0.2         # CPU of processes that are not part of the run
@@ -112,7 +114,7 @@ def busy_helpers(row):
     if o >= OTHER_CORE:
         out.append("other processes on the machine %.2f cores" % o)
     total = relay_cpu(row) / row["secs"] + (cores(row, "mock") or 0) \
-        + row["client_cpu"] / row["secs"] + o
+        + (cores(row, "redis") or 0) + row["client_cpu"] / row["secs"] + o
     if total >= SATURATED:
         out.append("the machine was saturated: relay, mock, client and "
                    "others used %.2f of the 2 cores" % total)
@@ -158,6 +160,39 @@ def yes(ok):
     return "yes" if ok else "**no**"
 
 
+def redis_figures(row, store):
+    """Scenario 5: what the Redis store cost during the hold, per token.
+    None without the probe's figures (llm-load --redis)."""
+    rd = row.get("redis")
+    if not rd or not rd.get("ok") or not row["tokens"]:
+        return None
+    tok = float(row["tokens"])
+    calls = rd.get("calls", {})
+    flush = store.get("flush_ms", 100)
+    workers = store.get("workers", 2)
+    # one pipelined round trip per flush and worker at most
+    rt_max = row["secs"] * 1000.0 / flush * workers
+    cpu = None
+    if rd.get("cpu_sys", -1) >= 0 and rd.get("cpu_user", -1) >= 0:
+        cpu = rd["cpu_sys"] + rd["cpu_user"]
+    elif grp(row, "redis", "cpu_s") is not None:
+        cpu = grp(row, "redis", "cpu_s")
+    return {
+        "cmds": rd["commands"] / tok,
+        "exec": calls.get("exec", 0) / tok,
+        "rt_max": rt_max,
+        "rt": rt_max / tok,
+        "reads": rd["reads"],
+        "reads_tok": rd["reads"] / tok if rd["reads"] >= 0 else None,
+        "net_in_tok": rd["net_in"] / tok if rd["net_in"] >= 0 else None,
+        "connections": rd["connections"],
+        "cpu": cpu,
+        "cores": None if cpu is None else cpu / row["secs"],
+        "calls": calls,
+        "usec": rd.get("usec", {}),
+    }
+
+
 def main():
     work, out_md, out_png = sys.argv[1], sys.argv[2], sys.argv[3]
     meta = load_obj(work, "meta.json")
@@ -172,7 +207,8 @@ def main():
     for name in ("s1-floor", "s1-module", "s1-baseline",
                  "s2-floor", "s2-module", "s2-baseline",
                  "s3-module-wait", "s3-module-stream", "s3-baseline-wait",
-                 "s4-floor", "s4-module", "s4-baseline"):
+                 "s4-floor", "s4-module", "s4-baseline",
+                 "s5-floor", "s5-memory", "s5-redis"):
         r[name] = load(work, name)
 
     L = []
@@ -264,6 +300,21 @@ def main():
         else:
             w("| Capacity against the baseline | >= %dx | the baseline "
               "held no level | n/a |" % GOAL_RATIO)
+    s5f, s5m, s5r = r["s5-floor"], r["s5-memory"], r["s5-redis"]
+    store = load_obj(work, "s5-store.json")
+    rf = redis_figures(s5r[0], store) if s5r else None
+    if rf:
+        w("| Redis round trips per token, Redis store, default flush "
+          "| <= %g (1 per %d tokens) | <= %.4f (at most %.0f flushes for "
+          "%d tokens; an upper bound from the flush interval) | %s |" % (
+              GOAL_REDIS_RT_PER_TOKEN, round(1 / GOAL_REDIS_RT_PER_TOKEN),
+              rf["rt"], rf["rt_max"], s5r[0]["tokens"],
+              yes(rf["rt"] <= GOAL_REDIS_RT_PER_TOKEN)))
+    if s5m and s5r:
+        added = (s5r[0]["lat_p99"] - s5m[0]["lat_p99"]) / 1000.0
+        w("| p99 added by the Redis store (against the memory store, "
+          "scenario 1's load, back to back) | <= %g ms | %.2f ms | %s |" % (
+              GOAL_REDIS_ADDED_MS, added, yes(added <= GOAL_REDIS_ADDED_MS)))
     w("")
 
     # --- 1. latency
@@ -465,10 +516,107 @@ def main():
     # --- 5. persistence
     w("## 5. Persistence (Redis job store)")
     w("")
-    s5 = [x for x in skipped if x.get("scenario") == "5"]
-    w("**Skipped: %s.**  The hook is marked in bench/run.sh "
-      "(scenario 5) and bench/README.md." % (
-          s5[0]["skipped"] if s5 else "not run"))
+    if s5r:
+        w("Scenario 1's load (100 streams x 50 tokens/s, 250-token streams) "
+          "three times back to back: the floor, the module with the default "
+          "memory store, the module with `llm_store redis://...` (a private "
+          "redis-server %s on loopback, no RDB, no AOF; default flush "
+          "%s ms, %s workers); %s s measured after a settle.  The load "
+          "client read Redis's `INFO all` just before and just after the "
+          "hold: *commands* is `total_commands_processed` (each command of "
+          "a MULTI/EXEC counts, MULTI and EXEC included), *EXEC* is one "
+          "job's write; *round trips* is an upper bound, the flushes that "
+          "could have happened (seconds x 1000 / flush x workers), since "
+          "Redis does not count pipelines.  Latency in ms; CPU in "
+          "cores." % (store.get("redis", "?"), store.get("flush_ms", "?"),
+                      store.get("workers", "?"), num(s5r[0]["secs"])))
+        w("")
+        w("| | p50 | p99 | max | added p99 over the floor | tokens/s "
+          "| errors | nginx CPU | Redis commands/token | EXEC/token "
+          "| round trips/token (at most) | Redis CPU | other CPU |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        f = s5f[0] if s5f else None
+        for label, rows in (("floor (mock)", s5f),
+                            ("module, memory store", s5m),
+                            ("module, Redis store", s5r)):
+            if not rows:
+                w("| %s | not run ||||||||||||" % label)
+                continue
+            x = rows[0]
+            is_floor = rows is s5f
+            fig = redis_figures(x, store) if rows is s5r else None
+            w("| %s | %s | %s | %s | %s | %.0f | %d | %s | %s | %s | %s "
+              "| %s | %.2f |" % (
+                  label, ms(x["lat_p50"]), ms(x["lat_p99"]),
+                  ms(x["lat_max"]),
+                  "-" if is_floor or not f else
+                  ms(x["lat_p99"] - f["lat_p99"]),
+                  x["tokps"], x["errors"] + x["incomplete"],
+                  "-" if is_floor else "%.2f" % (relay_cpu(x) / x["secs"]),
+                  "%.2f" % fig["cmds"] if fig else "-",
+                  "%.3f" % fig["exec"] if fig else "-",
+                  "%.4f" % fig["rt"] if fig else "-",
+                  num(fig and fig["cores"], "%.2f") if fig else "-",
+                  x.get("other_cpu", 0)))
+        w("")
+        x = s5r[0]
+        if s5m:
+            m = s5m[0]
+            k = relay_cpu(x) / max(relay_cpu(m), 1e-9)
+            w("Redis store against the memory store: p50 %+.2f ms, p99 "
+              "%+.2f ms, max %+.1f ms; nginx CPU %.2fx." % (
+                  (x["lat_p50"] - m["lat_p50"]) / 1000.0,
+                  (x["lat_p99"] - m["lat_p99"]) / 1000.0,
+                  (x["lat_max"] - m["lat_max"]) / 1000.0, k))
+            w("")
+        if rf:
+            top = sorted(rf["calls"].items(), key=lambda kv: -kv[1])
+            w("Redis commands during the hold, per token: %s (%s tokens "
+              "received; %d deltas carried more than one)." % (
+                  ", ".join("%s %.3f" % (c, n / float(x["tokens"]))
+                            for c, n in top),
+                  x["tokens"], x["merged"]))
+            w("")
+            extra = []
+            if rf["reads_tok"] is not None:
+                extra.append("Redis read %d times from its sockets "
+                             "(%.4f per token; every round trip takes at "
+                             "least one read, a pipeline larger than "
+                             "Redis's 16 KB read buffer several)" % (
+                                 rf["reads"], rf["reads_tok"]))
+            if rf["net_in_tok"] is not None:
+                extra.append("%.0f bytes sent to Redis per token" %
+                             rf["net_in_tok"])
+            if rf["connections"] >= 0:
+                extra.append("%d new connections during the hold (the "
+                             "store keeps one per worker)" %
+                             rf["connections"])
+            usec = sum(rf["usec"].values())
+            if usec:
+                extra.append("Redis spent %.2f s executing commands "
+                             "(%.1f us per token)" % (
+                                 usec / 1e6, usec / float(x["tokens"])))
+            if store.get("keys", -1) >= 0:
+                extra.append("after the run it held %d keys in %.1f MB "
+                             "(the run's jobs, 3 keys each, ttl 1 h)" % (
+                                 store["keys"],
+                                 store.get("used_memory", 0) / 1048576.0))
+            if extra:
+                w("During the hold " + "; ".join(extra) + ".")
+                w("")
+        path = os.path.join(work, "s5-redis.errlog")
+        errs = []
+        if os.path.exists(path):
+            with open(path) as fh:
+                errs = [l.strip() for l in fh if "redis" in l.lower()]
+        if errs:
+            w("**The module logged Redis store errors during the run:** "
+              "%s." % "; ".join("`%s`" % e for e in errs))
+        else:
+            w("The module logged no Redis store error during the run.")
+    else:
+        s5 = [x for x in skipped if x.get("scenario") == "5"]
+        w("**Skipped: %s.**" % (s5[0]["skipped"] if s5 else "not run"))
     w("")
 
     # --- server logs

@@ -4,7 +4,7 @@
 # against the mock itself (the floor), all on one build/llm-mock.
 #
 #   bench/run.sh                 every scenario (make bench: bootstrap and
-#                                build first); about 7 minutes
+#                                build first); 6 to 8 minutes
 #   BENCH_ONLY="1 3" bench/run.sh   some scenarios (the report keeps the
 #                                   missing ones as "not run")
 #   BENCH_QUICK=1 bench/run.sh   shorter holds and lower levels: a smoke
@@ -211,8 +211,8 @@ rlimit=$nofile
 nginx_module_pid=
 nginx_module_port=
 
-start_module() {
-    local p=$work/module
+start_module() {     # start_module [STORE]: STORE, an llm_store directive
+    local p=$work/module store=${1:-"# the default job store (memory)"}
     mkdir -p "$p/conf" "$p/logs"
     nginx_module_port=$(free_port)
     cat > "$p/conf/nginx.conf" <<EOF
@@ -230,6 +230,7 @@ events {
 
 http {
     access_log off;
+    $store
 
     server {
         listen 127.0.0.1:$nginx_module_port reuseport backlog=4096;
@@ -561,20 +562,63 @@ if want 4 && ! over_budget 4; then
 fi
 
 
-# --- 5. persistence (Redis job store): NOT YET ------------------------
+# --- 5. persistence: scenario 1 with the Redis job store --------------
 #
-# HOOK: not measured yet.  To add it: start a private redis-server here
-# (redis-server --port P --save '' --appendonly no, as util/test.sh does;
-# add it to pids[]), give start_module a second location with the Redis
-# store configured (llm_store, docs/directives.md), run the scenario-1 and
-# -2 loads against it (run s5-module-redis module "$s1q" --levels 100
-# --tps 50 ...), sample redis-server's CPU and RSS (--sample redis=PID),
-# and add a reconnect-and-resume check; then a section in report.py.
+# A private redis-server (no RDB, no AOF) and the module with
+# `llm_store redis://...` at the http level (default flush, 100 ms),
+# otherwise the module of scenario 1; the floor and the module with the
+# default memory store run the same load just before, back to back.
+# llm-load reads Redis's INFO just before and after the hold (--redis):
+# commands, socket reads, CPU.  The store sends each worker's writes as
+# one pipelined round trip per flush at most.
 
-if want 5; then
-    note="not measured yet (a hook for the Redis job store)"
-    echo "{\"scenario\":\"5\",\"skipped\":\"$note\"}" >> "$work/skipped.json"
-    log "5: persistence: skipped (not measured yet)"
+redis_pid=
+
+if want 5 && ! over_budget 5; then
+    if ! command -v redis-server > /dev/null; then
+        echo '{"scenario":"5","skipped":"redis-server is not installed"}' \
+            >> "$work/skipped.json"
+        log "5: persistence: skipped (redis-server is not installed)"
+    else
+        redis_port=$(free_port)
+        redis-server --port "$redis_port" --bind 127.0.0.1 --save '' \
+            --appendonly no --daemonize no --dir "$work" \
+            > "$work/redis.log" 2>&1 9>&- &
+        redis_pid=$!
+        pids+=("$redis_pid")
+        for _ in $(seq 100); do
+            [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ] \
+                && break
+            kill -0 "$redis_pid" 2>/dev/null \
+                || die "redis-server exited: $(tail -3 "$work/redis.log")"
+            sleep 0.1
+        done
+
+        run s5-floor floor "$s1q" --levels 100 --tps 50 --hold "$hold1" \
+            --settle "$settle"
+        mock_idle
+        start_module
+        run s5-memory module "$s1q" --levels 100 --tps 50 \
+            --hold "$hold1" --settle "$settle"
+        stop_module
+        start_module "llm_store redis://127.0.0.1:$redis_port;"
+        run s5-redis module "$s1q" --levels 100 --tps 50 \
+            --hold "$hold1" --settle "$settle" \
+            --sample "redis=$redis_pid" --redis "127.0.0.1:$redis_port"
+        stop_module
+
+        # what the store holds now: the jobs of the run (ttl 1 h)
+        cat > "$work/s5-store.json" <<EOF
+{"flush_ms":100,"workers":2,
+ "redis":"$(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p')",
+ "keys":$(redis-cli -p "$redis_port" dbsize 2>/dev/null || echo -1),
+ "used_memory":$(redis-cli -p "$redis_port" info memory 2>/dev/null \
+                 | sed -n 's/^used_memory:\([0-9]*\).*/\1/p' | grep . \
+                 || echo -1)}
+EOF
+        stop "$redis_pid"
+        redis_pid=
+    fi
 fi
 
 
