@@ -394,6 +394,9 @@ ngx_http_llm_cleanup(void *data)
 
     ctx->finished = 1;
     ngx_http_llm_job_unsubscribe(ctx);
+
+    ngx_free(ctx->mem);
+    ctx->mem = NULL;
 }
 
 

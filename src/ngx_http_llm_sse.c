@@ -243,16 +243,19 @@ ngx_http_llm_sse_render(ngx_http_llm_ctx_t *ctx, ngx_chain_t **out,
         return NGX_OK;
     }
 
-    /* only one write is in flight: its memory is free again now */
+    /*
+     * Only one write is in flight: its memory is free again now.  It is
+     * heap memory, sized to what was needed, so that a stream's request
+     * stays within one pool block; the request's cleanup frees it.
+     */
 
     if (ctx->mem_size < w.n) {
-        if (ctx->mem) {
-            ngx_pfree(r->pool, ctx->mem);
-        }
+        ngx_free(ctx->mem);
 
-        size = ngx_max(w.n, 1024);
+        size = ngx_max(w.n, ctx->mem_size * 2);
+        size = ngx_max(size, 256);
 
-        ctx->mem = ngx_palloc(r->pool, size);
+        ctx->mem = ngx_alloc(size, r->connection->log);
         if (ctx->mem == NULL) {
             ctx->mem_size = 0;
             return NGX_ERROR;

@@ -47,7 +47,12 @@ print $out $good =~ s/llm_store redis:\S+ prefix=t045:;/llm_store nowhere;/r;
 close $out;
 
 kill 'HUP', $master;
-sleep 1;
+
+for (1 .. 50) {
+    last if error_log($root) =~ /invalid store "nowhere"/;
+    sleep 0.1;
+}
+
 like(error_log($root), qr/invalid store "nowhere" in "llm_store"/,
      'the broken reload is refused');
 
