@@ -1,0 +1,807 @@
+
+/*
+ * Copyright (C) ngx_http_llm_module authors
+ */
+
+
+/*
+ * The Redis store's commands, sent and read on the store thread: a job's
+ * write, a read and a cancel request, each as one transaction or script,
+ * and how their replies become answers and records.
+ *
+ * Keys, all with the job id as hash tag so that a job stays in one slot
+ * of a Redis Cluster, all expiring "ttl" after the job's last write:
+ *
+ *     PREFIX{ID}:job      HASH    state created updated finished watched
+ *                                 owner background cancel finish in out
+ *                                 code message nevents textlen
+ *     PREFIX{ID}:text     STRING  the job's text
+ *     PREFIX{ID}:events   STREAM  entry "SEQ-0" (SEQ: 1-based event number)
+ *                                 with fields t (type), o (text offset)
+ *                                 and l (length); capped by MAXLEN ~
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_llm_store_redis.h"
+
+
+#define NGX_HTTP_LLM_REDIS_MAXLEN      "100000"
+
+
+/*
+ * Sets a field of an existing hash only: the readers' "watched" and the
+ * cancel requests must not create a job that has expired or never was.
+ */
+#define NGX_HTTP_LLM_REDIS_HSETXX                                            \
+    "if redis.call('exists', KEYS[1]) == 1 then "                            \
+    "return redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) end "              \
+    "return -1"
+
+
+static void ngx_http_llm_redis_error(ngx_http_llm_redis_t *rd, u_char *id,
+    redisReply *r);
+static ngx_int_t ngx_http_llm_redis_check_write(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w, redisReply *exec);
+static ngx_int_t ngx_http_llm_redis_record(ngx_http_llm_redis_op_t *op,
+    redisReply *hash, redisReply *events, redisReply *text);
+static ngx_int_t ngx_http_llm_redis_record_events(ngx_http_llm_record_t *rec,
+    ngx_uint_t from_event, redisReply *xr);
+static void ngx_http_llm_redis_lit(ngx_http_llm_redis_cmd_t *cmd,
+    const char *s);
+static void ngx_http_llm_redis_key(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_cmd_t *cmd, u_char *id, const char *type);
+static ngx_int_t ngx_http_llm_redis_is(redisReply *r, const char *s);
+static int64_t ngx_http_llm_redis_int(redisReply *r);
+
+
+static const char  *ngx_http_llm_redis_states[] = {
+    "running", "completed", "failed", "cancelled"
+};
+
+
+/* a command refused by the server: logged once while it goes on */
+
+static void
+ngx_http_llm_redis_error(ngx_http_llm_redis_t *rd, u_char *id,
+    redisReply *r)
+{
+    rd->errors = 1;
+
+    if (rd->erred) {
+        return;
+    }
+
+    rd->erred = 1;
+
+    if (r->type != REDIS_REPLY_ERROR) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "llm: redis store: %V: job %*s: unexpected reply "
+                      "of type %d", &rd->conf->name,
+                      (size_t) NGX_HTTP_LLM_JOB_ID_LEN, id, r->type);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                  "llm: redis store: %V: job %*s: %*s", &rd->conf->name,
+                  (size_t) NGX_HTTP_LLM_JOB_ID_LEN, id, r->len, r->str);
+}
+
+
+/*
+ * Store thread: one job's write, as one transaction:
+ *
+ *     MULTI
+ *     [DEL job text events]                     Redis lost the job
+ *     [SETRANGE text OFFSET NEW_TEXT]           new text
+ *     [XADD events MAXLEN ~ N SEQ-0 t T o O l L]...  one per new event
+ *     HSET job state .. created .. (13 fields)
+ *     [HSETNX job cancel 0, HSETNX job watched 0]    first write
+ *     PEXPIRE job|text|events TTL               3 commands
+ *     HMGET job cancel watched
+ *     EXEC
+ *
+ * SETRANGE rather than APPEND, and events with their own ids, so that
+ * writing the same thing twice changes nothing.
+ */
+
+void
+ngx_http_llm_redis_send_write(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w)
+{
+    u_char                    hex[NGX_HTTP_LLM_OWNER_LEN * 2];
+    size_t                    off;
+    ngx_uint_t                i, n;
+    ngx_http_llm_event_t     *ev;
+    ngx_http_llm_record_t    *rec;
+    ngx_http_llm_redis_cmd_t  cmd;
+
+    rec = &w->rec;
+    n = 0;
+
+    ngx_http_llm_redis_cmd(&cmd, "MULTI");
+    ngx_http_llm_redis_send(rd, &cmd);
+
+    if (w->rewrite) {
+        ngx_http_llm_redis_cmd(&cmd, "DEL");
+        ngx_http_llm_redis_key(rd, &cmd, w->id, "job");
+        ngx_http_llm_redis_key(rd, &cmd, w->id, "text");
+        ngx_http_llm_redis_key(rd, &cmd, w->id, "events");
+        ngx_http_llm_redis_send(rd, &cmd);
+        n++;
+    }
+
+    if (w->from_text < rec->text_len) {
+        off = w->from_text - rec->from_text;
+
+        ngx_http_llm_redis_cmd(&cmd, "SETRANGE");
+        ngx_http_llm_redis_key(rd, &cmd, w->id, "text");
+        ngx_http_llm_redis_argf(&cmd, "%uz", w->from_text);
+        ngx_http_llm_redis_arg(&cmd, rec->text + off,
+                               rec->text_len - w->from_text);
+        ngx_http_llm_redis_send(rd, &cmd);
+        n++;
+    }
+
+    w->xadd = n;
+
+    for (i = w->from_event; i < rec->nevents; i++) {
+        ev = &rec->events[i - rec->from_event];
+
+        ngx_http_llm_redis_cmd(&cmd, "XADD");
+        ngx_http_llm_redis_key(rd, &cmd, w->id, "events");
+        ngx_http_llm_redis_lit(&cmd, "MAXLEN");
+        ngx_http_llm_redis_lit(&cmd, "~");
+        ngx_http_llm_redis_lit(&cmd, NGX_HTTP_LLM_REDIS_MAXLEN);
+        ngx_http_llm_redis_argf(&cmd, "%ui-0", i + 1);
+        ngx_http_llm_redis_lit(&cmd, "t");
+        ngx_http_llm_redis_argf(&cmd, "%d", (int) ev->type);
+        ngx_http_llm_redis_lit(&cmd, "o");
+        ngx_http_llm_redis_argf(&cmd, "%uz", ev->off);
+        ngx_http_llm_redis_lit(&cmd, "l");
+        ngx_http_llm_redis_argf(&cmd, "%uD", ev->len);
+        ngx_http_llm_redis_send(rd, &cmd);
+        n++;
+    }
+
+    w->nxadd = n - w->xadd;
+    w->hset = n;
+
+    if (rec->has_owner) {
+        ngx_hex_dump(hex, rec->owner, NGX_HTTP_LLM_OWNER_LEN);
+    }
+
+    ngx_http_llm_redis_cmd(&cmd, "HSET");
+    ngx_http_llm_redis_key(rd, &cmd, w->id, "job");
+    ngx_http_llm_redis_lit(&cmd, "state");
+    ngx_http_llm_redis_lit(&cmd, ngx_http_llm_redis_states[rec->state]);
+    ngx_http_llm_redis_lit(&cmd, "created");
+    ngx_http_llm_redis_argf(&cmd, "%L", rec->created);
+    ngx_http_llm_redis_lit(&cmd, "updated");
+    ngx_http_llm_redis_argf(&cmd, "%L", rec->updated);
+    ngx_http_llm_redis_lit(&cmd, "finished");
+    ngx_http_llm_redis_argf(&cmd, "%L", rec->finished);
+    ngx_http_llm_redis_lit(&cmd, "owner");
+    ngx_http_llm_redis_arg(&cmd, hex, rec->has_owner ? sizeof(hex) : 0);
+    ngx_http_llm_redis_lit(&cmd, "background");
+    ngx_http_llm_redis_argf(&cmd, "%d", rec->background ? 1 : 0);
+    ngx_http_llm_redis_lit(&cmd, "finish");
+    ngx_http_llm_redis_arg(&cmd, rec->finish, rec->finish_len);
+    ngx_http_llm_redis_lit(&cmd, "in");
+    ngx_http_llm_redis_argf(&cmd, "%i", rec->input_tokens);
+    ngx_http_llm_redis_lit(&cmd, "out");
+    ngx_http_llm_redis_argf(&cmd, "%i", rec->output_tokens);
+    ngx_http_llm_redis_lit(&cmd, "code");
+    ngx_http_llm_redis_arg(&cmd, rec->code, rec->code_len);
+    ngx_http_llm_redis_lit(&cmd, "message");
+    ngx_http_llm_redis_arg(&cmd, rec->message, rec->message_len);
+    ngx_http_llm_redis_lit(&cmd, "nevents");
+    ngx_http_llm_redis_argf(&cmd, "%ui", rec->nevents);
+    ngx_http_llm_redis_lit(&cmd, "textlen");
+    ngx_http_llm_redis_argf(&cmd, "%uz", rec->text_len);
+    ngx_http_llm_redis_send(rd, &cmd);
+    n++;
+
+    /* never over a cancel request or a reader's mark: only if missing */
+
+    if (!w->known) {
+        ngx_http_llm_redis_cmd(&cmd, "HSETNX");
+        ngx_http_llm_redis_key(rd, &cmd, w->id, "job");
+        ngx_http_llm_redis_lit(&cmd, "cancel");
+        ngx_http_llm_redis_lit(&cmd, "0");
+        ngx_http_llm_redis_send(rd, &cmd);
+
+        ngx_http_llm_redis_cmd(&cmd, "HSETNX");
+        ngx_http_llm_redis_key(rd, &cmd, w->id, "job");
+        ngx_http_llm_redis_lit(&cmd, "watched");
+        ngx_http_llm_redis_lit(&cmd, "0");
+        ngx_http_llm_redis_send(rd, &cmd);
+        n += 2;
+    }
+
+    ngx_http_llm_redis_cmd(&cmd, "PEXPIRE");
+    ngx_http_llm_redis_key(rd, &cmd, w->id, "job");
+    ngx_http_llm_redis_argf(&cmd, "%M", rd->conf->ttl);
+    ngx_http_llm_redis_send(rd, &cmd);
+
+    ngx_http_llm_redis_cmd(&cmd, "PEXPIRE");
+    ngx_http_llm_redis_key(rd, &cmd, w->id, "text");
+    ngx_http_llm_redis_argf(&cmd, "%M", rd->conf->ttl);
+    ngx_http_llm_redis_send(rd, &cmd);
+
+    ngx_http_llm_redis_cmd(&cmd, "PEXPIRE");
+    ngx_http_llm_redis_key(rd, &cmd, w->id, "events");
+    ngx_http_llm_redis_argf(&cmd, "%M", rd->conf->ttl);
+    ngx_http_llm_redis_send(rd, &cmd);
+    n += 3;
+
+    w->hmget = n;
+
+    ngx_http_llm_redis_cmd(&cmd, "HMGET");
+    ngx_http_llm_redis_key(rd, &cmd, w->id, "job");
+    ngx_http_llm_redis_lit(&cmd, "cancel");
+    ngx_http_llm_redis_lit(&cmd, "watched");
+    ngx_http_llm_redis_send(rd, &cmd);
+    n++;
+
+    ngx_http_llm_redis_cmd(&cmd, "EXEC");
+    ngx_http_llm_redis_send(rd, &cmd);
+
+    w->ncmds = n;
+}
+
+
+/* store thread: "+OK", a "+QUEUED" per command, then EXEC's array */
+
+void
+ngx_http_llm_redis_read_write(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w)
+{
+    ngx_uint_t   i, queued;
+    redisReply  *r;
+
+    queued = 1;
+
+    for (i = 0; i < w->ncmds + 1; i++) {
+        if (ngx_http_llm_redis_reply(rd, &r) != NGX_OK) {
+            return;
+        }
+
+        if (r->type == REDIS_REPLY_ERROR) {
+            /* EXEC then fails with EXECABORT: log the real cause */
+            ngx_http_llm_redis_error(rd, w->id, r);
+            queued = 0;
+        }
+
+        freeReplyObject(r);
+    }
+
+    if (ngx_http_llm_redis_reply(rd, &r) != NGX_OK) {
+        return;
+    }
+
+    if (!queued) {
+        /* logged */
+
+    } else if (r->type != REDIS_REPLY_ARRAY || r->elements != w->ncmds) {
+        ngx_http_llm_redis_error(rd, w->id, r);
+
+    } else if (ngx_http_llm_redis_check_write(rd, w, r) == NGX_OK) {
+        w->ok = 1;
+    }
+
+    freeReplyObject(r);
+}
+
+
+static ngx_int_t
+ngx_http_llm_redis_check_write(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w, redisReply *exec)
+{
+    ngx_uint_t   i;
+    redisReply  *r;
+
+    for (i = 0; i < w->ncmds; i++) {
+        r = exec->element[i];
+
+        if (r->type != REDIS_REPLY_ERROR) {
+            continue;
+        }
+
+        /* an event written before, by a write whose answer was lost */
+
+        if (i >= w->xadd && i < w->xadd + w->nxadd
+            && ngx_strstr(r->str, "equal or smaller"))
+        {
+            continue;
+        }
+
+        ngx_http_llm_redis_error(rd, w->id, r);
+        return NGX_ERROR;
+    }
+
+    /* every field was there before unless Redis lost the job */
+
+    r = exec->element[w->hset];
+
+    if (w->known && !w->rewrite
+        && r->type == REDIS_REPLY_INTEGER && r->integer > 0)
+    {
+        w->lost = 1;
+    }
+
+    r = exec->element[w->hmget];
+
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+        w->cancel = ngx_http_llm_redis_is(r->element[0], "1");
+        w->watched = ngx_http_llm_redis_int(r->element[1]);
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Store thread: a read, as one transaction so that it sees whole writes:
+ *
+ *     MULTI
+ *     HGETALL job
+ *     XRANGE events FROM_EVENT+1-0 +
+ *     GETRANGE text FROM_TEXT -1
+ *     EVAL HSETXX 1 job watched NOW
+ *     EXEC
+ */
+
+void
+ngx_http_llm_redis_send_fetch(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *op)
+{
+    ngx_http_llm_redis_cmd_t  cmd;
+
+    ngx_http_llm_redis_cmd(&cmd, "MULTI");
+    ngx_http_llm_redis_send(rd, &cmd);
+
+    ngx_http_llm_redis_cmd(&cmd, "HGETALL");
+    ngx_http_llm_redis_key(rd, &cmd, op->id, "job");
+    ngx_http_llm_redis_send(rd, &cmd);
+
+    ngx_http_llm_redis_cmd(&cmd, "XRANGE");
+    ngx_http_llm_redis_key(rd, &cmd, op->id, "events");
+    ngx_http_llm_redis_argf(&cmd, "%ui-0", op->from_event + 1);
+    ngx_http_llm_redis_lit(&cmd, "+");
+    ngx_http_llm_redis_send(rd, &cmd);
+
+    ngx_http_llm_redis_cmd(&cmd, "GETRANGE");
+    ngx_http_llm_redis_key(rd, &cmd, op->id, "text");
+    ngx_http_llm_redis_argf(&cmd, "%uz", op->from_text);
+    ngx_http_llm_redis_lit(&cmd, "-1");
+    ngx_http_llm_redis_send(rd, &cmd);
+
+    ngx_http_llm_redis_cmd(&cmd, "EVAL");
+    ngx_http_llm_redis_lit(&cmd, NGX_HTTP_LLM_REDIS_HSETXX);
+    ngx_http_llm_redis_lit(&cmd, "1");
+    ngx_http_llm_redis_key(rd, &cmd, op->id, "job");
+    ngx_http_llm_redis_lit(&cmd, "watched");
+    ngx_http_llm_redis_argf(&cmd, "%L", op->now);
+    ngx_http_llm_redis_send(rd, &cmd);
+
+    ngx_http_llm_redis_cmd(&cmd, "EXEC");
+    ngx_http_llm_redis_send(rd, &cmd);
+}
+
+
+void
+ngx_http_llm_redis_read_fetch(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *op)
+{
+    ngx_uint_t   i, queued;
+    redisReply  *r;
+
+    queued = 1;
+
+    for (i = 0; i < 5; i++) {
+        if (ngx_http_llm_redis_reply(rd, &r) != NGX_OK) {
+            return;
+        }
+
+        if (r->type == REDIS_REPLY_ERROR) {
+            ngx_http_llm_redis_error(rd, op->id, r);
+            queued = 0;
+        }
+
+        freeReplyObject(r);
+    }
+
+    if (ngx_http_llm_redis_reply(rd, &r) != NGX_OK) {
+        return;
+    }
+
+    if (!queued) {
+        /* logged */
+
+    } else if (r->type != REDIS_REPLY_ARRAY || r->elements != 4) {
+        ngx_http_llm_redis_error(rd, op->id, r);
+
+    } else {
+        op->rc = ngx_http_llm_redis_record(op, r->element[0], r->element[1],
+                                           r->element[2]);
+    }
+
+    freeReplyObject(r);
+}
+
+
+static ngx_int_t
+ngx_http_llm_redis_record(ngx_http_llm_redis_op_t *op, redisReply *hash,
+    redisReply *events, redisReply *text)
+{
+    u_char                  *p;
+    size_t                   len;
+    ngx_int_t                n, b;
+    ngx_uint_t               i, state;
+    redisReply              *f, *v;
+    ngx_http_llm_record_t   *rec;
+
+    rec = &op->rec;
+    rec->input_tokens = -1;
+    rec->output_tokens = -1;
+    state = 0;
+
+    if (hash->type != REDIS_REPLY_ARRAY) {
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i + 1 < hash->elements; i += 2) {
+        f = hash->element[i];
+        v = hash->element[i + 1];
+
+        if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
+            continue;
+        }
+
+        if (ngx_http_llm_redis_is(f, "state")) {
+            for (n = 0; n < 4; n++) {
+                if (ngx_http_llm_redis_is(v, ngx_http_llm_redis_states[n])) {
+                    rec->state = n;
+                    state = 1;
+                }
+            }
+
+        } else if (ngx_http_llm_redis_is(f, "created")) {
+            rec->created = ngx_http_llm_redis_int(v);
+
+        } else if (ngx_http_llm_redis_is(f, "updated")) {
+            rec->updated = ngx_http_llm_redis_int(v);
+
+        } else if (ngx_http_llm_redis_is(f, "finished")) {
+            rec->finished = ngx_http_llm_redis_int(v);
+
+        } else if (ngx_http_llm_redis_is(f, "watched")) {
+            rec->watched = ngx_http_llm_redis_int(v);
+
+        } else if (ngx_http_llm_redis_is(f, "owner")) {
+            if (v->len != NGX_HTTP_LLM_OWNER_LEN * 2) {
+                continue;
+            }
+
+            p = (u_char *) v->str;
+
+            for (n = 0; n < NGX_HTTP_LLM_OWNER_LEN; n++) {
+                b = ngx_hextoi(p + n * 2, 2);
+
+                if (b == NGX_ERROR) {
+                    break;
+                }
+
+                rec->owner[n] = (u_char) b;
+            }
+
+            rec->has_owner = (n == NGX_HTTP_LLM_OWNER_LEN);
+
+        } else if (ngx_http_llm_redis_is(f, "background")) {
+            rec->background = ngx_http_llm_redis_is(v, "1");
+
+        } else if (ngx_http_llm_redis_is(f, "cancel")) {
+            rec->cancel = ngx_http_llm_redis_is(v, "1");
+
+        } else if (ngx_http_llm_redis_is(f, "finish")) {
+            rec->finish_len = ngx_min(v->len, sizeof(rec->finish));
+            ngx_memcpy(rec->finish, v->str, rec->finish_len);
+
+        } else if (ngx_http_llm_redis_is(f, "in")) {
+            rec->input_tokens = ngx_http_llm_redis_int(v);
+
+        } else if (ngx_http_llm_redis_is(f, "out")) {
+            rec->output_tokens = ngx_http_llm_redis_int(v);
+
+        } else if (ngx_http_llm_redis_is(f, "code")) {
+            rec->code_len = ngx_min(v->len, sizeof(rec->code));
+            ngx_memcpy(rec->code, v->str, rec->code_len);
+
+        } else if (ngx_http_llm_redis_is(f, "message") && v->len) {
+            rec->message = malloc(v->len);
+            if (rec->message == NULL) {
+                return NGX_ERROR;
+            }
+
+            ngx_memcpy(rec->message, v->str, v->len);
+            rec->message_len = v->len;
+        }
+    }
+
+    /* no hash: expired or never was; no state: only a stray field */
+
+    if (!state) {
+        return NGX_DECLINED;
+    }
+
+    if (ngx_http_llm_redis_record_events(rec, op->from_event, events)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    len = (text->type == REDIS_REPLY_STRING) ? text->len : 0;
+
+    rec->from_text = op->from_text;
+    rec->text_len = op->from_text + len;
+
+    if (len) {
+        rec->text = malloc(len);
+        if (rec->text == NULL) {
+            return NGX_ERROR;
+        }
+
+        ngx_memcpy(rec->text, text->str, len);
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * The events from "from_event" on, or from the oldest one left when
+ * MAXLEN trimmed the stream; they stop at a gap, so that the record is
+ * one run of events.
+ */
+
+static ngx_int_t
+ngx_http_llm_redis_record_events(ngx_http_llm_record_t *rec,
+    ngx_uint_t from_event, redisReply *xr)
+{
+    int64_t                seq, first;
+    ngx_uint_t             i, j, n;
+    redisReply            *e, *id, *fv, *f, *v;
+    ngx_http_llm_event_t  *ev;
+
+    rec->from_event = from_event;
+    rec->nevents = from_event;
+
+    if (xr->type != REDIS_REPLY_ARRAY || xr->elements == 0) {
+        return NGX_OK;
+    }
+
+    rec->events = malloc(xr->elements * sizeof(ngx_http_llm_event_t));
+    if (rec->events == NULL) {
+        return NGX_ERROR;
+    }
+
+    first = 0;
+    n = 0;
+
+    for (i = 0; i < xr->elements; i++) {
+        e = xr->element[i];
+
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2) {
+            break;
+        }
+
+        id = e->element[0];
+        fv = e->element[1];
+
+        if (id->type != REDIS_REPLY_STRING || fv->type != REDIS_REPLY_ARRAY) {
+            break;
+        }
+
+        /* "SEQ-0": the number stops at the dash */
+        seq = ngx_http_llm_redis_int(id);
+
+        if (n == 0) {
+            if (seq <= (int64_t) from_event) {
+                break;
+            }
+
+            first = seq;
+
+        } else if (seq != first + (int64_t) n) {
+            break;
+        }
+
+        ev = &rec->events[n];
+        ngx_memzero(ev, sizeof(ngx_http_llm_event_t));
+
+        for (j = 0; j + 1 < fv->elements; j += 2) {
+            f = fv->element[j];
+            v = fv->element[j + 1];
+
+            if (ngx_http_llm_redis_is(f, "t")) {
+                ev->type = ngx_http_llm_redis_int(v);
+
+                if (ev->type > NGX_HTTP_LLM_EV_ERROR) {
+                    goto done;
+                }
+
+            } else if (ngx_http_llm_redis_is(f, "o")) {
+                ev->off = ngx_http_llm_redis_int(v);
+
+            } else if (ngx_http_llm_redis_is(f, "l")) {
+                ev->len = ngx_http_llm_redis_int(v);
+            }
+        }
+
+        n++;
+    }
+
+done:
+
+    if (n) {
+        rec->from_event = first - 1;
+        rec->nevents = rec->from_event + n;
+    }
+
+    return NGX_OK;
+}
+
+
+/* store thread: EVAL HSETXX 1 job cancel 1 */
+
+void
+ngx_http_llm_redis_send_cancel(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *op)
+{
+    ngx_http_llm_redis_cmd_t  cmd;
+
+    ngx_http_llm_redis_cmd(&cmd, "EVAL");
+    ngx_http_llm_redis_lit(&cmd, NGX_HTTP_LLM_REDIS_HSETXX);
+    ngx_http_llm_redis_lit(&cmd, "1");
+    ngx_http_llm_redis_key(rd, &cmd, op->id, "job");
+    ngx_http_llm_redis_lit(&cmd, "cancel");
+    ngx_http_llm_redis_lit(&cmd, "1");
+    ngx_http_llm_redis_send(rd, &cmd);
+}
+
+
+void
+ngx_http_llm_redis_read_cancel(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *op)
+{
+    redisReply  *r;
+
+    if (ngx_http_llm_redis_reply(rd, &r) != NGX_OK) {
+        return;
+    }
+
+    if (r->type == REDIS_REPLY_ERROR) {
+        ngx_http_llm_redis_error(rd, op->id, r);
+
+    } else {
+        op->rc = NGX_OK;
+
+        if (r->type == REDIS_REPLY_INTEGER && r->integer < 0) {
+            ngx_log_error(NGX_LOG_INFO, rd->log, 0,
+                          "llm: redis store: cancel of unknown job %*s",
+                          (size_t) NGX_HTTP_LLM_JOB_ID_LEN, op->id);
+        }
+    }
+
+    freeReplyObject(r);
+}
+
+
+void
+ngx_http_llm_redis_cmd(ngx_http_llm_redis_cmd_t *cmd, const char *name)
+{
+    cmd->argc = 0;
+    cmd->last = cmd->buf;
+
+    ngx_http_llm_redis_lit(cmd, name);
+}
+
+
+/* the arguments are copied when the command is sent */
+
+void
+ngx_http_llm_redis_arg(ngx_http_llm_redis_cmd_t *cmd, const void *p,
+    size_t len)
+{
+    /* an empty field may have no memory behind it */
+    cmd->argv[cmd->argc] = p ? p : "";
+    cmd->argvlen[cmd->argc] = len;
+    cmd->argc++;
+}
+
+
+static void
+ngx_http_llm_redis_lit(ngx_http_llm_redis_cmd_t *cmd, const char *s)
+{
+    ngx_http_llm_redis_arg(cmd, s, ngx_strlen(s));
+}
+
+
+void
+ngx_http_llm_redis_argf(ngx_http_llm_redis_cmd_t *cmd, const char *fmt, ...)
+{
+    u_char   *p;
+    va_list   args;
+
+    va_start(args, fmt);
+    p = ngx_vslprintf(cmd->last, cmd->buf + sizeof(cmd->buf), fmt, args);
+    va_end(args);
+
+    ngx_http_llm_redis_arg(cmd, cmd->last, p - cmd->last);
+    cmd->last = p;
+}
+
+
+static void
+ngx_http_llm_redis_key(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_cmd_t *cmd, u_char *id, const char *type)
+{
+    ngx_http_llm_redis_argf(cmd, "%V{%*s}:%s", &rd->conf->prefix,
+                            (size_t) NGX_HTTP_LLM_JOB_ID_LEN, id, type);
+}
+
+
+void
+ngx_http_llm_redis_send(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_cmd_t *cmd)
+{
+    if (redisAppendCommandArgv(rd->ctx, cmd->argc, cmd->argv, cmd->argvlen)
+        != REDIS_OK)
+    {
+        rd->nomem = 1;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_llm_redis_is(redisReply *r, const char *s)
+{
+    size_t  len;
+
+    len = ngx_strlen(s);
+
+    return r->type == REDIS_REPLY_STRING && r->len == len
+           && ngx_memcmp(r->str, s, len) == 0;
+}
+
+
+/* a decimal string, with a sign, up to the first other character */
+
+static int64_t
+ngx_http_llm_redis_int(redisReply *r)
+{
+    size_t    i;
+    int64_t   v, sign;
+
+    if (r->type != REDIS_REPLY_STRING) {
+        return 0;
+    }
+
+    i = 0;
+    sign = 1;
+
+    if (r->len && r->str[0] == '-') {
+        sign = -1;
+        i++;
+    }
+
+    for (v = 0; i < r->len && r->str[i] >= '0' && r->str[i] <= '9'; i++) {
+        v = v * 10 + (r->str[i] - '0');
+    }
+
+    return sign * v;
+}

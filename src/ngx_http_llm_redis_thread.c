@@ -1,0 +1,403 @@
+
+/*
+ * Copyright (C) ngx_http_llm_module authors
+ */
+
+
+/*
+ * The Redis store's thread: per worker and store, a task in a thread pool
+ * that owns a synchronous hiredis connection.  It takes the operations the
+ * event loop queued, sends them in one pipelined round trip, reads the
+ * replies, and hands the answers back (ngx_http_llm_redis_answer()).  It
+ * connects, reconnects and backs off on its own.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_llm_store_redis.h"
+
+
+#define NGX_HTTP_LLM_REDIS_CONNECT_MS  1000
+#define NGX_HTTP_LLM_REDIS_TIMEOUT_MS  2000
+#define NGX_HTTP_LLM_REDIS_BACKOFF_MIN 100
+#define NGX_HTTP_LLM_REDIS_WAIT_MS     250
+#define NGX_HTTP_LLM_REDIS_LINGER_MS   2000
+
+
+static void ngx_http_llm_redis_run(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *ops);
+static void ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *ops);
+static ngx_int_t ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd);
+static void ngx_http_llm_redis_broken(ngx_http_llm_redis_t *rd,
+    const char *what, const char *err);
+static ngx_msec_t ngx_http_llm_redis_now(void);
+
+
+/*
+ * The store thread: takes everything queued, sends it in one round trip,
+ * answers, and returns when idle for a while or when the worker exits
+ * (after what was queued was sent: the final writes of a graceful exit).
+ */
+
+void
+ngx_http_llm_redis_thread(void *data, ngx_log_t *log)
+{
+    ngx_http_llm_redis_t *rd = data;
+
+    ngx_msec_t                idle_since;
+    struct timespec           ts;
+    ngx_http_llm_redis_op_t  *ops;
+    ngx_http_llm_channel_t   *ch;
+
+    ch = &ngx_http_llm_channel;
+    idle_since = ngx_http_llm_redis_now();
+
+    (void) ngx_thread_mutex_lock(&ch->mutex, log);
+
+    for ( ;; ) {
+        ops = rd->pending;
+
+        if (ops) {
+            rd->pending = NULL;
+            rd->pending_last = &rd->pending;
+
+            (void) ngx_thread_mutex_unlock(&ch->mutex, log);
+
+            ngx_http_llm_redis_run(rd, ops);
+            idle_since = ngx_http_llm_redis_now();
+
+            (void) ngx_thread_mutex_lock(&ch->mutex, log);
+            continue;
+        }
+
+        if (ngx_terminate || ngx_quit || ngx_exiting
+            || ngx_http_llm_redis_now() - idle_since
+               >= NGX_HTTP_LLM_REDIS_LINGER_MS)
+        {
+            rd->running = 0;
+            break;
+        }
+
+        /* short waits: the exit flags are not signalled */
+
+        (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += NGX_HTTP_LLM_REDIS_WAIT_MS * 1000000;
+
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+
+        (void) pthread_cond_timedwait(&rd->cond, &ch->mutex, &ts);
+    }
+
+    (void) ngx_thread_mutex_unlock(&ch->mutex, log);
+
+    ngx_log_debug0(NGX_LOG_DEBUG_HTTP, log, 0,
+                   "llm redis: idle, returns");
+}
+
+
+/*
+ * Store thread.  A connection kept from an earlier round may have been
+ * closed meanwhile (Redis restarted, or dropped it when idle): if it fails
+ * before the first answer, the round is sent again on a new connection,
+ * and only a failure of that one is logged.  Every command of a round can
+ * be sent twice.
+ */
+
+static void
+ngx_http_llm_redis_run(ngx_http_llm_redis_t *rd, ngx_http_llm_redis_op_t *ops)
+{
+    ngx_uint_t  kept;
+
+    kept = (rd->ctx != NULL);
+    rd->quiet = kept;
+
+    ngx_http_llm_redis_round(rd, ops);
+
+    rd->quiet = 0;
+
+    if (kept && rd->ctx == NULL && rd->replies == 0) {
+        ngx_http_llm_redis_round(rd, ops);
+    }
+
+    ngx_http_llm_redis_answer(rd, ops);
+}
+
+
+/* store thread: one pipelined round trip for everything taken */
+
+static void
+ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *ops)
+{
+    ngx_queue_t                 *q;
+    ngx_http_llm_redis_op_t     *op;
+    ngx_http_llm_redis_write_t  *w;
+
+    rd->nomem = 0;
+    rd->errors = 0;
+    rd->replies = 0;
+
+    if (ngx_http_llm_redis_connect(rd) != NGX_OK) {
+        return;
+    }
+
+    for (op = ops; op; op = op->next) {
+
+        switch (op->type) {
+
+        case NGX_HTTP_LLM_REDIS_BATCH:
+            for (q = ngx_queue_head(&op->writes);
+                 q != ngx_queue_sentinel(&op->writes);
+                 q = ngx_queue_next(q))
+            {
+                w = ngx_queue_data(q, ngx_http_llm_redis_write_t, queue);
+                ngx_http_llm_redis_send_write(rd, w);
+            }
+            break;
+
+        case NGX_HTTP_LLM_REDIS_FETCH:
+            ngx_http_llm_redis_send_fetch(rd, op);
+            break;
+
+        default: /* NGX_HTTP_LLM_REDIS_CANCEL */
+            ngx_http_llm_redis_send_cancel(rd, op);
+        }
+    }
+
+    /* some commands did not make it to the buffer: the pipeline is lost */
+
+    if (rd->nomem) {
+        ngx_http_llm_redis_broken(rd, "cannot send", "out of memory");
+        return;
+    }
+
+    /* a broken connection leaves the rest unanswered: failed */
+
+    for (op = ops; op && rd->ctx; op = op->next) {
+
+        switch (op->type) {
+
+        case NGX_HTTP_LLM_REDIS_BATCH:
+            for (q = ngx_queue_head(&op->writes);
+                 q != ngx_queue_sentinel(&op->writes) && rd->ctx;
+                 q = ngx_queue_next(q))
+            {
+                w = ngx_queue_data(q, ngx_http_llm_redis_write_t, queue);
+                ngx_http_llm_redis_read_write(rd, w);
+            }
+            break;
+
+        case NGX_HTTP_LLM_REDIS_FETCH:
+            ngx_http_llm_redis_read_fetch(rd, op);
+            break;
+
+        default: /* NGX_HTTP_LLM_REDIS_CANCEL */
+            ngx_http_llm_redis_read_cancel(rd, op);
+        }
+    }
+
+    if (rd->ctx) {
+        for (op = ops; op; op = op->next) {
+            if (op->type == NGX_HTTP_LLM_REDIS_BATCH) {
+                op->rc = NGX_OK;
+            }
+        }
+
+        /* a refusal is logged again only after a round trip without */
+
+        if (!rd->errors) {
+            rd->erred = 0;
+        }
+    }
+}
+
+
+/* store thread */
+
+static ngx_int_t
+ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
+{
+    ngx_uint_t                  i, n;
+    ngx_msec_t                  now;
+    redisReply                 *r;
+    struct timeval              tv;
+    redisContext               *c;
+    ngx_http_llm_redis_cmd_t    cmd;
+    ngx_http_llm_redis_conf_t  *rc;
+
+    if (rd->ctx) {
+        return NGX_OK;
+    }
+
+    now = ngx_http_llm_redis_now();
+
+    /* fail fast while backing off, but try the final writes of an exit */
+
+    if ((ngx_msec_int_t) (rd->next_connect - now) > 0
+        && !ngx_exiting && !ngx_quit)
+    {
+        return NGX_ERROR;
+    }
+
+    rc = rd->conf;
+
+    tv.tv_sec = NGX_HTTP_LLM_REDIS_CONNECT_MS / 1000;
+    tv.tv_usec = (NGX_HTTP_LLM_REDIS_CONNECT_MS % 1000) * 1000;
+
+    if (rc->path.len) {
+        c = redisConnectUnixWithTimeout((char *) rc->path.data, tv);
+
+    } else {
+        c = redisConnectWithTimeout((char *) rc->host.data, rc->port, tv);
+    }
+
+    if (c == NULL || c->err) {
+        ngx_http_llm_redis_broken(rd, "cannot connect",
+                                  c ? c->errstr : "out of memory");
+        if (c) {
+            redisFree(c);
+        }
+
+        return NGX_ERROR;
+    }
+
+    rd->ctx = c;
+
+    /* a dead server never holds the thread for long */
+
+    tv.tv_sec = NGX_HTTP_LLM_REDIS_TIMEOUT_MS / 1000;
+    tv.tv_usec = (NGX_HTTP_LLM_REDIS_TIMEOUT_MS % 1000) * 1000;
+
+    if (redisSetTimeout(c, tv) != REDIS_OK) {
+        ngx_http_llm_redis_broken(rd, "cannot set the timeout", c->errstr);
+        return NGX_ERROR;
+    }
+
+    n = 0;
+
+    if (rc->password.len) {
+        ngx_http_llm_redis_cmd(&cmd, "AUTH");
+
+        if (rc->user.len) {
+            ngx_http_llm_redis_arg(&cmd, rc->user.data, rc->user.len);
+        }
+
+        ngx_http_llm_redis_arg(&cmd, rc->password.data, rc->password.len);
+        ngx_http_llm_redis_send(rd, &cmd);
+        n++;
+    }
+
+    if (rc->db >= 0) {
+        ngx_http_llm_redis_cmd(&cmd, "SELECT");
+        ngx_http_llm_redis_argf(&cmd, "%i", rc->db);
+        ngx_http_llm_redis_send(rd, &cmd);
+        n++;
+    }
+
+    if (rd->nomem) {
+        ngx_http_llm_redis_broken(rd, "cannot connect", "out of memory");
+        return NGX_ERROR;
+    }
+
+    for (i = 0; i < n; i++) {
+        if (ngx_http_llm_redis_reply(rd, &r) != NGX_OK) {
+            return NGX_ERROR;
+        }
+
+        /* the server's message names the failure, not the password */
+
+        if (r->type == REDIS_REPLY_ERROR) {
+            ngx_http_llm_redis_broken(rd, (i == 0 && rc->password.len)
+                                          ? "AUTH failed" : "SELECT failed",
+                                      r->str);
+            freeReplyObject(r);
+            return NGX_ERROR;
+        }
+
+        freeReplyObject(r);
+    }
+
+    if (rd->down) {
+        ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
+                      "llm: redis store: connected to %V", &rc->name);
+    }
+
+    rd->up = 1;
+    rd->down = 0;
+    rd->backoff = 0;
+
+    return NGX_OK;
+}
+
+
+/*
+ * Store thread: the connection failed or broke.  Logged once until it
+ * works again; a connection that worked is tried again at once, one that
+ * cannot be made (or set up: AUTH, SELECT) with a growing delay.
+ */
+
+static void
+ngx_http_llm_redis_broken(ngx_http_llm_redis_t *rd, const char *what,
+    const char *err)
+{
+    if (!rd->down && !rd->quiet) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "llm: redis store: %V: %s: %s",
+                      &rd->conf->name, what, err);
+        rd->down = 1;
+    }
+
+    if (rd->ctx) {
+        redisFree(rd->ctx);
+        rd->ctx = NULL;
+    }
+
+    if (rd->up) {
+        rd->up = 0;
+        rd->next_connect = ngx_http_llm_redis_now();
+        return;
+    }
+
+    rd->backoff = rd->backoff ? ngx_min(rd->backoff * 2,
+                                        NGX_HTTP_LLM_REDIS_BACKOFF_MAX)
+                              : NGX_HTTP_LLM_REDIS_BACKOFF_MIN;
+
+    rd->next_connect = ngx_http_llm_redis_now() + rd->backoff;
+}
+
+
+ngx_int_t
+ngx_http_llm_redis_reply(ngx_http_llm_redis_t *rd, redisReply **reply)
+{
+    void  *r;
+
+    if (redisGetReply(rd->ctx, &r) != REDIS_OK || r == NULL) {
+        ngx_http_llm_redis_broken(rd, "connection lost",
+                                  rd->ctx->err ? rd->ctx->errstr
+                                               : "no reply");
+        return NGX_ERROR;
+    }
+
+    *reply = r;
+    rd->replies++;
+
+    return NGX_OK;
+}
+
+
+static ngx_msec_t
+ngx_http_llm_redis_now(void)
+{
+    struct timespec  ts;
+
+    (void) clock_gettime(CLOCK_MONOTONIC, &ts);
+
+    return (ngx_msec_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}

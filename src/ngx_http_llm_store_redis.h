@@ -1,0 +1,200 @@
+
+/*
+ * Copyright (C) ngx_http_llm_module authors
+ */
+
+
+#ifndef _NGX_HTTP_LLM_STORE_REDIS_H_INCLUDED_
+#define _NGX_HTTP_LLM_STORE_REDIS_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include <hiredis/hiredis.h>
+
+#include "ngx_http_llm_module.h"
+#include "ngx_http_llm_store.h"
+
+
+/*
+ * Private to the Redis store, which lives in three files:
+ *
+ *     ngx_http_llm_store_redis.c   the store as the event loop sees it
+ *     ngx_http_llm_redis_thread.c  the store thread and its connection
+ *     ngx_http_llm_redis_cmd.c     the commands it sends, their replies
+ */
+
+
+#define NGX_HTTP_LLM_REDIS_BACKOFF_MAX 5000
+
+/* the longest command is the job's HSET: 28 arguments, about 300 bytes */
+#define NGX_HTTP_LLM_REDIS_ARGS        28
+#define NGX_HTTP_LLM_REDIS_BUF         1024
+
+
+typedef struct ngx_http_llm_redis_s        ngx_http_llm_redis_t;
+typedef struct ngx_http_llm_redis_write_s  ngx_http_llm_redis_write_t;
+typedef struct ngx_http_llm_redis_op_s     ngx_http_llm_redis_op_t;
+typedef struct ngx_http_llm_redis_job_s    ngx_http_llm_redis_job_t;
+
+
+typedef struct {
+    ngx_str_t                      host;        /* NUL-terminated */
+    int                            port;
+    ngx_str_t                      path;        /* unix socket, or empty */
+    ngx_str_t                      user;
+    ngx_str_t                      password;
+    ngx_int_t                      db;          /* -1: none */
+    ngx_str_t                      prefix;
+    ngx_msec_t                     flush;
+    ngx_msec_t                     ttl;
+    ngx_str_t                      name;        /* for the log */
+    ngx_str_t                      pool_name;
+    ngx_thread_pool_t             *pool;
+    ngx_http_llm_redis_t          *rd;          /* the worker's */
+} ngx_http_llm_redis_conf_t;
+
+
+/* one job's write: a copy of the job, from where to write, the answer */
+struct ngx_http_llm_redis_write_s {
+    ngx_queue_t                    queue;       /* in a batch or orphans */
+    ngx_http_llm_redis_job_t      *rj;          /* NULL: job released */
+    u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN];
+
+    /* rec.events and rec.text start at rec.from_event and rec.from_text */
+    ngx_http_llm_record_t          rec;
+    ngx_uint_t                     from_event;
+    size_t                         from_text;
+
+    unsigned                       known:1;
+    unsigned                       rewrite:1;   /* delete, write anew */
+
+    /* the answer */
+    unsigned                       ok:1;
+    unsigned                       lost:1;      /* Redis lost the job */
+    unsigned                       cancel:1;
+    int64_t                        watched;
+
+    /* the store thread's: where the answers are in the transaction */
+    ngx_uint_t                     ncmds;
+    ngx_uint_t                     xadd;
+    ngx_uint_t                     nxadd;
+    ngx_uint_t                     hset;
+    ngx_uint_t                     hmget;
+};
+
+
+typedef enum {
+    NGX_HTTP_LLM_REDIS_BATCH = 0,
+    NGX_HTTP_LLM_REDIS_FETCH,
+    NGX_HTTP_LLM_REDIS_CANCEL
+} ngx_http_llm_redis_op_e;
+
+
+/* work for the store thread: owned by whoever holds it on its lists */
+struct ngx_http_llm_redis_op_s {
+    ngx_http_llm_redis_op_e        type;
+    ngx_http_llm_redis_op_t       *next;
+
+    /* a batch */
+    ngx_queue_t                    writes;
+
+    /* NGX_OK: answered (a batch: the round trip was made) */
+    ngx_int_t                      rc;
+
+    /* a fetch or a cancel */
+    u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN];
+    ngx_uint_t                     from_event;
+    size_t                         from_text;
+    int64_t                        now;
+    ngx_http_llm_fetch_pt          handler;
+    void                          *data;
+    ngx_http_llm_record_t          rec;
+};
+
+
+/* per worker and store */
+struct ngx_http_llm_redis_s {
+    ngx_http_llm_redis_conf_t     *conf;
+    ngx_thread_task_t             *task;
+    ngx_log_t                     *log;
+    pthread_cond_t                 cond;
+
+    /* shared, under the channel mutex */
+    ngx_http_llm_redis_op_t       *pending;
+    ngx_http_llm_redis_op_t      **pending_last;
+    ngx_http_llm_redis_op_t       *done;
+    ngx_http_llm_redis_op_t      **done_last;
+    ngx_http_llm_chan_item_t       item;
+    unsigned                       running:1;
+
+    /* event loop only */
+    ngx_event_t                    timer;
+    ngx_queue_t                    dirty;       /* ngx_http_llm_redis_job_t */
+    ngx_queue_t                    clean;
+    ngx_queue_t                    orphans;     /* writes of freed jobs */
+    ngx_http_llm_redis_op_t        batch;
+    ngx_msec_t                     retry;
+    unsigned                       flushing:1;
+    unsigned                       given_up:1;
+    unsigned                       posted:1;
+    unsigned                       repost:1;
+
+    /* the store thread only */
+    redisContext                  *ctx;
+    ngx_msec_t                     next_connect;
+    ngx_msec_t                     backoff;
+    ngx_uint_t                     replies;     /* in this round trip */
+    unsigned                       up:1;
+    unsigned                       down:1;      /* failure logged */
+    unsigned                       quiet:1;
+    unsigned                       erred:1;
+    unsigned                       errors:1;    /* in this round trip */
+    unsigned                       nomem:1;
+};
+
+
+/* a command being built: arguments with lengths, numbers in buf */
+typedef struct {
+    int                            argc;
+    const char                    *argv[NGX_HTTP_LLM_REDIS_ARGS];
+    size_t                         argvlen[NGX_HTTP_LLM_REDIS_ARGS];
+    u_char                        *last;
+    u_char                         buf[NGX_HTTP_LLM_REDIS_BUF];
+} ngx_http_llm_redis_cmd_t;
+
+
+/* ngx_http_llm_store_redis.c */
+void ngx_http_llm_redis_answer(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *ops);
+
+/* ngx_http_llm_redis_thread.c */
+void ngx_http_llm_redis_thread(void *data, ngx_log_t *log);
+ngx_int_t ngx_http_llm_redis_reply(ngx_http_llm_redis_t *rd,
+    redisReply **reply);
+
+/* ngx_http_llm_redis_cmd.c */
+void ngx_http_llm_redis_send_write(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w);
+void ngx_http_llm_redis_read_write(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w);
+void ngx_http_llm_redis_send_fetch(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *op);
+void ngx_http_llm_redis_read_fetch(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *op);
+void ngx_http_llm_redis_send_cancel(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *op);
+void ngx_http_llm_redis_read_cancel(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *op);
+void ngx_http_llm_redis_cmd(ngx_http_llm_redis_cmd_t *cmd, const char *name);
+void ngx_http_llm_redis_arg(ngx_http_llm_redis_cmd_t *cmd, const void *p,
+    size_t len);
+void ngx_http_llm_redis_argf(ngx_http_llm_redis_cmd_t *cmd,
+    const char *fmt, ...);
+void ngx_http_llm_redis_send(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_cmd_t *cmd);
+
+
+#endif /* _NGX_HTTP_LLM_STORE_REDIS_H_INCLUDED_ */
