@@ -1,0 +1,549 @@
+
+/*
+ * Copyright (C) ngx_http_llm_module authors
+ */
+
+
+/*
+ * One upstream transfer: its libcurl handle, the upstream stream parsed as
+ * it arrives (on the engine thread), its outcome, and the hand-off of what
+ * it made to the event loop through the worker's channel.  A transfer is
+ * heap memory shared by the loop and the engine, freed by whichever lets
+ * go of it last.
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_llm_module.h"
+#include "ngx_http_llm_engine.h"
+
+
+static size_t ngx_http_llm_xfer_write(char *ptr, size_t size, size_t n,
+    void *data);
+static ngx_int_t ngx_http_llm_xfer_event(void *ctx, ngx_str_t *event,
+    ngx_str_t *data);
+static void ngx_http_llm_xfer_free(ngx_http_llm_xfer_t *x);
+static void ngx_http_llm_sink_text(void *data, u_char *p, size_t len);
+static void ngx_http_llm_sink_finish(void *data, u_char *reason,
+    size_t len);
+static void ngx_http_llm_sink_usage(void *data, ngx_int_t input,
+    ngx_int_t output);
+static void ngx_http_llm_sink_fail(void *data, const char *code,
+    u_char *msg, size_t len);
+static void ngx_http_llm_xfer_push(ngx_http_llm_xfer_t *x);
+static void ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item);
+
+
+/* event loop: a transfer, referenced by the loop and by the engine */
+
+ngx_http_llm_xfer_t *
+ngx_http_llm_xfer_create(ngx_http_llm_engine_t *e, ngx_http_llm_spec_t *spec,
+    ngx_http_llm_job_t *job, ngx_log_t *log)
+{
+    ngx_http_llm_xfer_t  *x;
+
+    x = ngx_calloc(sizeof(ngx_http_llm_xfer_t), log);
+    if (x == NULL) {
+        return NULL;
+    }
+
+    x->pstate = ngx_calloc(spec->provider->state_size, log);
+    if (x->pstate == NULL) {
+        ngx_free(x);
+        return NULL;
+    }
+
+    x->spec = *spec;
+    x->engine = e;
+    x->job = job;
+    x->refs = 2;
+    x->item.handler = ngx_http_llm_xfer_drain;
+    x->out.input_tokens = -1;
+    x->out.output_tokens = -1;
+
+    return x;
+}
+
+
+void
+ngx_http_llm_spec_free(ngx_http_llm_spec_t *spec)
+{
+    ngx_uint_t  i;
+
+    free(spec->url);
+    free(spec->body);
+
+    for (i = 0; i < spec->nheaders; i++) {
+        free(spec->headers[i]);
+    }
+
+    spec->url = NULL;
+    spec->body = NULL;
+    spec->nheaders = 0;
+}
+
+
+/* engine thread: the transfer starts on the engine's multi handle */
+
+void
+ngx_http_llm_xfer_start(ngx_http_llm_engine_t *e, ngx_http_llm_xfer_t *x)
+{
+    CURL                 *easy;
+    ngx_uint_t            i;
+    struct curl_slist    *h;
+    ngx_http_llm_spec_t  *s;
+
+    s = &x->spec;
+
+    x->sink.text = ngx_http_llm_sink_text;
+    x->sink.finish = ngx_http_llm_sink_finish;
+    x->sink.usage = ngx_http_llm_sink_usage;
+    x->sink.fail = ngx_http_llm_sink_fail;
+    x->sink.data = x;
+
+    x->started = ngx_http_llm_engine_now();
+    x->last_read = x->started;
+    ngx_queue_insert_tail(&e->active, &x->active);
+
+    easy = curl_easy_init();
+    if (easy == NULL) {
+        goto failed;
+    }
+
+    x->easy = easy;
+
+    /* "Expect: 100-continue" would only cost a round trip here */
+    h = curl_slist_append(NULL, "Expect:");
+
+    for (i = 0; h && i < s->nheaders; i++) {
+        x->headers = h;
+        h = curl_slist_append(h, s->headers[i]);
+    }
+
+    if (h == NULL) {
+        goto failed;
+    }
+
+    x->headers = h;
+
+    curl_easy_setopt(easy, CURLOPT_PRIVATE, x);
+    curl_easy_setopt(easy, CURLOPT_URL, s->url);
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, x->headers);
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, s->body);
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE_LARGE,
+                     (curl_off_t) s->body_len);
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, ngx_http_llm_xfer_write);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, x);
+    curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, x->errbuf);
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(easy, CURLOPT_USERAGENT, "ngx_http_llm_module");
+    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYPEER, s->ssl_verify ? 1L : 0L);
+    curl_easy_setopt(easy, CURLOPT_SSL_VERIFYHOST, s->ssl_verify ? 2L : 0L);
+
+    /* small receive buffers: a stream carries a few bytes at a time */
+    curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, 1024L);
+
+    if (s->connect_timeout) {
+        curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
+                         (long) s->connect_timeout);
+    }
+
+    if (curl_multi_add_handle(e->multi, easy) != CURLM_OK) {
+        goto failed;
+    }
+
+    x->in_multi = 1;
+
+    return;
+
+failed:
+
+    ngx_http_llm_sink_fail_str(x, NGX_HTTP_LLM_E_INTERNAL,
+                               "cannot start the upstream transfer");
+    ngx_http_llm_xfer_finish(x, CURLE_OK);
+}
+
+
+/* engine thread: libcurl's write callback */
+
+static size_t
+ngx_http_llm_xfer_write(char *ptr, size_t size, size_t n, void *data)
+{
+    ngx_http_llm_xfer_t *x = data;
+
+    size_t     len, room;
+    ngx_int_t  rc;
+
+    len = size * n;
+    x->last_read = ngx_http_llm_engine_now();
+
+    if (x->failed || x->ended) {
+        return 0;
+    }
+
+    if (x->status == 0) {
+        curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &x->status);
+    }
+
+    if (x->status < 200 || x->status > 299) {
+
+        /* keep the start of an error body for its message */
+
+        if (x->errbody == NULL) {
+            x->errbody = malloc(NGX_HTTP_LLM_ERRBODY_MAX);
+            if (x->errbody == NULL) {
+                return 0;
+            }
+        }
+
+        room = NGX_HTTP_LLM_ERRBODY_MAX - x->errlen;
+        room = ngx_min(room, len);
+        ngx_memcpy(x->errbody + x->errlen, ptr, room);
+        x->errlen += room;
+
+        return len;
+    }
+
+    rc = ngx_http_llm_usse_feed(&x->parser, (u_char *) ptr, len,
+                                ngx_http_llm_xfer_event, x);
+
+    if (rc == NGX_DONE) {
+        x->ended = 1;
+        return 0;
+    }
+
+    if (rc == NGX_ERROR) {
+        if (!x->failed) {
+            ngx_http_llm_sink_fail_str(x, NGX_HTTP_LLM_E_INVALID,
+                                       "upstream line too long or "
+                                       "out of memory");
+        }
+        return 0;
+    }
+
+    return len;
+}
+
+
+static ngx_int_t
+ngx_http_llm_xfer_event(void *ctx, ngx_str_t *event, ngx_str_t *data)
+{
+    ngx_http_llm_xfer_t *x = ctx;
+
+    return x->spec.provider->event(x->pstate, event, data, &x->sink);
+}
+
+
+/*
+ * Engine thread (or the loop when the engine could not start): the
+ * transfer is over; settle its outcome, hand it to the loop and let go.
+ */
+
+void
+ngx_http_llm_xfer_finish(ngx_http_llm_xfer_t *x, CURLcode rc)
+{
+    const char              *msg;
+    ngx_http_llm_channel_t  *ch;
+
+    ch = &ngx_http_llm_channel;
+
+    if (x->failed || x->ended) {
+        /* settled already */
+
+    } else if (x->status != 0 && (x->status < 200 || x->status > 299)) {
+        x->spec.provider->error(x->status, x->errbody, x->errlen, &x->sink);
+
+    } else if (rc == CURLE_OK) {
+        if (x->spec.provider->eof(x->pstate) != NGX_OK) {
+            ngx_http_llm_sink_fail_str(x, NGX_HTTP_LLM_E_TRUNCATED,
+                                       "the upstream closed the stream "
+                                       "before its end");
+        }
+
+    } else if (rc == CURLE_OPERATION_TIMEDOUT) {
+        /* only the connect timeout is left to libcurl */
+        ngx_http_llm_sink_fail_str(x, NGX_HTTP_LLM_E_CONNECT_TMO,
+                                   "cannot connect to the upstream in "
+                                   "time (llm_connect_timeout)");
+
+    } else if (x->status == 0) {
+        msg = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
+        ngx_http_llm_sink_fail_str(x, NGX_HTTP_LLM_E_CONNECT, msg);
+
+    } else {
+        ngx_http_llm_sink_fail_str(x, NGX_HTTP_LLM_E_TRUNCATED,
+                                   "the upstream connection broke "
+                                   "before the stream's end");
+    }
+
+    if (x->easy) {
+        if (x->in_multi) {
+            curl_multi_remove_handle(x->engine->multi, x->easy);
+        }
+
+        curl_easy_cleanup(x->easy);
+        x->easy = NULL;
+        x->in_multi = 0;
+    }
+
+    curl_slist_free_all(x->headers);
+    x->headers = NULL;
+
+    if (x->active.next) {
+        ngx_queue_remove(&x->active);
+        x->active.next = NULL;
+    }
+
+    ngx_http_llm_usse_free(&x->parser);
+    free(x->errbody);
+    x->errbody = NULL;
+
+    (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
+    x->out.done = 1;
+    (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
+
+    ngx_http_llm_xfer_push(x);
+    ngx_http_llm_xfer_release(x);
+}
+
+
+void
+ngx_http_llm_xfer_release(ngx_http_llm_xfer_t *x)
+{
+    ngx_uint_t               refs;
+    ngx_http_llm_channel_t  *ch;
+
+    ch = &ngx_http_llm_channel;
+
+    (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
+    refs = --x->refs;
+    (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
+
+    if (refs == 0) {
+        ngx_http_llm_xfer_free(x);
+    }
+}
+
+
+static void
+ngx_http_llm_xfer_free(ngx_http_llm_xfer_t *x)
+{
+    ngx_http_llm_spec_free(&x->spec);
+    free(x->out.text);
+    free(x->out.message);
+    ngx_free(x->pstate);
+    ngx_free(x);
+}
+
+
+/* engine thread: the provider's output */
+
+static void
+ngx_http_llm_sink_text(void *data, u_char *p, size_t len)
+{
+    ngx_http_llm_xfer_t *x = data;
+
+    size_t                   cap;
+    u_char                  *t;
+    ngx_http_llm_output_t   *o;
+    ngx_http_llm_channel_t  *ch;
+
+    if (len == 0 || x->failed) {
+        return;
+    }
+
+    ch = &ngx_http_llm_channel;
+    o = &x->out;
+    x->got_text = 1;
+
+    (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
+
+    if (o->text_len + len > o->text_cap) {
+        cap = ngx_max(o->text_cap * 2, o->text_len + len);
+        cap = ngx_max(cap, 256);
+
+        t = realloc(o->text, cap);
+        if (t == NULL) {
+            (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
+            ngx_http_llm_sink_fail_str(x, NGX_HTTP_LLM_E_INTERNAL,
+                                       "out of memory");
+            return;
+        }
+
+        o->text = t;
+        o->text_cap = cap;
+    }
+
+    ngx_memcpy(o->text + o->text_len, p, len);
+    o->text_len += len;
+
+    (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
+
+    ngx_http_llm_xfer_push(x);
+}
+
+
+static void
+ngx_http_llm_sink_finish(void *data, u_char *reason, size_t len)
+{
+    ngx_http_llm_xfer_t *x = data;
+
+    ngx_http_llm_channel_t  *ch;
+
+    ch = &ngx_http_llm_channel;
+    len = ngx_min(len, sizeof(x->out.finish));
+
+    (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
+    ngx_memcpy(x->out.finish, reason, len);
+    x->out.finish_len = len;
+    (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
+}
+
+
+static void
+ngx_http_llm_sink_usage(void *data, ngx_int_t input, ngx_int_t output)
+{
+    ngx_http_llm_xfer_t *x = data;
+
+    ngx_http_llm_channel_t  *ch;
+
+    ch = &ngx_http_llm_channel;
+
+    (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
+
+    if (input >= 0) {
+        x->out.input_tokens = input;
+    }
+
+    if (output >= 0) {
+        x->out.output_tokens = output;
+    }
+
+    (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
+}
+
+
+static void
+ngx_http_llm_sink_fail(void *data, const char *code, u_char *msg,
+    size_t len)
+{
+    ngx_http_llm_xfer_t *x = data;
+
+    u_char                  *m;
+    ngx_http_llm_channel_t  *ch;
+
+    if (x->failed) {
+        return;
+    }
+
+    ch = &ngx_http_llm_channel;
+    x->failed = 1;
+
+    m = malloc(len ? len : 1);
+    if (m != NULL) {
+        ngx_memcpy(m, msg, len);
+    }
+
+    (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
+    x->out.failed = 1;
+    x->out.code = code;
+    x->out.message = m;
+    x->out.message_len = m ? len : 0;
+    (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
+}
+
+
+void
+ngx_http_llm_sink_fail_str(ngx_http_llm_xfer_t *x, const char *code,
+    const char *msg)
+{
+    ngx_http_llm_sink_fail(x, code, (u_char *) msg, ngx_strlen(msg));
+}
+
+
+/* any thread: queue the transfer's output for the event loop */
+
+static void
+ngx_http_llm_xfer_push(ngx_http_llm_xfer_t *x)
+{
+    ngx_uint_t               wake;
+    ngx_http_llm_channel_t  *ch;
+
+    ch = &ngx_http_llm_channel;
+    wake = 0;
+
+    /* the queued item holds a reference until it is drained */
+
+    (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
+
+    if (!x->item.queued && !x->cancel) {
+        x->refs++;
+        wake = ngx_http_llm_channel_queue(&x->item);
+    }
+
+    (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
+
+    if (wake) {
+        ngx_http_llm_channel_wake();
+    }
+}
+
+
+/* event loop: hand what the transfer made to its job */
+
+static void
+ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item)
+{
+    ngx_http_llm_job_t      *job;
+    ngx_http_llm_xfer_t     *x;
+    ngx_http_llm_output_t    out;
+    ngx_http_llm_channel_t  *ch;
+
+    ch = &ngx_http_llm_channel;
+    x = (ngx_http_llm_xfer_t *) ((u_char *) item
+                                 - offsetof(ngx_http_llm_xfer_t, item));
+
+    (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
+
+    out = x->out;
+
+    x->out.text = NULL;
+    x->out.text_len = 0;
+    x->out.text_cap = 0;
+
+    /* the outcome is read once, with the end of the transfer */
+    if (out.done) {
+        x->out.message = NULL;
+        x->out.message_len = 0;
+
+    } else {
+        out.message = NULL;
+    }
+
+    (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
+
+    job = x->job;
+
+    if (job != NULL) {
+        if (out.done) {
+            job->xfer = NULL;
+            x->job = NULL;
+        }
+
+        ngx_http_llm_job_output(job, &out);
+
+        if (out.done) {
+            ngx_http_llm_xfer_release(x);
+        }
+    }
+
+    free(out.text);
+    free(out.message);
+
+    ngx_http_llm_xfer_release(x);
+}
