@@ -132,6 +132,14 @@ fi
 
 # --------------------------------------------------------------- services
 
+# a real npm SSE client for t/046 (skipped there when npm is unreachable)
+if command -v npm > /dev/null && [ ! -d "$build/npm/node_modules/eventsource" ]; then
+    npm install --silent --no-audit --no-fund --prefix "$build/npm" \
+        eventsource@2 > /dev/null 2>&1 \
+        || say "warning: npm install eventsource failed: t/046 will skip"
+fi
+
+
 if [ -z "${TEST_NGINX_REDIS_PORT:-}" ]; then
     if command -v redis-server > /dev/null; then
         TEST_NGINX_REDIS_PORT=$(free_port)
