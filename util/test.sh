@@ -205,13 +205,20 @@ pids=($! "${pids[@]}")
 wait "${pids[0]}"
 status=$?
 
-# the plain TAP tests leave one valgrind report per process: show the
-# ones about this module (Test::Nginx blocks report on stderr)
+# the plain TAP tests leave one valgrind report per process: errors and
+# definite leaks with a frame in this module fail the run (Test::Nginx
+# blocks report on stderr); "possibly lost" configuration pools are nginx's
 if [ -n "${TEST_NGINX_USE_VALGRIND:-}" ]; then
-    bad=$(grep -l -E 'ngx_http_llm' t/servroot*/logs/valgrind.*.log 2>/dev/null)
+    bad=$(awk '
+        /^==[0-9]+== [^ ]/ { if (hit) print blk; blk = $0; hit = 0;
+                             want = /Invalid|uninitialised|Conditional|Mismatched|Syscall param|definitely lost/;
+                             next }
+        { blk = blk "\n" $0; if (want && /ngx_http_llm/) hit = 1 }
+        END { if (hit) print blk }
+    ' t/servroot*/logs/valgrind.*.log 2>/dev/null)
     if [ -n "$bad" ]; then
         say "valgrind reports about the module:"
-        cat $bad >&2
+        printf '%b\n' "$bad" >&2
         status=1
     fi
 fi
