@@ -745,6 +745,39 @@ ngx_http_llm_jobs_shutdown(void)
 }
 
 
+/*
+ * The process exits with jobs still running (a fast stop, or a single
+ * process quitting): the threads are joined and nothing is sent any more,
+ * so the jobs and their transfers are only freed.
+ */
+
+void
+ngx_http_llm_jobs_exit_process(void)
+{
+    ngx_queue_t         *q;
+    ngx_http_llm_job_t  *job;
+
+    if (ngx_http_llm_jobs.next == NULL) {
+        return;
+    }
+
+    while (!ngx_queue_empty(&ngx_http_llm_jobs)) {
+        q = ngx_queue_head(&ngx_http_llm_jobs);
+        job = ngx_queue_data(q, ngx_http_llm_job_t, queue);
+
+        if (job->xfer) {
+            ngx_http_llm_xfer_free(job->xfer);
+        }
+
+        ngx_queue_remove(q);
+        free(job->events);
+        free(job->text);
+        ngx_free(job->message);
+        ngx_free(job);
+    }
+}
+
+
 static ngx_int_t
 ngx_http_llm_job_id(u_char *id, ngx_log_t *log)
 {

@@ -577,5 +577,6 @@ ngx_http_llm_exit_process(ngx_cycle_t *cycle)
 {
     ngx_http_llm_engine_exit_process(cycle);
     ngx_http_llm_stores_exit_process(cycle);
+    ngx_http_llm_jobs_exit_process();
     ngx_http_llm_channel_exit_process(cycle);
 }

@@ -284,6 +284,7 @@ void ngx_http_llm_job_hold(ngx_http_llm_job_t *job);
 void ngx_http_llm_job_unhold(ngx_http_llm_job_t *job);
 void ngx_http_llm_job_cancel_requested(ngx_http_llm_job_t *job);
 void ngx_http_llm_jobs_shutdown(void);
+void ngx_http_llm_jobs_exit_process(void);
 
 /* ngx_http_llm_jobapi.c */
 ngx_int_t ngx_http_llm_job_handler(ngx_http_request_t *r);
@@ -318,6 +319,7 @@ void ngx_http_llm_engine_exit_process(ngx_cycle_t *cycle);
 ngx_http_llm_xfer_t *ngx_http_llm_engine_submit(ngx_thread_pool_t *pool,
     ngx_http_llm_spec_t *spec, ngx_http_llm_job_t *job, ngx_log_t *log);
 void ngx_http_llm_engine_cancel(ngx_http_llm_xfer_t *x);
+void ngx_http_llm_xfer_free(ngx_http_llm_xfer_t *x);
 void ngx_http_llm_spec_free(ngx_http_llm_spec_t *spec);
 
 

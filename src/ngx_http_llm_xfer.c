@@ -25,7 +25,6 @@ static size_t ngx_http_llm_xfer_write(char *ptr, size_t size, size_t n,
     void *data);
 static ngx_int_t ngx_http_llm_xfer_event(void *ctx, ngx_str_t *event,
     ngx_str_t *data);
-static void ngx_http_llm_xfer_free(ngx_http_llm_xfer_t *x);
 static void ngx_http_llm_sink_text(void *data, u_char *p, size_t len);
 static void ngx_http_llm_sink_finish(void *data, u_char *reason,
     size_t len);
@@ -330,7 +329,7 @@ ngx_http_llm_xfer_release(ngx_http_llm_xfer_t *x)
 }
 
 
-static void
+void
 ngx_http_llm_xfer_free(ngx_http_llm_xfer_t *x)
 {
     ngx_http_llm_spec_free(&x->spec);
