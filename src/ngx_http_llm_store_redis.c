@@ -72,6 +72,8 @@ static ngx_int_t ngx_http_llm_redis_fetch(ngx_http_llm_store_t *st,
     ngx_http_llm_fetch_pt handler, void *data);
 static ngx_int_t ngx_http_llm_redis_cancel(ngx_http_llm_store_t *st,
     u_char *id);
+static ngx_http_llm_redis_op_t *ngx_http_llm_redis_op_new(
+    ngx_http_llm_store_t *st, ngx_http_llm_redis_op_e type, u_char *id);
 
 static ngx_http_llm_redis_write_t *ngx_http_llm_redis_write_new(
     ngx_http_llm_job_t *job, ngx_uint_t from_event, size_t from_text);
@@ -82,6 +84,8 @@ static void ngx_http_llm_redis_arm(ngx_http_llm_redis_t *rd);
 static void ngx_http_llm_redis_flush(ngx_event_t *ev);
 static void ngx_http_llm_redis_written(ngx_http_llm_redis_t *rd);
 static void ngx_http_llm_redis_job_written(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w);
+static void ngx_http_llm_redis_orphan_lost(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t *w);
 static void ngx_http_llm_redis_orphan_written(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t *w);
@@ -674,32 +678,21 @@ ngx_http_llm_redis_fetch(ngx_http_llm_store_t *st, u_char *id,
     ngx_uint_t from_event, size_t from_text, ngx_http_llm_fetch_pt handler,
     void *data)
 {
-    ngx_http_llm_redis_t       *rd;
-    ngx_http_llm_redis_op_t    *op;
-    ngx_http_llm_redis_conf_t  *rc;
+    ngx_http_llm_redis_op_t  *op;
 
-    rc = st->data;
-    rd = rc->rd;
-
-    if (rd == NULL) {
-        return NGX_ERROR;
-    }
-
-    op = ngx_calloc(sizeof(ngx_http_llm_redis_op_t), rd->log);
+    op = ngx_http_llm_redis_op_new(st, NGX_HTTP_LLM_REDIS_FETCH, id);
     if (op == NULL) {
         return NGX_ERROR;
     }
 
-    op->type = NGX_HTTP_LLM_REDIS_FETCH;
-    op->rc = NGX_ERROR;
-    ngx_memcpy(op->id, id, NGX_HTTP_LLM_JOB_ID_LEN);
     op->from_event = from_event;
     op->from_text = from_text;
     op->now = ngx_http_llm_now_ms();
     op->handler = handler;
     op->data = data;
 
-    ngx_http_llm_redis_submit(rd, op);
+    ngx_http_llm_redis_submit(((ngx_http_llm_redis_conf_t *) st->data)->rd,
+                              op);
 
     return NGX_OK;
 }
@@ -710,6 +703,26 @@ ngx_http_llm_redis_fetch(ngx_http_llm_store_t *st, u_char *id,
 static ngx_int_t
 ngx_http_llm_redis_cancel(ngx_http_llm_store_t *st, u_char *id)
 {
+    ngx_http_llm_redis_op_t  *op;
+
+    op = ngx_http_llm_redis_op_new(st, NGX_HTTP_LLM_REDIS_CANCEL, id);
+    if (op == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_llm_redis_submit(((ngx_http_llm_redis_conf_t *) st->data)->rd,
+                              op);
+
+    return NGX_OK;
+}
+
+
+/* a read or a cancel for the store thread; NULL without a store thread */
+
+static ngx_http_llm_redis_op_t *
+ngx_http_llm_redis_op_new(ngx_http_llm_store_t *st,
+    ngx_http_llm_redis_op_e type, u_char *id)
+{
     ngx_http_llm_redis_t       *rd;
     ngx_http_llm_redis_op_t    *op;
     ngx_http_llm_redis_conf_t  *rc;
@@ -718,21 +731,19 @@ ngx_http_llm_redis_cancel(ngx_http_llm_store_t *st, u_char *id)
     rd = rc->rd;
 
     if (rd == NULL) {
-        return NGX_ERROR;
+        return NULL;
     }
 
     op = ngx_calloc(sizeof(ngx_http_llm_redis_op_t), rd->log);
     if (op == NULL) {
-        return NGX_ERROR;
+        return NULL;
     }
 
-    op->type = NGX_HTTP_LLM_REDIS_CANCEL;
+    op->type = type;
     op->rc = NGX_ERROR;
     ngx_memcpy(op->id, id, NGX_HTTP_LLM_JOB_ID_LEN);
 
-    ngx_http_llm_redis_submit(rd, op);
-
-    return NGX_OK;
+    return op;
 }
 
 
@@ -1006,6 +1017,11 @@ ngx_http_llm_redis_job_written(ngx_http_llm_redis_t *rd,
 
     if (job == NULL) {
         /* released meanwhile: its own write follows this one */
+
+        if (w->ok && w->lost) {
+            ngx_http_llm_redis_orphan_lost(rd, w);
+        }
+
         ngx_free(rj);
 
     } else if (!w->ok) {
@@ -1040,6 +1056,39 @@ ngx_http_llm_redis_job_written(ngx_http_llm_redis_t *rd,
     }
 
     ngx_http_llm_redis_write_free(w);
+}
+
+
+/*
+ * Redis had lost a job whose last write, from its marks, has just put part
+ * of it back; the job was released meanwhile, so its final write (which
+ * holds the whole job) must write all of it again, not from the marks.
+ */
+
+static void
+ngx_http_llm_redis_orphan_lost(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w)
+{
+    ngx_queue_t                 *q;
+    ngx_http_llm_redis_write_t  *o;
+
+    ngx_log_error(NGX_LOG_WARN, rd->log, 0,
+                  "llm: redis store: %V lost job %s, writing it again",
+                  &rd->conf->name, w->id);
+
+    for (q = ngx_queue_head(&rd->orphans);
+         q != ngx_queue_sentinel(&rd->orphans);
+         q = ngx_queue_next(q))
+    {
+        o = ngx_queue_data(q, ngx_http_llm_redis_write_t, queue);
+
+        if (ngx_memcmp(o->id, w->id, NGX_HTTP_LLM_JOB_ID_LEN) == 0) {
+            o->known = 0;
+            o->rewrite = 1;
+            o->from_event = 0;
+            o->from_text = 0;
+        }
+    }
 }
 
 
