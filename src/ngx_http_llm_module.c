@@ -28,6 +28,8 @@ static char *ngx_http_llm_on_disconnect(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_llm_job(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static ngx_http_complex_value_t *ngx_http_llm_content(ngx_conf_t *cf,
+    ngx_http_handler_pt handler);
 static ngx_int_t ngx_http_llm_init_process(ngx_cycle_t *cycle);
 static void ngx_http_llm_exit_process(ngx_cycle_t *cycle);
 
@@ -364,10 +366,8 @@ ngx_http_llm_pass(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_llm_loc_conf_t *llcf = conf;
 
-    u_char                            *host;
-    ngx_str_t                         *value, url;
-    ngx_http_core_loc_conf_t          *clcf;
-    ngx_http_compile_complex_value_t   ccv;
+    u_char     *host;
+    ngx_str_t  *value, url;
 
     if (llcf->pass) {
         return "is duplicate";
@@ -380,18 +380,8 @@ ngx_http_llm_pass(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     value = cf->args->elts;
     url = value[1];
 
-    llcf->pass = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+    llcf->pass = ngx_http_llm_content(cf, ngx_http_llm_handler);
     if (llcf->pass == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
-
-    ccv.cf = cf;
-    ccv.value = &url;
-    ccv.complex_value = llcf->pass;
-
-    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 
@@ -426,9 +416,6 @@ ngx_http_llm_pass(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             return NGX_CONF_ERROR;
         }
     }
-
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-    clcf->handler = ngx_http_llm_handler;
 
     return NGX_CONF_OK;
 }
@@ -517,10 +504,6 @@ ngx_http_llm_job(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_llm_loc_conf_t *llcf = conf;
 
-    ngx_str_t                         *value;
-    ngx_http_core_loc_conf_t          *clcf;
-    ngx_http_compile_complex_value_t   ccv;
-
     if (llcf->job) {
         return "is duplicate";
     }
@@ -529,27 +512,43 @@ ngx_http_llm_job(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "cannot be used together with \"llm_pass\"";
     }
 
+    llcf->job = ngx_http_llm_content(cf, ngx_http_llm_job_handler);
+
+    return llcf->job ? NGX_CONF_OK : NGX_CONF_ERROR;
+}
+
+
+/* the directive's argument as a complex value; the location's handler */
+
+static ngx_http_complex_value_t *
+ngx_http_llm_content(ngx_conf_t *cf, ngx_http_handler_pt handler)
+{
+    ngx_str_t                         *value;
+    ngx_http_complex_value_t          *cv;
+    ngx_http_core_loc_conf_t          *clcf;
+    ngx_http_compile_complex_value_t   ccv;
+
     value = cf->args->elts;
 
-    llcf->job = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
-    if (llcf->job == NULL) {
-        return NGX_CONF_ERROR;
+    cv = ngx_palloc(cf->pool, sizeof(ngx_http_complex_value_t));
+    if (cv == NULL) {
+        return NULL;
     }
 
     ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
 
     ccv.cf = cf;
     ccv.value = &value[1];
-    ccv.complex_value = llcf->job;
+    ccv.complex_value = cv;
 
     if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
-        return NGX_CONF_ERROR;
+        return NULL;
     }
 
     clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-    clcf->handler = ngx_http_llm_job_handler;
+    clcf->handler = handler;
 
-    return NGX_CONF_OK;
+    return cv;
 }
 
 
