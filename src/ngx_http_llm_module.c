@@ -13,6 +13,7 @@
 
 #include "ngx_http_llm_module.h"
 #include "ngx_http_llm_store.h"
+#include "ngx_http_llm_format.h"
 
 
 static ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
@@ -176,6 +177,22 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       offsetof(ngx_http_llm_loc_conf_t, ssl_verify),
       NULL },
 
+    /* in http{} it defines a format, in server{} and location{} picks one */
+
+    { ngx_string("llm_format"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_BLOCK|NGX_CONF_TAKE1,
+      ngx_http_llm_format_block,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llm_format"),
+      NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_llm_format_choose,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
       ngx_null_command
 };
 
@@ -275,6 +292,7 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     conf->prompt = NGX_CONF_UNSET_PTR;
     conf->api_key = NGX_CONF_UNSET_PTR;
     conf->store = NGX_CONF_UNSET_PTR;
+    conf->format = NGX_CONF_UNSET_PTR;
     conf->grace = NGX_CONF_UNSET_MSEC;
     conf->job_owner = NGX_CONF_UNSET_PTR;
     conf->job_url = NGX_CONF_UNSET_PTR;
@@ -317,6 +335,8 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->timeout, prev->timeout, 1800000);
     ngx_conf_merge_value(conf->ssl_verify, prev->ssl_verify, 1);
     ngx_conf_merge_ptr_value(conf->store, prev->store, NULL);
+    ngx_conf_merge_ptr_value(conf->format, prev->format,
+                             ngx_http_llm_format_default(cf));
     ngx_conf_merge_msec_value(conf->grace, prev->grace, 30000);
     ngx_conf_merge_ptr_value(conf->job_owner, prev->job_owner, NULL);
     ngx_conf_merge_ptr_value(conf->job_url, prev->job_url, NULL);

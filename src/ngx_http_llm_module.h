@@ -27,6 +27,7 @@ typedef struct ngx_http_llm_job_s     ngx_http_llm_job_t;
 typedef struct ngx_http_llm_ctx_s     ngx_http_llm_ctx_t;
 typedef struct ngx_http_llm_chan_item_s  ngx_http_llm_chan_item_t;
 typedef struct ngx_http_llm_store_s   ngx_http_llm_store_t;
+typedef struct ngx_http_llm_format_s  ngx_http_llm_format_t;
 
 
 /* something a thread hands to the event loop */
@@ -61,6 +62,7 @@ typedef struct {
     ngx_thread_pool_t             *thread_pool;
 
     ngx_http_llm_store_t          *store;
+    ngx_http_llm_format_t         *format;
     ngx_msec_t                     grace;       /* llm_on_disconnect */
     ngx_http_complex_value_t      *job_owner;
     ngx_http_complex_value_t      *job_url;
@@ -79,6 +81,7 @@ typedef struct {
 typedef struct {
     ngx_http_llm_store_t          *stores;      /* all, for the hooks */
     ngx_http_llm_store_t          *default_store;
+    ngx_array_t                   *formats;     /* of format pointers */
 } ngx_http_llm_main_conf_t;
 
 
@@ -112,6 +115,7 @@ struct ngx_http_llm_ctx_s {
     unsigned                       retry:1;
     unsigned                       finished:1;
     unsigned                       wrote:1;     /* since last heartbeat */
+    unsigned                       include_usage:1;  /* openai format */
 };
 
 

@@ -19,37 +19,20 @@
 #include <ngx_http.h>
 
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_format.h"
 
 
 #define NGX_HTTP_LLM_WRITE_MAX  65536      /* text rendered per write */
 #define NGX_HTTP_LLM_DELTA_MAX  16384      /* text merged into one delta */
 
 
-/* renders into p, or only counts when p is NULL */
-typedef struct {
-    u_char                    *p;
-    size_t                     n;
-} ngx_http_llm_render_t;
-
-
 static ngx_int_t ngx_http_llm_sse_render(ngx_http_llm_ctx_t *ctx,
     ngx_chain_t **out, ngx_uint_t ping);
 static ngx_uint_t ngx_http_llm_sse_frames(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_render_t *w, ngx_uint_t ping);
-static void ngx_http_llm_sse_event(ngx_http_llm_job_t *job,
-    ngx_http_llm_render_t *w, ngx_uint_t first, ngx_uint_t last);
-static void ngx_http_llm_sse_raw(ngx_http_llm_render_t *w, const void *s,
-    size_t len);
-static void ngx_http_llm_sse_str(ngx_http_llm_render_t *w, u_char *s,
-    size_t len);
 static void ngx_http_llm_sse_send(ngx_http_llm_ctx_t *ctx, ngx_uint_t ping);
 static void ngx_http_llm_sse_write_handler(ngx_http_request_t *r);
 static void ngx_http_llm_sse_heartbeat(ngx_event_t *ev);
-
-
-static const char  *ngx_http_llm_event_names[] = {
-    "start", "delta", "complete", "error"
-};
 
 
 ngx_int_t
@@ -302,14 +285,20 @@ ngx_http_llm_sse_frames(ngx_http_llm_ctx_t *ctx, ngx_http_llm_render_t *w,
     size_t                    n, text, merged;
     ngx_uint_t                i, last;
     ngx_http_llm_job_t       *job;
+    ngx_http_llm_fmt_ctx_t    fc;
     ngx_http_llm_loc_conf_t  *llcf;
 
     job = ctx->job;
+    llcf = ngx_http_get_module_loc_conf(ctx->request, ngx_http_llm_module);
+
+    ngx_memzero(&fc, sizeof(ngx_http_llm_fmt_ctx_t));
+    fc.request = ctx->request;
+    fc.job = job;
+    fc.include_usage = ctx->include_usage;
 
     if (ctx->retry) {
-        llcf = ngx_http_get_module_loc_conf(ctx->request, ngx_http_llm_module);
         n = ngx_sprintf(line, "retry: %M\n\n", llcf->retry) - line;
-        ngx_http_llm_sse_raw(w, line, n);
+        ngx_http_llm_render_raw(w, line, n);
     }
 
     i = ctx->sent;
@@ -336,194 +325,17 @@ ngx_http_llm_sse_frames(ngx_http_llm_ctx_t *ctx, ngx_http_llm_render_t *w,
             text += job->text_len;
         }
 
-        ngx_http_llm_sse_event(job, w, i, last);
+        fc.first = i;
+        fc.last = last;
+        ngx_http_llm_format_event(llcf->format, &fc, w);
         i = last + 1;
     }
 
     if (ping && w->n == 0) {
-        ngx_http_llm_sse_raw(w, ": ping\n\n", sizeof(": ping\n\n") - 1);
+        ngx_http_llm_render_raw(w, ": ping\n\n", sizeof(": ping\n\n") - 1);
     }
 
     return i;
-}
-
-
-static void
-ngx_http_llm_sse_event(ngx_http_llm_job_t *job, ngx_http_llm_render_t *w,
-    ngx_uint_t first, ngx_uint_t last)
-{
-    u_char                 num[NGX_INT_T_LEN * 3 + 64];
-    size_t                 n;
-    ngx_http_llm_event_t  *ev;
-
-    ev = &job->events[first];
-
-    n = ngx_sprintf(num, "%ui", last + 1) - num;
-
-    ngx_http_llm_sse_raw(w, "id: ", sizeof("id: ") - 1);
-    ngx_http_llm_sse_raw(w, job->id, NGX_HTTP_LLM_JOB_ID_LEN);
-    ngx_http_llm_sse_raw(w, ":", 1);
-    ngx_http_llm_sse_raw(w, num, n);
-    ngx_http_llm_sse_raw(w, "\nevent: ", sizeof("\nevent: ") - 1);
-    ngx_http_llm_sse_raw(w, ngx_http_llm_event_names[ev->type],
-                         ngx_strlen(ngx_http_llm_event_names[ev->type]));
-    ngx_http_llm_sse_raw(w, "\ndata: ", sizeof("\ndata: ") - 1);
-
-    switch (ev->type) {
-
-    case NGX_HTTP_LLM_EV_START:
-        ngx_http_llm_sse_raw(w, "{\"job\":\"", sizeof("{\"job\":\"") - 1);
-        ngx_http_llm_sse_raw(w, job->id, NGX_HTTP_LLM_JOB_ID_LEN);
-        ngx_http_llm_sse_raw(w, "\"}", 2);
-        break;
-
-    case NGX_HTTP_LLM_EV_DELTA:
-        ngx_http_llm_sse_raw(w, "{\"text\":", sizeof("{\"text\":") - 1);
-        ngx_http_llm_sse_str(w, job->text + ev->off,
-                             job->events[last].off + job->events[last].len
-                             - ev->off);
-        ngx_http_llm_sse_raw(w, "}", 1);
-        break;
-
-    case NGX_HTTP_LLM_EV_COMPLETE:
-        ngx_http_llm_sse_raw(w, "{\"text\":", sizeof("{\"text\":") - 1);
-        ngx_http_llm_sse_str(w, job->text, job->text_len);
-
-        if (job->finish_len) {
-            ngx_http_llm_sse_raw(w, ",\"finish_reason\":",
-                                 sizeof(",\"finish_reason\":") - 1);
-            ngx_http_llm_sse_str(w, job->finish, job->finish_len);
-        }
-
-        if (job->input_tokens >= 0 || job->output_tokens >= 0) {
-            ngx_http_llm_sse_raw(w, ",\"usage\":{", sizeof(",\"usage\":{") - 1);
-            n = 0;
-
-            if (job->input_tokens >= 0) {
-                n = ngx_sprintf(num, "\"input_tokens\":%i", job->input_tokens)
-                    - num;
-            }
-
-            if (job->output_tokens >= 0) {
-                n = ngx_sprintf(num + n, "%s\"output_tokens\":%i",
-                                n ? "," : "", job->output_tokens)
-                    - num;
-            }
-
-            if (job->input_tokens >= 0 && job->output_tokens >= 0) {
-                n = ngx_sprintf(num + n, ",\"total_tokens\":%i",
-                                job->input_tokens + job->output_tokens)
-                    - num;
-            }
-
-            ngx_http_llm_sse_raw(w, num, n);
-            ngx_http_llm_sse_raw(w, "}", 1);
-        }
-
-        ngx_http_llm_sse_raw(w, "}", 1);
-        break;
-
-    case NGX_HTTP_LLM_EV_ERROR:
-        ngx_http_llm_sse_raw(w, "{\"code\":", sizeof("{\"code\":") - 1);
-        ngx_http_llm_sse_str(w, job->code, job->code_len);
-        ngx_http_llm_sse_raw(w, ",\"message\":", sizeof(",\"message\":") - 1);
-        ngx_http_llm_sse_str(w, job->message, job->message_len);
-        ngx_http_llm_sse_raw(w, ",\"text\":", sizeof(",\"text\":") - 1);
-        ngx_http_llm_sse_str(w, job->text, job->text_len);
-        ngx_http_llm_sse_raw(w, "}", 1);
-        break;
-    }
-
-    ngx_http_llm_sse_raw(w, "\n\n", 2);
-}
-
-
-static void
-ngx_http_llm_sse_raw(ngx_http_llm_render_t *w, const void *s, size_t len)
-{
-    if (w->p) {
-        w->p = ngx_cpymem(w->p, s, len);
-    }
-
-    w->n += len;
-}
-
-
-/* a JSON string: the text is valid UTF-8, only escapes are needed */
-
-static void
-ngx_http_llm_sse_str(ngx_http_llm_render_t *w, u_char *s, size_t len)
-{
-    u_char         c, *p, *last;
-    size_t         n;
-    static u_char  hex[] = "0123456789abcdef";
-
-    n = 2;
-    last = s + len;
-
-    for (p = s; p < last; p++) {
-        c = *p;
-        n += (c == '"' || c == '\\') ? 2
-             : (c >= 0x20) ? 1
-             : (c == '\n' || c == '\r' || c == '\t' || c == '\b' || c == '\f')
-               ? 2 : 6;
-    }
-
-    w->n += n;
-
-    if (w->p == NULL) {
-        return;
-    }
-
-    p = w->p;
-    *p++ = '"';
-
-    for ( /* void */ ; s < last; s++) {
-        c = *s;
-
-        if (c >= 0x20 && c != '"' && c != '\\') {
-            *p++ = c;
-            continue;
-        }
-
-        *p++ = '\\';
-
-        switch (c) {
-
-        case '"':
-        case '\\':
-            *p++ = c;
-            break;
-
-        case '\n':
-            *p++ = 'n';
-            break;
-
-        case '\r':
-            *p++ = 'r';
-            break;
-
-        case '\t':
-            *p++ = 't';
-            break;
-
-        case '\b':
-            *p++ = 'b';
-            break;
-
-        case '\f':
-            *p++ = 'f';
-            break;
-
-        default:
-            p = ngx_cpymem(p, "u00", 3);
-            *p++ = hex[c >> 4];
-            *p++ = hex[c & 0xf];
-        }
-    }
-
-    *p++ = '"';
-    w->p = p;
 }
 
 
