@@ -547,11 +547,8 @@ ngx_http_llm_tpl_compile(ngx_conf_t *cf, ngx_str_t *kind, ngx_str_t *src,
 
     if (json == NULL) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "llm_format: \"%V\" template is not JSON: %s "
-                           "(near \"%*s\")", kind, err.text,
-                           (size_t) ngx_min(20, ck - check
-                                    - ngx_min(err.position, ck - check)),
-                           check + ngx_min(err.position, ck - check));
+                           "llm_format: \"%V\" template is not JSON: %s",
+                           kind, err.text);
         return NGX_CONF_ERROR;
     }
 

@@ -392,6 +392,10 @@ ngx_http_llm_cleanup(void *data)
         ngx_del_timer(&ctx->heartbeat);
     }
 
+    if (ctx->coalesce.timer_set) {
+        ngx_del_timer(&ctx->coalesce);
+    }
+
     ctx->finished = 1;
     ngx_http_llm_job_unsubscribe(ctx);
 

@@ -108,6 +108,8 @@ struct ngx_http_llm_ctx_s {
     ngx_chain_t                   *free;
     ngx_chain_t                   *busy;
     ngx_event_t                    heartbeat;
+    ngx_event_t                    coalesce;    /* deltas held back */
+    ngx_msec_t                     written;     /* last write, for that */
 
     unsigned                       streaming:1;
     unsigned                       waiting:1;   /* a store lookup */

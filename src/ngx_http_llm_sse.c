@@ -33,6 +33,8 @@ static ngx_uint_t ngx_http_llm_sse_frames(ngx_http_llm_ctx_t *ctx,
 static void ngx_http_llm_sse_send(ngx_http_llm_ctx_t *ctx, ngx_uint_t ping);
 static void ngx_http_llm_sse_write_handler(ngx_http_request_t *r);
 static void ngx_http_llm_sse_heartbeat(ngx_event_t *ev);
+static ngx_uint_t ngx_http_llm_sse_hold(ngx_http_llm_ctx_t *ctx);
+static void ngx_http_llm_sse_coalesced(ngx_event_t *ev);
 
 
 ngx_int_t
@@ -89,6 +91,10 @@ ngx_http_llm_sse_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ctx->heartbeat.data = r->connection;
     ctx->heartbeat.log = r->connection->log;
 
+    ctx->coalesce.handler = ngx_http_llm_sse_coalesced;
+    ctx->coalesce.data = r->connection;
+    ctx->coalesce.log = r->connection->log;
+
     if (llcf->heartbeat) {
         ngx_add_timer(&ctx->heartbeat, llcf->heartbeat);
     }
@@ -140,10 +146,18 @@ ngx_http_llm_sse_send(ngx_http_llm_ctx_t *ctx, ngx_uint_t ping)
     job = ctx->job;
     out = NULL;
 
+    if (ctx->busy == NULL && !ping && ngx_http_llm_sse_hold(ctx)) {
+        return;
+    }
+
     if (ctx->busy == NULL
         && ngx_http_llm_sse_render(ctx, &out, ping) != NGX_OK)
     {
         goto failed;
+    }
+
+    if (out) {
+        ctx->written = ngx_current_msec;
     }
 
     rc = ngx_http_output_filter(r, out);
@@ -186,6 +200,10 @@ ngx_http_llm_sse_send(ngx_http_llm_ctx_t *ctx, ngx_uint_t ping)
             ngx_del_timer(&ctx->heartbeat);
         }
 
+        if (ctx->coalesce.timer_set) {
+            ngx_del_timer(&ctx->coalesce);
+        }
+
         ngx_http_finalize_request(r, ngx_http_send_special(r,
                                                           NGX_HTTP_LAST));
     }
@@ -200,6 +218,10 @@ failed:
         ngx_del_timer(&ctx->heartbeat);
     }
 
+    if (ctx->coalesce.timer_set) {
+        ngx_del_timer(&ctx->coalesce);
+    }
+
     ngx_http_finalize_request(r, NGX_ERROR);
 }
 
@@ -212,6 +234,7 @@ ngx_http_llm_sse_render(ngx_http_llm_ctx_t *ctx, ngx_chain_t **out,
 {
     size_t                  size;
     ngx_buf_t              *b;
+    ngx_uint_t              next;
     ngx_chain_t            *cl;
     ngx_http_request_t     *r;
     ngx_http_llm_render_t   w;
@@ -220,9 +243,11 @@ ngx_http_llm_sse_render(ngx_http_llm_ctx_t *ctx, ngx_chain_t **out,
 
     w.p = NULL;
     w.n = 0;
-    (void) ngx_http_llm_sse_frames(ctx, &w, ping);
+    next = ngx_http_llm_sse_frames(ctx, &w, ping);
 
     if (w.n == 0) {
+        /* events that the format does not send */
+        ctx->sent = next;
         return NGX_OK;
     }
 
@@ -364,6 +389,10 @@ ngx_http_llm_sse_write_handler(ngx_http_request_t *r)
             ngx_del_timer(&ctx->heartbeat);
         }
 
+        if (ctx->coalesce.timer_set) {
+            ngx_del_timer(&ctx->coalesce);
+        }
+
         ngx_http_finalize_request(r, NGX_HTTP_REQUEST_TIME_OUT);
         return;
     }
@@ -394,6 +423,91 @@ ngx_http_llm_sse_heartbeat(ngx_event_t *ev)
     if (!ctx->finished) {
         ctx->wrote = 0;
         ngx_add_timer(&ctx->heartbeat, llcf->heartbeat);
+    }
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * A format that coalesces deltas holds them back until its interval has
+ * passed since the last write, unless enough text is due or another kind
+ * of event waits behind them.
+ */
+
+static ngx_uint_t
+ngx_http_llm_sse_hold(ngx_http_llm_ctx_t *ctx)
+{
+    size_t                    size;
+    ngx_uint_t                i;
+    ngx_msec_t                elapsed;
+    ngx_http_llm_job_t       *job;
+    ngx_http_llm_format_t    *fmt;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ngx_http_get_module_loc_conf(ctx->request, ngx_http_llm_module);
+    fmt = llcf->format;
+    job = ctx->job;
+
+    if (fmt->coalesce_time == 0 || ctx->retry || job == NULL
+        || ctx->sent >= job->nevents)
+    {
+        return 0;
+    }
+
+    size = 0;
+
+    for (i = ctx->sent; i < job->nevents; i++) {
+        if (job->events[i].type != NGX_HTTP_LLM_EV_DELTA
+            || (fmt->coalesce_size && size >= fmt->coalesce_size))
+        {
+            goto now;
+        }
+
+        size += job->events[i].len;
+    }
+
+    if (fmt->coalesce_size && size >= fmt->coalesce_size) {
+        goto now;
+    }
+
+    if (ctx->coalesce.timer_set) {
+        return 1;
+    }
+
+    elapsed = ngx_current_msec - ctx->written;
+
+    if (elapsed >= fmt->coalesce_time) {
+        return 0;
+    }
+
+    ngx_add_timer(&ctx->coalesce, fmt->coalesce_time - elapsed);
+
+    return 1;
+
+now:
+
+    if (ctx->coalesce.timer_set) {
+        ngx_del_timer(&ctx->coalesce);
+    }
+
+    return 0;
+}
+
+
+static void
+ngx_http_llm_sse_coalesced(ngx_event_t *ev)
+{
+    ngx_connection_t    *c;
+    ngx_http_request_t  *r;
+    ngx_http_llm_ctx_t  *ctx;
+
+    c = ev->data;
+    r = c->data;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
+
+    if (!ctx->finished && ctx->busy == NULL) {
+        ngx_http_llm_sse_send(ctx, 0);
     }
 
     ngx_http_run_posted_requests(c);

@@ -1,0 +1,640 @@
+# Formats: the five seed apps' SSE dialects as llm_format blocks, byte for
+# byte; escaping; coalescing; the built-in openai format; nginx -t errors.
+
+use Test::Nginx::Socket 'no_plan';
+
+no_shuffle();
+run_tests();
+
+__DATA__
+
+=== TEST 1: learning path: data-only events without a type, progress and redirect
+--- http_config
+    llm_format learning {
+        start    '{"progress": 10, "message": "Analyzing your topic and requirements..."}';
+        delta    off;
+        complete '{"progress": 100, "done": true, "redirect_url": "/result", "message": "Complete!"}';
+        error    '{"error": $llm_error_message}';
+    }
+--- config
+    location = /generate-stream {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model  m;
+        llm_prompt "Learning path for $llm_input_topic";
+        llm_format learning;
+    }
+    location = /mock {
+        echo -n 'data: {"choices":[{"delta":{"content":"Week 1"}}]}\n\n';
+        echo -n 'data: {"choices":[{"delta":{"content":": basics"},"finish_reason":"stop"}]}\n\n';
+        echo -n 'data: [DONE]\n\n';
+    }
+--- request
+POST /generate-stream
+topic=rust&level=beginner
+--- more_headers
+Content-Type: application/x-www-form-urlencoded
+--- response_headers
+Content-Type: text/event-stream
+--- response_body_like eval
+qr{\Aretry: 3000
+
+id: ([A-Za-z0-9_-]{22}):1
+data: \{"progress":10,"message":"Analyzing your topic and requirements\.\.\."\}
+
+id: \1:\d
+data: \{"progress":100,"done":true,"redirect_url":"/result","message":"Complete!"\}
+
+\z}
+--- no_error_log
+[error]
+
+
+
+=== TEST 2: learning path: an upstream failure is {"error": ...}
+--- http_config
+    llm_format learning {
+        start    '{"progress": 10, "message": "Analyzing..."}';
+        delta    off;
+        complete '{"progress": 100, "done": true, "redirect_url": "/result"}';
+        error    '{"error": $llm_error_message}';
+    }
+--- config
+    location = /generate-stream {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model  m;
+        llm_prompt "hi";
+        llm_format learning;
+    }
+    location = /mock {
+        return 503 '{"error":{"message":"overloaded"}}';
+    }
+--- request
+GET /generate-stream
+--- response_body_like eval
+qr{\Aretry: 3000
+
+id: ([A-Za-z0-9_-]{22}):1
+data: \{"progress":10,"message":"Analyzing\.\.\."\}
+
+id: \1:2
+data: \{"error":"[^"]*overloaded[^"]*"\}
+
+\z}
+
+
+
+=== TEST 3: story: typed data-only events, chunks, two events at the end
+--- http_config
+    llm_format story {
+        start    '{"type": "node", "node": "generate_content", "status": "started"}';
+        delta    '{"type": "content", "chunk": $llm_delta}';
+        complete '{"type": "node", "node": "generate_content", "status": "completed"}';
+        complete '{"type": "complete", "story": {"success": true, "story_content": $llm_text, "theme": $arg_theme}}';
+        error    '{"type": "error", "message": $llm_error_message, "error_code": $llm_error_code}';
+    }
+--- config
+    location = /api/v1/stories/generate/stream {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model  m;
+        llm_prompt "A $arg_theme story";
+        llm_format story;
+    }
+    location = /mock {
+        echo -n 'data: {"choices":[{"delta":{"content":"Once upon a time..."}}]}\n\n';
+        echo_flush;
+        echo_sleep 0.05;
+        echo -n 'data: {"choices":[{"delta":{"content":"in a magical forest..."}}]}\n\n';
+        echo -n 'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n';
+        echo -n 'data: [DONE]\n\n';
+    }
+--- request
+GET /api/v1/stories/generate/stream?child_id=7&theme=adventure&chapter_number=1
+--- response_body_like eval
+qr{\Aretry: 3000
+
+id: ([A-Za-z0-9_-]{22}):1
+data: \{"type":"node","node":"generate_content","status":"started"\}
+
+id: \1:2
+data: \{"type":"content","chunk":"Once upon a time\.\.\."\}
+
+id: \1:3
+data: \{"type":"content","chunk":"in a magical forest\.\.\."\}
+
+data: \{"type":"node","node":"generate_content","status":"completed"\}
+
+id: \1:4
+data: \{"type":"complete","story":\{"success":true,"story_content":"Once upon a time\.\.\.in a magical forest\.\.\.","theme":"adventure"\}\}
+
+\z}
+--- no_error_log
+[error]
+
+
+
+=== TEST 4: assessment batches: connected, then complete with nested data
+--- http_config
+    llm_format step7 {
+        start    '{"type": "connected", "message": "Stream established"}';
+        delta    off;
+        complete '{"type": "complete", "data": {"step7": {"text": $llm_text}, "summary": {"usage": $llm_usage, "outputTokens": ${llm_usage.output_tokens}}}, "message": "Step 7 complete"}';
+        error    '{"type": "error", "error": $llm_error_message}';
+    }
+--- config
+    location ~ ^/api/v3/workflow/(?<workflow>[0-9a-f]+)/step7/stream$ {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model  m;
+        llm_prompt "Assessments for workflow $workflow";
+        llm_format step7;
+    }
+    location = /mock {
+        echo -n 'data: {"choices":[{"delta":{"content":"[1,2]"},"finish_reason":"stop"}]}\n\n';
+        echo -n 'data: {"choices":[],"usage":{"prompt_tokens":5,"completion_tokens":3}}\n\n';
+        echo -n 'data: [DONE]\n\n';
+    }
+--- request
+POST /api/v3/workflow/65a1f0/step7/stream
+{"assessmentTypes":["mcq"]}
+--- more_headers
+Content-Type: application/json
+--- response_body_like eval
+qr{\Aretry: 3000
+
+id: ([A-Za-z0-9_-]{22}):1
+data: \{"type":"connected","message":"Stream established"\}
+
+id: \1:3
+data: \{"type":"complete","data":\{"step7":\{"text":"\[1,2\]"\},"summary":\{"usage":\{"input_tokens":5,"output_tokens":3,"total_tokens":8\},"outputTokens":3\}\},"message":"Step 7 complete"\}
+
+\z}
+
+
+
+=== TEST 5: adversarial pipeline: named events with timestamps and a duration
+--- http_config
+    llm_format adversarial {
+        start    event=start '{"event": "start", "topic": $arg_topic, "timestamp": $llm_time}';
+        delta    off;
+        complete event=step '{"type": "final", "success": $llm_success, "response_full": $llm_text, "model": $llm_model}';
+        complete event=done '{"event": "done", "timestamp": $llm_time, "total_duration_seconds": $llm_elapsed}';
+        error    event=error '{"type": "error", "error": $llm_error_message, "timestamp": $llm_time}';
+    }
+--- config
+    location = /api/generate-stream {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model  claude-sonnet;
+        llm_prompt "Question about $arg_topic";
+        llm_format adversarial;
+    }
+    location = /mock {
+        echo_sleep 0.1;
+        echo -n 'data: {"choices":[{"delta":{"content":"Q?"},"finish_reason":"stop"}]}\n\n';
+        echo -n 'data: [DONE]\n\n';
+    }
+--- request
+GET /api/generate-stream?topic=GRPO%20in%20RL
+--- response_body_like eval
+qr{\Aretry: 3000
+
+id: ([A-Za-z0-9_-]{22}):1
+event: start
+data: \{"event":"start","topic":"GRPO%20in%20RL","timestamp":"20\d\d-\d\d-\d\dT\d\d:\d\d:\d\d\.\d\d\dZ"\}
+
+event: step
+data: \{"type":"final","success":true,"response_full":"Q\?","model":"claude-sonnet"\}
+
+id: \1:3
+event: done
+data: \{"event":"done","timestamp":"20\d\d-[^"]+Z","total_duration_seconds":0\.[1-9]\d\d\}
+
+\z}
+
+
+
+=== TEST 6: content pipeline: named progress and complete events, error event
+--- http_config
+    llm_format content {
+        start    event=progress '{"stage": "generator", "message": "Generating content using $llm_model...", "progress": 30}';
+        delta    off;
+        complete event=complete '{"success": true, "output": $llm_text, "metadata": {"finish_reason": $llm_finish_reason}}';
+        error    event=error '{"success": false, "error": $llm_error_message, "code": $llm_error_code, "partial": $llm_text}';
+    }
+--- config
+    location = /run/stream {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model  "claude \"3.5\"";
+        llm_prompt "$llm_input_topic";
+        llm_format content;
+    }
+    location = /mock {
+        echo -n 'data: {"choices":[{"delta":{"content":"Draft"}}]}\n\n';
+    }
+--- request
+POST /run/stream
+{"topic":"SSE"}
+--- more_headers
+Content-Type: application/json
+--- response_body_like eval
+qr{\Aretry: 3000
+
+id: ([A-Za-z0-9_-]{22}):1
+event: progress
+data: \{"stage":"generator","message":"Generating content using claude \\"3\.5\\"\.\.\.","progress":30\}
+
+id: \1:3
+event: error
+data: \{"success":false,"error":"[^"]+","code":"upstream_truncated","partial":"Draft"\}
+
+\z}
+
+
+
+=== TEST 7: escaping: upstream text cannot break the JSON or the framing
+--- http_config
+    llm_format esc {
+        start    off;
+        delta    '{"t": $llm_delta, "in": "<$llm_delta>"}';
+        complete '{"done": true}';
+        error    '{"error": $llm_error_message}';
+    }
+--- config
+    location = /g {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model  m;
+        llm_prompt "hi";
+        llm_format esc;
+    }
+    location = /mock {
+        echo -n 'data: {"choices":[{"delta":{"content":"a\\"b\\\\c\\n\\ndata: {\\"x\\":1}\\r\\nevent: error\\r\\u0001\\u0000 \\u00e9\\ud83d\\ude00"},"finish_reason":"stop"}]}\n\n';
+        echo -n 'data: [DONE]\n\n';
+    }
+--- request
+GET /g
+--- response_body_like eval
+qr{\Aretry: 3000
+
+id: ([A-Za-z0-9_-]{22}):2
+data: \{"t":"a\\"b\\\\c\\n\\ndata: \{\\"x\\":1\}\\r\\nevent: error\\r\\u0001\\u0000 \x{c3}\x{a9}\x{f0}\x{9f}\x{98}\x{80}","in":"<a\\"b\\\\c\\n\\ndata: \{\\"x\\":1\}\\r\\nevent: error\\r\\u0001\\u0000 \x{c3}\x{a9}\x{f0}\x{9f}\x{98}\x{80}>"\}
+
+id: \1:3
+data: \{"done":true\}
+
+\z}
+
+
+
+=== TEST 8: nginx variables that are not UTF-8 become U+FFFD
+--- http_config
+    llm_format v {
+        start    '{"q": $arg_q, "s": "[$arg_q]"}';
+        delta    off;
+        complete '{"done": true}';
+        error    '{"error": $llm_error_message}';
+    }
+--- config
+    location = /g {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model  m;
+        llm_prompt "hi";
+        llm_format v;
+    }
+    location = /mock {
+        echo -n 'data: {"choices":[{"delta":{"content":"x"},"finish_reason":"stop"}]}\n\n';
+    }
+--- raw_request eval
+"GET /g?q=a\xff\"b\xc3 HTTP/1.0\r\nHost: localhost\r\n\r\n"
+--- response_body_like eval
+qr{data: \{"q":"a\\ufffd\\"b\\ufffd","s":"\[a\\ufffd\\"b\\ufffd\]"\}\n\n}
+
+
+
+=== TEST 9: the shutdown kind falls back to error, and has its own template
+--- http_config
+    llm_format f {
+        start    off;
+        delta    '{"d": $llm_delta}';
+        complete '{"ok": true}';
+        error    event=error '{"e": $llm_error_code}';
+        shutdown event=bye '{"bye": $llm_error_code, "seq": $llm_seq, "id": $llm_event_id, "job": $llm_job_id, "state": $llm_state}';
+    }
+--- config
+    location = /g {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model  m;
+        llm_prompt "hi";
+        llm_format f;
+    }
+    location = /mock {
+        return 500 'nope';
+    }
+--- request
+GET /g
+--- response_body_like eval
+qr{id: ([A-Za-z0-9_-]{22}):2
+event: error
+data: \{"e":"upstream_status"\}
+
+\z}
+
+
+
+=== TEST 10: coalescing: fast deltas are merged into fewer events, same text
+--- http_config
+    llm_format c {
+        start    off;
+        delta    '{"d": $llm_delta}';
+        complete '{"text": $llm_text}';
+        error    '{"error": $llm_error_message}';
+        coalesce 300ms;
+    }
+--- config
+    location = /g {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tokens=20&tps=100&ttft=0&token_size=2;
+        llm_model  m;
+        llm_prompt "hi";
+        llm_format c;
+    }
+--- request
+GET /g
+--- response_body_like eval
+qr{\Aretry: 3000
+
+id: ([A-Za-z0-9_-]{22}):\d+
+data: \{"d":"[^"]+"\}
+
+(?:id: \1:\d+
+data: \{"d":"[^"]+"\}
+
+){0,8}id: \1:22
+data: \{"text":"[^"]{40}"\}
+
+\z}
+
+
+
+=== TEST 11: coalescing by size: deltas wait until enough text is due
+--- http_config
+    llm_format c {
+        start    off;
+        delta    '{"d": $llm_delta}';
+        complete '{"n": $llm_output_tokens}';
+        error    '{"error": $llm_error_message}';
+        coalesce 1h 10;
+    }
+--- config
+    location = /g {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tokens=20&tps=200&ttft=0&token_size=2;
+        llm_model  m;
+        llm_prompt "hi";
+        llm_format c;
+    }
+--- request
+GET /g
+--- response_body_like eval
+qr{\Aretry: 3000
+
+(?:id: ([A-Za-z0-9_-]{22}):\d+
+data: \{"d":"[^"]{10,}"\}
+
+)+(?:id: \1:\d+
+data: \{"d":"[^"]*"\}
+
+)?id: \1:22
+data: \{"n":20\}
+
+\z}
+
+
+
+=== TEST 12: openai: chat.completion.chunk objects and [DONE]
+--- config
+    location = /v1/chat/completions {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_provider anthropic;
+        llm_model  claude-x;
+        llm_prompt "hi";
+        llm_format openai;
+    }
+    location = /mock {
+        echo -n 'event: message_start\ndata: {"type":"message_start","message":{"usage":{"input_tokens":4}}}\n\n';
+        echo -n 'event: content_block_delta\ndata: {"type":"content_block_delta","delta":{"type":"text_delta","text":"He\\"y"}}\n\n';
+        echo -n 'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"max_tokens"},"usage":{"output_tokens":1}}\n\n';
+        echo -n 'event: message_stop\ndata: {"type":"message_stop"}\n\n';
+    }
+--- request
+GET /v1/chat/completions
+--- response_body_like eval
+qr{\Aretry: 3000
+
+id: ([A-Za-z0-9_-]{22}):1
+data: \{"id":"chatcmpl-\1","object":"chat\.completion\.chunk","created":\d+,"model":"claude-x","choices":\[\{"index":0,"delta":\{"role":"assistant","content":""\},"finish_reason":null\}\]\}
+
+id: \1:2
+data: \{"id":"chatcmpl-\1","object":"chat\.completion\.chunk","created":\d+,"model":"claude-x","choices":\[\{"index":0,"delta":\{"content":"He\\"y"\},"finish_reason":null\}\]\}
+
+data: \{"id":"chatcmpl-\1","object":"chat\.completion\.chunk","created":\d+,"model":"claude-x","choices":\[\{"index":0,"delta":\{\},"finish_reason":"length"\}\]\}
+
+id: \1:3
+data: \[DONE\]
+
+\z}
+
+
+
+=== TEST 13: openai: an upstream failure is an OpenAI error object
+--- config
+    location = /v1/chat/completions {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model  m;
+        llm_prompt "hi";
+        llm_format openai;
+    }
+    location = /mock {
+        return 429 '{"error":{"message":"slow down"}}';
+    }
+--- request
+GET /v1/chat/completions
+--- response_body_like eval
+qr{id: ([A-Za-z0-9_-]{22}):2
+data: \{"error":\{"message":"[^"]*slow down[^"]*","type":"upstream_status","code":"upstream_status"\}\}
+
+\z}
+
+
+
+=== TEST 14: nginx -t: a template that is not JSON
+--- http_config
+    llm_format bad {
+        start    '{"a": $llm_job_id,}';
+        complete '{}';
+        error    '{}';
+    }
+--- config
+--- must_die
+--- error_log eval
+qr/llm_format: "start" template is not JSON: .* in .*nginx\.conf:\d+/
+
+
+
+=== TEST 15: nginx -t: a variable where JSON needs a key
+--- http_config
+    llm_format bad {
+        complete '{$llm_text: 1}';
+        error    '{}';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: "complete" template is not JSON
+
+
+
+=== TEST 16: nginx -t: an unknown $llm_ variable
+--- http_config
+    llm_format bad {
+        complete '{"x": $llm_nope}';
+        error    '{}';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: "complete" template: unknown variable "$llm_nope"
+
+
+
+=== TEST 17: nginx -t: fields of a variable that has none
+--- http_config
+    llm_format bad {
+        complete '{"x": ${llm_text.a}}';
+        error    '{}';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: "complete" template: "$llm_text" has no fields
+
+
+
+=== TEST 18: nginx -t: an unknown kind
+--- http_config
+    llm_format bad {
+        finish   '{}';
+        complete '{}';
+        error    '{}';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: unknown event kind "finish"
+
+
+
+=== TEST 19: nginx -t: a format without a final event
+--- http_config
+    llm_format bad {
+        delta    '{"d": $llm_delta}';
+        complete '{}';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format "bad" needs both a "complete" and an "error" template
+
+
+
+=== TEST 20: nginx -t: complete cannot be off
+--- http_config
+    llm_format bad {
+        complete off;
+        error    '{}';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: "complete" cannot be "off" (a stream ends with it)
+
+
+
+=== TEST 21: nginx -t: an event name with a line break
+--- http_config
+    llm_format bad {
+        complete "event=a
+b" '{}';
+        error    '{}';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: invalid event name
+
+
+
+=== TEST 22: nginx -t: an unknown format, and one used before it is defined
+--- config
+    location = /g {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model  m;
+        llm_prompt "hi";
+        llm_format nope;
+    }
+--- must_die
+--- error_log
+unknown llm_format "nope" (a format is defined before it is used)
+
+
+
+=== TEST 23: nginx -t: a duplicate format, a duplicate JSON answer
+--- http_config
+    llm_format a {
+        complete '{}';
+        error    '{}';
+    }
+    llm_format a {
+        complete '{}';
+        error    '{}';
+    }
+--- config
+--- must_die
+--- error_log
+duplicate llm_format "a"
+
+
+
+=== TEST 24: nginx -t: JSON answers take no event name; bad coalesce
+--- http_config
+    llm_format a {
+        complete '{}';
+        error    '{}';
+        refusal  event=x '{}';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: "refusal" is a JSON answer, not an event: it takes no event name
+
+
+
+=== TEST 25: nginx -t: coalesce needs a time
+--- http_config
+    llm_format a {
+        complete '{}';
+        error    '{}';
+        coalesce 0;
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: invalid coalesce time "0"
+
+
+
+=== TEST 26: nginx -t: an unterminated ${
+--- http_config
+    llm_format a {
+        complete '{"a": ${llm_text}}';
+        error    '{"a": ${llm_text';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: "error" template: unterminated "${"
