@@ -13,6 +13,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_template.h"
 
 
 /*
@@ -35,13 +36,6 @@ typedef enum {
     NGX_HTTP_LLM_K_REFUSAL,         /* a JSON error answer's body */
     NGX_HTTP_LLM_K_N
 } ngx_http_llm_kind_e;
-
-
-/* renders into p, or only counts when p is NULL */
-typedef struct {
-    u_char                        *p;
-    size_t                         n;
-} ngx_http_llm_render_t;
 
 
 /* what one rendering is about */
@@ -102,13 +96,11 @@ ngx_int_t ngx_http_llm_format_body(ngx_http_llm_format_t *fmt,
     ngx_http_llm_kind_e kind, ngx_http_llm_fmt_ctx_t *fc,
     ngx_http_llm_render_t *w);
 
-/* writers shared by every renderer */
-void ngx_http_llm_render_raw(ngx_http_llm_render_t *w, const void *s,
-    size_t len);
-void ngx_http_llm_render_str(ngx_http_llm_render_t *w, u_char *s,
-    size_t len, ngx_uint_t quotes);
 void ngx_http_llm_render_id(ngx_http_llm_render_t *w,
     ngx_http_llm_job_t *job, ngx_uint_t seq);
+
+/* ngx_http_llm_format_vars.c */
+extern ngx_http_llm_var_t  ngx_http_llm_format_vars[];
 
 /* ngx_http_llm_format_openai.c */
 extern ngx_http_llm_format_t  ngx_http_llm_format_openai;

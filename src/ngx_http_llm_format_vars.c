@@ -1,0 +1,473 @@
+
+/*
+ * Copyright (C) ngx_http_llm_module authors
+ */
+
+
+/*
+ * The variables of format templates: what a job and one of its events
+ * (or a refusal) offer to an event's JSON (docs/formats.md).
+ */
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+#include "ngx_http_llm_module.h"
+#include "ngx_http_llm_format.h"
+
+
+static void ngx_http_llm_var_job_id(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_event_id(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_seq(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_delta(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_text(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_finish(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_usage(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_input_tokens(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_output_tokens(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_total_tokens(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_error_code(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_error_message(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_status(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_state(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_success(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_time(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_time_ms(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_created(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_elapsed(void *data,
+    ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_model(void *data,
+    ngx_http_llm_value_t *v);
+
+
+ngx_http_llm_var_t  ngx_http_llm_format_vars[] = {
+    { ngx_string("llm_job_id"), ngx_http_llm_var_job_id, 0 },
+    { ngx_string("llm_event_id"), ngx_http_llm_var_event_id, 0 },
+    { ngx_string("llm_seq"), ngx_http_llm_var_seq, 0 },
+    { ngx_string("llm_delta"), ngx_http_llm_var_delta, 0 },
+    { ngx_string("llm_text"), ngx_http_llm_var_text, 0 },
+    { ngx_string("llm_finish_reason"), ngx_http_llm_var_finish, 0 },
+    { ngx_string("llm_usage"), ngx_http_llm_var_usage, 1 },
+    { ngx_string("llm_input_tokens"), ngx_http_llm_var_input_tokens, 0 },
+    { ngx_string("llm_output_tokens"), ngx_http_llm_var_output_tokens, 0 },
+    { ngx_string("llm_total_tokens"), ngx_http_llm_var_total_tokens, 0 },
+    { ngx_string("llm_error_code"), ngx_http_llm_var_error_code, 0 },
+    { ngx_string("llm_error_message"), ngx_http_llm_var_error_message, 0 },
+    { ngx_string("llm_status"), ngx_http_llm_var_status, 0 },
+    { ngx_string("llm_state"), ngx_http_llm_var_state, 0 },
+    { ngx_string("llm_success"), ngx_http_llm_var_success, 0 },
+    { ngx_string("llm_time"), ngx_http_llm_var_time, 0 },
+    { ngx_string("llm_time_ms"), ngx_http_llm_var_time_ms, 0 },
+    { ngx_string("llm_created"), ngx_http_llm_var_created, 0 },
+    { ngx_string("llm_elapsed"), ngx_http_llm_var_elapsed, 0 },
+    { ngx_string("llm_model"), ngx_http_llm_var_model, 0 },
+    { ngx_null_string, NULL, 0 }
+};
+
+
+static void
+ngx_http_llm_var_job_id(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    if (fc->job) {
+        v->type = NGX_HTTP_LLM_VAL_STR;
+        v->data = fc->job->id;
+        v->len = NGX_HTTP_LLM_JOB_ID_LEN;
+    }
+}
+
+
+static void
+ngx_http_llm_var_event_id(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    if (fc->job) {
+        v->type = NGX_HTTP_LLM_VAL_STR;
+        v->data = v->buf;
+        v->len = ngx_sprintf(v->buf, "%*s:%ui",
+                             (size_t) NGX_HTTP_LLM_JOB_ID_LEN, fc->job->id,
+                             fc->last + 1)
+                 - v->buf;
+    }
+}
+
+
+static void
+ngx_http_llm_var_seq(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    if (fc->job) {
+        v->type = NGX_HTTP_LLM_VAL_RAW;
+        v->data = v->buf;
+        v->len = ngx_sprintf(v->buf, "%ui", fc->last + 1) - v->buf;
+    }
+}
+
+
+static void
+ngx_http_llm_var_delta(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    ngx_http_llm_event_t  *ev, *end;
+
+    v->type = NGX_HTTP_LLM_VAL_STR;
+    v->data = (u_char *) "";
+
+    if (fc->job == NULL) {
+        return;
+    }
+
+    ev = &fc->job->events[fc->first];
+    end = &fc->job->events[fc->last];
+
+    if (ev->type == NGX_HTTP_LLM_EV_DELTA) {
+        v->data = fc->job->text + ev->off;
+        v->len = end->off + end->len - ev->off;
+    }
+}
+
+
+static void
+ngx_http_llm_var_text(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    v->type = NGX_HTTP_LLM_VAL_STR;
+    v->data = (u_char *) "";
+
+    if (fc->job) {
+        v->data = fc->job->text;
+        v->len = fc->job->text_len;
+    }
+}
+
+
+static void
+ngx_http_llm_var_finish(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    if (fc->job && fc->job->finish_len) {
+        v->type = NGX_HTTP_LLM_VAL_STR;
+        v->data = fc->job->finish;
+        v->len = fc->job->finish_len;
+    }
+}
+
+
+static void
+ngx_http_llm_var_usage(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    json_t              *o;
+    ngx_http_llm_job_t  *job;
+
+    job = fc->job;
+
+    if (job == NULL || (job->input_tokens < 0 && job->output_tokens < 0)) {
+        return;
+    }
+
+    o = json_object();
+    if (o == NULL) {
+        return;
+    }
+
+    if (job->input_tokens >= 0) {
+        json_object_set_new(o, "input_tokens",
+                            json_integer(job->input_tokens));
+    }
+
+    if (job->output_tokens >= 0) {
+        json_object_set_new(o, "output_tokens",
+                            json_integer(job->output_tokens));
+    }
+
+    if (job->input_tokens >= 0 && job->output_tokens >= 0) {
+        json_object_set_new(o, "total_tokens",
+                            json_integer(job->input_tokens
+                                         + job->output_tokens));
+    }
+
+    v->type = NGX_HTTP_LLM_VAL_JSON;
+    v->json = o;
+}
+
+
+static void
+ngx_http_llm_var_input_tokens(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    if (fc->job && fc->job->input_tokens >= 0) {
+        ngx_http_llm_value_number(v, fc->job->input_tokens);
+    }
+}
+
+
+static void
+ngx_http_llm_var_output_tokens(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    if (fc->job && fc->job->output_tokens >= 0) {
+        ngx_http_llm_value_number(v, fc->job->output_tokens);
+    }
+}
+
+
+static void
+ngx_http_llm_var_total_tokens(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    if (fc->job && fc->job->input_tokens >= 0 && fc->job->output_tokens >= 0)
+    {
+        ngx_http_llm_value_number(v, (int64_t) fc->job->input_tokens
+                                   + fc->job->output_tokens);
+    }
+}
+
+
+static void
+ngx_http_llm_var_error_code(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    if (fc->job == NULL) {
+        v->type = NGX_HTTP_LLM_VAL_STR;
+        v->data = fc->code.data;
+        v->len = fc->code.len;
+
+    } else if (fc->job->code_len) {
+        v->type = NGX_HTTP_LLM_VAL_STR;
+        v->data = fc->job->code;
+        v->len = fc->job->code_len;
+    }
+}
+
+
+static void
+ngx_http_llm_var_error_message(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    if (fc->job == NULL) {
+        v->type = NGX_HTTP_LLM_VAL_STR;
+        v->data = fc->message.data;
+        v->len = fc->message.len;
+
+    } else if (fc->job->code_len) {
+        v->type = NGX_HTTP_LLM_VAL_STR;
+        v->data = fc->job->message ? fc->job->message : (u_char *) "";
+        v->len = fc->job->message_len;
+    }
+}
+
+
+static void
+ngx_http_llm_var_status(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    if (fc->status) {
+        ngx_http_llm_value_number(v, fc->status);
+    }
+}
+
+
+static void
+ngx_http_llm_var_state(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    static ngx_str_t  states[] = {
+        ngx_string("running"),
+        ngx_string("completed"),
+        ngx_string("failed"),
+        ngx_string("cancelled")
+    };
+
+    if (fc->job) {
+        v->type = NGX_HTTP_LLM_VAL_STR;
+        v->data = states[fc->job->state].data;
+        v->len = states[fc->job->state].len;
+    }
+}
+
+
+static void
+ngx_http_llm_var_success(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    v->type = NGX_HTTP_LLM_VAL_RAW;
+
+    if (fc->job && fc->job->state == NGX_HTTP_LLM_COMPLETED) {
+        v->data = (u_char *) "true";
+        v->len = 4;
+
+    } else {
+        v->data = (u_char *) "false";
+        v->len = 5;
+    }
+}
+
+
+/* an event's time: the job's start, its end, or now (the loop's clock) */
+
+static int64_t
+ngx_http_llm_event_time(ngx_http_llm_fmt_ctx_t *fc)
+{
+    ngx_time_t          *tp;
+    ngx_http_llm_job_t  *job;
+
+    job = fc->job;
+
+    if (job) {
+        switch (job->events[fc->first].type) {
+
+        case NGX_HTTP_LLM_EV_START:
+            return job->created;
+
+        case NGX_HTTP_LLM_EV_COMPLETE:
+        case NGX_HTTP_LLM_EV_ERROR:
+            if (job->finished) {
+                return job->finished;
+            }
+            break;
+
+        default:
+            break;
+        }
+    }
+
+    tp = ngx_timeofday();
+
+    return (int64_t) tp->sec * 1000 + tp->msec;
+}
+
+
+static void
+ngx_http_llm_var_time(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    int64_t    ms;
+    ngx_tm_t   tm;
+
+    ms = ngx_http_llm_event_time(fc);
+    ngx_gmtime((time_t) (ms / 1000), &tm);
+
+    v->type = NGX_HTTP_LLM_VAL_STR;
+    v->data = v->buf;
+    v->len = ngx_sprintf(v->buf, "%4d-%02d-%02dT%02d:%02d:%02d.%03dZ",
+                         tm.ngx_tm_year, tm.ngx_tm_mon, tm.ngx_tm_mday,
+                         tm.ngx_tm_hour, tm.ngx_tm_min, tm.ngx_tm_sec,
+                         (int) (ms % 1000))
+             - v->buf;
+}
+
+
+static void
+ngx_http_llm_var_time_ms(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    ngx_http_llm_value_number(v, ngx_http_llm_event_time(fc));
+}
+
+
+static void
+ngx_http_llm_var_created(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    ngx_time_t  *tp;
+
+    if (fc->job) {
+        ngx_http_llm_value_number(v, fc->job->created / 1000);
+        return;
+    }
+
+    tp = ngx_timeofday();
+    ngx_http_llm_value_number(v, tp->sec);
+}
+
+
+/* seconds from the job's start to the event, to the millisecond */
+
+static void
+ngx_http_llm_var_elapsed(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    int64_t  ms;
+
+    if (fc->job == NULL) {
+        return;
+    }
+
+    ms = ngx_http_llm_event_time(fc) - fc->job->created;
+
+    if (ms < 0) {
+        ms = 0;
+    }
+
+    v->type = NGX_HTTP_LLM_VAL_RAW;
+    v->data = v->buf;
+    v->len = ngx_sprintf(v->buf, "%L.%03L", ms / 1000, ms % 1000) - v->buf;
+}
+
+
+/* the model as this location names it, for the request being answered */
+
+static void
+ngx_http_llm_var_model(void *data, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    ngx_str_t                 s;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    if (fc->request == NULL) {
+        return;
+    }
+
+    llcf = ngx_http_get_module_loc_conf(fc->request, ngx_http_llm_module);
+
+    if (llcf->model == NULL
+        || ngx_http_complex_value(fc->request, llcf->model, &s) != NGX_OK)
+    {
+        return;
+    }
+
+    v->type = NGX_HTTP_LLM_VAL_STR;
+    v->data = s.data;
+    v->len = s.len;
+}
