@@ -277,7 +277,9 @@ ngx_http_llm_format_line(ngx_conf_t *cf, ngx_command_t *dummy, void *conf)
     ngx_sprintf(what, "llm_format: \"%V\" template%Z", &value[0]);
 
     return ngx_http_llm_tpl_compile(cf, &fr->tpl, &value[cf->args->nelts - 1],
-                                    ngx_http_llm_format_vars, 1,
+                                    ngx_http_llm_format_vars,
+                                    NGX_HTTP_LLM_TPL_JSON
+                                    | NGX_HTTP_LLM_TPL_NGINX,
                                     (const char *) what);
 }
 

@@ -19,74 +19,74 @@
 
 
 static void ngx_http_llm_var_job_id(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_event_id(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_seq(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_delta(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_text(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_finish(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_usage(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_input_tokens(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_output_tokens(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_total_tokens(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_error_code(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_error_message(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_status(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_state(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_success(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_time(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_time_ms(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_created(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_elapsed(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_model(void *data,
-    ngx_http_llm_value_t *v);
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 
 
 ngx_http_llm_var_t  ngx_http_llm_format_vars[] = {
-    { ngx_string("llm_job_id"), ngx_http_llm_var_job_id, 0 },
-    { ngx_string("llm_event_id"), ngx_http_llm_var_event_id, 0 },
-    { ngx_string("llm_seq"), ngx_http_llm_var_seq, 0 },
-    { ngx_string("llm_delta"), ngx_http_llm_var_delta, 0 },
-    { ngx_string("llm_text"), ngx_http_llm_var_text, 0 },
-    { ngx_string("llm_finish_reason"), ngx_http_llm_var_finish, 0 },
-    { ngx_string("llm_usage"), ngx_http_llm_var_usage, 1 },
-    { ngx_string("llm_input_tokens"), ngx_http_llm_var_input_tokens, 0 },
-    { ngx_string("llm_output_tokens"), ngx_http_llm_var_output_tokens, 0 },
-    { ngx_string("llm_total_tokens"), ngx_http_llm_var_total_tokens, 0 },
-    { ngx_string("llm_error_code"), ngx_http_llm_var_error_code, 0 },
-    { ngx_string("llm_error_message"), ngx_http_llm_var_error_message, 0 },
-    { ngx_string("llm_status"), ngx_http_llm_var_status, 0 },
-    { ngx_string("llm_state"), ngx_http_llm_var_state, 0 },
-    { ngx_string("llm_success"), ngx_http_llm_var_success, 0 },
-    { ngx_string("llm_time"), ngx_http_llm_var_time, 0 },
-    { ngx_string("llm_time_ms"), ngx_http_llm_var_time_ms, 0 },
-    { ngx_string("llm_created"), ngx_http_llm_var_created, 0 },
-    { ngx_string("llm_elapsed"), ngx_http_llm_var_elapsed, 0 },
-    { ngx_string("llm_model"), ngx_http_llm_var_model, 0 },
-    { ngx_null_string, NULL, 0 }
+    { ngx_string("llm_job_id"), ngx_http_llm_var_job_id, 0, 0 },
+    { ngx_string("llm_event_id"), ngx_http_llm_var_event_id, 0, 0 },
+    { ngx_string("llm_seq"), ngx_http_llm_var_seq, 0, 0 },
+    { ngx_string("llm_delta"), ngx_http_llm_var_delta, 0, 0 },
+    { ngx_string("llm_text"), ngx_http_llm_var_text, 0, 0 },
+    { ngx_string("llm_finish_reason"), ngx_http_llm_var_finish, 0, 0 },
+    { ngx_string("llm_usage"), ngx_http_llm_var_usage, 1, 0 },
+    { ngx_string("llm_input_tokens"), ngx_http_llm_var_input_tokens, 0, 0 },
+    { ngx_string("llm_output_tokens"), ngx_http_llm_var_output_tokens, 0, 0 },
+    { ngx_string("llm_total_tokens"), ngx_http_llm_var_total_tokens, 0, 0 },
+    { ngx_string("llm_error_code"), ngx_http_llm_var_error_code, 0, 0 },
+    { ngx_string("llm_error_message"), ngx_http_llm_var_error_message, 0, 0 },
+    { ngx_string("llm_status"), ngx_http_llm_var_status, 0, 0 },
+    { ngx_string("llm_state"), ngx_http_llm_var_state, 0, 0 },
+    { ngx_string("llm_success"), ngx_http_llm_var_success, 0, 0 },
+    { ngx_string("llm_time"), ngx_http_llm_var_time, 0, 0 },
+    { ngx_string("llm_time_ms"), ngx_http_llm_var_time_ms, 0, 0 },
+    { ngx_string("llm_created"), ngx_http_llm_var_created, 0, 0 },
+    { ngx_string("llm_elapsed"), ngx_http_llm_var_elapsed, 0, 0 },
+    { ngx_string("llm_model"), ngx_http_llm_var_model, 0, 0 },
+    { ngx_null_string, NULL, 0, 0 }
 };
 
 
 static void
-ngx_http_llm_var_job_id(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_job_id(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -99,7 +99,7 @@ ngx_http_llm_var_job_id(void *data, ngx_http_llm_value_t *v)
 
 
 static void
-ngx_http_llm_var_event_id(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_event_id(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -115,7 +115,7 @@ ngx_http_llm_var_event_id(void *data, ngx_http_llm_value_t *v)
 
 
 static void
-ngx_http_llm_var_seq(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_seq(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -128,7 +128,7 @@ ngx_http_llm_var_seq(void *data, ngx_http_llm_value_t *v)
 
 
 static void
-ngx_http_llm_var_delta(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_delta(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -152,7 +152,7 @@ ngx_http_llm_var_delta(void *data, ngx_http_llm_value_t *v)
 
 
 static void
-ngx_http_llm_var_text(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_text(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -167,7 +167,7 @@ ngx_http_llm_var_text(void *data, ngx_http_llm_value_t *v)
 
 
 static void
-ngx_http_llm_var_finish(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_finish(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -180,7 +180,7 @@ ngx_http_llm_var_finish(void *data, ngx_http_llm_value_t *v)
 
 
 static void
-ngx_http_llm_var_usage(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_usage(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -220,7 +220,8 @@ ngx_http_llm_var_usage(void *data, ngx_http_llm_value_t *v)
 
 
 static void
-ngx_http_llm_var_input_tokens(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_input_tokens(void *data, ngx_str_t *arg,
+    ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -231,7 +232,8 @@ ngx_http_llm_var_input_tokens(void *data, ngx_http_llm_value_t *v)
 
 
 static void
-ngx_http_llm_var_output_tokens(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_output_tokens(void *data, ngx_str_t *arg,
+    ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -242,7 +244,8 @@ ngx_http_llm_var_output_tokens(void *data, ngx_http_llm_value_t *v)
 
 
 static void
-ngx_http_llm_var_total_tokens(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_total_tokens(void *data, ngx_str_t *arg,
+    ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -255,7 +258,7 @@ ngx_http_llm_var_total_tokens(void *data, ngx_http_llm_value_t *v)
 
 
 static void
-ngx_http_llm_var_error_code(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_error_code(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -273,7 +276,8 @@ ngx_http_llm_var_error_code(void *data, ngx_http_llm_value_t *v)
 
 
 static void
-ngx_http_llm_var_error_message(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_error_message(void *data, ngx_str_t *arg,
+    ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -291,7 +295,7 @@ ngx_http_llm_var_error_message(void *data, ngx_http_llm_value_t *v)
 
 
 static void
-ngx_http_llm_var_status(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_status(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -302,7 +306,7 @@ ngx_http_llm_var_status(void *data, ngx_http_llm_value_t *v)
 
 
 static void
-ngx_http_llm_var_state(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_state(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -322,7 +326,7 @@ ngx_http_llm_var_state(void *data, ngx_http_llm_value_t *v)
 
 
 static void
-ngx_http_llm_var_success(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_success(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -374,7 +378,7 @@ ngx_http_llm_event_time(ngx_http_llm_fmt_ctx_t *fc)
 
 
 static void
-ngx_http_llm_var_time(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_time(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -395,7 +399,7 @@ ngx_http_llm_var_time(void *data, ngx_http_llm_value_t *v)
 
 
 static void
-ngx_http_llm_var_time_ms(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_time_ms(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -404,7 +408,7 @@ ngx_http_llm_var_time_ms(void *data, ngx_http_llm_value_t *v)
 
 
 static void
-ngx_http_llm_var_created(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_created(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -423,7 +427,7 @@ ngx_http_llm_var_created(void *data, ngx_http_llm_value_t *v)
 /* seconds from the job's start to the event, to the millisecond */
 
 static void
-ngx_http_llm_var_elapsed(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_elapsed(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
@@ -448,7 +452,7 @@ ngx_http_llm_var_elapsed(void *data, ngx_http_llm_value_t *v)
 /* the model as this location names it, for the request being answered */
 
 static void
-ngx_http_llm_var_model(void *data, ngx_http_llm_value_t *v)
+ngx_http_llm_var_model(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 

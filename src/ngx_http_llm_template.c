@@ -28,13 +28,15 @@ typedef struct {
     ngx_str_t                      lit;
     ngx_http_llm_var_t            *var;         /* NULL: literal or nginx */
     ngx_int_t                      index;       /* nginx variable, or -1 */
+    ngx_str_t                      arg;         /* of a prefix variable */
     ngx_str_t                      path;        /* ${name.a.b}: "a.b" */
     unsigned                       quoted:1;    /* inside a JSON string */
 } ngx_http_llm_tpl_op_t;
 
 
 static char *ngx_http_llm_tpl_var(ngx_conf_t *cf, ngx_http_llm_var_t *vars,
-    const char *what, u_char **pos, u_char *last, ngx_http_llm_tpl_op_t *op);
+    ngx_uint_t flags, const char *what, u_char **pos, u_char *last,
+    ngx_http_llm_tpl_op_t *op);
 static void ngx_http_llm_render_value(ngx_http_llm_render_t *w,
     ngx_http_llm_value_t *v, ngx_uint_t quoted);
 static void ngx_http_llm_render_text(ngx_http_llm_render_t *w,
@@ -49,7 +51,7 @@ static void ngx_http_llm_render_text(ngx_http_llm_render_t *w,
 
 char *
 ngx_http_llm_tpl_compile(ngx_conf_t *cf, ngx_http_llm_tpl_t *tpl,
-    ngx_str_t *src, ngx_http_llm_var_t *vars, ngx_uint_t json_mode,
+    ngx_str_t *src, ngx_http_llm_var_t *vars, ngx_uint_t flags,
     const char *what)
 {
     u_char                 *p, *last, *lit, *l, *check, *ck, c;
@@ -64,7 +66,7 @@ ngx_http_llm_tpl_compile(ngx_conf_t *cf, ngx_http_llm_tpl_t *tpl,
         return NGX_CONF_ERROR;
     }
 
-    tpl->json = json_mode;
+    tpl->json = (flags & NGX_HTTP_LLM_TPL_JSON) ? 1 : 0;
 
     /* a literal is never longer than the source, nor is the check */
 
@@ -110,7 +112,7 @@ ngx_http_llm_tpl_compile(ngx_conf_t *cf, ngx_http_llm_tpl_t *tpl,
             ngx_memzero(op, sizeof(ngx_http_llm_tpl_op_t));
             op->quoted = in_str;
 
-            if (ngx_http_llm_tpl_var(cf, vars, what, &p, last, op)
+            if (ngx_http_llm_tpl_var(cf, vars, flags, what, &p, last, op)
                 != NGX_CONF_OK)
             {
                 return NGX_CONF_ERROR;
@@ -125,7 +127,7 @@ ngx_http_llm_tpl_compile(ngx_conf_t *cf, ngx_http_llm_tpl_t *tpl,
 
         p++;
 
-        if (!json_mode) {
+        if (!tpl->json) {
             /* text: taken as it is */
 
         } else if (in_str) {
@@ -162,7 +164,7 @@ ngx_http_llm_tpl_compile(ngx_conf_t *cf, ngx_http_llm_tpl_t *tpl,
         op->index = -1;
     }
 
-    if (!json_mode) {
+    if (!tpl->json) {
         return NGX_CONF_OK;
     }
 
@@ -184,7 +186,8 @@ ngx_http_llm_tpl_compile(ngx_conf_t *cf, ngx_http_llm_tpl_t *tpl,
 
 static char *
 ngx_http_llm_tpl_var(ngx_conf_t *cf, ngx_http_llm_var_t *vars,
-    const char *what, u_char **pos, u_char *last, ngx_http_llm_tpl_op_t *op)
+    ngx_uint_t flags, const char *what, u_char **pos, u_char *last,
+    ngx_http_llm_tpl_op_t *op)
 {
     u_char              *p, *start, *dot;
     ngx_str_t            name;
@@ -237,10 +240,15 @@ ngx_http_llm_tpl_var(ngx_conf_t *cf, ngx_http_llm_var_t *vars,
     op->index = -1;
 
     for (v = vars; v->name.len; v++) {
-        if (v->name.len == name.len
-            && ngx_strncmp(v->name.data, name.data, name.len) == 0)
+        if (v->prefix
+            ? (name.len > v->name.len
+               && ngx_strncmp(v->name.data, name.data, v->name.len) == 0)
+            : (name.len == v->name.len
+               && ngx_strncmp(v->name.data, name.data, name.len) == 0))
         {
             op->var = v;
+            op->arg.data = name.data + (v->prefix ? v->name.len : name.len);
+            op->arg.len = v->prefix ? name.len - v->name.len : 0;
             break;
         }
     }
@@ -249,9 +257,10 @@ ngx_http_llm_tpl_var(ngx_conf_t *cf, ngx_http_llm_var_t *vars,
 
         /* the module's own names are checked here, not at run time */
 
-        if (name.len >= 4 && ngx_strncmp(name.data, "llm_", 4) == 0
-            && !(name.len > 10
-                 && ngx_strncmp(name.data, "llm_input_", 10) == 0))
+        if (!(flags & NGX_HTTP_LLM_TPL_NGINX)
+            || (name.len >= 4 && ngx_strncmp(name.data, "llm_", 4) == 0
+                && !(name.len > 10
+                     && ngx_strncmp(name.data, "llm_input_", 10) == 0)))
         {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "%s: unknown variable \"$%V\"", what,
@@ -298,7 +307,7 @@ ngx_http_llm_tpl_render(ngx_http_llm_tpl_t *tpl, void *data,
         ngx_memzero(&v, sizeof(ngx_http_llm_value_t) - sizeof(v.buf));
 
         if (op[i].var) {
-            op[i].var->get(data, &v);
+            op[i].var->get(data, &op[i].arg, &v);
 
         } else if (r) {
             vv = ngx_http_get_indexed_variable(r, op[i].index);

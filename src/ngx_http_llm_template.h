@@ -49,14 +49,21 @@ typedef struct {
 } ngx_http_llm_value_t;
 
 
-typedef void (*ngx_http_llm_var_pt)(void *data, ngx_http_llm_value_t *v);
+/* "arg" is what follows the name of a prefix variable ($llm_input_NAME) */
+typedef void (*ngx_http_llm_var_pt)(void *data, ngx_str_t *arg,
+    ngx_http_llm_value_t *v);
 
 
 typedef struct {
     ngx_str_t                      name;
     ngx_http_llm_var_pt            get;
     unsigned                       json:1;      /* ${name.field} allowed */
+    unsigned                       prefix:1;    /* $nameARG */
 } ngx_http_llm_var_t;
+
+
+#define NGX_HTTP_LLM_TPL_JSON      1    /* JSON, values as JSON */
+#define NGX_HTTP_LLM_TPL_NGINX     2    /* other names: nginx variables */
 
 
 typedef struct {
@@ -67,10 +74,10 @@ typedef struct {
 
 /*
  * "what" names the template in messages ("llm_format: \"start\"
- * template"); "vars" ends with an empty name.
+ * template"); "vars" ends with an empty name; "flags": NGX_HTTP_LLM_TPL_*.
  */
 char *ngx_http_llm_tpl_compile(ngx_conf_t *cf, ngx_http_llm_tpl_t *tpl,
-    ngx_str_t *src, ngx_http_llm_var_t *vars, ngx_uint_t json,
+    ngx_str_t *src, ngx_http_llm_var_t *vars, ngx_uint_t flags,
     const char *what);
 void ngx_http_llm_tpl_render(ngx_http_llm_tpl_t *tpl, void *data,
     ngx_http_request_t *r, ngx_http_llm_render_t *w);
