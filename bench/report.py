@@ -18,6 +18,7 @@ GOAL_P99_ADDED_MS = 2.0
 GOAL_RATIO = 10
 GOAL_REDIS_RT_PER_TOKEN = 0.1   # at most one round trip per 10 tokens
 GOAL_REDIS_ADDED_MS = 1.0       # p99, Redis store against memory store
+GOAL_FORMAT_RATIO = 1.10        # user template against the default format
 CAP_ADDED_MS = 100
 BUSY_CORE = 0.8          # a helper above this may be the bottleneck
 OTHER_CORE = 0.2         # CPU of processes that are not part of the run
@@ -193,6 +194,61 @@ def redis_figures(row, store):
     }
 
 
+def ratio(a, b):
+    """a / b, None when b is not positive."""
+    if a is None or b is None or b <= 0:
+        return None
+    return a / float(b)
+
+
+def format_cost(r):
+    """Scenario 6: the story format against the default, per measure.
+    The CPU ratio from scenario 4's load, the p99 added ratio from
+    scenario 1's; None when neither pair ran."""
+    f, d, s = r["s6-floor"], r["s6-default"], r["s6-story"]
+    cd, cs = r["s6-cpu-default"], r["s6-cpu-story"]
+    out = {"cpu": None, "p99": None, "parts": [], "met": None}
+    oks = []
+    if cd and cs:
+        a, b = cpu_per_mtok(cd[0]), cpu_per_mtok(cs[0])
+        k = ratio(b, a)
+        out["cpu"] = k
+        if k is None:
+            out["parts"].append("CPU per million tokens n/a (no tokens)")
+            oks.append(False)
+        else:
+            out["parts"].append("CPU per million tokens %.2fx (%.1f / %.1f "
+                                "s)" % (k, b, a))
+            oks.append(k <= GOAL_FORMAT_RATIO)
+    if f and d and s:
+        da = d[0]["lat_p99"] - f[0]["lat_p99"]
+        sa = s[0]["lat_p99"] - f[0]["lat_p99"]
+        k = ratio(sa, da)
+        out["p99"] = k
+        out["p99_added"] = (da, sa)
+        if not s[0]["tokens"] or d[0]["lat_p99"] < 0 or s[0]["lat_p99"] < 0:
+            out["parts"].append("p99 added n/a (no latency samples)")
+            oks.append(False)
+        elif k is None:
+            # the default added nothing over the floor: the template may
+            # not either
+            out["parts"].append("p99 added %s ms against %s ms (the "
+                                "default's is not above the floor: no "
+                                "ratio)" % (ms(sa), ms(da)))
+            oks.append(sa <= 0)
+        else:
+            out["parts"].append("p99 added %.2fx (%s / %s ms)" % (
+                k, ms(sa), ms(da)))
+            oks.append(k <= GOAL_FORMAT_RATIO)
+    if not out["parts"]:
+        return None
+    out["measured"] = "; ".join(out["parts"])
+    # met only when both measures ran and passed
+    out["met"] = all(oks) if len(oks) == 2 else (False if not all(oks)
+                                                  else None)
+    return out
+
+
 def main():
     work, out_md, out_png = sys.argv[1], sys.argv[2], sys.argv[3]
     meta = load_obj(work, "meta.json")
@@ -208,7 +264,9 @@ def main():
                  "s2-floor", "s2-module", "s2-baseline",
                  "s3-module-wait", "s3-module-stream", "s3-baseline-wait",
                  "s4-floor", "s4-module", "s4-baseline",
-                 "s5-floor", "s5-memory", "s5-redis"):
+                 "s5-floor", "s5-memory", "s5-redis",
+                 "s6-floor", "s6-default", "s6-story",
+                 "s6-cpu-default", "s6-cpu-story"):
         r[name] = load(work, name)
 
     L = []
@@ -315,6 +373,15 @@ def main():
         w("| p99 added by the Redis store (against the memory store, "
           "scenario 1's load, back to back) | <= %g ms | %.2f ms | %s |" % (
               GOAL_REDIS_ADDED_MS, added, yes(added <= GOAL_REDIS_ADDED_MS)))
+    fc = format_cost(r)
+    if fc:
+        w("| Delta event through a user template (`llm_format story` "
+          "against the default format, back to back) | within %.0f%%: "
+          "<= %.2fx CPU per million tokens (1,000 x 10 tokens/s) and "
+          "p99 added (100 x 50 tokens/s) | %s | %s |" % (
+              (GOAL_FORMAT_RATIO - 1) * 100, GOAL_FORMAT_RATIO,
+              fc["measured"], yes(fc["met"]) if fc["met"] is not None
+              else "n/a"))
     w("")
 
     # --- 1. latency
@@ -617,6 +684,74 @@ def main():
     else:
         s5 = [x for x in skipped if x.get("scenario") == "5"]
         w("**Skipped: %s.**" % (s5[0]["skipped"] if s5 else "not run"))
+    w("")
+
+    # --- 6. formats
+    w("## 6. Event formats: the delta event through a user template")
+    w("")
+    s6f, s6d, s6s = r["s6-floor"], r["s6-default"], r["s6-story"]
+    s6cd, s6cs = r["s6-cpu-default"], r["s6-cpu-story"]
+    if s6d or s6s or s6cd or s6cs:
+        w("The same module, back to back, each run in a fresh nginx with "
+          "the story app's events defined at the http level as "
+          "`llm_format story { ... }` (named events `start`, `delta`, "
+          "`complete`, `error`; the delta is `{\"content\": $llm_delta, "
+          "\"type\": \"content\"}`): *default* does not choose it, "
+          "*story* says `llm_format story;` in the location.  Scenario 1's "
+          "load (100 streams x 50 tokens/s, 250-token streams, the floor "
+          "just before) for latency, scenario 4's (1,000 streams x 10 "
+          "tokens/s) for CPU; %s s measured after a settle.  Latency in ms; "
+          "CPU in cores and seconds per million relayed tokens." %
+          num((s6d or s6s or s6cd or s6cs)[0]["secs"]))
+        w("")
+        w("| | load | p50 | p99 | max | added p99 | tokens/s | events/s "
+          "| merged | errors | nginx CPU | CPU s/Mtok | other CPU |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        f = s6f[0] if s6f else None
+        for label, load_, rows in (
+                ("floor (mock)", "100 x 50/s", s6f),
+                ("module, default format", "100 x 50/s", s6d),
+                ("module, story format", "100 x 50/s", s6s),
+                ("module, default format", "1,000 x 10/s", s6cd),
+                ("module, story format", "1,000 x 10/s", s6cs)):
+            if not rows:
+                w("| %s | %s | not run |||||||||||" % (label, load_))
+                continue
+            x = rows[0]
+            is_floor = rows is s6f
+            w("| %s | %s | %s | %s | %s | %s | %.0f | %.0f | %d | %d | %s "
+              "| %s | %.2f |" % (
+                  label, load_, ms(x["lat_p50"]), ms(x["lat_p99"]),
+                  ms(x["lat_max"]),
+                  "-" if is_floor or not f or rows is s6cd or rows is s6cs else
+                  ms(x["lat_p99"] - f["lat_p99"]),
+                  x["tokps"], x["eps"], x["merged"],
+                  x["errors"] + x["incomplete"],
+                  "-" if is_floor else "%.2f" % (relay_cpu(x) / x["secs"]),
+                  "-" if is_floor else num(cpu_per_mtok(x), "%.1f"),
+                  x.get("other_cpu", 0)))
+        w("")
+        fc = format_cost(r)
+        if fc:
+            w("Story format / default format: %s; goal within %.0f%% "
+              "(<= %.2fx) on both: **%s**." % (
+                  fc["measured"], (GOAL_FORMAT_RATIO - 1) * 100,
+                  GOAL_FORMAT_RATIO,
+                  "n/a" if fc["met"] is None else
+                  ("met" if fc["met"] else "not met")))
+            w("")
+        for rows, name in ((s6s, "scenario 1's"), (s6cs, "scenario 4's")):
+            if rows and not rows[0]["tokens"]:
+                w("**The load client read no tokens from the story format "
+                  "under %s load: its figures are not a measurement (did "
+                  "its parser find the stamps in the delta?).**" % name)
+                w("")
+        w("A p99 added latency of a few tenths of a millisecond moves by "
+          "more than 10% between two runs of the same build: read the "
+          "p99 ratio together with the absolute difference, and rerun "
+          "before calling a miss.")
+    else:
+        w("Not run.")
     w("")
 
     # --- server logs

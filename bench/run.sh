@@ -4,7 +4,7 @@
 # against the mock itself (the floor), all on one build/llm-mock.
 #
 #   bench/run.sh                 every scenario (make bench: bootstrap and
-#                                build first); 6 to 8 minutes
+#                                build first); 7 to 9 minutes
 #   BENCH_ONLY="1 3" bench/run.sh   some scenarios (the report keeps the
 #                                   missing ones as "not run")
 #   BENCH_QUICK=1 bench/run.sh   shorter holds and lower levels: a smoke
@@ -25,7 +25,7 @@ results=$bench/results
 day=$(date +%Y-%m-%d)
 
 budget=${BENCH_BUDGET:-560}        # seconds for the scenarios
-only=${BENCH_ONLY:-"1 2 3 4 5"}
+only=${BENCH_ONLY:-"1 2 3 4 5 6"}
 quick=${BENCH_QUICK:-}
 python=/usr/bin/python3            # Debian's, which has fastapi/uvicorn
 
@@ -211,8 +211,12 @@ rlimit=$nofile
 nginx_module_pid=
 nginx_module_port=
 
-start_module() {     # start_module [STORE]: STORE, an llm_store directive
+# start_module [HTTP [LOCATION]]: HTTP, directives at the http level (an
+# llm_store, llm_format blocks); LOCATION, directives in /generate (an
+# llm_format choice)
+start_module() {
     local p=$work/module store=${1:-"# the default job store (memory)"}
+    local extra=${2:-"# the default format"}
     mkdir -p "$p/conf" "$p/logs"
     nginx_module_port=$(free_port)
     cat > "$p/conf/nginx.conf" <<EOF
@@ -245,6 +249,7 @@ http {
             llm_model  bench;
             llm_prompt "Write a story.";
             llm_first_token_timeout 600s;
+            $extra
         }
     }
 }
@@ -622,6 +627,54 @@ EOF
 fi
 
 
+# --- 6. formats: the delta event through a user template -------------
+#
+# The story app's events as an llm_format block (named events, so that
+# llm-load's --proto sse parser reads them: stamps in the delta's
+# "content" string, the end at "event: complete").  Both module runs have
+# the block at the http level; only the second chooses it in /generate.
+# Back to back: the floor, then scenario 1's load (p99 added latency)
+# with the default format and with the story format; then scenario 4's
+# load (CPU per million tokens) with the default and the story format.
+#
+# The delta's keys are in the other order than the app's
+# ({"type": "content", "content": ...}): llm-load takes the first
+# "content" it sees for the key, and there it is the value of "type".  The
+# same literal bytes and the same variable, so the same work.
+
+story_format=$(cat <<'EOF'
+llm_format story {
+        start    event=start    '{"type": "start", "job": $llm_job_id}';
+        delta    event=delta    '{"content": $llm_delta, "type": "content"}';
+        complete event=complete '{"type": "complete", "story": {"text": $llm_text, "usage": $llm_usage}}';
+        error    event=error    '{"type": "error", "error": $llm_error_message}';
+    }
+EOF
+)
+
+if want 6 && ! over_budget 6; then
+    run s6-floor floor "$s1q" --levels 100 --tps 50 --hold "$hold1" \
+        --settle "$settle"
+    mock_idle
+    start_module "$story_format"
+    run s6-default module "$s1q" --levels 100 --tps 50 --hold "$hold1" \
+        --settle "$settle"
+    stop_module
+    start_module "$story_format" "llm_format story;"
+    run s6-story module "$s1q" --levels 100 --tps 50 --hold "$hold1" \
+        --settle "$settle"
+    stop_module
+    start_module "$story_format"
+    run s6-cpu-default module "$s4q" --levels 1000 --tps 10 \
+        --hold "$hold1" --settle "$settle" --ramp-rate "$ramp"
+    stop_module
+    start_module "$story_format" "llm_format story;"
+    run s6-cpu-story module "$s4q" --levels 1000 --tps 10 \
+        --hold "$hold1" --settle "$settle" --ramp-rate "$ramp"
+    stop_module
+fi
+
+
 # --- the report -------------------------------------------------------
 
 printf '{"loadavg_end":"%s","elapsed":%d}\n' \
@@ -629,7 +682,7 @@ printf '{"loadavg_end":"%s","elapsed":%d}\n' \
 
 # a smoke test or a partial run does not replace the day's full results
 name=$day
-[ "$only" != "1 2 3 4 5" ] && name=$day-partial
+[ "$only" != "1 2 3 4 5 6" ] && name=$day-partial
 [ -n "$quick" ] && name=$day-quick
 
 $python "$bench/report.py" "$work" "$results/$name.md" "$results/$name.png"
