@@ -139,8 +139,8 @@ ngx_http_llm_job_alloc(ngx_log_t *log)
 
     job->state = NGX_HTTP_LLM_RUNNING;
     job->log = ngx_cycle->log;
-    job->input_tokens = -1;
-    job->output_tokens = -1;
+    job->outcome.input_tokens = -1;
+    job->outcome.output_tokens = -1;
     job->created = ngx_http_llm_now_ms();
     job->updated = job->created;
 
@@ -387,18 +387,20 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
         return NGX_OK;
     }
 
-    ngx_memcpy(job->finish, rec->finish, rec->finish_len);
-    job->finish_len = rec->finish_len;
-    job->input_tokens = rec->input_tokens;
-    job->output_tokens = rec->output_tokens;
-    ngx_memcpy(job->code, rec->code, rec->code_len);
-    job->code_len = rec->code_len;
+    ngx_memcpy(job->outcome.finish, rec->outcome.finish,
+               rec->outcome.finish_len);
+    job->outcome.finish_len = rec->outcome.finish_len;
+    job->outcome.input_tokens = rec->outcome.input_tokens;
+    job->outcome.output_tokens = rec->outcome.output_tokens;
+    ngx_memcpy(job->outcome.code, rec->outcome.code, rec->outcome.code_len);
+    job->outcome.code_len = rec->outcome.code_len;
 
-    if (rec->message_len && job->message == NULL) {
-        job->message = ngx_alloc(rec->message_len, job->log);
-        if (job->message) {
-            ngx_memcpy(job->message, rec->message, rec->message_len);
-            job->message_len = rec->message_len;
+    if (rec->outcome.message_len && job->outcome.message == NULL) {
+        job->outcome.message = ngx_alloc(rec->outcome.message_len, job->log);
+        if (job->outcome.message) {
+            ngx_memcpy(job->outcome.message, rec->outcome.message,
+                       rec->outcome.message_len);
+            job->outcome.message_len = rec->outcome.message_len;
         }
     }
 
@@ -619,19 +621,22 @@ ngx_http_llm_job_output(ngx_http_llm_job_t *job, ngx_http_llm_output_t *out)
 
     if (out->failed) {
         ngx_log_error(NGX_LOG_ERR, job->log, 0,
-                      "llm: job %s failed: %s: %*s", job->id, out->code,
-                      (size_t) ngx_min(out->message_len, 512),
-                      out->message);
+                      "llm: job %s failed: %s: %*s", job->id,
+                      out->outcome.code,
+                      (size_t) ngx_min(out->outcome.message_len, 512),
+                      out->outcome.message);
 
-        ngx_http_llm_job_end(job, NGX_HTTP_LLM_FAILED, out->code,
-                             out->message, out->message_len);
+        ngx_http_llm_job_end(job, NGX_HTTP_LLM_FAILED,
+                             (const char *) out->outcome.code,
+                             out->outcome.message, out->outcome.message_len);
         return;
     }
 
-    ngx_memcpy(job->finish, out->finish, out->finish_len);
-    job->finish_len = out->finish_len;
-    job->input_tokens = out->input_tokens;
-    job->output_tokens = out->output_tokens;
+    ngx_memcpy(job->outcome.finish, out->outcome.finish,
+               out->outcome.finish_len);
+    job->outcome.finish_len = out->outcome.finish_len;
+    job->outcome.input_tokens = out->outcome.input_tokens;
+    job->outcome.output_tokens = out->outcome.output_tokens;
 
     if (ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_COMPLETE, 0, 0)
         != NGX_OK)
@@ -772,7 +777,7 @@ ngx_http_llm_jobs_exit_process(void)
         ngx_queue_remove(q);
         free(job->events);
         free(job->text);
-        ngx_free(job->message);
+        ngx_free(job->outcome.message);
         ngx_free(job);
     }
 }
@@ -879,16 +884,17 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
     job->state = state;
     job->finished = ngx_http_llm_now_ms();
 
-    job->code_len = ngx_min(ngx_strlen(code), sizeof(job->code));
-    ngx_memcpy(job->code, code, job->code_len);
+    job->outcome.code_len = ngx_min(ngx_strlen(code),
+                                    sizeof(job->outcome.code));
+    ngx_memcpy(job->outcome.code, code, job->outcome.code_len);
 
-    ngx_free(job->message);
-    job->message_len = 0;
+    ngx_free(job->outcome.message);
+    job->outcome.message_len = 0;
 
-    job->message = ngx_alloc(len ? len : 1, job->log);
-    if (job->message) {
-        ngx_memcpy(job->message, msg, len);
-        job->message_len = len;
+    job->outcome.message = ngx_alloc(len ? len : 1, job->log);
+    if (job->outcome.message) {
+        ngx_memcpy(job->outcome.message, msg, len);
+        job->outcome.message_len = len;
     }
 
     if (ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_ERROR, 0, 0) != NGX_OK) {
@@ -969,7 +975,7 @@ ngx_http_llm_job_free(ngx_http_llm_job_t *job)
 
     free(job->events);
     free(job->text);
-    ngx_free(job->message);
+    ngx_free(job->outcome.message);
     ngx_queue_remove(&job->queue);
     ngx_free(job);
 

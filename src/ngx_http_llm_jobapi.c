@@ -363,43 +363,43 @@ ngx_http_llm_send_job(ngx_http_request_t *r, ngx_http_llm_job_t *job,
         json_object_set_new(o, "finished", json_integer(job->finished));
     }
 
-    if (job->finish_len) {
+    if (job->outcome.finish_len) {
         json_object_set_new(o, "finish_reason",
-                            json_stringn((char *) job->finish,
-                                         job->finish_len));
+                            json_stringn((char *) job->outcome.finish,
+                                         job->outcome.finish_len));
     }
 
-    if (job->input_tokens >= 0 || job->output_tokens >= 0) {
+    if (job->outcome.input_tokens >= 0 || job->outcome.output_tokens >= 0) {
         usage = json_object();
 
-        if (job->input_tokens >= 0) {
+        if (job->outcome.input_tokens >= 0) {
             json_object_set_new(usage, "input_tokens",
-                                json_integer(job->input_tokens));
+                                json_integer(job->outcome.input_tokens));
         }
 
-        if (job->output_tokens >= 0) {
+        if (job->outcome.output_tokens >= 0) {
             json_object_set_new(usage, "output_tokens",
-                                json_integer(job->output_tokens));
+                                json_integer(job->outcome.output_tokens));
         }
 
-        if (job->input_tokens >= 0 && job->output_tokens >= 0) {
+        if (job->outcome.input_tokens >= 0 && job->outcome.output_tokens >= 0) {
             json_object_set_new(usage, "total_tokens",
-                                json_integer(job->input_tokens
-                                             + job->output_tokens));
+                                json_integer(job->outcome.input_tokens
+                                             + job->outcome.output_tokens));
         }
 
         json_object_set_new(o, "usage", usage);
     }
 
-    if (job->code_len) {
+    if (job->outcome.code_len) {
         json_object_set_new(o, "error",
                             json_pack("{ss%ss%}",
-                                      "code", (char *) job->code,
-                                      job->code_len,
+                                      "code", (char *) job->outcome.code,
+                                      job->outcome.code_len,
                                       "message",
-                                      job->message ? (char *) job->message
-                                                   : "",
-                                      job->message_len));
+                                      job->outcome.message
+                                      ? (char *) job->outcome.message : "",
+                                      job->outcome.message_len));
     }
 
     return ngx_http_llm_send_json(r, status, o);

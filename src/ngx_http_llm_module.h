@@ -142,6 +142,22 @@ typedef enum {
 } ngx_http_llm_state_e;
 
 
+/*
+ * How a generation ended, as the final event tells it: the same fields in
+ * the engine's output, the job and a store's record.
+ */
+typedef struct {
+    u_char                         finish[32];
+    size_t                         finish_len;
+    ngx_int_t                      input_tokens;     /* -1: unknown */
+    ngx_int_t                      output_tokens;
+    u_char                         code[32];
+    size_t                         code_len;
+    u_char                        *message;     /* malloc()ed, or NULL */
+    size_t                         message_len;
+} ngx_http_llm_outcome_t;
+
+
 /* a generation, owned by the event loop; heap-allocated */
 struct ngx_http_llm_job_s {
     u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN + 1];
@@ -155,15 +171,7 @@ struct ngx_http_llm_job_s {
     size_t                         text_len;
     size_t                         text_cap;
 
-    /* the outcome, for the final event */
-    u_char                         finish[32];
-    size_t                         finish_len;
-    ngx_int_t                      input_tokens;     /* -1: unknown */
-    ngx_int_t                      output_tokens;
-    u_char                         code[32];
-    size_t                         code_len;
-    u_char                        *message;
-    size_t                         message_len;
+    ngx_http_llm_outcome_t         outcome;     /* for the final event */
 
     int64_t                        created;     /* ms since the epoch */
     int64_t                        updated;
@@ -202,14 +210,7 @@ typedef struct {
     unsigned                       done:1;
     unsigned                       failed:1;
 
-    ngx_int_t                      input_tokens;     /* -1: unknown */
-    ngx_int_t                      output_tokens;
-    u_char                         finish[32];
-    size_t                         finish_len;
-
-    const char                    *code;
-    u_char                        *message;    /* malloc()ed, or NULL */
-    size_t                         message_len;
+    ngx_http_llm_outcome_t         outcome;     /* read with "done" */
 } ngx_http_llm_output_t;
 
 

@@ -352,11 +352,13 @@ static void
 ngx_http_llm_sse_event(ngx_http_llm_job_t *job, ngx_http_llm_render_t *w,
     ngx_uint_t first, ngx_uint_t last)
 {
-    u_char                 num[NGX_INT_T_LEN * 3 + 64];
-    size_t                 n;
-    ngx_http_llm_event_t  *ev;
+    u_char                   num[NGX_INT_T_LEN * 3 + 64];
+    size_t                   n;
+    ngx_http_llm_event_t    *ev;
+    ngx_http_llm_outcome_t  *oc;
 
     ev = &job->events[first];
+    oc = &job->outcome;
 
     n = ngx_sprintf(num, "%ui", last + 1) - num;
 
@@ -389,30 +391,30 @@ ngx_http_llm_sse_event(ngx_http_llm_job_t *job, ngx_http_llm_render_t *w,
         ngx_http_llm_sse_raw(w, "{\"text\":", sizeof("{\"text\":") - 1);
         ngx_http_llm_sse_str(w, job->text, job->text_len);
 
-        if (job->finish_len) {
+        if (oc->finish_len) {
             ngx_http_llm_sse_raw(w, ",\"finish_reason\":",
                                  sizeof(",\"finish_reason\":") - 1);
-            ngx_http_llm_sse_str(w, job->finish, job->finish_len);
+            ngx_http_llm_sse_str(w, oc->finish, oc->finish_len);
         }
 
-        if (job->input_tokens >= 0 || job->output_tokens >= 0) {
+        if (oc->input_tokens >= 0 || oc->output_tokens >= 0) {
             ngx_http_llm_sse_raw(w, ",\"usage\":{", sizeof(",\"usage\":{") - 1);
             n = 0;
 
-            if (job->input_tokens >= 0) {
-                n = ngx_sprintf(num, "\"input_tokens\":%i", job->input_tokens)
+            if (oc->input_tokens >= 0) {
+                n = ngx_sprintf(num, "\"input_tokens\":%i", oc->input_tokens)
                     - num;
             }
 
-            if (job->output_tokens >= 0) {
+            if (oc->output_tokens >= 0) {
                 n = ngx_sprintf(num + n, "%s\"output_tokens\":%i",
-                                n ? "," : "", job->output_tokens)
+                                n ? "," : "", oc->output_tokens)
                     - num;
             }
 
-            if (job->input_tokens >= 0 && job->output_tokens >= 0) {
+            if (oc->input_tokens >= 0 && oc->output_tokens >= 0) {
                 n = ngx_sprintf(num + n, ",\"total_tokens\":%i",
-                                job->input_tokens + job->output_tokens)
+                                oc->input_tokens + oc->output_tokens)
                     - num;
             }
 
@@ -425,9 +427,9 @@ ngx_http_llm_sse_event(ngx_http_llm_job_t *job, ngx_http_llm_render_t *w,
 
     case NGX_HTTP_LLM_EV_ERROR:
         ngx_http_llm_sse_raw(w, "{\"code\":", sizeof("{\"code\":") - 1);
-        ngx_http_llm_sse_str(w, job->code, job->code_len);
+        ngx_http_llm_sse_str(w, oc->code, oc->code_len);
         ngx_http_llm_sse_raw(w, ",\"message\":", sizeof(",\"message\":") - 1);
-        ngx_http_llm_sse_str(w, job->message, job->message_len);
+        ngx_http_llm_sse_str(w, oc->message, oc->message_len);
         ngx_http_llm_sse_raw(w, ",\"text\":", sizeof(",\"text\":") - 1);
         ngx_http_llm_sse_str(w, job->text, job->text_len);
         ngx_http_llm_sse_raw(w, "}", 1);

@@ -205,11 +205,11 @@ ngx_http_llm_stores_exit_process(ngx_cycle_t *cycle)
 void
 ngx_http_llm_record_free(ngx_http_llm_record_t *rec)
 {
-    free(rec->message);
+    free(rec->outcome.message);
     free(rec->events);
     free(rec->text);
 
-    rec->message = NULL;
+    rec->outcome.message = NULL;
     rec->events = NULL;
     rec->text = NULL;
 }

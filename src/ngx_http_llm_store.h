@@ -42,14 +42,7 @@ typedef struct {
     unsigned                       cancel:1;    /* a cancel was requested */
     unsigned                       background:1;
 
-    u_char                         finish[32];
-    size_t                         finish_len;
-    ngx_int_t                      input_tokens;     /* -1: unknown */
-    ngx_int_t                      output_tokens;
-    u_char                         code[32];
-    size_t                         code_len;
-    u_char                        *message;     /* malloc()ed */
-    size_t                         message_len;
+    ngx_http_llm_outcome_t         outcome;
 
     ngx_uint_t                     nevents;     /* in the whole job */
     ngx_uint_t                     from_event;

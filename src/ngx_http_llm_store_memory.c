@@ -250,8 +250,9 @@ ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
     if (!mj->truncated && ngx_http_llm_mem_copy(m, mj, job) != NGX_OK) {
         mj->truncated = 1;
         mj->rec.state = NGX_HTTP_LLM_FAILED;
-        mj->rec.code_len = sizeof("store_full") - 1;
-        ngx_memcpy(mj->rec.code, "store_full", mj->rec.code_len);
+        mj->rec.outcome.code_len = sizeof("store_full") - 1;
+        ngx_memcpy(mj->rec.outcome.code, "store_full",
+                   mj->rec.outcome.code_len);
 
         ngx_log_error(NGX_LOG_ERR, job->log, 0,
                       "llm: job %s: the memory store is full, its stored "
@@ -329,7 +330,7 @@ ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
     rec = mj->rec;
     rec.events = NULL;
     rec.text = NULL;
-    rec.message = NULL;
+    rec.outcome.message = NULL;
 
     from_event = ngx_min(from_event, rec.nevents);
     from_text = ngx_min(from_text, rec.text_len);
@@ -358,13 +359,13 @@ ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
         ngx_memcpy(rec.text, mj->text + from_text, n);
     }
 
-    if (rec.message_len) {
-        rec.message = malloc(rec.message_len);
-        if (rec.message == NULL) {
+    if (rec.outcome.message_len) {
+        rec.outcome.message = malloc(rec.outcome.message_len);
+        if (rec.outcome.message == NULL) {
             goto failed;
         }
 
-        ngx_memcpy(rec.message, mj->message, rec.message_len);
+        ngx_memcpy(rec.outcome.message, mj->message, rec.outcome.message_len);
     }
 
     ngx_shmtx_unlock(&m->shpool->mutex);
@@ -462,8 +463,8 @@ ngx_http_llm_mem_create(ngx_http_llm_mem_t *m, ngx_http_llm_job_t *job)
     mj->node.key = ngx_crc32_short(job->id, NGX_HTTP_LLM_JOB_ID_LEN);
 
     mj->rec.created = job->created;
-    mj->rec.input_tokens = -1;
-    mj->rec.output_tokens = -1;
+    mj->rec.outcome.input_tokens = -1;
+    mj->rec.outcome.output_tokens = -1;
     mj->rec.background = job->background;
     mj->rec.has_owner = job->has_owner;
     ngx_memcpy(mj->rec.owner, job->owner, NGX_HTTP_LLM_OWNER_LEN);
@@ -520,14 +521,14 @@ ngx_http_llm_mem_copy(ngx_http_llm_mem_t *m, ngx_http_llm_mem_job_t *mj,
         mj->text_cap = cap;
     }
 
-    if (job->message_len && mj->message == NULL) {
-        mj->message = ngx_http_llm_mem_alloc(m, job->message_len);
+    if (job->outcome.message_len && mj->message == NULL) {
+        mj->message = ngx_http_llm_mem_alloc(m, job->outcome.message_len);
         if (mj->message == NULL) {
             return NGX_ERROR;
         }
 
-        ngx_memcpy(mj->message, job->message, job->message_len);
-        mj->rec.message_len = job->message_len;
+        ngx_memcpy(mj->message, job->outcome.message, job->outcome.message_len);
+        mj->rec.outcome.message_len = job->outcome.message_len;
     }
 
     ngx_memcpy(mj->events + job->saved_events, job->events + job->saved_events,
@@ -543,14 +544,15 @@ ngx_http_llm_mem_copy(ngx_http_llm_mem_t *m, ngx_http_llm_mem_job_t *mj,
 
     mj->rec.state = job->state;
     mj->rec.updated = job->updated;
-    mj->rec.input_tokens = job->input_tokens;
-    mj->rec.output_tokens = job->output_tokens;
+    mj->rec.outcome.input_tokens = job->outcome.input_tokens;
+    mj->rec.outcome.output_tokens = job->outcome.output_tokens;
 
-    ngx_memcpy(mj->rec.finish, job->finish, job->finish_len);
-    mj->rec.finish_len = job->finish_len;
+    ngx_memcpy(mj->rec.outcome.finish, job->outcome.finish,
+               job->outcome.finish_len);
+    mj->rec.outcome.finish_len = job->outcome.finish_len;
 
-    ngx_memcpy(mj->rec.code, job->code, job->code_len);
-    mj->rec.code_len = job->code_len;
+    ngx_memcpy(mj->rec.outcome.code, job->outcome.code, job->outcome.code_len);
+    mj->rec.outcome.code_len = job->outcome.code_len;
 
     return NGX_OK;
 }

@@ -775,26 +775,28 @@ ngx_http_llm_redis_write_new(ngx_http_llm_job_t *job, ngx_uint_t from_event,
     ngx_memcpy(rec->owner, job->owner, NGX_HTTP_LLM_OWNER_LEN);
     rec->has_owner = job->has_owner;
     rec->background = job->background;
-    ngx_memcpy(rec->finish, job->finish, job->finish_len);
-    rec->finish_len = job->finish_len;
-    rec->input_tokens = job->input_tokens;
-    rec->output_tokens = job->output_tokens;
-    ngx_memcpy(rec->code, job->code, job->code_len);
-    rec->code_len = job->code_len;
+    ngx_memcpy(rec->outcome.finish, job->outcome.finish,
+               job->outcome.finish_len);
+    rec->outcome.finish_len = job->outcome.finish_len;
+    rec->outcome.input_tokens = job->outcome.input_tokens;
+    rec->outcome.output_tokens = job->outcome.output_tokens;
+    ngx_memcpy(rec->outcome.code, job->outcome.code, job->outcome.code_len);
+    rec->outcome.code_len = job->outcome.code_len;
 
     rec->nevents = job->nevents;
     rec->from_event = from_event;
     rec->text_len = job->text_len;
     rec->from_text = from_text;
 
-    if (job->message_len) {
-        rec->message = ngx_alloc(job->message_len, job->log);
-        if (rec->message == NULL) {
+    if (job->outcome.message_len) {
+        rec->outcome.message = ngx_alloc(job->outcome.message_len, job->log);
+        if (rec->outcome.message == NULL) {
             goto failed;
         }
 
-        ngx_memcpy(rec->message, job->message, job->message_len);
-        rec->message_len = job->message_len;
+        ngx_memcpy(rec->outcome.message, job->outcome.message,
+                   job->outcome.message_len);
+        rec->outcome.message_len = job->outcome.message_len;
     }
 
     n = job->nevents - from_event;

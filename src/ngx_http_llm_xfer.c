@@ -60,8 +60,8 @@ ngx_http_llm_xfer_create(ngx_http_llm_engine_t *e, ngx_http_llm_spec_t *spec,
     x->job = job;
     x->refs = 2;
     x->item.handler = ngx_http_llm_xfer_drain;
-    x->out.input_tokens = -1;
-    x->out.output_tokens = -1;
+    x->out.outcome.input_tokens = -1;
+    x->out.outcome.output_tokens = -1;
 
     return x;
 }
@@ -334,7 +334,7 @@ ngx_http_llm_xfer_free(ngx_http_llm_xfer_t *x)
 {
     ngx_http_llm_spec_free(&x->spec);
     free(x->out.text);
-    free(x->out.message);
+    free(x->out.outcome.message);
     ngx_free(x->pstate);
     ngx_free(x);
 }
@@ -395,11 +395,11 @@ ngx_http_llm_sink_finish(void *data, u_char *reason, size_t len)
     ngx_http_llm_channel_t  *ch;
 
     ch = &ngx_http_llm_channel;
-    len = ngx_min(len, sizeof(x->out.finish));
+    len = ngx_min(len, sizeof(x->out.outcome.finish));
 
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
-    ngx_memcpy(x->out.finish, reason, len);
-    x->out.finish_len = len;
+    ngx_memcpy(x->out.outcome.finish, reason, len);
+    x->out.outcome.finish_len = len;
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
 }
 
@@ -416,11 +416,11 @@ ngx_http_llm_sink_usage(void *data, ngx_int_t input, ngx_int_t output)
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
 
     if (input >= 0) {
-        x->out.input_tokens = input;
+        x->out.outcome.input_tokens = input;
     }
 
     if (output >= 0) {
-        x->out.output_tokens = output;
+        x->out.outcome.output_tokens = output;
     }
 
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
@@ -434,6 +434,7 @@ ngx_http_llm_sink_fail(void *data, const char *code, u_char *msg,
     ngx_http_llm_xfer_t *x = data;
 
     u_char                  *m;
+    size_t                   n;
     ngx_http_llm_channel_t  *ch;
 
     if (x->failed) {
@@ -450,9 +451,12 @@ ngx_http_llm_sink_fail(void *data, const char *code, u_char *msg,
 
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
     x->out.failed = 1;
-    x->out.code = code;
-    x->out.message = m;
-    x->out.message_len = m ? len : 0;
+    /* the output is zeroed: the code stays NUL-terminated */
+    n = ngx_min(ngx_strlen(code), sizeof(x->out.outcome.code) - 1);
+    ngx_memcpy(x->out.outcome.code, code, n);
+    x->out.outcome.code_len = n;
+    x->out.outcome.message = m;
+    x->out.outcome.message_len = m ? len : 0;
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
 }
 
@@ -517,11 +521,11 @@ ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item)
 
     /* the outcome is read once, with the end of the transfer */
     if (out.done) {
-        x->out.message = NULL;
-        x->out.message_len = 0;
+        x->out.outcome.message = NULL;
+        x->out.outcome.message_len = 0;
 
     } else {
-        out.message = NULL;
+        out.outcome.message = NULL;
     }
 
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
@@ -542,7 +546,7 @@ ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item)
     }
 
     free(out.text);
-    free(out.message);
+    free(out.outcome.message);
 
     ngx_http_llm_xfer_release(x);
 }
