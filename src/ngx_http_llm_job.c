@@ -49,6 +49,7 @@ static ngx_int_t ngx_http_llm_job_event(ngx_http_llm_job_t *job,
     ngx_http_llm_event_type_e type, size_t off, size_t len);
 static ngx_int_t ngx_http_llm_job_append_text(ngx_http_llm_job_t *job,
     u_char *text, size_t len);
+static void ngx_http_llm_job_output(void *data, ngx_http_llm_output_t *out);
 static void ngx_http_llm_job_end(ngx_http_llm_job_t *job,
     ngx_http_llm_state_e state, const char *code, u_char *msg, size_t len);
 static void ngx_http_llm_job_save(ngx_http_llm_job_t *job);
@@ -103,7 +104,8 @@ ngx_http_llm_job_start(ngx_http_llm_spec_t *spec, ngx_http_llm_job_opts_t *o,
         goto failed;
     }
 
-    job->xfer = ngx_http_llm_engine_submit(o->pool, spec, job, log);
+    job->xfer = ngx_http_llm_engine_submit(o->pool, spec,
+                                           ngx_http_llm_job_output, job, log);
 
     if (job->xfer == NULL) {
         goto failed;
@@ -589,10 +591,17 @@ ngx_http_llm_job_grace_handler(ngx_event_t *ev)
 
 /* event loop: what the engine produced since the last drain */
 
-void
-ngx_http_llm_job_output(ngx_http_llm_job_t *job, ngx_http_llm_output_t *out)
+static void
+ngx_http_llm_job_output(void *data, ngx_http_llm_output_t *out)
 {
+    ngx_http_llm_job_t *job = data;
+
     size_t  off;
+
+    if (out->done) {
+        /* the engine let go of the transfer with its final output */
+        job->xfer = NULL;
+    }
 
     if (job->state != NGX_HTTP_LLM_RUNNING) {
         return;
@@ -753,7 +762,7 @@ ngx_http_llm_jobs_shutdown(void)
 /*
  * The process exits with jobs still running (a fast stop, or a single
  * process quitting): the threads are joined and nothing is sent any more,
- * so the jobs and their transfers are only freed.
+ * so the jobs are only freed (the engine has freed their transfers).
  */
 
 void
@@ -769,10 +778,6 @@ ngx_http_llm_jobs_exit_process(void)
     while (!ngx_queue_empty(&ngx_http_llm_jobs)) {
         q = ngx_queue_head(&ngx_http_llm_jobs);
         job = ngx_queue_data(q, ngx_http_llm_job_t, queue);
-
-        if (job->xfer) {
-            ngx_http_llm_xfer_free(job->xfer);
-        }
 
         ngx_queue_remove(q);
         free(job->events);
@@ -873,7 +878,7 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
     const char *code, u_char *msg, size_t len)
 {
     if (job->xfer) {
-        ngx_http_llm_engine_cancel(job->xfer);
+        ngx_http_llm_engine_release(job->xfer);
         job->xfer = NULL;
     }
 

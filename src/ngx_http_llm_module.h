@@ -214,6 +214,14 @@ typedef struct {
 } ngx_http_llm_output_t;
 
 
+/*
+ * Where the engine delivers a transfer's output, on the event loop.  With
+ * out->done the transfer is over and its handle is no longer valid.
+ */
+typedef void (*ngx_http_llm_output_pt)(void *data,
+    ngx_http_llm_output_t *out);
+
+
 /* everything a transfer needs, resolved on the loop before submit */
 typedef struct {
     char                          *url;
@@ -276,8 +284,6 @@ ngx_int_t ngx_http_llm_job_find(ngx_http_llm_store_t *st, u_char *id,
 void ngx_http_llm_job_subscribe(ngx_http_llm_job_t *job,
     ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_job_unsubscribe(ngx_http_llm_ctx_t *ctx);
-void ngx_http_llm_job_output(ngx_http_llm_job_t *job,
-    ngx_http_llm_output_t *out);
 void ngx_http_llm_job_fail(ngx_http_llm_job_t *job, const char *code,
     const char *message);
 void ngx_http_llm_job_cancel(ngx_http_llm_job_t *job);
@@ -318,9 +324,9 @@ void ngx_http_llm_channel_post(ngx_http_llm_chan_item_t *item);
 ngx_int_t ngx_http_llm_engine_init_process(ngx_cycle_t *cycle);
 void ngx_http_llm_engine_exit_process(ngx_cycle_t *cycle);
 ngx_http_llm_xfer_t *ngx_http_llm_engine_submit(ngx_thread_pool_t *pool,
-    ngx_http_llm_spec_t *spec, ngx_http_llm_job_t *job, ngx_log_t *log);
-void ngx_http_llm_engine_cancel(ngx_http_llm_xfer_t *x);
-void ngx_http_llm_xfer_free(ngx_http_llm_xfer_t *x);
+    ngx_http_llm_spec_t *spec, ngx_http_llm_output_pt handler, void *data,
+    ngx_log_t *log);
+void ngx_http_llm_engine_release(ngx_http_llm_xfer_t *x);
 void ngx_http_llm_spec_free(ngx_http_llm_spec_t *spec);
 
 

@@ -36,11 +36,11 @@ static void ngx_http_llm_xfer_push(ngx_http_llm_xfer_t *x);
 static void ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item);
 
 
-/* event loop: a transfer, referenced by the loop and by the engine */
+/* event loop: a transfer, referenced by its caller and by the engine */
 
 ngx_http_llm_xfer_t *
 ngx_http_llm_xfer_create(ngx_http_llm_engine_t *e, ngx_http_llm_spec_t *spec,
-    ngx_http_llm_job_t *job, ngx_log_t *log)
+    ngx_http_llm_output_pt handler, void *data, ngx_log_t *log)
 {
     ngx_http_llm_xfer_t  *x;
 
@@ -57,7 +57,8 @@ ngx_http_llm_xfer_create(ngx_http_llm_engine_t *e, ngx_http_llm_spec_t *spec,
 
     x->spec = *spec;
     x->engine = e;
-    x->job = job;
+    x->handler = handler;
+    x->data = data;
     x->refs = 2;
     x->item.handler = ngx_http_llm_xfer_drain;
     x->out.outcome.input_tokens = -1;
@@ -320,7 +321,13 @@ ngx_http_llm_xfer_release(ngx_http_llm_xfer_t *x)
     ch = &ngx_http_llm_channel;
 
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
+
     refs = --x->refs;
+
+    if (refs == 0) {
+        ngx_queue_remove(&x->link);
+    }
+
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
 
     if (refs == 0) {
@@ -497,14 +504,14 @@ ngx_http_llm_xfer_push(ngx_http_llm_xfer_t *x)
 }
 
 
-/* event loop: hand what the transfer made to its job */
+/* event loop: hand what the transfer made to its caller */
 
 static void
 ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item)
 {
-    ngx_http_llm_job_t      *job;
     ngx_http_llm_xfer_t     *x;
     ngx_http_llm_output_t    out;
+    ngx_http_llm_output_pt   handler;
     ngx_http_llm_channel_t  *ch;
 
     ch = &ngx_http_llm_channel;
@@ -530,15 +537,15 @@ ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item)
 
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
 
-    job = x->job;
+    handler = x->handler;
 
-    if (job != NULL) {
+    if (handler != NULL) {
         if (out.done) {
-            job->xfer = NULL;
-            x->job = NULL;
+            /* the final output takes the caller's reference with it */
+            x->handler = NULL;
         }
 
-        ngx_http_llm_job_output(job, &out);
+        handler(x->data, &out);
 
         if (out.done) {
             ngx_http_llm_xfer_release(x);
