@@ -264,12 +264,23 @@ ngx_int_t ngx_http_llm_input_variable(ngx_http_request_t *r,
 
 /* ngx_http_llm_handler.c */
 ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);
+
+/* ngx_http_llm_request.c */
+ngx_int_t ngx_http_llm_ctx_cleanup(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_send_json_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, ngx_str_t *message);
 ngx_int_t ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status,
     json_t *o);
-ngx_int_t ngx_http_llm_ctx_cleanup(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx);
+ngx_int_t ngx_http_llm_last_event_id(ngx_http_request_t *r, ngx_str_t *id,
+    ngx_uint_t *seq);
+ngx_int_t ngx_http_llm_owner(ngx_http_request_t *r, u_char *hash);
+ngx_uint_t ngx_http_llm_valid_id(ngx_str_t *id);
+ngx_uint_t ngx_http_llm_accepts_stream(ngx_http_request_t *r);
+ngx_uint_t ngx_http_llm_asks_stream(ngx_http_request_t *r);
+ngx_uint_t ngx_http_llm_prefers_async(ngx_http_request_t *r);
+ngx_uint_t ngx_http_llm_content_type_is(ngx_http_request_t *r,
+    const char *type);
 
 /* ngx_http_llm_sse.c */
 ngx_int_t ngx_http_llm_sse_start(ngx_http_request_t *r,
@@ -297,12 +308,6 @@ void ngx_http_llm_jobs_exit_process(void);
 ngx_int_t ngx_http_llm_job_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_resume(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_str_t *id, ngx_uint_t from);
-ngx_int_t ngx_http_llm_last_event_id(ngx_http_request_t *r, ngx_str_t *id,
-    ngx_uint_t *seq);
-ngx_int_t ngx_http_llm_owner(ngx_http_request_t *r, u_char *hash);
-ngx_uint_t ngx_http_llm_accepts_stream(ngx_http_request_t *r);
-ngx_uint_t ngx_http_llm_asks_stream(ngx_http_request_t *r);
-ngx_uint_t ngx_http_llm_prefers_async(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_send_accepted(ngx_http_request_t *r,
     ngx_http_llm_job_t *job);
 ngx_int_t ngx_http_llm_job_id_variable(ngx_http_request_t *r,
