@@ -7,7 +7,9 @@
 /*
  * The Redis store's commands, sent and read on the store thread: a job's
  * write, a read and a cancel request, each as one transaction or script,
- * and how their replies become answers and records.
+ * and how their replies become answers and records.  The store thread
+ * calls these; they use only hiredis and the connection it made, and
+ * leave a lost connection to the thread (rd->lost).
  *
  * Keys, all with the job id as hash tag so that a job stays in one slot
  * of a Redis Cluster, all expiring "ttl" after the job's last write:
@@ -42,6 +44,8 @@
     "return -1"
 
 
+static ngx_int_t ngx_http_llm_redis_reply(ngx_http_llm_redis_t *rd,
+    redisReply **reply);
 static void ngx_http_llm_redis_error(ngx_http_llm_redis_t *rd, u_char *id,
     redisReply *r);
 static ngx_int_t ngx_http_llm_redis_check_write(ngx_http_llm_redis_t *rd,
@@ -766,6 +770,25 @@ ngx_http_llm_redis_send(ngx_http_llm_redis_t *rd,
     {
         rd->nomem = 1;
     }
+}
+
+
+/* the next reply; NGX_ERROR: the connection is lost, the thread sees to it */
+
+static ngx_int_t
+ngx_http_llm_redis_reply(ngx_http_llm_redis_t *rd, redisReply **reply)
+{
+    void  *r;
+
+    if (redisGetReply(rd->ctx, &r) != REDIS_OK || r == NULL) {
+        rd->lost = 1;
+        return NGX_ERROR;
+    }
+
+    *reply = r;
+    rd->replies++;
+
+    return NGX_OK;
 }
 
 

@@ -1223,64 +1223,6 @@ ngx_http_llm_redis_completed(ngx_event_t *ev)
 }
 
 
-/*
- * Store thread, or the loop when the thread cannot start: pass the answers
- * to the loop.  A cancel request has no answer: it is done with here.
- */
-
-void
-ngx_http_llm_redis_answer(ngx_http_llm_redis_t *rd,
-    ngx_http_llm_redis_op_t *ops)
-{
-    ngx_uint_t                wake;
-    ngx_http_llm_redis_op_t  *op, *next, *done, **last;
-    ngx_http_llm_channel_t   *ch;
-
-    ch = &ngx_http_llm_channel;
-    done = NULL;
-    last = &done;
-
-    for (op = ops; op; op = next) {
-        next = op->next;
-
-        if (op->type == NGX_HTTP_LLM_REDIS_CANCEL) {
-
-            if (op->rc == NGX_ERROR) {
-                ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                              "llm: redis store: cancel of job %*s lost: "
-                              "%V unavailable",
-                              (size_t) NGX_HTTP_LLM_JOB_ID_LEN, op->id,
-                              &rd->conf->name);
-            }
-
-            ngx_http_llm_redis_op_free(op);
-            continue;
-        }
-
-        op->next = NULL;
-        *last = op;
-        last = &op->next;
-    }
-
-    if (done == NULL) {
-        return;
-    }
-
-    (void) ngx_thread_mutex_lock(&ch->mutex, rd->log);
-
-    *rd->done_last = done;
-    rd->done_last = last;
-
-    wake = ngx_http_llm_channel_queue(&rd->item);
-
-    (void) ngx_thread_mutex_unlock(&ch->mutex, rd->log);
-
-    if (wake) {
-        ngx_http_llm_channel_wake();
-    }
-}
-
-
 /* event loop: the store thread's answers */
 
 static void
@@ -1307,6 +1249,22 @@ ngx_http_llm_redis_done(ngx_http_llm_chan_item_t *item)
 
         if (op->type == NGX_HTTP_LLM_REDIS_BATCH) {
             ngx_http_llm_redis_written(rd);
+            continue;
+        }
+
+        /* a cancel request has no answer: it is done with here */
+
+        if (op->type == NGX_HTTP_LLM_REDIS_CANCEL) {
+
+            if (op->rc == NGX_ERROR) {
+                ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                              "llm: redis store: cancel of job %*s lost: "
+                              "%V unavailable",
+                              (size_t) NGX_HTTP_LLM_JOB_ID_LEN, op->id,
+                              &rd->conf->name);
+            }
+
+            ngx_http_llm_redis_op_free(op);
             continue;
         }
 
