@@ -53,6 +53,9 @@ static void ngx_http_llm_job_output(void *data, ngx_http_llm_output_t *out);
 static void ngx_http_llm_job_end(ngx_http_llm_job_t *job,
     ngx_http_llm_state_e state, const char *code, u_char *msg, size_t len);
 static void ngx_http_llm_job_save(ngx_http_llm_job_t *job);
+static void ngx_http_llm_job_snapshot(void *data,
+    ngx_http_llm_snapshot_t *snap);
+static void ngx_http_llm_job_saved(void *data, ngx_http_llm_saved_t *res);
 static void ngx_http_llm_job_wake(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_free(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_grace_handler(ngx_event_t *ev);
@@ -716,17 +719,6 @@ ngx_http_llm_job_unhold(ngx_http_llm_job_t *job)
 }
 
 
-/* a store saw a cancel request: act on it outside the store's call */
-
-void
-ngx_http_llm_job_cancel_requested(ngx_http_llm_job_t *job)
-{
-    if (!job->cancel_ev.posted) {
-        ngx_post_event(&job->cancel_ev, &ngx_posted_events);
-    }
-}
-
-
 static void
 ngx_http_llm_job_cancel_handler(ngx_event_t *ev)
 {
@@ -915,12 +907,83 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
 static void
 ngx_http_llm_job_save(ngx_http_llm_job_t *job)
 {
+    ngx_http_llm_saved_t     res;
+    ngx_http_llm_snapshot_t  snap;
+
     if (job->mirror || job->store == NULL) {
         return;
     }
 
     job->updated = ngx_http_llm_now_ms();
-    job->store->ops->save(job->store, job);
+
+    ngx_http_llm_job_snapshot(job, &snap);
+    ngx_http_llm_saved_init(&res, &snap);
+
+    job->store->ops->save(job->store, &snap, &res);
+
+    ngx_http_llm_job_saved(job, &res);
+}
+
+
+/* the job as its store sees it; also asked for by stores that write later */
+
+static void
+ngx_http_llm_job_snapshot(void *data, ngx_http_llm_snapshot_t *snap)
+{
+    ngx_http_llm_job_t *job = data;
+
+    snap->id = job->id;
+    snap->state = job->state;
+    snap->created = job->created;
+    snap->updated = job->updated;
+    snap->finished = job->finished;
+    snap->watched = job->watched;
+    snap->owner = job->owner;
+    snap->has_owner = job->has_owner;
+    snap->background = job->background;
+    snap->outcome = &job->outcome;
+
+    snap->events = job->events;
+    snap->nevents = job->nevents;
+    snap->text = job->text;
+    snap->text_len = job->text_len;
+
+    snap->saved_events = job->saved_events;
+    snap->saved_text = job->saved_text;
+    snap->store_data = job->store_data;
+
+    snap->snapshot = ngx_http_llm_job_snapshot;
+    snap->saved = ngx_http_llm_job_saved;
+    snap->data = job;
+}
+
+
+/* what the store made of a save, at once or when its write came back */
+
+static void
+ngx_http_llm_job_saved(void *data, ngx_http_llm_saved_t *res)
+{
+    ngx_http_llm_job_t *job = data;
+
+    if (res->dropped) {
+        /* the store said why, once: the job is not saved again */
+        job->store = NULL;
+        job->store_data = NULL;
+        return;
+    }
+
+    job->saved_events = res->saved_events;
+    job->saved_text = res->saved_text;
+    job->store_data = res->store_data;
+    job->watched = res->watched;
+
+    /* a cancel found by a save is acted on outside the store's call */
+
+    if (res->cancel && job->state == NGX_HTTP_LLM_RUNNING
+        && !job->cancel_ev.posted)
+    {
+        ngx_post_event(&job->cancel_ev, &ngx_posted_events);
+    }
 }
 
 
@@ -958,6 +1021,8 @@ ngx_http_llm_job_wake(ngx_http_llm_job_t *job)
 static void
 ngx_http_llm_job_free(ngx_http_llm_job_t *job)
 {
+    ngx_http_llm_snapshot_t  snap;
+
     if ((job->state == NGX_HTTP_LLM_RUNNING && !job->mirror)
         || !ngx_queue_empty(&job->subscribers)
         || job->fetching
@@ -975,7 +1040,8 @@ ngx_http_llm_job_free(ngx_http_llm_job_t *job)
     }
 
     if (job->store && !job->mirror) {
-        job->store->ops->release(job->store, job);
+        ngx_http_llm_job_snapshot(job, &snap);
+        job->store->ops->release(job->store, &snap);
     }
 
     free(job->events);

@@ -300,7 +300,6 @@ void ngx_http_llm_job_fail(ngx_http_llm_job_t *job, const char *code,
 void ngx_http_llm_job_cancel(ngx_http_llm_job_t *job);
 void ngx_http_llm_job_hold(ngx_http_llm_job_t *job);
 void ngx_http_llm_job_unhold(ngx_http_llm_job_t *job);
-void ngx_http_llm_job_cancel_requested(ngx_http_llm_job_t *job);
 void ngx_http_llm_jobs_shutdown(void);
 void ngx_http_llm_jobs_exit_process(void);
 

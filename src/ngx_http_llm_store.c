@@ -215,6 +215,21 @@ ngx_http_llm_record_free(ngx_http_llm_record_t *rec)
 }
 
 
+/* a save's result before the store says anything: nothing changed */
+
+void
+ngx_http_llm_saved_init(ngx_http_llm_saved_t *res,
+    ngx_http_llm_snapshot_t *snap)
+{
+    ngx_memzero(res, sizeof(ngx_http_llm_saved_t));
+
+    res->saved_events = snap->saved_events;
+    res->saved_text = snap->saved_text;
+    res->store_data = snap->store_data;
+    res->watched = snap->watched;
+}
+
+
 int64_t
 ngx_http_llm_now_ms(void)
 {
