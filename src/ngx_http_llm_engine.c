@@ -88,6 +88,7 @@ ngx_http_llm_engine_exit_process(ngx_cycle_t *cycle)
             ngx_http_llm_xfer_free(ngx_queue_data(q, ngx_http_llm_xfer_t,
                                                   link));
         }
+
         curl_multi_cleanup(e->multi);
         (void) close(e->epfd);
         (void) close(e->wakefd);

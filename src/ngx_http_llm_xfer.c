@@ -458,6 +458,7 @@ ngx_http_llm_sink_fail(void *data, const char *code, u_char *msg,
 
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
     x->out.failed = 1;
+
     /* the output is zeroed: the code stays NUL-terminated */
     n = ngx_min(ngx_strlen(code), sizeof(x->out.outcome.code) - 1);
     ngx_memcpy(x->out.outcome.code, code, n);
