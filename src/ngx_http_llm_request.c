@@ -24,7 +24,7 @@
 
 
 static void ngx_http_llm_cleanup(void *data);
-static ngx_int_t ngx_http_llm_accepts(ngx_http_request_t *r,
+static ngx_uint_t ngx_http_llm_accepts(ngx_http_request_t *r,
     const char *type);
 static ngx_table_elt_t *ngx_http_llm_header(ngx_http_request_t *r,
     const char *name, size_t len, ngx_table_elt_t *after);
@@ -341,7 +341,7 @@ ngx_http_llm_content_type_is(ngx_http_request_t *r, const char *type)
 
 /* Accept names the media type with a weight above 0 */
 
-static ngx_int_t
+static ngx_uint_t
 ngx_http_llm_accepts(ngx_http_request_t *r, const char *type)
 {
     u_char           *p, *end;

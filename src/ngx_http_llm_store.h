@@ -29,7 +29,7 @@
 #define NGX_HTTP_LLM_OWNER_LEN      20      /* SHA-1 of the owner value */
 
 
-/* a job as a store knows it: a snapshot, from one event and text offset */
+/* a job as a store has it: from one event and text offset on */
 typedef struct {
     ngx_http_llm_state_e           state;
     int64_t                        created;     /* ms since the epoch */
