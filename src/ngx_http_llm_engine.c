@@ -70,12 +70,25 @@ ngx_http_llm_engine_init_process(ngx_cycle_t *cycle)
 void
 ngx_http_llm_engine_exit_process(ngx_cycle_t *cycle)
 {
+    ngx_queue_t            *q;
     ngx_http_llm_engine_t  *e, *next;
 
-    /* the thread pools have been joined: every engine task has returned */
+    /*
+     * The thread pools have been joined: every engine task has returned.
+     * Transfers still referenced (by their callers, or by output nobody
+     * drained) are freed here; their callers do not touch them at exit.
+     */
 
     for (e = ngx_http_llm_engines; e; e = next) {
         next = e->next;
+
+        while (!ngx_queue_empty(&e->xfers)) {
+            q = ngx_queue_head(&e->xfers);
+            ngx_queue_remove(q);
+            ngx_http_llm_xfer_free(ngx_queue_data(q, ngx_http_llm_xfer_t,
+                                                  link));
+        }
+
         curl_multi_cleanup(e->multi);
         (void) close(e->epfd);
         (void) close(e->wakefd);
@@ -88,9 +101,15 @@ ngx_http_llm_engine_exit_process(ngx_cycle_t *cycle)
 }
 
 
+/*
+ * Start a transfer; takes the spec.  The handler gets its output on the
+ * loop, always ending with one output marked done (also when the transfer
+ * cannot start), unless the caller let go of the handle before.
+ */
+
 ngx_http_llm_xfer_t *
 ngx_http_llm_engine_submit(ngx_thread_pool_t *pool, ngx_http_llm_spec_t *spec,
-    ngx_http_llm_job_t *job, ngx_log_t *log)
+    ngx_http_llm_output_pt handler, void *data, ngx_log_t *log)
 {
     ngx_uint_t               start;
     ngx_http_llm_xfer_t     *x;
@@ -104,12 +123,14 @@ ngx_http_llm_engine_submit(ngx_thread_pool_t *pool, ngx_http_llm_spec_t *spec,
         return NULL;
     }
 
-    x = ngx_http_llm_xfer_create(e, spec, job, log);
+    x = ngx_http_llm_xfer_create(e, spec, handler, data, log);
     if (x == NULL) {
         return NULL;
     }
 
     (void) ngx_thread_mutex_lock(&ch->mutex, log);
+
+    ngx_queue_insert_tail(&e->xfers, &x->link);
 
     x->next_submit = e->submitted;
     e->submitted = x;
@@ -131,7 +152,7 @@ ngx_http_llm_engine_submit(ngx_thread_pool_t *pool, ngx_http_llm_spec_t *spec,
     }
 
     if (ngx_http_llm_engine_post(e) != NGX_OK) {
-        /* the job still gets its final event, through the channel */
+        /* the caller still gets its final output, through the channel */
         ngx_http_llm_engine_abort_all(e, NGX_HTTP_LLM_E_INTERNAL,
                                       "the thread pool is overloaded");
     }
@@ -140,8 +161,14 @@ ngx_http_llm_engine_submit(ngx_thread_pool_t *pool, ngx_http_llm_spec_t *spec,
 }
 
 
+/*
+ * The caller lets go of a transfer it no longer wants: cancelled if still
+ * running, freed when the engine lets go too; its handler is not called
+ * again.
+ */
+
 void
-ngx_http_llm_engine_cancel(ngx_http_llm_xfer_t *x)
+ngx_http_llm_engine_release(ngx_http_llm_xfer_t *x)
 {
     ngx_http_llm_engine_t   *e;
     ngx_http_llm_channel_t  *ch;
@@ -149,7 +176,7 @@ ngx_http_llm_engine_cancel(ngx_http_llm_xfer_t *x)
     ch = &ngx_http_llm_channel;
     e = x->engine;
 
-    x->job = NULL;
+    x->handler = NULL;
 
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
 
@@ -233,6 +260,7 @@ ngx_http_llm_engine_get(ngx_thread_pool_t *pool, ngx_log_t *log)
     e->task->event.handler = ngx_http_llm_engine_completed;
     e->task->event.data = e;
     ngx_queue_init(&e->active);
+    ngx_queue_init(&e->xfers);
 
     e->next = ngx_http_llm_engines;
     ngx_http_llm_engines = e;

@@ -31,6 +31,7 @@ struct ngx_http_llm_engine_s {
     /* shared, under the channel mutex */
     ngx_http_llm_xfer_t           *submitted;
     ngx_http_llm_xfer_t           *cancelled;
+    ngx_queue_t                    xfers;       /* every live transfer */
     unsigned                       running:1;
 
     /* event loop only */
@@ -46,7 +47,10 @@ struct ngx_http_llm_engine_s {
 struct ngx_http_llm_xfer_s {
     ngx_http_llm_spec_t            spec;
     ngx_http_llm_engine_t         *engine;
-    ngx_http_llm_job_t            *job;         /* event loop only */
+
+    /* event loop only: NULL once the caller let go */
+    ngx_http_llm_output_pt         handler;
+    void                          *data;
 
     /* engine thread only */
     CURL                          *easy;
@@ -70,6 +74,7 @@ struct ngx_http_llm_xfer_s {
     ngx_http_llm_chan_item_t       item;
     ngx_http_llm_output_t          out;
     ngx_uint_t                     refs;
+    ngx_queue_t                    link;        /* in engine->xfers */
     unsigned                       cancel:1;
     ngx_http_llm_xfer_t           *next_submit;
     ngx_http_llm_xfer_t           *next_cancel;
@@ -79,11 +84,13 @@ struct ngx_http_llm_xfer_s {
 ngx_msec_t ngx_http_llm_engine_now(void);
 
 ngx_http_llm_xfer_t *ngx_http_llm_xfer_create(ngx_http_llm_engine_t *e,
-    ngx_http_llm_spec_t *spec, ngx_http_llm_job_t *job, ngx_log_t *log);
+    ngx_http_llm_spec_t *spec, ngx_http_llm_output_pt handler, void *data,
+    ngx_log_t *log);
 void ngx_http_llm_xfer_start(ngx_http_llm_engine_t *e,
     ngx_http_llm_xfer_t *x);
 void ngx_http_llm_xfer_finish(ngx_http_llm_xfer_t *x, CURLcode rc);
 void ngx_http_llm_xfer_release(ngx_http_llm_xfer_t *x);
+void ngx_http_llm_xfer_free(ngx_http_llm_xfer_t *x);
 void ngx_http_llm_sink_fail_str(ngx_http_llm_xfer_t *x, const char *code,
     const char *msg);
 

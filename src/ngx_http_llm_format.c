@@ -493,7 +493,7 @@ ngx_http_llm_event_kind(ngx_http_llm_format_t *fmt, ngx_http_llm_job_t *job,
     }
 
     if (fmt->tpls[NGX_HTTP_LLM_K_SHUTDOWN]
-        && ngx_http_llm_str_is(job->code, job->code_len,
+        && ngx_http_llm_str_is(job->outcome.code, job->outcome.code_len,
                                NGX_HTTP_LLM_E_SHUTDOWN))
     {
         return NGX_HTTP_LLM_K_SHUTDOWN;
@@ -541,13 +541,14 @@ ngx_http_llm_default_event(ngx_http_llm_format_t *fmt,
         ngx_http_llm_render_raw(w, "{\"text\":", sizeof("{\"text\":") - 1);
         ngx_http_llm_render_str(w, job->text, job->text_len, 1);
 
-        if (job->finish_len) {
+        if (job->outcome.finish_len) {
             ngx_http_llm_render_raw(w, ",\"finish_reason\":",
                                     sizeof(",\"finish_reason\":") - 1);
-            ngx_http_llm_render_str(w, job->finish, job->finish_len, 1);
+            ngx_http_llm_render_str(w, job->outcome.finish,
+                                    job->outcome.finish_len, 1);
         }
 
-        if (job->input_tokens >= 0 || job->output_tokens >= 0) {
+        if (job->outcome.input_tokens >= 0 || job->outcome.output_tokens >= 0) {
             ngx_http_llm_render_raw(w, ",\"usage\":",
                                     sizeof(",\"usage\":") - 1);
             ngx_http_llm_render_usage(w, job);
@@ -558,10 +559,11 @@ ngx_http_llm_default_event(ngx_http_llm_format_t *fmt,
 
     case NGX_HTTP_LLM_EV_ERROR:
         ngx_http_llm_render_raw(w, "{\"code\":", sizeof("{\"code\":") - 1);
-        ngx_http_llm_render_str(w, job->code, job->code_len, 1);
+        ngx_http_llm_render_str(w, job->outcome.code, job->outcome.code_len, 1);
         ngx_http_llm_render_raw(w, ",\"message\":",
                                 sizeof(",\"message\":") - 1);
-        ngx_http_llm_render_str(w, job->message, job->message_len, 1);
+        ngx_http_llm_render_str(w, job->outcome.message,
+                                job->outcome.message_len, 1);
         ngx_http_llm_render_raw(w, ",\"text\":", sizeof(",\"text\":") - 1);
         ngx_http_llm_render_str(w, job->text, job->text_len, 1);
         ngx_http_llm_render_raw(w, "}", 1);
@@ -582,18 +584,18 @@ ngx_http_llm_render_usage(ngx_http_llm_render_t *w, ngx_http_llm_job_t *job)
     p = num;
     *p++ = '{';
 
-    if (job->input_tokens >= 0) {
-        p = ngx_sprintf(p, "\"input_tokens\":%i", job->input_tokens);
+    if (job->outcome.input_tokens >= 0) {
+        p = ngx_sprintf(p, "\"input_tokens\":%i", job->outcome.input_tokens);
     }
 
-    if (job->output_tokens >= 0) {
+    if (job->outcome.output_tokens >= 0) {
         p = ngx_sprintf(p, "%s\"output_tokens\":%i",
-                        p > num + 1 ? "," : "", job->output_tokens);
+                        p > num + 1 ? "," : "", job->outcome.output_tokens);
     }
 
-    if (job->input_tokens >= 0 && job->output_tokens >= 0) {
+    if (job->outcome.input_tokens >= 0 && job->outcome.output_tokens >= 0) {
         p = ngx_sprintf(p, ",\"total_tokens\":%i",
-                        job->input_tokens + job->output_tokens);
+                        job->outcome.input_tokens + job->outcome.output_tokens);
     }
 
     *p++ = '}';

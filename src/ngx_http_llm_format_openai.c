@@ -60,10 +60,11 @@ ngx_http_llm_openai_event(ngx_http_llm_format_t *fmt,
     end = &job->events[fc->last];
 
     if (ev->type == NGX_HTTP_LLM_EV_ERROR) {
-        code.data = job->code;
-        code.len = job->code_len;
-        message.data = job->message ? job->message : (u_char *) "";
-        message.len = job->message_len;
+        code.data = job->outcome.code;
+        code.len = job->outcome.code_len;
+        message.data = job->outcome.message ? job->outcome.message
+                                            : (u_char *) "";
+        message.len = job->outcome.message_len;
 
         ngx_http_llm_render_id(w, job, fc->last + 1);
         ngx_http_llm_render_raw(w, "data: ", sizeof("data: ") - 1);
@@ -147,10 +148,11 @@ ngx_http_llm_openai_body(ngx_http_llm_format_t *fmt, ngx_http_llm_kind_e kind,
     }
 
     if (job) {
-        code.data = job->code;
-        code.len = job->code_len;
-        message.data = job->message ? job->message : (u_char *) "";
-        message.len = job->message_len;
+        code.data = job->outcome.code;
+        code.len = job->outcome.code_len;
+        message.data = job->outcome.message ? job->outcome.message
+                                            : (u_char *) "";
+        message.len = job->outcome.message_len;
 
     } else {
         code = fc->code;
@@ -207,23 +209,24 @@ ngx_http_llm_openai_head(ngx_http_llm_fmt_ctx_t *fc, ngx_http_llm_render_t *w,
 static void
 ngx_http_llm_openai_finish(ngx_http_llm_job_t *job, ngx_http_llm_render_t *w)
 {
+    ngx_http_llm_outcome_t  *oc;
+
+    oc = &job->outcome;
+
     ngx_http_llm_render_raw(w, "\"finish_reason\":",
                             sizeof("\"finish_reason\":") - 1);
 
-    if (job->finish_len == 0
-        || ngx_http_llm_str_is(job->finish, job->finish_len, "end_turn")
-        || ngx_http_llm_str_is(job->finish, job->finish_len,
-                               "stop_sequence"))
+    if (oc->finish_len == 0
+        || ngx_http_llm_str_is(oc->finish, oc->finish_len, "end_turn")
+        || ngx_http_llm_str_is(oc->finish, oc->finish_len, "stop_sequence"))
     {
         ngx_http_llm_render_raw(w, "\"stop\"", sizeof("\"stop\"") - 1);
 
-    } else if (ngx_http_llm_str_is(job->finish, job->finish_len,
-                                   "max_tokens"))
-    {
+    } else if (ngx_http_llm_str_is(oc->finish, oc->finish_len, "max_tokens")) {
         ngx_http_llm_render_raw(w, "\"length\"", sizeof("\"length\"") - 1);
 
     } else {
-        ngx_http_llm_render_str(w, job->finish, job->finish_len, 1);
+        ngx_http_llm_render_str(w, oc->finish, oc->finish_len, 1);
     }
 }
 
@@ -234,13 +237,13 @@ ngx_http_llm_openai_usage(ngx_http_llm_job_t *job, ngx_http_llm_render_t *w)
     u_char   num[NGX_INT64_LEN * 3 + 80];
     int64_t  in, out;
 
-    if (job->input_tokens < 0 && job->output_tokens < 0) {
+    if (job->outcome.input_tokens < 0 && job->outcome.output_tokens < 0) {
         ngx_http_llm_render_raw(w, "null", 4);
         return;
     }
 
-    in = job->input_tokens > 0 ? job->input_tokens : 0;
-    out = job->output_tokens > 0 ? job->output_tokens : 0;
+    in = job->outcome.input_tokens > 0 ? job->outcome.input_tokens : 0;
+    out = job->outcome.output_tokens > 0 ? job->outcome.output_tokens : 0;
 
     ngx_http_llm_render_raw(w, num,
                             ngx_sprintf(num, "{\"prompt_tokens\":%L,"

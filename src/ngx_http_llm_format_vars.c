@@ -171,10 +171,10 @@ ngx_http_llm_var_finish(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
-    if (fc->job && fc->job->finish_len) {
+    if (fc->job && fc->job->outcome.finish_len) {
         v->type = NGX_HTTP_LLM_VAL_STR;
-        v->data = fc->job->finish;
-        v->len = fc->job->finish_len;
+        v->data = fc->job->outcome.finish;
+        v->len = fc->job->outcome.finish_len;
     }
 }
 
@@ -189,7 +189,9 @@ ngx_http_llm_var_usage(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 
     job = fc->job;
 
-    if (job == NULL || (job->input_tokens < 0 && job->output_tokens < 0)) {
+    if (job == NULL
+        || (job->outcome.input_tokens < 0 && job->outcome.output_tokens < 0))
+    {
         return;
     }
 
@@ -198,20 +200,20 @@ ngx_http_llm_var_usage(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
         return;
     }
 
-    if (job->input_tokens >= 0) {
+    if (job->outcome.input_tokens >= 0) {
         json_object_set_new(o, "input_tokens",
-                            json_integer(job->input_tokens));
+                            json_integer(job->outcome.input_tokens));
     }
 
-    if (job->output_tokens >= 0) {
+    if (job->outcome.output_tokens >= 0) {
         json_object_set_new(o, "output_tokens",
-                            json_integer(job->output_tokens));
+                            json_integer(job->outcome.output_tokens));
     }
 
-    if (job->input_tokens >= 0 && job->output_tokens >= 0) {
+    if (job->outcome.input_tokens >= 0 && job->outcome.output_tokens >= 0) {
         json_object_set_new(o, "total_tokens",
-                            json_integer(job->input_tokens
-                                         + job->output_tokens));
+                            json_integer(job->outcome.input_tokens
+                                         + job->outcome.output_tokens));
     }
 
     v->type = NGX_HTTP_LLM_VAL_JSON;
@@ -225,8 +227,8 @@ ngx_http_llm_var_input_tokens(void *data, ngx_str_t *arg,
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
-    if (fc->job && fc->job->input_tokens >= 0) {
-        ngx_http_llm_value_number(v, fc->job->input_tokens);
+    if (fc->job && fc->job->outcome.input_tokens >= 0) {
+        ngx_http_llm_value_number(v, fc->job->outcome.input_tokens);
     }
 }
 
@@ -237,8 +239,8 @@ ngx_http_llm_var_output_tokens(void *data, ngx_str_t *arg,
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
-    if (fc->job && fc->job->output_tokens >= 0) {
-        ngx_http_llm_value_number(v, fc->job->output_tokens);
+    if (fc->job && fc->job->outcome.output_tokens >= 0) {
+        ngx_http_llm_value_number(v, fc->job->outcome.output_tokens);
     }
 }
 
@@ -249,10 +251,11 @@ ngx_http_llm_var_total_tokens(void *data, ngx_str_t *arg,
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
-    if (fc->job && fc->job->input_tokens >= 0 && fc->job->output_tokens >= 0)
+    if (fc->job && fc->job->outcome.input_tokens >= 0
+        && fc->job->outcome.output_tokens >= 0)
     {
-        ngx_http_llm_value_number(v, (int64_t) fc->job->input_tokens
-                                   + fc->job->output_tokens);
+        ngx_http_llm_value_number(v, (int64_t) fc->job->outcome.input_tokens
+                                   + fc->job->outcome.output_tokens);
     }
 }
 
@@ -267,10 +270,10 @@ ngx_http_llm_var_error_code(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
         v->data = fc->code.data;
         v->len = fc->code.len;
 
-    } else if (fc->job->code_len) {
+    } else if (fc->job->outcome.code_len) {
         v->type = NGX_HTTP_LLM_VAL_STR;
-        v->data = fc->job->code;
-        v->len = fc->job->code_len;
+        v->data = fc->job->outcome.code;
+        v->len = fc->job->outcome.code_len;
     }
 }
 
@@ -286,10 +289,11 @@ ngx_http_llm_var_error_message(void *data, ngx_str_t *arg,
         v->data = fc->message.data;
         v->len = fc->message.len;
 
-    } else if (fc->job->code_len) {
+    } else if (fc->job->outcome.code_len) {
         v->type = NGX_HTTP_LLM_VAL_STR;
-        v->data = fc->job->message ? fc->job->message : (u_char *) "";
-        v->len = fc->job->message_len;
+        v->data = fc->job->outcome.message ? fc->job->outcome.message
+                                           : (u_char *) "";
+        v->len = fc->job->outcome.message_len;
     }
 }
 

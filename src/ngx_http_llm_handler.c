@@ -16,8 +16,6 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
-#include <jansson.h>
-
 #include "ngx_http_llm_module.h"
 #include "ngx_http_llm_store.h"
 
@@ -30,14 +28,13 @@ static ngx_int_t ngx_http_llm_spec(ngx_http_request_t *r,
     ngx_str_t *err);
 static ngx_int_t ngx_http_llm_eval(ngx_http_request_t *r,
     ngx_http_complex_value_t *cv, ngx_str_t *value);
-static void ngx_http_llm_cleanup(void *data);
 
 
 ngx_int_t
 ngx_http_llm_handler(ngx_http_request_t *r)
 {
     ngx_int_t            rc;
-    ngx_str_t            msg, *type;
+    ngx_str_t            msg;
     ngx_table_elt_t     *allow;
     ngx_http_llm_ctx_t  *ctx;
 
@@ -81,18 +78,11 @@ ngx_http_llm_handler(ngx_http_request_t *r)
         return NGX_DONE;
     }
 
-    type = r->headers_in.content_type ? &r->headers_in.content_type->value
-                                      : NULL;
-
     if (r->headers_in.content_length_n > 0 || r->headers_in.chunked) {
 
-        if (type == NULL
-            || (ngx_strncasecmp(type->data, (u_char *) "application/json",
-                                sizeof("application/json") - 1) != 0
-                && ngx_strncasecmp(type->data,
-                             (u_char *) "application/x-www-form-urlencoded",
-                             sizeof("application/x-www-form-urlencoded") - 1)
-                   != 0))
+        if (!ngx_http_llm_content_type_is(r, "application/json")
+            && !ngx_http_llm_content_type_is(r,
+                                     "application/x-www-form-urlencoded"))
         {
             rc = ngx_http_discard_request_body(r);
             if (rc != NGX_OK) {
@@ -356,117 +346,4 @@ ngx_http_llm_eval(ngx_http_request_t *r, ngx_http_complex_value_t *cv,
     }
 
     return ngx_http_complex_value(r, cv, value);
-}
-
-
-/* once per request: runs when it is freed, when no buf points into a job */
-
-ngx_int_t
-ngx_http_llm_ctx_cleanup(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
-{
-    ngx_pool_cleanup_t  *cln;
-
-    if (ctx->cleanup) {
-        return NGX_OK;
-    }
-
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        return NGX_ERROR;
-    }
-
-    cln->handler = ngx_http_llm_cleanup;
-    cln->data = ctx;
-    ctx->cleanup = 1;
-
-    return NGX_OK;
-}
-
-
-static void
-ngx_http_llm_cleanup(void *data)
-{
-    ngx_http_llm_ctx_t *ctx = data;
-
-    if (ctx->heartbeat.timer_set) {
-        ngx_del_timer(&ctx->heartbeat);
-    }
-
-    if (ctx->coalesce.timer_set) {
-        ngx_del_timer(&ctx->coalesce);
-    }
-
-    ctx->finished = 1;
-    ngx_http_llm_job_unsubscribe(ctx);
-
-    ngx_free(ctx->mem);
-    ctx->mem = NULL;
-}
-
-
-ngx_int_t
-ngx_http_llm_send_json_error(ngx_http_request_t *r, ngx_uint_t status,
-    const char *code, ngx_str_t *message)
-{
-    return ngx_http_llm_send_json(r, status,
-                                  json_pack("{s{ssss%}}", "error",
-                                            "code", code, "message",
-                                            (char *) message->data,
-                                            message->len));
-}
-
-
-/* the whole response: one JSON document (taken) and a newline */
-
-ngx_int_t
-ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status, json_t *o)
-{
-    char         *json;
-    size_t        len;
-    ngx_int_t     rc;
-    ngx_buf_t    *b;
-    ngx_chain_t   out;
-
-    if (o == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    json = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-
-    if (json == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    len = ngx_strlen(json);
-
-    b = ngx_create_temp_buf(r->pool, len + 1);
-    if (b == NULL) {
-        free(json);
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    b->last = ngx_cpymem(b->last, json, len);
-    *b->last++ = '\n';
-    free(json);
-
-    b->last_buf = (r == r->main) ? 1 : 0;
-    b->last_in_chain = 1;
-
-    r->headers_out.status = status;
-    r->headers_out.content_length_n = b->last - b->pos;
-    ngx_str_set(&r->headers_out.content_type, "application/json");
-    r->headers_out.content_type_len = r->headers_out.content_type.len;
-    r->headers_out.content_type_lowcase = NULL;
-
-    rc = ngx_http_send_header(r);
-
-    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
-        return rc;
-    }
-
-    out.buf = b;
-    out.next = NULL;
-
-    return ngx_http_output_filter(r, &out);
 }

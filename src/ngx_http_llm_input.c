@@ -35,7 +35,6 @@ ngx_http_llm_input_parse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     u_char       *p;
     size_t        len;
     ngx_buf_t    *b;
-    ngx_str_t    *type;
     ngx_chain_t  *cl;
 
     ctx->inputs = ngx_array_create(r->pool, 4, sizeof(ngx_http_llm_input_t));
@@ -83,12 +82,7 @@ ngx_http_llm_input_parse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         }
     }
 
-    type = &r->headers_in.content_type->value;
-
-    if (ngx_strncasecmp(type->data, (u_char *) "application/json",
-                        sizeof("application/json") - 1)
-        == 0)
-    {
+    if (ngx_http_llm_content_type_is(r, "application/json")) {
         return ngx_http_llm_input_json(r, ctx, p, len, err);
     }
 

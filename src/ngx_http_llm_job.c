@@ -49,9 +49,13 @@ static ngx_int_t ngx_http_llm_job_event(ngx_http_llm_job_t *job,
     ngx_http_llm_event_type_e type, size_t off, size_t len);
 static ngx_int_t ngx_http_llm_job_append_text(ngx_http_llm_job_t *job,
     u_char *text, size_t len);
+static void ngx_http_llm_job_output(void *data, ngx_http_llm_output_t *out);
 static void ngx_http_llm_job_end(ngx_http_llm_job_t *job,
     ngx_http_llm_state_e state, const char *code, u_char *msg, size_t len);
 static void ngx_http_llm_job_save(ngx_http_llm_job_t *job);
+static void ngx_http_llm_job_snapshot(void *data,
+    ngx_http_llm_snapshot_t *snap);
+static void ngx_http_llm_job_saved(void *data, ngx_http_llm_saved_t *res);
 static void ngx_http_llm_job_wake(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_free(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_grace_handler(ngx_event_t *ev);
@@ -103,7 +107,8 @@ ngx_http_llm_job_start(ngx_http_llm_spec_t *spec, ngx_http_llm_job_opts_t *o,
         goto failed;
     }
 
-    job->xfer = ngx_http_llm_engine_submit(o->pool, spec, job, log);
+    job->xfer = ngx_http_llm_engine_submit(o->pool, spec,
+                                           ngx_http_llm_job_output, job, log);
 
     if (job->xfer == NULL) {
         goto failed;
@@ -139,8 +144,8 @@ ngx_http_llm_job_alloc(ngx_log_t *log)
 
     job->state = NGX_HTTP_LLM_RUNNING;
     job->log = ngx_cycle->log;
-    job->input_tokens = -1;
-    job->output_tokens = -1;
+    job->outcome.input_tokens = -1;
+    job->outcome.output_tokens = -1;
     job->created = ngx_http_llm_now_ms();
     job->updated = job->created;
 
@@ -387,18 +392,20 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
         return NGX_OK;
     }
 
-    ngx_memcpy(job->finish, rec->finish, rec->finish_len);
-    job->finish_len = rec->finish_len;
-    job->input_tokens = rec->input_tokens;
-    job->output_tokens = rec->output_tokens;
-    ngx_memcpy(job->code, rec->code, rec->code_len);
-    job->code_len = rec->code_len;
+    ngx_memcpy(job->outcome.finish, rec->outcome.finish,
+               rec->outcome.finish_len);
+    job->outcome.finish_len = rec->outcome.finish_len;
+    job->outcome.input_tokens = rec->outcome.input_tokens;
+    job->outcome.output_tokens = rec->outcome.output_tokens;
+    ngx_memcpy(job->outcome.code, rec->outcome.code, rec->outcome.code_len);
+    job->outcome.code_len = rec->outcome.code_len;
 
-    if (rec->message_len && job->message == NULL) {
-        job->message = ngx_alloc(rec->message_len, job->log);
-        if (job->message) {
-            ngx_memcpy(job->message, rec->message, rec->message_len);
-            job->message_len = rec->message_len;
+    if (rec->outcome.message_len && job->outcome.message == NULL) {
+        job->outcome.message = ngx_alloc(rec->outcome.message_len, job->log);
+        if (job->outcome.message) {
+            ngx_memcpy(job->outcome.message, rec->outcome.message,
+                       rec->outcome.message_len);
+            job->outcome.message_len = rec->outcome.message_len;
         }
     }
 
@@ -587,10 +594,17 @@ ngx_http_llm_job_grace_handler(ngx_event_t *ev)
 
 /* event loop: what the engine produced since the last drain */
 
-void
-ngx_http_llm_job_output(ngx_http_llm_job_t *job, ngx_http_llm_output_t *out)
+static void
+ngx_http_llm_job_output(void *data, ngx_http_llm_output_t *out)
 {
+    ngx_http_llm_job_t *job = data;
+
     size_t  off;
+
+    if (out->done) {
+        /* the engine let go of the transfer with its final output */
+        job->xfer = NULL;
+    }
 
     if (job->state != NGX_HTTP_LLM_RUNNING) {
         return;
@@ -619,19 +633,22 @@ ngx_http_llm_job_output(ngx_http_llm_job_t *job, ngx_http_llm_output_t *out)
 
     if (out->failed) {
         ngx_log_error(NGX_LOG_ERR, job->log, 0,
-                      "llm: job %s failed: %s: %*s", job->id, out->code,
-                      (size_t) ngx_min(out->message_len, 512),
-                      out->message);
+                      "llm: job %s failed: %s: %*s", job->id,
+                      out->outcome.code,
+                      (size_t) ngx_min(out->outcome.message_len, 512),
+                      out->outcome.message);
 
-        ngx_http_llm_job_end(job, NGX_HTTP_LLM_FAILED, out->code,
-                             out->message, out->message_len);
+        ngx_http_llm_job_end(job, NGX_HTTP_LLM_FAILED,
+                             (const char *) out->outcome.code,
+                             out->outcome.message, out->outcome.message_len);
         return;
     }
 
-    ngx_memcpy(job->finish, out->finish, out->finish_len);
-    job->finish_len = out->finish_len;
-    job->input_tokens = out->input_tokens;
-    job->output_tokens = out->output_tokens;
+    ngx_memcpy(job->outcome.finish, out->outcome.finish,
+               out->outcome.finish_len);
+    job->outcome.finish_len = out->outcome.finish_len;
+    job->outcome.input_tokens = out->outcome.input_tokens;
+    job->outcome.output_tokens = out->outcome.output_tokens;
 
     if (ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_COMPLETE, 0, 0)
         != NGX_OK)
@@ -702,17 +719,6 @@ ngx_http_llm_job_unhold(ngx_http_llm_job_t *job)
 }
 
 
-/* a store saw a cancel request: act on it outside the store's call */
-
-void
-ngx_http_llm_job_cancel_requested(ngx_http_llm_job_t *job)
-{
-    if (!job->cancel_ev.posted) {
-        ngx_post_event(&job->cancel_ev, &ngx_posted_events);
-    }
-}
-
-
 static void
 ngx_http_llm_job_cancel_handler(ngx_event_t *ev)
 {
@@ -748,7 +754,7 @@ ngx_http_llm_jobs_shutdown(void)
 /*
  * The process exits with jobs still running (a fast stop, or a single
  * process quitting): the threads are joined and nothing is sent any more,
- * so the jobs and their transfers are only freed.
+ * so the jobs are only freed (the engine has freed their transfers).
  */
 
 void
@@ -765,14 +771,10 @@ ngx_http_llm_jobs_exit_process(void)
         q = ngx_queue_head(&ngx_http_llm_jobs);
         job = ngx_queue_data(q, ngx_http_llm_job_t, queue);
 
-        if (job->xfer) {
-            ngx_http_llm_xfer_free(job->xfer);
-        }
-
         ngx_queue_remove(q);
         free(job->events);
         free(job->text);
-        ngx_free(job->message);
+        ngx_free(job->outcome.message);
         ngx_free(job);
     }
 }
@@ -868,7 +870,7 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
     const char *code, u_char *msg, size_t len)
 {
     if (job->xfer) {
-        ngx_http_llm_engine_cancel(job->xfer);
+        ngx_http_llm_engine_release(job->xfer);
         job->xfer = NULL;
     }
 
@@ -879,16 +881,17 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
     job->state = state;
     job->finished = ngx_http_llm_now_ms();
 
-    job->code_len = ngx_min(ngx_strlen(code), sizeof(job->code));
-    ngx_memcpy(job->code, code, job->code_len);
+    job->outcome.code_len = ngx_min(ngx_strlen(code),
+                                    sizeof(job->outcome.code));
+    ngx_memcpy(job->outcome.code, code, job->outcome.code_len);
 
-    ngx_free(job->message);
-    job->message_len = 0;
+    ngx_free(job->outcome.message);
+    job->outcome.message_len = 0;
 
-    job->message = ngx_alloc(len ? len : 1, job->log);
-    if (job->message) {
-        ngx_memcpy(job->message, msg, len);
-        job->message_len = len;
+    job->outcome.message = ngx_alloc(len ? len : 1, job->log);
+    if (job->outcome.message) {
+        ngx_memcpy(job->outcome.message, msg, len);
+        job->outcome.message_len = len;
     }
 
     if (ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_ERROR, 0, 0) != NGX_OK) {
@@ -904,12 +907,83 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
 static void
 ngx_http_llm_job_save(ngx_http_llm_job_t *job)
 {
+    ngx_http_llm_saved_t     res;
+    ngx_http_llm_snapshot_t  snap;
+
     if (job->mirror || job->store == NULL) {
         return;
     }
 
     job->updated = ngx_http_llm_now_ms();
-    job->store->ops->save(job->store, job);
+
+    ngx_http_llm_job_snapshot(job, &snap);
+    ngx_http_llm_saved_init(&res, &snap);
+
+    job->store->ops->save(job->store, &snap, &res);
+
+    ngx_http_llm_job_saved(job, &res);
+}
+
+
+/* the job as its store sees it; also asked for by stores that write later */
+
+static void
+ngx_http_llm_job_snapshot(void *data, ngx_http_llm_snapshot_t *snap)
+{
+    ngx_http_llm_job_t *job = data;
+
+    snap->id = job->id;
+    snap->state = job->state;
+    snap->created = job->created;
+    snap->updated = job->updated;
+    snap->finished = job->finished;
+    snap->watched = job->watched;
+    snap->owner = job->owner;
+    snap->has_owner = job->has_owner;
+    snap->background = job->background;
+    snap->outcome = &job->outcome;
+
+    snap->events = job->events;
+    snap->nevents = job->nevents;
+    snap->text = job->text;
+    snap->text_len = job->text_len;
+
+    snap->saved_events = job->saved_events;
+    snap->saved_text = job->saved_text;
+    snap->store_data = job->store_data;
+
+    snap->snapshot = ngx_http_llm_job_snapshot;
+    snap->saved = ngx_http_llm_job_saved;
+    snap->data = job;
+}
+
+
+/* what the store made of a save, at once or when its write came back */
+
+static void
+ngx_http_llm_job_saved(void *data, ngx_http_llm_saved_t *res)
+{
+    ngx_http_llm_job_t *job = data;
+
+    if (res->dropped) {
+        /* the store said why, once: the job is not saved again */
+        job->store = NULL;
+        job->store_data = NULL;
+        return;
+    }
+
+    job->saved_events = res->saved_events;
+    job->saved_text = res->saved_text;
+    job->store_data = res->store_data;
+    job->watched = res->watched;
+
+    /* a cancel found by a save is acted on outside the store's call */
+
+    if (res->cancel && job->state == NGX_HTTP_LLM_RUNNING
+        && !job->cancel_ev.posted)
+    {
+        ngx_post_event(&job->cancel_ev, &ngx_posted_events);
+    }
 }
 
 
@@ -947,6 +1021,8 @@ ngx_http_llm_job_wake(ngx_http_llm_job_t *job)
 static void
 ngx_http_llm_job_free(ngx_http_llm_job_t *job)
 {
+    ngx_http_llm_snapshot_t  snap;
+
     if ((job->state == NGX_HTTP_LLM_RUNNING && !job->mirror)
         || !ngx_queue_empty(&job->subscribers)
         || job->fetching
@@ -964,12 +1040,13 @@ ngx_http_llm_job_free(ngx_http_llm_job_t *job)
     }
 
     if (job->store && !job->mirror) {
-        job->store->ops->release(job->store, job);
+        ngx_http_llm_job_snapshot(job, &snap);
+        job->store->ops->release(job->store, &snap);
     }
 
     free(job->events);
     free(job->text);
-    ngx_free(job->message);
+    ngx_free(job->outcome.message);
     ngx_queue_remove(&job->queue);
     ngx_free(job);
 

@@ -15,7 +15,6 @@
 #include <ngx_config.h>
 #include <ngx_core.h>
 #include <ngx_http.h>
-#include <ngx_sha1.h>
 
 #include <jansson.h>
 
@@ -45,11 +44,6 @@ static ngx_int_t ngx_http_llm_lookup(ngx_http_request_t *r,
 static void ngx_http_llm_looked_up(void *data, ngx_int_t rc,
     ngx_http_llm_job_t *job);
 static void ngx_http_llm_lookup_cleanup(void *data);
-static ngx_table_elt_t *ngx_http_llm_header(ngx_http_request_t *r,
-    const char *name, size_t len);
-static ngx_uint_t ngx_http_llm_valid_id(ngx_str_t *id);
-static ngx_uint_t ngx_http_llm_accepts(ngx_http_request_t *r,
-    const char *type, size_t len);
 
 
 ngx_int_t
@@ -363,43 +357,43 @@ ngx_http_llm_send_job(ngx_http_request_t *r, ngx_http_llm_job_t *job,
         json_object_set_new(o, "finished", json_integer(job->finished));
     }
 
-    if (job->finish_len) {
+    if (job->outcome.finish_len) {
         json_object_set_new(o, "finish_reason",
-                            json_stringn((char *) job->finish,
-                                         job->finish_len));
+                            json_stringn((char *) job->outcome.finish,
+                                         job->outcome.finish_len));
     }
 
-    if (job->input_tokens >= 0 || job->output_tokens >= 0) {
+    if (job->outcome.input_tokens >= 0 || job->outcome.output_tokens >= 0) {
         usage = json_object();
 
-        if (job->input_tokens >= 0) {
+        if (job->outcome.input_tokens >= 0) {
             json_object_set_new(usage, "input_tokens",
-                                json_integer(job->input_tokens));
+                                json_integer(job->outcome.input_tokens));
         }
 
-        if (job->output_tokens >= 0) {
+        if (job->outcome.output_tokens >= 0) {
             json_object_set_new(usage, "output_tokens",
-                                json_integer(job->output_tokens));
+                                json_integer(job->outcome.output_tokens));
         }
 
-        if (job->input_tokens >= 0 && job->output_tokens >= 0) {
+        if (job->outcome.input_tokens >= 0 && job->outcome.output_tokens >= 0) {
             json_object_set_new(usage, "total_tokens",
-                                json_integer(job->input_tokens
-                                             + job->output_tokens));
+                                json_integer(job->outcome.input_tokens
+                                             + job->outcome.output_tokens));
         }
 
         json_object_set_new(o, "usage", usage);
     }
 
-    if (job->code_len) {
+    if (job->outcome.code_len) {
         json_object_set_new(o, "error",
                             json_pack("{ss%ss%}",
-                                      "code", (char *) job->code,
-                                      job->code_len,
+                                      "code", (char *) job->outcome.code,
+                                      job->outcome.code_len,
                                       "message",
-                                      job->message ? (char *) job->message
-                                                   : "",
-                                      job->message_len));
+                                      job->outcome.message
+                                      ? (char *) job->outcome.message : "",
+                                      job->outcome.message_len));
     }
 
     return ngx_http_llm_send_json(r, status, o);
@@ -469,221 +463,4 @@ ngx_http_llm_job_id_variable(ngx_http_request_t *r,
     v->not_found = 0;
 
     return NGX_OK;
-}
-
-
-/*
- * "<job>:<seq>" from the Last-Event-ID header or, for clients that cannot
- * set headers, the last_event_id argument.  NGX_DECLINED: none given.
- */
-
-ngx_int_t
-ngx_http_llm_last_event_id(ngx_http_request_t *r, ngx_str_t *id,
-    ngx_uint_t *seq)
-{
-    u_char           *colon, *dst, *src;
-    ngx_int_t         n;
-    ngx_str_t         v;
-    ngx_table_elt_t  *h;
-
-    h = ngx_http_llm_header(r, "Last-Event-ID", sizeof("Last-Event-ID") - 1);
-
-    if (h) {
-        v = h->value;
-
-    } else if (ngx_http_arg(r, (u_char *) "last_event_id",
-                            sizeof("last_event_id") - 1, &v)
-               == NGX_OK)
-    {
-        /* ':' may come escaped */
-        dst = ngx_pnalloc(r->pool, v.len);
-        if (dst == NULL) {
-            return NGX_ERROR;
-        }
-
-        src = v.data;
-        v.data = dst;
-        ngx_unescape_uri(&dst, &src, v.len, 0);
-        v.len = dst - v.data;
-
-    } else {
-        return NGX_DECLINED;
-    }
-
-    if (v.len == 0) {
-        return NGX_DECLINED;
-    }
-
-    colon = ngx_strlchr(v.data, v.data + v.len, ':');
-
-    id->data = v.data;
-    id->len = colon ? (size_t) (colon - v.data) : v.len;
-
-    if (!ngx_http_llm_valid_id(id)) {
-        return NGX_ERROR;
-    }
-
-    if (colon == NULL) {
-        *seq = 0;
-        return NGX_OK;
-    }
-
-    n = ngx_atoi(colon + 1, v.data + v.len - colon - 1);
-    if (n == NGX_ERROR) {
-        return NGX_ERROR;
-    }
-
-    *seq = n;
-
-    return NGX_OK;
-}
-
-
-/* the SHA-1 of llm_job_owner's value; NGX_DECLINED: no owner */
-
-ngx_int_t
-ngx_http_llm_owner(ngx_http_request_t *r, u_char *hash)
-{
-    ngx_str_t                 v;
-    ngx_sha1_t                sha1;
-    ngx_http_llm_loc_conf_t  *llcf;
-
-    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
-
-    if (llcf->job_owner == NULL) {
-        return NGX_DECLINED;
-    }
-
-    if (ngx_http_complex_value(r, llcf->job_owner, &v) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    if (v.len == 0) {
-        return NGX_DECLINED;
-    }
-
-    ngx_sha1_init(&sha1);
-    ngx_sha1_update(&sha1, v.data, v.len);
-    ngx_sha1_final(hash, &sha1);
-
-    return NGX_OK;
-}
-
-
-static ngx_uint_t
-ngx_http_llm_accepts(ngx_http_request_t *r, const char *type, size_t len)
-{
-    ngx_str_t        *v;
-    ngx_table_elt_t  *h;
-
-    h = ngx_http_llm_header(r, "Accept", sizeof("Accept") - 1);
-
-    if (h == NULL) {
-        return 0;
-    }
-
-    v = &h->value;
-
-    return ngx_strlcasestrn(v->data, v->data + v->len, (u_char *) type,
-                            len - 1)
-           != NULL;
-}
-
-
-/* a generation streams unless the client wants JSON and not a stream */
-
-ngx_uint_t
-ngx_http_llm_accepts_stream(ngx_http_request_t *r)
-{
-    return ngx_http_llm_asks_stream(r)
-           || !ngx_http_llm_accepts(r, "application/json",
-                                    sizeof("application/json") - 1);
-}
-
-
-/* a job is JSON unless the client asks for a stream, as EventSource does */
-
-ngx_uint_t
-ngx_http_llm_asks_stream(ngx_http_request_t *r)
-{
-    return ngx_http_llm_accepts(r, "text/event-stream",
-                                sizeof("text/event-stream") - 1);
-}
-
-
-/* asked to run in the background: "Prefer: respond-async" */
-
-ngx_uint_t
-ngx_http_llm_prefers_async(ngx_http_request_t *r)
-{
-    ngx_str_t        *v;
-    ngx_table_elt_t  *h;
-
-    h = ngx_http_llm_header(r, "Prefer", sizeof("Prefer") - 1);
-
-    if (h == NULL) {
-        return 0;
-    }
-
-    v = &h->value;
-
-    return ngx_strlcasestrn(v->data, v->data + v->len,
-                            (u_char *) "respond-async",
-                            sizeof("respond-async") - 2)
-           != NULL;
-}
-
-
-static ngx_table_elt_t *
-ngx_http_llm_header(ngx_http_request_t *r, const char *name, size_t len)
-{
-    ngx_uint_t        i;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h;
-
-    part = &r->headers_in.headers.part;
-    h = part->elts;
-
-    for (i = 0; /* void */ ; i++) {
-
-        if (i >= part->nelts) {
-            if (part->next == NULL) {
-                return NULL;
-            }
-
-            part = part->next;
-            h = part->elts;
-            i = 0;
-        }
-
-        if (h[i].key.len == len
-            && ngx_strncasecmp(h[i].key.data, (u_char *) name, len) == 0)
-        {
-            return &h[i];
-        }
-    }
-}
-
-
-static ngx_uint_t
-ngx_http_llm_valid_id(ngx_str_t *id)
-{
-    u_char      c;
-    ngx_uint_t  i;
-
-    if (id->len != NGX_HTTP_LLM_JOB_ID_LEN) {
-        return 0;
-    }
-
-    for (i = 0; i < id->len; i++) {
-        c = id->data[i];
-
-        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
-              || (c >= '0' && c <= '9') || c == '-' || c == '_'))
-        {
-            return 0;
-        }
-    }
-
-    return 1;
 }

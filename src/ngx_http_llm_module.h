@@ -148,6 +148,22 @@ typedef enum {
 } ngx_http_llm_state_e;
 
 
+/*
+ * How a generation ended, as the final event tells it: the same fields in
+ * the engine's output, the job and a store's record.
+ */
+typedef struct {
+    u_char                         finish[32];
+    size_t                         finish_len;
+    ngx_int_t                      input_tokens;     /* -1: unknown */
+    ngx_int_t                      output_tokens;
+    u_char                         code[32];
+    size_t                         code_len;
+    u_char                        *message;     /* malloc()ed, or NULL */
+    size_t                         message_len;
+} ngx_http_llm_outcome_t;
+
+
 /* a generation, owned by the event loop; heap-allocated */
 struct ngx_http_llm_job_s {
     u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN + 1];
@@ -161,15 +177,7 @@ struct ngx_http_llm_job_s {
     size_t                         text_len;
     size_t                         text_cap;
 
-    /* the outcome, for the final event */
-    u_char                         finish[32];
-    size_t                         finish_len;
-    ngx_int_t                      input_tokens;     /* -1: unknown */
-    ngx_int_t                      output_tokens;
-    u_char                         code[32];
-    size_t                         code_len;
-    u_char                        *message;
-    size_t                         message_len;
+    ngx_http_llm_outcome_t         outcome;     /* for the final event */
 
     int64_t                        created;     /* ms since the epoch */
     int64_t                        updated;
@@ -208,15 +216,16 @@ typedef struct {
     unsigned                       done:1;
     unsigned                       failed:1;
 
-    ngx_int_t                      input_tokens;     /* -1: unknown */
-    ngx_int_t                      output_tokens;
-    u_char                         finish[32];
-    size_t                         finish_len;
-
-    const char                    *code;
-    u_char                        *message;    /* malloc()ed, or NULL */
-    size_t                         message_len;
+    ngx_http_llm_outcome_t         outcome;     /* read with "done" */
 } ngx_http_llm_output_t;
+
+
+/*
+ * Where the engine delivers a transfer's output, on the event loop.  With
+ * out->done the transfer is over and its handle is no longer valid.
+ */
+typedef void (*ngx_http_llm_output_pt)(void *data,
+    ngx_http_llm_output_t *out);
 
 
 /* everything a transfer needs, resolved on the loop before submit */
@@ -261,12 +270,23 @@ ngx_int_t ngx_http_llm_input_variable(ngx_http_request_t *r,
 
 /* ngx_http_llm_handler.c */
 ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);
+
+/* ngx_http_llm_request.c */
+ngx_int_t ngx_http_llm_ctx_cleanup(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 ngx_int_t ngx_http_llm_send_json_error(ngx_http_request_t *r,
     ngx_uint_t status, const char *code, ngx_str_t *message);
 ngx_int_t ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status,
     json_t *o);
-ngx_int_t ngx_http_llm_ctx_cleanup(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx);
+ngx_int_t ngx_http_llm_last_event_id(ngx_http_request_t *r, ngx_str_t *id,
+    ngx_uint_t *seq);
+ngx_int_t ngx_http_llm_owner(ngx_http_request_t *r, u_char *hash);
+ngx_uint_t ngx_http_llm_valid_id(ngx_str_t *id);
+ngx_uint_t ngx_http_llm_accepts_stream(ngx_http_request_t *r);
+ngx_uint_t ngx_http_llm_asks_stream(ngx_http_request_t *r);
+ngx_uint_t ngx_http_llm_prefers_async(ngx_http_request_t *r);
+ngx_uint_t ngx_http_llm_content_type_is(ngx_http_request_t *r,
+    const char *type);
 
 /* ngx_http_llm_sse.c */
 ngx_int_t ngx_http_llm_sse_start(ngx_http_request_t *r,
@@ -281,14 +301,11 @@ ngx_int_t ngx_http_llm_job_find(ngx_http_llm_store_t *st, u_char *id,
 void ngx_http_llm_job_subscribe(ngx_http_llm_job_t *job,
     ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_job_unsubscribe(ngx_http_llm_ctx_t *ctx);
-void ngx_http_llm_job_output(ngx_http_llm_job_t *job,
-    ngx_http_llm_output_t *out);
 void ngx_http_llm_job_fail(ngx_http_llm_job_t *job, const char *code,
     const char *message);
 void ngx_http_llm_job_cancel(ngx_http_llm_job_t *job);
 void ngx_http_llm_job_hold(ngx_http_llm_job_t *job);
 void ngx_http_llm_job_unhold(ngx_http_llm_job_t *job);
-void ngx_http_llm_job_cancel_requested(ngx_http_llm_job_t *job);
 void ngx_http_llm_jobs_shutdown(void);
 void ngx_http_llm_jobs_exit_process(void);
 
@@ -296,12 +313,6 @@ void ngx_http_llm_jobs_exit_process(void);
 ngx_int_t ngx_http_llm_job_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_resume(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_str_t *id, ngx_uint_t from);
-ngx_int_t ngx_http_llm_last_event_id(ngx_http_request_t *r, ngx_str_t *id,
-    ngx_uint_t *seq);
-ngx_int_t ngx_http_llm_owner(ngx_http_request_t *r, u_char *hash);
-ngx_uint_t ngx_http_llm_accepts_stream(ngx_http_request_t *r);
-ngx_uint_t ngx_http_llm_asks_stream(ngx_http_request_t *r);
-ngx_uint_t ngx_http_llm_prefers_async(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_send_accepted(ngx_http_request_t *r,
     ngx_http_llm_job_t *job);
 ngx_int_t ngx_http_llm_job_id_variable(ngx_http_request_t *r,
@@ -323,9 +334,9 @@ void ngx_http_llm_channel_post(ngx_http_llm_chan_item_t *item);
 ngx_int_t ngx_http_llm_engine_init_process(ngx_cycle_t *cycle);
 void ngx_http_llm_engine_exit_process(ngx_cycle_t *cycle);
 ngx_http_llm_xfer_t *ngx_http_llm_engine_submit(ngx_thread_pool_t *pool,
-    ngx_http_llm_spec_t *spec, ngx_http_llm_job_t *job, ngx_log_t *log);
-void ngx_http_llm_engine_cancel(ngx_http_llm_xfer_t *x);
-void ngx_http_llm_xfer_free(ngx_http_llm_xfer_t *x);
+    ngx_http_llm_spec_t *spec, ngx_http_llm_output_pt handler, void *data,
+    ngx_log_t *log);
+void ngx_http_llm_engine_release(ngx_http_llm_xfer_t *x);
 void ngx_http_llm_spec_free(ngx_http_llm_spec_t *spec);
 
 

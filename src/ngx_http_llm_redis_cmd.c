@@ -7,7 +7,9 @@
 /*
  * The Redis store's commands, sent and read on the store thread: a job's
  * write, a read and a cancel request, each as one transaction or script,
- * and how their replies become answers and records.
+ * and how their replies become answers and records.  The store thread
+ * calls these; they use only hiredis and the connection it made, and
+ * leave a lost connection to the thread (rd->lost).
  *
  * Keys, all with the job id as hash tag so that a job stays in one slot
  * of a Redis Cluster, all expiring "ttl" after the job's last write:
@@ -42,6 +44,8 @@
     "return -1"
 
 
+static ngx_int_t ngx_http_llm_redis_reply(ngx_http_llm_redis_t *rd,
+    redisReply **reply);
 static void ngx_http_llm_redis_error(ngx_http_llm_redis_t *rd, u_char *id,
     redisReply *r);
 static ngx_int_t ngx_http_llm_redis_check_write(ngx_http_llm_redis_t *rd,
@@ -189,15 +193,16 @@ ngx_http_llm_redis_send_write(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_lit(&cmd, "background");
     ngx_http_llm_redis_argf(&cmd, "%d", rec->background ? 1 : 0);
     ngx_http_llm_redis_lit(&cmd, "finish");
-    ngx_http_llm_redis_arg(&cmd, rec->finish, rec->finish_len);
+    ngx_http_llm_redis_arg(&cmd, rec->outcome.finish, rec->outcome.finish_len);
     ngx_http_llm_redis_lit(&cmd, "in");
-    ngx_http_llm_redis_argf(&cmd, "%i", rec->input_tokens);
+    ngx_http_llm_redis_argf(&cmd, "%i", rec->outcome.input_tokens);
     ngx_http_llm_redis_lit(&cmd, "out");
-    ngx_http_llm_redis_argf(&cmd, "%i", rec->output_tokens);
+    ngx_http_llm_redis_argf(&cmd, "%i", rec->outcome.output_tokens);
     ngx_http_llm_redis_lit(&cmd, "code");
-    ngx_http_llm_redis_arg(&cmd, rec->code, rec->code_len);
+    ngx_http_llm_redis_arg(&cmd, rec->outcome.code, rec->outcome.code_len);
     ngx_http_llm_redis_lit(&cmd, "message");
-    ngx_http_llm_redis_arg(&cmd, rec->message, rec->message_len);
+    ngx_http_llm_redis_arg(&cmd, rec->outcome.message,
+                           rec->outcome.message_len);
     ngx_http_llm_redis_lit(&cmd, "nevents");
     ngx_http_llm_redis_argf(&cmd, "%ui", rec->nevents);
     ngx_http_llm_redis_lit(&cmd, "textlen");
@@ -446,8 +451,8 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_op_t *op, redisReply *hash,
     ngx_http_llm_record_t   *rec;
 
     rec = &op->rec;
-    rec->input_tokens = -1;
-    rec->output_tokens = -1;
+    rec->outcome.input_tokens = -1;
+    rec->outcome.output_tokens = -1;
     state = 0;
 
     if (hash->type != REDIS_REPLY_ARRAY) {
@@ -508,27 +513,28 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_op_t *op, redisReply *hash,
             rec->cancel = ngx_http_llm_redis_is(v, "1");
 
         } else if (ngx_http_llm_redis_is(f, "finish")) {
-            rec->finish_len = ngx_min(v->len, sizeof(rec->finish));
-            ngx_memcpy(rec->finish, v->str, rec->finish_len);
+            rec->outcome.finish_len = ngx_min(v->len,
+                                              sizeof(rec->outcome.finish));
+            ngx_memcpy(rec->outcome.finish, v->str, rec->outcome.finish_len);
 
         } else if (ngx_http_llm_redis_is(f, "in")) {
-            rec->input_tokens = ngx_http_llm_redis_int(v);
+            rec->outcome.input_tokens = ngx_http_llm_redis_int(v);
 
         } else if (ngx_http_llm_redis_is(f, "out")) {
-            rec->output_tokens = ngx_http_llm_redis_int(v);
+            rec->outcome.output_tokens = ngx_http_llm_redis_int(v);
 
         } else if (ngx_http_llm_redis_is(f, "code")) {
-            rec->code_len = ngx_min(v->len, sizeof(rec->code));
-            ngx_memcpy(rec->code, v->str, rec->code_len);
+            rec->outcome.code_len = ngx_min(v->len, sizeof(rec->outcome.code));
+            ngx_memcpy(rec->outcome.code, v->str, rec->outcome.code_len);
 
         } else if (ngx_http_llm_redis_is(f, "message") && v->len) {
-            rec->message = malloc(v->len);
-            if (rec->message == NULL) {
+            rec->outcome.message = malloc(v->len);
+            if (rec->outcome.message == NULL) {
                 return NGX_ERROR;
             }
 
-            ngx_memcpy(rec->message, v->str, v->len);
-            rec->message_len = v->len;
+            ngx_memcpy(rec->outcome.message, v->str, v->len);
+            rec->outcome.message_len = v->len;
         }
     }
 
@@ -764,6 +770,25 @@ ngx_http_llm_redis_send(ngx_http_llm_redis_t *rd,
     {
         rd->nomem = 1;
     }
+}
+
+
+/* the next reply; NGX_ERROR: the connection is lost, the thread sees to it */
+
+static ngx_int_t
+ngx_http_llm_redis_reply(ngx_http_llm_redis_t *rd, redisReply **reply)
+{
+    void  *r;
+
+    if (redisGetReply(rd->ctx, &r) != REDIS_OK || r == NULL) {
+        rd->lost = 1;
+        return NGX_ERROR;
+    }
+
+    *reply = r;
+    rd->replies++;
+
+    return NGX_OK;
 }
 
 

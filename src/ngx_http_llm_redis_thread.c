@@ -7,8 +7,9 @@
 /*
  * The Redis store's thread: per worker and store, a task in a thread pool
  * that owns a synchronous hiredis connection.  It takes the operations the
- * event loop queued, sends them in one pipelined round trip, reads the
- * replies, and hands the answers back (ngx_http_llm_redis_answer()).  It
+ * event loop queued, sends them in one pipelined round trip (the commands
+ * and their replies are ngx_http_llm_redis_cmd.c's), and hands the answers
+ * back through the worker's channel (ngx_http_llm_redis_answer()).  It
  * connects, reconnects and backs off on its own.
  */
 
@@ -103,6 +104,42 @@ ngx_http_llm_redis_thread(void *data, ngx_log_t *log)
 
 
 /*
+ * Store thread, or the loop when the thread cannot start: pass the answers
+ * to the loop.
+ */
+
+void
+ngx_http_llm_redis_answer(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *ops)
+{
+    ngx_uint_t                wake;
+    ngx_http_llm_redis_op_t  *last;
+    ngx_http_llm_channel_t   *ch;
+
+    if (ops == NULL) {
+        return;
+    }
+
+    ch = &ngx_http_llm_channel;
+
+    for (last = ops; last->next; last = last->next) { /* void */ }
+
+    (void) ngx_thread_mutex_lock(&ch->mutex, rd->log);
+
+    *rd->done_last = ops;
+    rd->done_last = &last->next;
+
+    wake = ngx_http_llm_channel_queue(&rd->item);
+
+    (void) ngx_thread_mutex_unlock(&ch->mutex, rd->log);
+
+    if (wake) {
+        ngx_http_llm_channel_wake();
+    }
+}
+
+
+/*
  * Store thread.  A connection kept from an earlier round may have been
  * closed meanwhile (Redis restarted, or dropped it when idle): if it fails
  * before the first answer, the round is sent again on a new connection,
@@ -141,6 +178,7 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t  *w;
 
     rd->nomem = 0;
+    rd->lost = 0;
     rd->errors = 0;
     rd->replies = 0;
 
@@ -180,13 +218,13 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
 
     /* a broken connection leaves the rest unanswered: failed */
 
-    for (op = ops; op && rd->ctx; op = op->next) {
+    for (op = ops; op && !rd->lost; op = op->next) {
 
         switch (op->type) {
 
         case NGX_HTTP_LLM_REDIS_BATCH:
             for (q = ngx_queue_head(&op->writes);
-                 q != ngx_queue_sentinel(&op->writes) && rd->ctx;
+                 q != ngx_queue_sentinel(&op->writes) && !rd->lost;
                  q = ngx_queue_next(q))
             {
                 w = ngx_queue_data(q, ngx_http_llm_redis_write_t, queue);
@@ -201,6 +239,12 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
         default: /* NGX_HTTP_LLM_REDIS_CANCEL */
             ngx_http_llm_redis_read_cancel(rd, op);
         }
+    }
+
+    if (rd->lost) {
+        ngx_http_llm_redis_broken(rd, "connection lost",
+                                  rd->ctx->err ? rd->ctx->errstr
+                                               : "no reply");
     }
 
     if (rd->ctx) {
@@ -224,6 +268,7 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
 static ngx_int_t
 ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
 {
+    void                       *reply;
     ngx_uint_t                  i, n;
     ngx_msec_t                  now;
     redisReply                 *r;
@@ -307,9 +352,13 @@ ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
     }
 
     for (i = 0; i < n; i++) {
-        if (ngx_http_llm_redis_reply(rd, &r) != NGX_OK) {
+        if (redisGetReply(c, &reply) != REDIS_OK || reply == NULL) {
+            ngx_http_llm_redis_broken(rd, "connection lost",
+                                      c->err ? c->errstr : "no reply");
             return NGX_ERROR;
         }
+
+        r = reply;
 
         /* the server's message names the failure, not the password */
 
@@ -370,25 +419,6 @@ ngx_http_llm_redis_broken(ngx_http_llm_redis_t *rd, const char *what,
                               : NGX_HTTP_LLM_REDIS_BACKOFF_MIN;
 
     rd->next_connect = ngx_http_llm_redis_now() + rd->backoff;
-}
-
-
-ngx_int_t
-ngx_http_llm_redis_reply(ngx_http_llm_redis_t *rd, redisReply **reply)
-{
-    void  *r;
-
-    if (redisGetReply(rd->ctx, &r) != REDIS_OK || r == NULL) {
-        ngx_http_llm_redis_broken(rd, "connection lost",
-                                  rd->ctx->err ? rd->ctx->errstr
-                                               : "no reply");
-        return NGX_ERROR;
-    }
-
-    *reply = r;
-    rd->replies++;
-
-    return NGX_OK;
 }
 
 

@@ -205,13 +205,28 @@ ngx_http_llm_stores_exit_process(ngx_cycle_t *cycle)
 void
 ngx_http_llm_record_free(ngx_http_llm_record_t *rec)
 {
-    free(rec->message);
+    free(rec->outcome.message);
     free(rec->events);
     free(rec->text);
 
-    rec->message = NULL;
+    rec->outcome.message = NULL;
     rec->events = NULL;
     rec->text = NULL;
+}
+
+
+/* a save's result before the store says anything: nothing changed */
+
+void
+ngx_http_llm_saved_init(ngx_http_llm_saved_t *res,
+    ngx_http_llm_snapshot_t *snap)
+{
+    ngx_memzero(res, sizeof(ngx_http_llm_saved_t));
+
+    res->saved_events = snap->saved_events;
+    res->saved_text = snap->saved_text;
+    res->store_data = snap->store_data;
+    res->watched = snap->watched;
 }
 
 

@@ -29,7 +29,7 @@
 #define NGX_HTTP_LLM_OWNER_LEN      20      /* SHA-1 of the owner value */
 
 
-/* a job as a store knows it: a snapshot, from one event and text offset */
+/* a job as a store has it: from one event and text offset on */
 typedef struct {
     ngx_http_llm_state_e           state;
     int64_t                        created;     /* ms since the epoch */
@@ -42,14 +42,7 @@ typedef struct {
     unsigned                       cancel:1;    /* a cancel was requested */
     unsigned                       background:1;
 
-    u_char                         finish[32];
-    size_t                         finish_len;
-    ngx_int_t                      input_tokens;     /* -1: unknown */
-    ngx_int_t                      output_tokens;
-    u_char                         code[32];
-    size_t                         code_len;
-    u_char                        *message;     /* malloc()ed */
-    size_t                         message_len;
+    ngx_http_llm_outcome_t         outcome;
 
     ngx_uint_t                     nevents;     /* in the whole job */
     ngx_uint_t                     from_event;
@@ -70,6 +63,62 @@ typedef void (*ngx_http_llm_fetch_pt)(void *data, ngx_int_t rc,
     ngx_http_llm_record_t *rec);
 
 
+typedef struct ngx_http_llm_snapshot_s  ngx_http_llm_snapshot_t;
+
+
+/*
+ * What a store made of a save, for the job to act on.  It starts as "no
+ * change" (ngx_http_llm_saved_init()); the store sets what it knows.
+ */
+typedef struct {
+    ngx_uint_t                     saved_events; /* the store has all before */
+    size_t                         saved_text;
+    void                          *store_data;  /* the store's own, kept */
+    int64_t                        watched;     /* last read by a follower */
+    unsigned                       cancel:1;    /* a cancel was requested */
+    unsigned                       dropped:1;   /* not kept: stop saving */
+} ngx_http_llm_saved_t;
+
+
+typedef void (*ngx_http_llm_snapshot_pt)(void *data,
+    ngx_http_llm_snapshot_t *snap);
+typedef void (*ngx_http_llm_saved_pt)(void *data, ngx_http_llm_saved_t *res);
+
+
+/*
+ * A job as job.c shows it to its store, valid during the call only: its
+ * whole log and text, where the store's last confirmed save ended (what
+ * follows is new), its state and outcome.  A store that writes later asks
+ * for a fresh one with "snapshot" and answers with "saved" (both with
+ * "data"); it never holds the job itself.
+ */
+struct ngx_http_llm_snapshot_s {
+    u_char                        *id;
+    ngx_http_llm_state_e           state;
+    int64_t                        created;     /* ms since the epoch */
+    int64_t                        updated;
+    int64_t                        finished;
+    int64_t                        watched;
+    u_char                        *owner;       /* SHA-1 */
+    unsigned                       has_owner:1;
+    unsigned                       background:1;
+    ngx_http_llm_outcome_t        *outcome;
+
+    ngx_http_llm_event_t          *events;
+    ngx_uint_t                     nevents;
+    u_char                        *text;
+    size_t                         text_len;
+
+    ngx_uint_t                     saved_events;
+    size_t                         saved_text;
+    void                          *store_data;  /* from the last result */
+
+    ngx_http_llm_snapshot_pt       snapshot;
+    ngx_http_llm_saved_pt          saved;
+    void                          *data;
+};
+
+
 typedef struct {
     const char                    *name;
 
@@ -81,19 +130,24 @@ typedef struct {
 
     /*
      * Persist what the job gained since the last save: the events from
-     * job->saved_events, the text from job->saved_text, and its current
+     * snap->saved_events, the text from snap->saved_text, and its current
      * state and outcome (called after every change; the first call
-     * creates the job).  The store owns both marks and advances them as
-     * it sees fit.  A store may batch: its flush interval is the
-     * durability window; while it cannot write it keeps the marks and
-     * catches up later.
+     * creates the job).  What the store has now goes in "res": the marks
+     * move when the data is safe.  A store may batch: its flush interval
+     * is the durability window, its answer comes later through
+     * snap->saved; while it cannot write it keeps the marks and catches
+     * up later.
      */
     void                         (*save)(ngx_http_llm_store_t *st,
-                                         ngx_http_llm_job_t *job);
+                                         ngx_http_llm_snapshot_t *snap,
+                                         ngx_http_llm_saved_t *res);
 
-    /* the job is about to be freed: take what is not saved yet */
+    /*
+     * The job is about to be freed: take what is not saved yet.  Its
+     * snapshot and saved callbacks are not to be called any more.
+     */
     void                         (*release)(ngx_http_llm_store_t *st,
-                                            ngx_http_llm_job_t *job);
+                                            ngx_http_llm_snapshot_t *snap);
 
     /*
      * Read a job: its state and outcome, its events from "from_event" and
@@ -132,6 +186,8 @@ ngx_http_llm_store_t *ngx_http_llm_store_default(ngx_conf_t *cf);
 ngx_int_t ngx_http_llm_stores_init_process(ngx_cycle_t *cycle);
 void ngx_http_llm_stores_exit_process(ngx_cycle_t *cycle);
 void ngx_http_llm_record_free(ngx_http_llm_record_t *rec);
+void ngx_http_llm_saved_init(ngx_http_llm_saved_t *res,
+    ngx_http_llm_snapshot_t *snap);
 int64_t ngx_http_llm_now_ms(void);
 
 /* ngx_http_llm_store_memory.c */

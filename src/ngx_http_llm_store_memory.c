@@ -62,9 +62,9 @@ typedef struct {
 static ngx_int_t ngx_http_llm_mem_init_zone(ngx_shm_zone_t *zone,
     void *data);
 static void ngx_http_llm_mem_save(ngx_http_llm_store_t *st,
-    ngx_http_llm_job_t *job);
+    ngx_http_llm_snapshot_t *snap, ngx_http_llm_saved_t *res);
 static void ngx_http_llm_mem_release(ngx_http_llm_store_t *st,
-    ngx_http_llm_job_t *job);
+    ngx_http_llm_snapshot_t *snap);
 static ngx_int_t ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
     ngx_uint_t from_event, size_t from_text, ngx_http_llm_fetch_pt handler,
     void *data);
@@ -73,9 +73,9 @@ static ngx_int_t ngx_http_llm_mem_cancel(ngx_http_llm_store_t *st,
 static ngx_http_llm_mem_job_t *ngx_http_llm_mem_lookup(ngx_http_llm_mem_t *m,
     u_char *id, int64_t now);
 static ngx_http_llm_mem_job_t *ngx_http_llm_mem_create(ngx_http_llm_mem_t *m,
-    ngx_http_llm_job_t *job);
+    ngx_http_llm_snapshot_t *snap);
 static ngx_int_t ngx_http_llm_mem_copy(ngx_http_llm_mem_t *m,
-    ngx_http_llm_mem_job_t *mj, ngx_http_llm_job_t *job);
+    ngx_http_llm_mem_job_t *mj, ngx_http_llm_snapshot_t *snap);
 static void *ngx_http_llm_mem_alloc(ngx_http_llm_mem_t *m, size_t size);
 static void ngx_http_llm_mem_expire(ngx_http_llm_mem_t *m, int64_t now,
     ngx_uint_t force);
@@ -213,12 +213,12 @@ ngx_http_llm_mem_init_zone(ngx_shm_zone_t *zone, void *data)
 
 
 static void
-ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
+ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_snapshot_t *snap,
+    ngx_http_llm_saved_t *res)
 {
     ngx_http_llm_mem_t *m = st->data;
 
     int64_t                  now;
-    ngx_uint_t               cancel;
     ngx_http_llm_mem_job_t  *mj;
 
     now = ngx_http_llm_now_ms();
@@ -227,35 +227,43 @@ ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
 
     ngx_http_llm_mem_expire(m, now, 0);
 
-    mj = job->store_data;
+    mj = snap->store_data;
 
     if (mj == NULL) {
-        mj = ngx_http_llm_mem_create(m, job);
+        mj = ngx_http_llm_mem_create(m, snap);
 
         if (mj == NULL) {
             ngx_shmtx_unlock(&m->shpool->mutex);
 
             /* said once: the job is not stored, and not tried again */
-            job->store = NULL;
+            res->dropped = 1;
 
-            ngx_log_error(NGX_LOG_ERR, job->log, 0,
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                           "llm: job %s: the memory store is full, "
-                          "the job is not stored", job->id);
+                          "the job is not stored", snap->id);
             return;
         }
 
-        job->store_data = mj;
+        res->store_data = mj;
     }
 
-    if (!mj->truncated && ngx_http_llm_mem_copy(m, mj, job) != NGX_OK) {
+    if (mj->truncated) {
+        /* the stored copy was cut: it stays so */
+
+    } else if (ngx_http_llm_mem_copy(m, mj, snap) == NGX_OK) {
+        res->saved_events = snap->nevents;
+        res->saved_text = snap->text_len;
+
+    } else {
         mj->truncated = 1;
         mj->rec.state = NGX_HTTP_LLM_FAILED;
-        mj->rec.code_len = sizeof("store_full") - 1;
-        ngx_memcpy(mj->rec.code, "store_full", mj->rec.code_len);
+        mj->rec.outcome.code_len = sizeof("store_full") - 1;
+        ngx_memcpy(mj->rec.outcome.code, "store_full",
+                   mj->rec.outcome.code_len);
 
-        ngx_log_error(NGX_LOG_ERR, job->log, 0,
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "llm: job %s: the memory store is full, its stored "
-                      "copy ends here (store_full)", job->id);
+                      "copy ends here (store_full)", snap->id);
     }
 
     /*
@@ -266,7 +274,7 @@ ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
 
     ngx_queue_remove(&mj->queue);
 
-    if (job->state == NGX_HTTP_LLM_RUNNING) {
+    if (snap->state == NGX_HTTP_LLM_RUNNING) {
         mj->expires = now + ngx_max(st->ttl, NGX_HTTP_LLM_STALE_MS);
         ngx_queue_insert_tail(&m->sh->running, &mj->queue);
 
@@ -280,23 +288,19 @@ ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
         ngx_queue_insert_tail(&m->sh->finished, &mj->queue);
     }
 
-    cancel = mj->rec.cancel;
-    job->watched = mj->rec.watched;
+    res->cancel = mj->rec.cancel;
+    res->watched = mj->rec.watched;
 
     ngx_shmtx_unlock(&m->shpool->mutex);
-
-    if (cancel && job->state == NGX_HTTP_LLM_RUNNING) {
-        ngx_http_llm_job_cancel_requested(job);
-    }
 }
 
 
-/* saves are made at once: nothing is pending, only the pointer goes */
+/* saves are made at once: nothing is pending, the job keeps no pointer */
 
 static void
-ngx_http_llm_mem_release(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
+ngx_http_llm_mem_release(ngx_http_llm_store_t *st,
+    ngx_http_llm_snapshot_t *snap)
 {
-    job->store_data = NULL;
 }
 
 
@@ -329,7 +333,7 @@ ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
     rec = mj->rec;
     rec.events = NULL;
     rec.text = NULL;
-    rec.message = NULL;
+    rec.outcome.message = NULL;
 
     from_event = ngx_min(from_event, rec.nevents);
     from_text = ngx_min(from_text, rec.text_len);
@@ -358,13 +362,13 @@ ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
         ngx_memcpy(rec.text, mj->text + from_text, n);
     }
 
-    if (rec.message_len) {
-        rec.message = malloc(rec.message_len);
-        if (rec.message == NULL) {
+    if (rec.outcome.message_len) {
+        rec.outcome.message = malloc(rec.outcome.message_len);
+        if (rec.outcome.message == NULL) {
             goto failed;
         }
 
-        ngx_memcpy(rec.message, mj->message, rec.message_len);
+        ngx_memcpy(rec.outcome.message, mj->message, rec.outcome.message_len);
     }
 
     ngx_shmtx_unlock(&m->shpool->mutex);
@@ -447,7 +451,7 @@ ngx_http_llm_mem_lookup(ngx_http_llm_mem_t *m, u_char *id, int64_t now)
 
 
 static ngx_http_llm_mem_job_t *
-ngx_http_llm_mem_create(ngx_http_llm_mem_t *m, ngx_http_llm_job_t *job)
+ngx_http_llm_mem_create(ngx_http_llm_mem_t *m, ngx_http_llm_snapshot_t *snap)
 {
     ngx_http_llm_mem_job_t  *mj;
 
@@ -458,15 +462,15 @@ ngx_http_llm_mem_create(ngx_http_llm_mem_t *m, ngx_http_llm_job_t *job)
 
     ngx_memzero(mj, sizeof(ngx_http_llm_mem_job_t));
 
-    ngx_memcpy(mj->id, job->id, NGX_HTTP_LLM_JOB_ID_LEN);
-    mj->node.key = ngx_crc32_short(job->id, NGX_HTTP_LLM_JOB_ID_LEN);
+    ngx_memcpy(mj->id, snap->id, NGX_HTTP_LLM_JOB_ID_LEN);
+    mj->node.key = ngx_crc32_short(snap->id, NGX_HTTP_LLM_JOB_ID_LEN);
 
-    mj->rec.created = job->created;
-    mj->rec.input_tokens = -1;
-    mj->rec.output_tokens = -1;
-    mj->rec.background = job->background;
-    mj->rec.has_owner = job->has_owner;
-    ngx_memcpy(mj->rec.owner, job->owner, NGX_HTTP_LLM_OWNER_LEN);
+    mj->rec.created = snap->created;
+    mj->rec.outcome.input_tokens = -1;
+    mj->rec.outcome.output_tokens = -1;
+    mj->rec.background = snap->background;
+    mj->rec.has_owner = snap->has_owner;
+    ngx_memcpy(mj->rec.owner, snap->owner, NGX_HTTP_LLM_OWNER_LEN);
 
     ngx_rbtree_insert(&m->sh->rbtree, &mj->node);
     ngx_queue_insert_tail(&m->sh->running, &mj->queue);
@@ -479,14 +483,20 @@ ngx_http_llm_mem_create(ngx_http_llm_mem_t *m, ngx_http_llm_job_t *job)
 
 static ngx_int_t
 ngx_http_llm_mem_copy(ngx_http_llm_mem_t *m, ngx_http_llm_mem_job_t *mj,
-    ngx_http_llm_job_t *job)
+    ngx_http_llm_snapshot_t *snap)
 {
-    size_t                 cap;
-    u_char                *p;
-    ngx_http_llm_event_t  *ev;
+    size_t                   cap;
+    u_char                  *p;
+    ngx_http_llm_event_t    *ev;
+    ngx_http_llm_outcome_t  *oc;
 
-    if (job->nevents > mj->events_cap) {
-        cap = ngx_max(job->events_cap, 16);
+    oc = snap->outcome;
+
+    /* the copy grows by doubling, as the job does */
+
+    if (snap->nevents > mj->events_cap) {
+        cap = ngx_max(mj->events_cap * 2, snap->nevents + 1);
+        cap = ngx_max(cap, 16);
 
         ev = ngx_http_llm_mem_alloc(m, cap * sizeof(ngx_http_llm_event_t));
         if (ev == NULL) {
@@ -503,8 +513,9 @@ ngx_http_llm_mem_copy(ngx_http_llm_mem_t *m, ngx_http_llm_mem_job_t *mj,
         mj->events_cap = cap;
     }
 
-    if (job->text_len > mj->text_cap) {
-        cap = ngx_max(job->text_cap, 1024);
+    if (snap->text_len > mj->text_cap) {
+        cap = ngx_max(mj->text_cap * 2, snap->text_len);
+        cap = ngx_max(cap, 1024);
 
         p = ngx_http_llm_mem_alloc(m, cap);
         if (p == NULL) {
@@ -520,37 +531,36 @@ ngx_http_llm_mem_copy(ngx_http_llm_mem_t *m, ngx_http_llm_mem_job_t *mj,
         mj->text_cap = cap;
     }
 
-    if (job->message_len && mj->message == NULL) {
-        mj->message = ngx_http_llm_mem_alloc(m, job->message_len);
+    if (oc->message_len && mj->message == NULL) {
+        mj->message = ngx_http_llm_mem_alloc(m, oc->message_len);
         if (mj->message == NULL) {
             return NGX_ERROR;
         }
 
-        ngx_memcpy(mj->message, job->message, job->message_len);
-        mj->rec.message_len = job->message_len;
+        ngx_memcpy(mj->message, oc->message, oc->message_len);
+        mj->rec.outcome.message_len = oc->message_len;
     }
 
-    ngx_memcpy(mj->events + job->saved_events, job->events + job->saved_events,
-               (job->nevents - job->saved_events)
+    ngx_memcpy(mj->events + snap->saved_events,
+               snap->events + snap->saved_events,
+               (snap->nevents - snap->saved_events)
                * sizeof(ngx_http_llm_event_t));
-    ngx_memcpy(mj->text + job->saved_text, job->text + job->saved_text,
-               job->text_len - job->saved_text);
+    ngx_memcpy(mj->text + snap->saved_text, snap->text + snap->saved_text,
+               snap->text_len - snap->saved_text);
 
-    mj->rec.nevents = job->nevents;
-    mj->rec.text_len = job->text_len;
-    job->saved_events = job->nevents;
-    job->saved_text = job->text_len;
+    mj->rec.nevents = snap->nevents;
+    mj->rec.text_len = snap->text_len;
 
-    mj->rec.state = job->state;
-    mj->rec.updated = job->updated;
-    mj->rec.input_tokens = job->input_tokens;
-    mj->rec.output_tokens = job->output_tokens;
+    mj->rec.state = snap->state;
+    mj->rec.updated = snap->updated;
+    mj->rec.outcome.input_tokens = oc->input_tokens;
+    mj->rec.outcome.output_tokens = oc->output_tokens;
 
-    ngx_memcpy(mj->rec.finish, job->finish, job->finish_len);
-    mj->rec.finish_len = job->finish_len;
+    ngx_memcpy(mj->rec.outcome.finish, oc->finish, oc->finish_len);
+    mj->rec.outcome.finish_len = oc->finish_len;
 
-    ngx_memcpy(mj->rec.code, job->code, job->code_len);
-    mj->rec.code_len = job->code_len;
+    ngx_memcpy(mj->rec.outcome.code, oc->code, oc->code_len);
+    mj->rec.outcome.code_len = oc->code_len;
 
     return NGX_OK;
 }

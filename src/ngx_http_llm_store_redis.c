@@ -23,7 +23,8 @@
  * reads are one MULTI/EXEC too) never sees half a write.  Every write is
  * idempotent (SETRANGE at the text offset, XADD with the event's own id),
  * so a write whose answer was lost is simply sent again.  A job's marks
- * (saved_events, saved_text) only move when Redis has confirmed.
+ * (saved_events, saved_text) only move when Redis has confirmed: the
+ * answer goes back to the job through the callback of its snapshot.
  *
  * While Redis cannot be reached, writes fail at once and are tried again
  * with a growing delay (up to 5 s), reads answer NGX_ERROR; a job that
@@ -47,7 +48,9 @@
 
 /* the store's side of a job it saves: event loop only */
 struct ngx_http_llm_redis_job_s {
-    ngx_http_llm_job_t            *job;         /* NULL: released */
+    ngx_http_llm_snapshot_pt       snapshot;    /* the job's */
+    ngx_http_llm_saved_pt          saved;
+    void                          *data;        /* NULL: released */
     ngx_queue_t                    queue;       /* in rd->dirty or clean */
     ngx_http_llm_redis_write_t    *write;       /* in flight */
     unsigned                       dirty:1;
@@ -64,9 +67,9 @@ static ngx_int_t ngx_http_llm_redis_init_process(ngx_http_llm_store_t *st,
 static void ngx_http_llm_redis_exit_process(ngx_http_llm_store_t *st,
     ngx_cycle_t *cycle);
 static void ngx_http_llm_redis_save(ngx_http_llm_store_t *st,
-    ngx_http_llm_job_t *job);
+    ngx_http_llm_snapshot_t *snap, ngx_http_llm_saved_t *res);
 static void ngx_http_llm_redis_release(ngx_http_llm_store_t *st,
-    ngx_http_llm_job_t *job);
+    ngx_http_llm_snapshot_t *snap);
 static ngx_int_t ngx_http_llm_redis_fetch(ngx_http_llm_store_t *st,
     u_char *id, ngx_uint_t from_event, size_t from_text,
     ngx_http_llm_fetch_pt handler, void *data);
@@ -76,7 +79,7 @@ static ngx_http_llm_redis_op_t *ngx_http_llm_redis_op_new(
     ngx_http_llm_store_t *st, ngx_http_llm_redis_op_e type, u_char *id);
 
 static ngx_http_llm_redis_write_t *ngx_http_llm_redis_write_new(
-    ngx_http_llm_job_t *job, ngx_uint_t from_event, size_t from_text);
+    ngx_http_llm_snapshot_t *snap, ngx_uint_t from_event, size_t from_text);
 static void ngx_http_llm_redis_write_free(ngx_http_llm_redis_write_t *w);
 static void ngx_http_llm_redis_dirty(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_job_t *rj);
@@ -480,7 +483,6 @@ ngx_http_llm_redis_exit_process(ngx_http_llm_store_t *st, ngx_cycle_t *cycle)
     ngx_queue_t                 *q;
     ngx_http_llm_redis_t        *rd;
     ngx_http_llm_redis_op_t     *op, *next;
-    ngx_http_llm_redis_job_t    *rj;
     ngx_http_llm_redis_conf_t   *rc;
     ngx_http_llm_redis_write_t  *w;
 
@@ -491,7 +493,10 @@ ngx_http_llm_redis_exit_process(ngx_http_llm_store_t *st, ngx_cycle_t *cycle)
         return;
     }
 
-    /* jobs still alive are not saved any more: release() does nothing */
+    /*
+     * Jobs still alive are not saved any more: release() does nothing,
+     * and their pointers to what is freed here are not used again.
+     */
 
     rc->rd = NULL;
     lost = 0;
@@ -502,7 +507,7 @@ ngx_http_llm_redis_exit_process(ngx_http_llm_store_t *st, ngx_cycle_t *cycle)
         w = ngx_queue_data(q, ngx_http_llm_redis_write_t, queue);
 
         /* a released job's own; a live job's goes with the lists below */
-        if (w->rj && w->rj->job == NULL) {
+        if (w->rj && w->rj->data == NULL) {
             ngx_free(w->rj);
         }
 
@@ -517,18 +522,14 @@ ngx_http_llm_redis_exit_process(ngx_http_llm_store_t *st, ngx_cycle_t *cycle)
     while (!ngx_queue_empty(&rd->dirty)) {
         q = ngx_queue_head(&rd->dirty);
         ngx_queue_remove(q);
-        rj = ngx_queue_data(q, ngx_http_llm_redis_job_t, queue);
-        rj->job->store_data = NULL;
-        ngx_free(rj);
+        ngx_free(ngx_queue_data(q, ngx_http_llm_redis_job_t, queue));
         lost++;
     }
 
     while (!ngx_queue_empty(&rd->clean)) {
         q = ngx_queue_head(&rd->clean);
         ngx_queue_remove(q);
-        rj = ngx_queue_data(q, ngx_http_llm_redis_job_t, queue);
-        rj->job->store_data = NULL;
-        ngx_free(rj);
+        ngx_free(ngx_queue_data(q, ngx_http_llm_redis_job_t, queue));
     }
 
     while (!ngx_queue_empty(&rd->orphans)) {
@@ -570,7 +571,8 @@ ngx_http_llm_redis_exit_process(ngx_http_llm_store_t *st, ngx_cycle_t *cycle)
 /* event loop: the job changed; it is written with the next flush */
 
 static void
-ngx_http_llm_redis_save(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
+ngx_http_llm_redis_save(ngx_http_llm_store_t *st,
+    ngx_http_llm_snapshot_t *snap, ngx_http_llm_saved_t *res)
 {
     ngx_http_llm_redis_t       *rd;
     ngx_http_llm_redis_job_t   *rj;
@@ -579,21 +581,23 @@ ngx_http_llm_redis_save(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
     rc = st->data;
     rd = rc->rd;
 
-    if (rd == NULL || job->mirror) {
+    if (rd == NULL) {
         return;
     }
 
-    rj = job->store_data;
+    rj = snap->store_data;
 
     if (rj == NULL) {
-        rj = ngx_calloc(sizeof(ngx_http_llm_redis_job_t), job->log);
+        rj = ngx_calloc(sizeof(ngx_http_llm_redis_job_t), rd->log);
         if (rj == NULL) {
             /* the next save tries again */
             return;
         }
 
-        rj->job = job;
-        job->store_data = rj;
+        rj->snapshot = snap->snapshot;
+        rj->saved = snap->saved;
+        rj->data = snap->data;
+        res->store_data = rj;
         ngx_queue_insert_tail(&rd->clean, &rj->queue);
     }
 
@@ -609,7 +613,8 @@ ngx_http_llm_redis_save(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
  */
 
 static void
-ngx_http_llm_redis_release(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
+ngx_http_llm_redis_release(ngx_http_llm_store_t *st,
+    ngx_http_llm_snapshot_t *snap)
 {
     ngx_http_llm_redis_t        *rd;
     ngx_http_llm_redis_job_t    *rj;
@@ -619,33 +624,31 @@ ngx_http_llm_redis_release(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
     rc = st->data;
     rd = rc->rd;
 
-    if (rd == NULL || job->mirror) {
+    if (rd == NULL) {
         return;
     }
 
-    rj = job->store_data;
+    rj = snap->store_data;
 
     if (rj == NULL) {
         /* never saved: not meant to be kept */
         return;
     }
 
-    job->store_data = NULL;
-
     if (rj->dirty || rj->write || rj->rewrite
-        || job->saved_events < job->nevents
-        || job->saved_text < job->text_len)
+        || snap->saved_events < snap->nevents
+        || snap->saved_text < snap->text_len)
     {
-        w = ngx_http_llm_redis_write_new(job, 0, 0);
+        w = ngx_http_llm_redis_write_new(snap, 0, 0);
 
         if (w == NULL) {
             ngx_log_error(NGX_LOG_ERR, rd->log, 0,
                           "llm: redis store: job %s not saved: "
-                          "out of memory", job->id);
+                          "out of memory", snap->id);
 
         } else {
-            w->from_event = job->saved_events;
-            w->from_text = job->saved_text;
+            w->from_event = snap->saved_events;
+            w->from_text = snap->saved_text;
             w->known = rj->known;
             w->rewrite = rj->rewrite || rj->rewriting;
 
@@ -658,7 +661,7 @@ ngx_http_llm_redis_release(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
 
     if (rj->write) {
         /* freed when its write comes back */
-        rj->job = NULL;
+        rj->data = NULL;
         return;
     }
 
@@ -750,74 +753,79 @@ ngx_http_llm_redis_op_new(ngx_http_llm_store_t *st,
 /* a copy of the job from an event and a text offset on, in heap memory */
 
 static ngx_http_llm_redis_write_t *
-ngx_http_llm_redis_write_new(ngx_http_llm_job_t *job, ngx_uint_t from_event,
-    size_t from_text)
+ngx_http_llm_redis_write_new(ngx_http_llm_snapshot_t *snap,
+    ngx_uint_t from_event, size_t from_text)
 {
     ngx_uint_t                   n;
+    ngx_log_t                   *log;
     ngx_http_llm_record_t       *rec;
+    ngx_http_llm_outcome_t      *oc;
     ngx_http_llm_redis_write_t  *w;
 
-    w = ngx_calloc(sizeof(ngx_http_llm_redis_write_t), job->log);
+    log = ngx_cycle->log;
+    oc = snap->outcome;
+
+    w = ngx_calloc(sizeof(ngx_http_llm_redis_write_t), log);
     if (w == NULL) {
         return NULL;
     }
 
-    ngx_memcpy(w->id, job->id, NGX_HTTP_LLM_JOB_ID_LEN);
+    ngx_memcpy(w->id, snap->id, NGX_HTTP_LLM_JOB_ID_LEN);
     w->from_event = from_event;
     w->from_text = from_text;
 
     rec = &w->rec;
 
-    rec->state = job->state;
-    rec->created = job->created;
-    rec->updated = job->updated;
-    rec->finished = job->finished;
-    ngx_memcpy(rec->owner, job->owner, NGX_HTTP_LLM_OWNER_LEN);
-    rec->has_owner = job->has_owner;
-    rec->background = job->background;
-    ngx_memcpy(rec->finish, job->finish, job->finish_len);
-    rec->finish_len = job->finish_len;
-    rec->input_tokens = job->input_tokens;
-    rec->output_tokens = job->output_tokens;
-    ngx_memcpy(rec->code, job->code, job->code_len);
-    rec->code_len = job->code_len;
+    rec->state = snap->state;
+    rec->created = snap->created;
+    rec->updated = snap->updated;
+    rec->finished = snap->finished;
+    ngx_memcpy(rec->owner, snap->owner, NGX_HTTP_LLM_OWNER_LEN);
+    rec->has_owner = snap->has_owner;
+    rec->background = snap->background;
+    ngx_memcpy(rec->outcome.finish, oc->finish, oc->finish_len);
+    rec->outcome.finish_len = oc->finish_len;
+    rec->outcome.input_tokens = oc->input_tokens;
+    rec->outcome.output_tokens = oc->output_tokens;
+    ngx_memcpy(rec->outcome.code, oc->code, oc->code_len);
+    rec->outcome.code_len = oc->code_len;
 
-    rec->nevents = job->nevents;
+    rec->nevents = snap->nevents;
     rec->from_event = from_event;
-    rec->text_len = job->text_len;
+    rec->text_len = snap->text_len;
     rec->from_text = from_text;
 
-    if (job->message_len) {
-        rec->message = ngx_alloc(job->message_len, job->log);
-        if (rec->message == NULL) {
+    if (oc->message_len) {
+        rec->outcome.message = ngx_alloc(oc->message_len, log);
+        if (rec->outcome.message == NULL) {
             goto failed;
         }
 
-        ngx_memcpy(rec->message, job->message, job->message_len);
-        rec->message_len = job->message_len;
+        ngx_memcpy(rec->outcome.message, oc->message, oc->message_len);
+        rec->outcome.message_len = oc->message_len;
     }
 
-    n = job->nevents - from_event;
+    n = snap->nevents - from_event;
 
     if (n) {
-        rec->events = ngx_alloc(n * sizeof(ngx_http_llm_event_t), job->log);
+        rec->events = ngx_alloc(n * sizeof(ngx_http_llm_event_t), log);
         if (rec->events == NULL) {
             goto failed;
         }
 
-        ngx_memcpy(rec->events, job->events + from_event,
+        ngx_memcpy(rec->events, snap->events + from_event,
                    n * sizeof(ngx_http_llm_event_t));
     }
 
-    n = job->text_len - from_text;
+    n = snap->text_len - from_text;
 
     if (n) {
-        rec->text = ngx_alloc(n, job->log);
+        rec->text = ngx_alloc(n, log);
         if (rec->text == NULL) {
             goto failed;
         }
 
-        ngx_memcpy(rec->text, job->text + from_text, n);
+        ngx_memcpy(rec->text, snap->text + from_text, n);
     }
 
     return w;
@@ -884,8 +892,8 @@ static void
 ngx_http_llm_redis_flush(ngx_event_t *ev)
 {
     ngx_queue_t                 *q;
-    ngx_http_llm_job_t          *job;
     ngx_http_llm_redis_t        *rd;
+    ngx_http_llm_snapshot_t      snap;
     ngx_http_llm_redis_job_t    *rj;
     ngx_http_llm_redis_write_t  *w;
 
@@ -901,10 +909,10 @@ ngx_http_llm_redis_flush(ngx_event_t *ev)
     while (!ngx_queue_empty(&rd->dirty)) {
         q = ngx_queue_head(&rd->dirty);
         rj = ngx_queue_data(q, ngx_http_llm_redis_job_t, queue);
-        job = rj->job;
+        rj->snapshot(rj->data, &snap);
 
-        w = ngx_http_llm_redis_write_new(job, job->saved_events,
-                                         job->saved_text);
+        w = ngx_http_llm_redis_write_new(&snap, snap.saved_events,
+                                         snap.saved_text);
         if (w == NULL) {
             ngx_http_llm_redis_arm(rd);
             break;
@@ -1006,16 +1014,16 @@ static void
 ngx_http_llm_redis_job_written(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t *w)
 {
-    ngx_http_llm_job_t        *job;
+    ngx_http_llm_saved_t       res;
+    ngx_http_llm_snapshot_t    snap;
     ngx_http_llm_redis_job_t  *rj;
 
     rj = w->rj;
-    job = rj->job;
 
     rj->write = NULL;
     rj->rewriting = 0;
 
-    if (job == NULL) {
+    if (rj->data == NULL) {
         /* released meanwhile: its own write follows this one */
 
         if (w->ok && w->lost) {
@@ -1033,26 +1041,33 @@ ngx_http_llm_redis_job_written(ngx_http_llm_redis_t *rd,
 
         ngx_http_llm_redis_dirty(rd, rj);
 
-    } else if (w->lost) {
-        ngx_log_error(NGX_LOG_WARN, rd->log, 0,
-                      "llm: redis store: %V lost job %s, writing it again",
-                      &rd->conf->name, job->id);
-
-        rj->known = 0;
-        rj->rewrite = 1;
-        job->saved_events = 0;
-        job->saved_text = 0;
-        ngx_http_llm_redis_dirty(rd, rj);
-
     } else {
-        rj->known = 1;
-        job->saved_events = ngx_max(job->saved_events, w->rec.nevents);
-        job->saved_text = ngx_max(job->saved_text, w->rec.text_len);
-        job->watched = w->watched;
+        /* the job moves its marks, and acts on a cancel, on its own */
 
-        if (w->cancel) {
-            ngx_http_llm_job_cancel_requested(job);
+        rj->snapshot(rj->data, &snap);
+        ngx_http_llm_saved_init(&res, &snap);
+
+        if (w->lost) {
+            ngx_log_error(NGX_LOG_WARN, rd->log, 0,
+                          "llm: redis store: %V lost job %*s, writing it "
+                          "again", &rd->conf->name,
+                          (size_t) NGX_HTTP_LLM_JOB_ID_LEN, w->id);
+
+            rj->known = 0;
+            rj->rewrite = 1;
+            res.saved_events = 0;
+            res.saved_text = 0;
+            ngx_http_llm_redis_dirty(rd, rj);
+
+        } else {
+            rj->known = 1;
+            res.saved_events = ngx_max(snap.saved_events, w->rec.nevents);
+            res.saved_text = ngx_max(snap.saved_text, w->rec.text_len);
+            res.watched = w->watched;
+            res.cancel = w->cancel;
         }
+
+        rj->saved(rj->data, &res);
     }
 
     ngx_http_llm_redis_write_free(w);
@@ -1221,64 +1236,6 @@ ngx_http_llm_redis_completed(ngx_event_t *ev)
 }
 
 
-/*
- * Store thread, or the loop when the thread cannot start: pass the answers
- * to the loop.  A cancel request has no answer: it is done with here.
- */
-
-void
-ngx_http_llm_redis_answer(ngx_http_llm_redis_t *rd,
-    ngx_http_llm_redis_op_t *ops)
-{
-    ngx_uint_t                wake;
-    ngx_http_llm_redis_op_t  *op, *next, *done, **last;
-    ngx_http_llm_channel_t   *ch;
-
-    ch = &ngx_http_llm_channel;
-    done = NULL;
-    last = &done;
-
-    for (op = ops; op; op = next) {
-        next = op->next;
-
-        if (op->type == NGX_HTTP_LLM_REDIS_CANCEL) {
-
-            if (op->rc == NGX_ERROR) {
-                ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                              "llm: redis store: cancel of job %*s lost: "
-                              "%V unavailable",
-                              (size_t) NGX_HTTP_LLM_JOB_ID_LEN, op->id,
-                              &rd->conf->name);
-            }
-
-            ngx_http_llm_redis_op_free(op);
-            continue;
-        }
-
-        op->next = NULL;
-        *last = op;
-        last = &op->next;
-    }
-
-    if (done == NULL) {
-        return;
-    }
-
-    (void) ngx_thread_mutex_lock(&ch->mutex, rd->log);
-
-    *rd->done_last = done;
-    rd->done_last = last;
-
-    wake = ngx_http_llm_channel_queue(&rd->item);
-
-    (void) ngx_thread_mutex_unlock(&ch->mutex, rd->log);
-
-    if (wake) {
-        ngx_http_llm_channel_wake();
-    }
-}
-
-
 /* event loop: the store thread's answers */
 
 static void
@@ -1305,6 +1262,22 @@ ngx_http_llm_redis_done(ngx_http_llm_chan_item_t *item)
 
         if (op->type == NGX_HTTP_LLM_REDIS_BATCH) {
             ngx_http_llm_redis_written(rd);
+            continue;
+        }
+
+        /* a cancel request has no answer: it is done with here */
+
+        if (op->type == NGX_HTTP_LLM_REDIS_CANCEL) {
+
+            if (op->rc == NGX_ERROR) {
+                ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                              "llm: redis store: cancel of job %*s lost: "
+                              "%V unavailable",
+                              (size_t) NGX_HTTP_LLM_JOB_ID_LEN, op->id,
+                              &rd->conf->name);
+            }
+
+            ngx_http_llm_redis_op_free(op);
             continue;
         }
 

@@ -153,6 +153,7 @@ struct ngx_http_llm_redis_s {
     unsigned                       erred:1;
     unsigned                       errors:1;    /* in this round trip */
     unsigned                       nomem:1;
+    unsigned                       lost:1;      /* a reply did not come */
 };
 
 
@@ -166,14 +167,14 @@ typedef struct {
 } ngx_http_llm_redis_cmd_t;
 
 
-/* ngx_http_llm_store_redis.c */
-void ngx_http_llm_redis_answer(ngx_http_llm_redis_t *rd,
-    ngx_http_llm_redis_op_t *ops);
+/*
+ * One way down: the store (loop) -> its thread -> the commands.
+ */
 
 /* ngx_http_llm_redis_thread.c */
 void ngx_http_llm_redis_thread(void *data, ngx_log_t *log);
-ngx_int_t ngx_http_llm_redis_reply(ngx_http_llm_redis_t *rd,
-    redisReply **reply);
+void ngx_http_llm_redis_answer(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *ops);
 
 /* ngx_http_llm_redis_cmd.c */
 void ngx_http_llm_redis_send_write(ngx_http_llm_redis_t *rd,

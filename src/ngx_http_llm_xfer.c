@@ -36,11 +36,11 @@ static void ngx_http_llm_xfer_push(ngx_http_llm_xfer_t *x);
 static void ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item);
 
 
-/* event loop: a transfer, referenced by the loop and by the engine */
+/* event loop: a transfer, referenced by its caller and by the engine */
 
 ngx_http_llm_xfer_t *
 ngx_http_llm_xfer_create(ngx_http_llm_engine_t *e, ngx_http_llm_spec_t *spec,
-    ngx_http_llm_job_t *job, ngx_log_t *log)
+    ngx_http_llm_output_pt handler, void *data, ngx_log_t *log)
 {
     ngx_http_llm_xfer_t  *x;
 
@@ -57,11 +57,12 @@ ngx_http_llm_xfer_create(ngx_http_llm_engine_t *e, ngx_http_llm_spec_t *spec,
 
     x->spec = *spec;
     x->engine = e;
-    x->job = job;
+    x->handler = handler;
+    x->data = data;
     x->refs = 2;
     x->item.handler = ngx_http_llm_xfer_drain;
-    x->out.input_tokens = -1;
-    x->out.output_tokens = -1;
+    x->out.outcome.input_tokens = -1;
+    x->out.outcome.output_tokens = -1;
 
     return x;
 }
@@ -320,7 +321,13 @@ ngx_http_llm_xfer_release(ngx_http_llm_xfer_t *x)
     ch = &ngx_http_llm_channel;
 
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
+
     refs = --x->refs;
+
+    if (refs == 0) {
+        ngx_queue_remove(&x->link);
+    }
+
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
 
     if (refs == 0) {
@@ -334,7 +341,7 @@ ngx_http_llm_xfer_free(ngx_http_llm_xfer_t *x)
 {
     ngx_http_llm_spec_free(&x->spec);
     free(x->out.text);
-    free(x->out.message);
+    free(x->out.outcome.message);
     ngx_free(x->pstate);
     ngx_free(x);
 }
@@ -395,11 +402,11 @@ ngx_http_llm_sink_finish(void *data, u_char *reason, size_t len)
     ngx_http_llm_channel_t  *ch;
 
     ch = &ngx_http_llm_channel;
-    len = ngx_min(len, sizeof(x->out.finish));
+    len = ngx_min(len, sizeof(x->out.outcome.finish));
 
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
-    ngx_memcpy(x->out.finish, reason, len);
-    x->out.finish_len = len;
+    ngx_memcpy(x->out.outcome.finish, reason, len);
+    x->out.outcome.finish_len = len;
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
 }
 
@@ -416,11 +423,11 @@ ngx_http_llm_sink_usage(void *data, ngx_int_t input, ngx_int_t output)
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
 
     if (input >= 0) {
-        x->out.input_tokens = input;
+        x->out.outcome.input_tokens = input;
     }
 
     if (output >= 0) {
-        x->out.output_tokens = output;
+        x->out.outcome.output_tokens = output;
     }
 
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
@@ -434,6 +441,7 @@ ngx_http_llm_sink_fail(void *data, const char *code, u_char *msg,
     ngx_http_llm_xfer_t *x = data;
 
     u_char                  *m;
+    size_t                   n;
     ngx_http_llm_channel_t  *ch;
 
     if (x->failed) {
@@ -450,9 +458,13 @@ ngx_http_llm_sink_fail(void *data, const char *code, u_char *msg,
 
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
     x->out.failed = 1;
-    x->out.code = code;
-    x->out.message = m;
-    x->out.message_len = m ? len : 0;
+
+    /* the output is zeroed: the code stays NUL-terminated */
+    n = ngx_min(ngx_strlen(code), sizeof(x->out.outcome.code) - 1);
+    ngx_memcpy(x->out.outcome.code, code, n);
+    x->out.outcome.code_len = n;
+    x->out.outcome.message = m;
+    x->out.outcome.message_len = m ? len : 0;
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
 }
 
@@ -493,14 +505,14 @@ ngx_http_llm_xfer_push(ngx_http_llm_xfer_t *x)
 }
 
 
-/* event loop: hand what the transfer made to its job */
+/* event loop: hand what the transfer made to its caller */
 
 static void
 ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item)
 {
-    ngx_http_llm_job_t      *job;
     ngx_http_llm_xfer_t     *x;
     ngx_http_llm_output_t    out;
+    ngx_http_llm_output_pt   handler;
     ngx_http_llm_channel_t  *ch;
 
     ch = &ngx_http_llm_channel;
@@ -517,24 +529,24 @@ ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item)
 
     /* the outcome is read once, with the end of the transfer */
     if (out.done) {
-        x->out.message = NULL;
-        x->out.message_len = 0;
+        x->out.outcome.message = NULL;
+        x->out.outcome.message_len = 0;
 
     } else {
-        out.message = NULL;
+        out.outcome.message = NULL;
     }
 
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
 
-    job = x->job;
+    handler = x->handler;
 
-    if (job != NULL) {
+    if (handler != NULL) {
         if (out.done) {
-            job->xfer = NULL;
-            x->job = NULL;
+            /* the final output takes the caller's reference with it */
+            x->handler = NULL;
         }
 
-        ngx_http_llm_job_output(job, &out);
+        handler(x->data, &out);
 
         if (out.done) {
             ngx_http_llm_xfer_release(x);
@@ -542,7 +554,7 @@ ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item)
     }
 
     free(out.text);
-    free(out.message);
+    free(out.outcome.message);
 
     ngx_http_llm_xfer_release(x);
 }
