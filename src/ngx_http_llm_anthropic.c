@@ -22,6 +22,7 @@ typedef struct {
 
 static char *ngx_http_llm_anthropic_body(ngx_http_llm_params_t *params,
     size_t *len);
+static json_t *ngx_http_llm_anthropic_system(ngx_http_llm_params_t *params);
 static ngx_int_t ngx_http_llm_anthropic_headers(ngx_http_llm_params_t *params,
     char **lines, ngx_uint_t max);
 static ngx_int_t ngx_http_llm_anthropic_event(void *state, ngx_str_t *event,
@@ -45,7 +46,7 @@ const ngx_http_llm_provider_t  ngx_http_llm_anthropic = {
 static char *
 ngx_http_llm_anthropic_body(ngx_http_llm_params_t *params, size_t *len)
 {
-    json_t      *root, *messages;
+    json_t      *root, *messages, *system;
     ngx_uint_t   max;
 
     max = params->max_tokens ? params->max_tokens
@@ -53,29 +54,101 @@ ngx_http_llm_anthropic_body(ngx_http_llm_params_t *params, size_t *len)
 
     root = json_object();
     messages = json_array();
+    system = ngx_http_llm_anthropic_system(params);
 
-    if (json_object_set_new(root, "model",
-                            ngx_http_llm_json_str(&params->model))
+    if (system == NULL
+        || json_object_set_new(root, "model",
+                               ngx_http_llm_json_str(&params->model))
            != 0
         || json_object_set_new(root, "max_tokens", json_integer(max)) != 0
-        || (params->system.len
-            && json_object_set_new(root, "system",
-                                   ngx_http_llm_json_str(&params->system))
-               != 0)
+        || (json_string_length(system)
+            && json_object_set(root, "system", system) != 0)
         || json_object_set(root, "messages", messages) != 0
-        || json_array_append_new(messages,
-               ngx_http_llm_json_msg("user", &params->prompt))
-           != 0
-        || json_object_set_new(root, "stream", json_true()) != 0)
+        || ngx_http_llm_json_conversation(messages, params, 0) != NGX_OK
+        || json_object_set_new(root, "stream", json_true()) != 0
+        || (params->temperature
+            && json_object_set(root, "temperature", params->temperature)
+               != 0))
     {
+        json_decref(system);
         json_decref(messages);
         json_decref(root);
         return NULL;
     }
 
+    json_decref(system);
     json_decref(messages);
 
     return ngx_http_llm_json_dump(root, len);
+}
+
+
+/*
+ * Anthropic takes the system prompt apart from the messages: the
+ * location's, then the text of a client's system and developer messages.
+ */
+
+static json_t *
+ngx_http_llm_anthropic_system(ngx_http_llm_params_t *params)
+{
+    char        *p;
+    size_t       i, n, len;
+    json_t      *m, *content, *s;
+    const char  *role;
+
+    len = params->system.len;
+
+    json_array_foreach(params->messages, i, m) {
+        role = json_string_value(json_object_get(m, "role"));
+        content = json_object_get(m, "content");
+
+        if (role && json_is_string(content)
+            && (ngx_strcmp(role, "system") == 0
+                || ngx_strcmp(role, "developer") == 0))
+        {
+            len += json_string_length(content) + 2;
+        }
+    }
+
+    if (len == params->system.len) {
+        return ngx_http_llm_json_str(&params->system);
+    }
+
+    p = malloc(len);
+    if (p == NULL) {
+        return NULL;
+    }
+
+    n = params->system.len;
+
+    if (n) {
+        ngx_memcpy(p, params->system.data, n);
+    }
+
+    json_array_foreach(params->messages, i, m) {
+        role = json_string_value(json_object_get(m, "role"));
+        content = json_object_get(m, "content");
+
+        if (role && json_is_string(content)
+            && (ngx_strcmp(role, "system") == 0
+                || ngx_strcmp(role, "developer") == 0))
+        {
+            if (n) {
+                p[n++] = '\n';
+                p[n++] = '\n';
+            }
+
+            n = ngx_cpymem(p + n, json_string_value(content),
+                           json_string_length(content))
+                - (u_char *) p;
+        }
+    }
+
+    s = json_stringn(p, n);
+
+    free(p);
+
+    return s;
 }
 
 

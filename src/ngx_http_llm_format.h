@@ -99,6 +99,10 @@ ngx_int_t ngx_http_llm_format_body(ngx_http_llm_format_t *fmt,
 void ngx_http_llm_render_id(ngx_http_llm_render_t *w,
     ngx_http_llm_job_t *job, ngx_uint_t seq);
 
+/* ngx_http_llm_request.c */
+ngx_int_t ngx_http_llm_send_formatted(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_http_llm_kind_e kind, ngx_http_llm_fmt_ctx_t *fc);
+
 /* ngx_http_llm_format_vars.c */
 extern ngx_http_llm_var_t  ngx_http_llm_format_vars[];
 

@@ -24,8 +24,8 @@ static void ngx_http_llm_body_handler(ngx_http_request_t *r);
 static void ngx_http_llm_begin(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
 static ngx_int_t ngx_http_llm_spec(ngx_http_request_t *r,
-    ngx_http_llm_loc_conf_t *llcf, ngx_http_llm_spec_t *spec,
-    ngx_str_t *err);
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_loc_conf_t *llcf,
+    ngx_http_llm_spec_t *spec, ngx_str_t *err);
 static ngx_int_t ngx_http_llm_eval(ngx_http_request_t *r,
     ngx_http_complex_value_t *cv, ngx_str_t *value);
 
@@ -176,7 +176,7 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ngx_memzero(&spec, sizeof(ngx_http_llm_spec_t));
     ngx_memzero(&opts, sizeof(ngx_http_llm_job_opts_t));
 
-    rc = ngx_http_llm_spec(r, llcf, &spec, &err);
+    rc = ngx_http_llm_spec(r, ctx, llcf, &spec, &err);
 
     if (rc == NGX_OK) {
         rc = ngx_http_llm_owner(r, owner);
@@ -236,7 +236,7 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     ngx_http_llm_job_subscribe(job, ctx);
 
-    if (!ngx_http_llm_accepts_stream(r)) {
+    if (ctx->openai ? !ctx->stream : !ngx_http_llm_accepts_stream(r)) {
         /* a blocking client: the whole job as JSON when it is over */
         ctx->wake = ngx_http_llm_wait_wake;
         r->read_event_handler = ngx_http_test_reading;
@@ -256,8 +256,8 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 /* resolve the texts and build the upstream request */
 
 static ngx_int_t
-ngx_http_llm_spec(ngx_http_request_t *r, ngx_http_llm_loc_conf_t *llcf,
-    ngx_http_llm_spec_t *spec, ngx_str_t *err)
+ngx_http_llm_spec(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_loc_conf_t *llcf, ngx_http_llm_spec_t *spec, ngx_str_t *err)
 {
     ngx_int_t              n;
     ngx_str_t              url;
@@ -275,7 +275,10 @@ ngx_http_llm_spec(ngx_http_request_t *r, ngx_http_llm_loc_conf_t *llcf,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    if (params.prompt.len == 0) {
+    params.messages = ctx->messages;
+    params.temperature = ctx->temperature;
+
+    if (params.prompt.len == 0 && params.messages == NULL) {
         ngx_str_set(err, "the prompt is empty");
         return NGX_HTTP_BAD_REQUEST;
     }
@@ -297,7 +300,15 @@ ngx_http_llm_spec(ngx_http_request_t *r, ngx_http_llm_loc_conf_t *llcf,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    /* the location's llm_max_tokens bounds what a client asks for */
+
     params.max_tokens = llcf->max_tokens;
+
+    if (ctx->max_tokens
+        && (params.max_tokens == 0 || ctx->max_tokens < params.max_tokens))
+    {
+        params.max_tokens = ctx->max_tokens;
+    }
 
     spec->provider = llcf->provider;
     spec->connect_timeout = llcf->connect_timeout;

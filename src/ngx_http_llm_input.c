@@ -18,10 +18,14 @@
 #include <jansson.h>
 
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_format.h"
 
 
 static ngx_int_t ngx_http_llm_input_json(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, u_char *p, size_t len, ngx_str_t *err);
+static ngx_int_t ngx_http_llm_input_openai(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, json_t *root, ngx_str_t *err);
+static void ngx_http_llm_input_cleanup(void *data);
 static ngx_int_t ngx_http_llm_input_form(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, u_char *p, size_t len, ngx_str_t *err);
 static ngx_int_t ngx_http_llm_input_unescape(ngx_pool_t *pool,
@@ -98,8 +102,10 @@ ngx_http_llm_input_json(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     size_t                 n;
     json_t                *root, *v;
     const char            *key;
-    json_error_t           jerr;
-    ngx_http_llm_input_t  *in;
+    ngx_int_t                 rc;
+    json_error_t              jerr;
+    ngx_http_llm_input_t     *in;
+    ngx_http_llm_loc_conf_t  *llcf;
 
     root = json_loadb((char *) p, len, 0, &jerr);
 
@@ -172,6 +178,14 @@ ngx_http_llm_input_json(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         }
     }
 
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    if (llcf->format == &ngx_http_llm_format_openai) {
+        rc = ngx_http_llm_input_openai(r, ctx, root, err);
+        json_decref(root);
+        return rc;
+    }
+
     json_decref(root);
 
     return NGX_OK;
@@ -182,6 +196,127 @@ nomem:
     ngx_str_set(err, "out of memory");
 
     return NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+
+/*
+ * An OpenAI Chat Completions request: its messages go to the provider
+ * after the location's system prompt; "stream" chooses a stream or the
+ * blocking answer; temperature and max_tokens are passed on.
+ */
+
+static ngx_int_t
+ngx_http_llm_input_openai(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    json_t *root, ngx_str_t *err)
+{
+    size_t               i;
+    json_t              *v, *m, *role, *content;
+    json_int_t           n;
+    ngx_pool_cleanup_t  *cln;
+
+    ctx->openai = 1;
+
+    v = json_object_get(root, "stream");
+
+    if (v && !json_is_boolean(v) && !json_is_null(v)) {
+        ngx_str_set(err, "\"stream\" must be a boolean");
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    ctx->stream = json_is_true(v);
+
+    v = json_object_get(json_object_get(root, "stream_options"),
+                        "include_usage");
+    ctx->include_usage = json_is_true(v);
+
+    v = json_object_get(root, "max_completion_tokens");
+
+    if (v == NULL || json_is_null(v)) {
+        v = json_object_get(root, "max_tokens");
+    }
+
+    if (v && !json_is_null(v)) {
+        n = json_is_integer(v) ? json_integer_value(v) : 0;
+
+        if (n < 1 || n > 10000000) {
+            ngx_str_set(err, "\"max_tokens\" must be a positive integer");
+            return NGX_HTTP_BAD_REQUEST;
+        }
+
+        ctx->max_tokens = (ngx_uint_t) n;
+    }
+
+    v = json_object_get(root, "temperature");
+
+    if (v && !json_is_null(v)) {
+        if (!json_is_number(v) || json_number_value(v) < 0
+            || json_number_value(v) > 2)
+        {
+            ngx_str_set(err, "\"temperature\" must be a number from 0 to 2");
+            return NGX_HTTP_BAD_REQUEST;
+        }
+
+        ctx->temperature = v;
+    }
+
+    m = json_object_get(root, "messages");
+
+    if (m == NULL || json_is_null(m)) {
+        goto done;
+    }
+
+    if (!json_is_array(m) || json_array_size(m) == 0) {
+        ngx_str_set(err, "\"messages\" must be a non-empty array");
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    json_array_foreach(m, i, v) {
+        role = json_object_get(v, "role");
+        content = json_object_get(v, "content");
+
+        if (!json_is_string(role)
+            || !(json_is_string(content) || json_is_array(content)
+                 || json_is_null(content)))
+        {
+            ngx_str_set(err, "each message needs a \"role\" and a "
+                             "\"content\"");
+            return NGX_HTTP_BAD_REQUEST;
+        }
+    }
+
+    ctx->messages = m;
+
+done:
+
+    if (ctx->messages == NULL && ctx->temperature == NULL) {
+        return NGX_OK;
+    }
+
+    cln = ngx_pool_cleanup_add(r->pool, 0);
+    if (cln == NULL) {
+        ctx->messages = NULL;
+        ctx->temperature = NULL;
+        ngx_str_set(err, "out of memory");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    json_incref(ctx->messages);
+    json_incref(ctx->temperature);
+
+    cln->handler = ngx_http_llm_input_cleanup;
+    cln->data = ctx;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_input_cleanup(void *data)
+{
+    ngx_http_llm_ctx_t *ctx = data;
+
+    json_decref(ctx->messages);
+    json_decref(ctx->temperature);
 }
 
 

@@ -19,6 +19,7 @@
 #include <jansson.h>
 
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_format.h"
 #include "ngx_http_llm_store.h"
 
 
@@ -315,7 +316,10 @@ done:
 void
 ngx_http_llm_wait_wake(ngx_http_llm_ctx_t *ctx)
 {
-    ngx_http_llm_job_t  *job;
+    ngx_int_t               rc;
+    ngx_uint_t              status;
+    ngx_http_llm_job_t     *job;
+    ngx_http_llm_fmt_ctx_t  fc;
 
     job = ctx->job;
 
@@ -325,10 +329,29 @@ ngx_http_llm_wait_wake(ngx_http_llm_ctx_t *ctx)
 
     ctx->finished = 1;
 
-    ngx_http_finalize_request(ctx->request,
-                        ngx_http_llm_send_job(ctx->request, job,
-                                  job->state == NGX_HTTP_LLM_COMPLETED
-                                  ? NGX_HTTP_OK : NGX_HTTP_BAD_GATEWAY));
+    status = (job->state == NGX_HTTP_LLM_COMPLETED) ? NGX_HTTP_OK
+                                                    : NGX_HTTP_BAD_GATEWAY;
+
+    /* the app's own shape, when the location's format gives one */
+
+    ngx_memzero(&fc, sizeof(ngx_http_llm_fmt_ctx_t));
+    fc.request = ctx->request;
+    fc.job = job;
+    fc.first = job->nevents - 1;
+    fc.last = job->nevents - 1;
+    fc.status = status;
+
+    rc = ngx_http_llm_send_formatted(ctx->request, status,
+                                     status == NGX_HTTP_OK
+                                     ? NGX_HTTP_LLM_K_RESPONSE
+                                     : NGX_HTTP_LLM_K_REFUSAL,
+                                     &fc);
+
+    if (rc == NGX_DECLINED) {
+        rc = ngx_http_llm_send_job(ctx->request, job, status);
+    }
+
+    ngx_http_finalize_request(ctx->request, rc);
 }
 
 

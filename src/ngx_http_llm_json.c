@@ -71,6 +71,48 @@ ngx_http_llm_json_msg(const char *role, ngx_str_t *content)
 }
 
 
+/*
+ * The messages of a request: the client's own, if any, then the prompt
+ * as the user's.  Without "system", messages of the system and developer
+ * roles are left out (the provider takes them elsewhere).
+ */
+
+ngx_int_t
+ngx_http_llm_json_conversation(json_t *messages, ngx_http_llm_params_t *params,
+    ngx_uint_t system)
+{
+    size_t       i;
+    json_t      *m;
+    const char  *role;
+
+    json_array_foreach(params->messages, i, m) {
+        role = json_string_value(json_object_get(m, "role"));
+
+        if (!system && role
+            && (ngx_strcmp(role, "system") == 0
+                || ngx_strcmp(role, "developer") == 0))
+        {
+            continue;
+        }
+
+        if (json_array_append(messages, m) != 0) {
+            return NGX_ERROR;
+        }
+    }
+
+    if ((params->prompt.len || params->messages == NULL)
+        && json_array_append_new(messages,
+                                 ngx_http_llm_json_msg("user",
+                                                       &params->prompt))
+           != 0)
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
 /* compact JSON text of root, which is released */
 
 char *

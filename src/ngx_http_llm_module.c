@@ -363,10 +363,12 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
-    if (conf->prompt == NULL) {
+    /* an OpenAI-compatible location may take its messages from clients */
+
+    if (conf->prompt == NULL && conf->format != &ngx_http_llm_format_openai) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"llm_prompt\" is required where \"llm_pass\" "
-                           "is set");
+                           "is set, unless \"llm_format openai\" is");
         return NGX_CONF_ERROR;
     }
 

@@ -101,6 +101,11 @@ struct ngx_http_llm_ctx_s {
 
     ngx_array_t                   *inputs;      /* ngx_http_llm_input_t */
 
+    /* an OpenAI Chat Completions request (llm_format openai) */
+    json_t                        *messages;
+    json_t                        *temperature;
+    ngx_uint_t                     max_tokens;
+
     void                         (*wake)(ngx_http_llm_ctx_t *ctx);
     ngx_uint_t                     sent;        /* events written */
     u_char                        *mem;         /* rendered frames */
@@ -118,6 +123,8 @@ struct ngx_http_llm_ctx_s {
     unsigned                       finished:1;
     unsigned                       wrote:1;     /* since last heartbeat */
     unsigned                       include_usage:1;  /* openai format */
+    unsigned                       openai:1;    /* such a request */
+    unsigned                       stream:1;    /* and it asks to stream */
 };
 
 

@@ -56,13 +56,14 @@ ngx_http_llm_openai_body(ngx_http_llm_params_t *params, size_t *len)
             && json_array_append_new(messages,
                    ngx_http_llm_json_msg("system", &params->system))
                != 0)
-        || json_array_append_new(messages,
-               ngx_http_llm_json_msg("user", &params->prompt))
-           != 0
+        || ngx_http_llm_json_conversation(messages, params, 1) != NGX_OK
         || json_object_set_new(root, "stream", json_true()) != 0
         || json_object_set_new(root, "stream_options",
                                json_pack("{s:b}", "include_usage", 1))
            != 0
+        || (params->temperature
+            && json_object_set(root, "temperature", params->temperature)
+               != 0)
         || (params->max_tokens
             && json_object_set_new(root, "max_tokens",
                                    json_integer(params->max_tokens))

@@ -100,6 +100,13 @@ typedef struct {
     ngx_str_t               prompt;
     ngx_str_t               api_key;
     ngx_uint_t              max_tokens;     /* 0: provider default */
+    struct json_t          *temperature;    /* NULL: provider default */
+
+    /*
+     * A client's own conversation (an OpenAI "messages" array, checked):
+     * sent after the system prompt, the prompt, if any, after it.
+     */
+    struct json_t          *messages;
 } ngx_http_llm_params_t;
 
 
@@ -150,6 +157,8 @@ struct json_t;
 
 struct json_t *ngx_http_llm_json_str(ngx_str_t *s);
 struct json_t *ngx_http_llm_json_msg(const char *role, ngx_str_t *content);
+ngx_int_t ngx_http_llm_json_conversation(struct json_t *messages,
+    ngx_http_llm_params_t *params, ngx_uint_t system);
 char *ngx_http_llm_json_dump(struct json_t *root, size_t *len);
 struct json_t *ngx_http_llm_json_parse(ngx_str_t *data,
     ngx_http_llm_sink_t *sink);

@@ -20,10 +20,13 @@
 #include <jansson.h>
 
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_format.h"
 #include "ngx_http_llm_store.h"
 
 
 static void ngx_http_llm_cleanup(void *data);
+static ngx_int_t ngx_http_llm_send_buf(ngx_http_request_t *r,
+    ngx_uint_t status, ngx_buf_t *b);
 static ngx_uint_t ngx_http_llm_accepts(ngx_http_request_t *r,
     const char *type);
 static ngx_table_elt_t *ngx_http_llm_header(ngx_http_request_t *r,
@@ -83,6 +86,22 @@ ngx_int_t
 ngx_http_llm_send_json_error(ngx_http_request_t *r, ngx_uint_t status,
     const char *code, ngx_str_t *message)
 {
+    ngx_int_t               rc;
+    ngx_http_llm_fmt_ctx_t  fc;
+
+    ngx_memzero(&fc, sizeof(ngx_http_llm_fmt_ctx_t));
+    fc.request = r;
+    fc.status = status;
+    fc.code.data = (u_char *) code;
+    fc.code.len = ngx_strlen(code);
+    fc.message = *message;
+
+    rc = ngx_http_llm_send_formatted(r, status, NGX_HTTP_LLM_K_REFUSAL, &fc);
+
+    if (rc != NGX_DECLINED) {
+        return rc;
+    }
+
     return ngx_http_llm_send_json(r, status,
                                   json_pack("{s{ssss%}}", "error",
                                             "code", code, "message",
@@ -91,16 +110,54 @@ ngx_http_llm_send_json_error(ngx_http_request_t *r, ngx_uint_t status,
 }
 
 
+/*
+ * A JSON answer in the shape the location's format gives this kind:
+ * NGX_DECLINED when it gives none.
+ */
+
+ngx_int_t
+ngx_http_llm_send_formatted(ngx_http_request_t *r, ngx_uint_t status,
+    ngx_http_llm_kind_e kind, ngx_http_llm_fmt_ctx_t *fc)
+{
+    ngx_buf_t                *b;
+    ngx_http_llm_render_t     w;
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    w.p = NULL;
+    w.n = 0;
+
+    if (llcf->format == NULL
+        || ngx_http_llm_format_body(llcf->format, kind, fc, &w) != NGX_OK)
+    {
+        return NGX_DECLINED;
+    }
+
+    b = ngx_create_temp_buf(r->pool, w.n + 1);
+    if (b == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    w.p = b->last;
+    w.n = 0;
+    (void) ngx_http_llm_format_body(llcf->format, kind, fc, &w);
+
+    b->last = w.p;
+    *b->last++ = '\n';
+
+    return ngx_http_llm_send_buf(r, status, b);
+}
+
+
 /* the whole response: one JSON document (taken) and a newline */
 
 ngx_int_t
 ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status, json_t *o)
 {
-    char         *json;
-    size_t        len;
-    ngx_int_t     rc;
-    ngx_buf_t    *b;
-    ngx_chain_t   out;
+    char       *json;
+    size_t      len;
+    ngx_buf_t  *b;
 
     if (o == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -124,6 +181,16 @@ ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status, json_t *o)
     b->last = ngx_cpymem(b->last, json, len);
     *b->last++ = '\n';
     free(json);
+
+    return ngx_http_llm_send_buf(r, status, b);
+}
+
+
+static ngx_int_t
+ngx_http_llm_send_buf(ngx_http_request_t *r, ngx_uint_t status, ngx_buf_t *b)
+{
+    ngx_int_t    rc;
+    ngx_chain_t  out;
 
     b->last_buf = (r == r->main) ? 1 : 0;
     b->last_in_chain = 1;

@@ -638,3 +638,178 @@ llm_format: invalid coalesce time "0"
 --- must_die
 --- error_log
 llm_format: "error" template: unterminated "${"
+
+
+
+=== TEST 27: refusals before the stream take the format's shape, with the status
+--- http_config
+    llm_format learning {
+        complete '{"progress": 100, "done": true}';
+        error    '{"error": $llm_error_message}';
+        refusal  '{"error": $llm_error_message, "code": $llm_error_code, "status": $llm_status}';
+    }
+--- config
+    location = /generate-stream {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions;
+        llm_model  m;
+        llm_prompt "$llm_input_topic";
+        llm_format learning;
+    }
+--- request
+POST /generate-stream
+topic=
+--- more_headers
+Content-Type: application/x-www-form-urlencoded
+--- error_code: 400
+--- response_headers
+Content-Type: application/json
+--- response_body
+{"error":"the prompt is empty","code":"invalid_request","status":400}
+
+
+
+=== TEST 28: the blocking twin: response and refusal shapes (POST /run)
+--- http_config
+    llm_format content {
+        complete event=complete '{"success": true, "output": $llm_text}';
+        error    event=error '{"success": false, "error": $llm_error_message}';
+        response '{"success": true, "output": $llm_text, "metadata": {"usage": $llm_usage, "finish_reason": $llm_finish_reason}}';
+        refusal  '{"success": false, "error": $llm_error_message, "partial": $llm_text}';
+    }
+--- config
+    location = /run {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?mode=echo;
+        llm_system "sys";
+        llm_model  m;
+        llm_prompt "$llm_input_topic";
+        llm_format content;
+    }
+    location = /run-fails {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?mode=cut&after=2&tps=0;
+        llm_model  m;
+        llm_prompt "$llm_input_topic";
+        llm_format content;
+    }
+--- request eval
+["POST /run\n{\"topic\":\"SSE\"}", "POST /run-fails\n{\"topic\":\"SSE\"}"]
+--- more_headers
+Content-Type: application/json
+Accept: application/json
+--- error_code eval
+[200, 502]
+--- response_body_like eval
+[qr/\A\{"success":true,"output":"sys\|SSE","metadata":\{"usage":\{"input_tokens":\d+,"output_tokens":\d+,"total_tokens":\d+\},"finish_reason":"stop"\}\}\n\z/,
+ qr/\A\{"success":false,"error":"[^"]+","partial":"[^"]+"\}\n\z/]
+
+
+
+=== TEST 29: openai: a Chat Completions body, its messages forwarded after the system prompt
+--- config
+    location = /v1/chat/completions {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?mode=echo;
+        llm_system "house rules";
+        llm_model  served-model;
+        llm_format openai;
+    }
+--- request
+POST /v1/chat/completions
+{"model":"gpt-x","messages":[{"role":"system","content":"be brief"},{"role":"user","content":"say \"hi\""}],"stream":true,"stream_options":{"include_usage":true},"temperature":0.2,"max_tokens":50}
+--- more_headers
+Content-Type: application/json
+Accept: application/json
+--- response_headers
+Content-Type: text/event-stream
+--- response_body_like eval
+qr{\Aretry: 3000
+
+id: ([A-Za-z0-9_-]{22}):1
+data: \{"id":"chatcmpl-\1","object":"chat\.completion\.chunk","created":\d+,"model":"served-model","choices":\[\{"index":0,"delta":\{"role":"assistant","content":""\},"finish_reason":null\}\]\}
+
+(?:id: \1:\d+
+data: \{"id":"chatcmpl-\1",[^\n]*"delta":\{"content":"[^\n]*"\},"finish_reason":null\}\]\}
+
+)+data: \{"id":"chatcmpl-\1",[^\n]*"choices":\[\{"index":0,"delta":\{\},"finish_reason":"stop"\}\]\}
+
+data: \{"id":"chatcmpl-\1",[^\n]*"choices":\[\],"usage":\{"prompt_tokens":\d+,"completion_tokens":\d+,"total_tokens":\d+\}\}
+
+id: \1:\d+
+data: \[DONE\]
+
+\z}
+
+
+
+=== TEST 30: openai: what the upstream was sent (the mock's /last)
+--- config
+    location = /v1/chat/completions {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tag=fmt30;
+        llm_system "house rules";
+        llm_model  served-model;
+        llm_format openai;
+    }
+    location = /last {
+        proxy_pass http://127.0.0.1:$TEST_NGINX_MOCK_PORT/last?tag=fmt30;
+    }
+--- request eval
+["POST /v1/chat/completions\n{\"model\":\"gpt-x\",\"messages\":[{\"role\":\"user\",\"content\":\"hello\"},{\"role\":\"assistant\",\"content\":\"hi\"},{\"role\":\"user\",\"content\":\"again\"}],\"temperature\":0,\"max_tokens\":7}", "GET /last"]
+--- more_headers
+Content-Type: application/json
+--- response_body_like eval
+[qr/"object":"chat\.completion"/,
+ qr/"messages":\[\{"role":"system","content":"house rules"\},\{"role":"user","content":"hello"\},\{"role":"assistant","content":"hi"\},\{"role":"user","content":"again"\}\].*"temperature":0,"max_tokens":7/s]
+
+
+
+=== TEST 31: openai: "stream": false gets a chat.completion object
+--- config
+    location = /v1/chat/completions {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?mode=echo;
+        llm_model  m;
+        llm_format openai;
+    }
+--- request
+POST /v1/chat/completions
+{"model":"m","messages":[{"role":"user","content":"ping"}]}
+--- more_headers
+Content-Type: application/json
+--- response_headers
+Content-Type: application/json
+--- response_body_like eval
+qr/\A\{"id":"chatcmpl-[A-Za-z0-9_-]{22}","object":"chat\.completion","created":\d+,"model":"m","choices":\[\{"index":0,"message":\{"role":"assistant","content":"\|ping"\},"finish_reason":"stop"\}\],"usage":\{"prompt_tokens":\d+,"completion_tokens":\d+,"total_tokens":\d+\}\}\n\z/
+
+
+
+=== TEST 32: openai: bad requests are OpenAI error objects
+--- config
+    location = /v1/chat/completions {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions;
+        llm_model  m;
+        llm_format openai;
+    }
+--- request eval
+["POST /v1/chat/completions\n{\"messages\":[]}",
+ "POST /v1/chat/completions\n{\"messages\":[{\"role\":\"user\"}]}",
+ "POST /v1/chat/completions\n{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"temperature\":\"hot\"}",
+ "POST /v1/chat/completions\n{\"model\":\"m\"}"]
+--- more_headers
+Content-Type: application/json
+--- error_code eval
+[400, 400, 400, 400]
+--- response_body eval
+["{\"error\":{\"message\":\"\\\"messages\\\" must be a non-empty array\",\"type\":\"invalid_body\",\"code\":\"invalid_body\"}}\n",
+ "{\"error\":{\"message\":\"each message needs a \\\"role\\\" and a \\\"content\\\"\",\"type\":\"invalid_body\",\"code\":\"invalid_body\"}}\n",
+ "{\"error\":{\"message\":\"\\\"temperature\\\" must be a number from 0 to 2\",\"type\":\"invalid_body\",\"code\":\"invalid_body\"}}\n",
+ "{\"error\":{\"message\":\"the prompt is empty\",\"type\":\"invalid_request\",\"code\":\"invalid_request\"}}\n"]
+
+
+
+=== TEST 33: nginx -t: llm_prompt may be left out only with llm_format openai
+--- config
+    location = /v1/chat/completions {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions;
+        llm_model  m;
+        llm_format default;
+    }
+--- must_die
+--- error_log
+"llm_prompt" is required where "llm_pass" is set, unless "llm_format openai" is
