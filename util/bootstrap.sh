@@ -20,6 +20,10 @@ if [ "${1:-}" = bench ]; then
            python3-uvloop python3-httptools)
 fi
 
+# the npm test clients need node and npm; a machine may have its own
+command -v node > /dev/null || pkgs+=(nodejs)
+command -v npm > /dev/null || pkgs+=(npm)
+
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" \

@@ -132,12 +132,17 @@ fi
 
 # --------------------------------------------------------------- services
 
-# a real npm SSE client for t/046 (skipped there when npm is unreachable)
-if command -v npm > /dev/null && [ ! -d "$build/npm/node_modules/eventsource" ]; then
-    npm install --silent --no-audit --no-fund --prefix "$build/npm" \
-        eventsource@2 > /dev/null 2>&1 \
-        || say "warning: npm install eventsource failed: t/046 will skip"
-fi
+# real npm clients: eventsource for t/046, openai for t/047 (each file
+# skips when its package could not be installed)
+for pkg in eventsource@2 openai@5; do
+    if command -v npm > /dev/null \
+       && [ ! -d "$build/npm/node_modules/${pkg%@*}" ]
+    then
+        npm install --silent --no-audit --no-fund --prefix "$build/npm" \
+            "$pkg" > /dev/null 2>&1 \
+            || say "warning: npm install $pkg failed: its test will skip"
+    fi
+done
 
 
 if [ -z "${TEST_NGINX_REDIS_PORT:-}" ]; then
