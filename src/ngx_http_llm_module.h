@@ -20,6 +20,9 @@
 
 #define NGX_HTTP_LLM_JOB_ID_LEN      22      /* 128 bits, base64url */
 
+/* token counts above this are not believed: their sum must not overflow */
+#define NGX_HTTP_LLM_TOKENS_MAX      NGX_MAX_INT32_VALUE
+
 
 typedef struct ngx_http_llm_engine_s  ngx_http_llm_engine_t;
 typedef struct ngx_http_llm_xfer_s    ngx_http_llm_xfer_t;

@@ -40,6 +40,7 @@
 #define NGX_HTTP_LLM_E_CANCELLED     "cancelled"
 #define NGX_HTTP_LLM_E_SHUTDOWN      "shutdown"
 #define NGX_HTTP_LLM_E_INTERNAL      "internal"
+#define NGX_HTTP_LLM_E_STORE         "store_corrupt"
 
 
 /* where parsed upstream output goes; implemented by the engine */

@@ -324,6 +324,27 @@ ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
         return NGX_OK;
     }
 
+    /*
+     * The zone is shared by every worker, and a worker that crashed while
+     * holding it (the lock is then forced) may have left a record half
+     * written: one whose sizes exceed what it has is not read.
+     */
+
+    if (mj->rec.nevents > mj->events_cap
+        || mj->rec.text_len > mj->text_cap
+        || (mj->rec.message_len && mj->message == NULL)
+        || mj->rec.state > NGX_HTTP_LLM_CANCELLED)
+    {
+        ngx_shmtx_unlock(&m->shpool->mutex);
+
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "llm: memory store: job %*s: corrupt record",
+                      (size_t) NGX_HTTP_LLM_JOB_ID_LEN, id);
+
+        handler(data, NGX_ABORT, NULL);
+        return NGX_OK;
+    }
+
     mj->rec.watched = now;
 
     rec = mj->rec;
