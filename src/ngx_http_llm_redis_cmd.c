@@ -44,6 +44,8 @@
 
 static void ngx_http_llm_redis_error(ngx_http_llm_redis_t *rd, u_char *id,
     redisReply *r);
+static void ngx_http_llm_redis_refusal(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w, redisReply *r);
 static ngx_int_t ngx_http_llm_redis_check_write(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t *w, redisReply *exec);
 static ngx_int_t ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
@@ -92,6 +94,47 @@ ngx_http_llm_redis_error(ngx_http_llm_redis_t *rd, u_char *id,
     ngx_log_error(NGX_LOG_ERR, rd->log, 0,
                   "llm: redis store: %V: job %*s: %*s", &rd->conf->name,
                   (size_t) NGX_HTTP_LLM_JOB_ID_LEN, id, r->len, r->str);
+}
+
+
+/*
+ * Store thread: an error reply to a job's write.  Those that pass (a
+ * server loading, busy, failing over, a cluster redirect) are logged once
+ * as before and the write is sent again later; any other (a value too
+ * big, out of memory with noeviction, a refused command) would be refused
+ * again with every flush until the ttl: the write is marked refused, with
+ * the reply, for the loop to give the job up.
+ */
+
+static void
+ngx_http_llm_redis_refusal(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w, redisReply *r)
+{
+    size_t             len;
+    ngx_uint_t         i;
+    static const char *passing[] = {
+        "LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN",
+        "READONLY", "NOREPLICAS", "MOVED", "ASK", "NOAUTH"
+    };
+
+    for (i = 0; i < sizeof(passing) / sizeof(passing[0]); i++) {
+        len = ngx_strlen(passing[i]);
+
+        if (r->len >= len && ngx_strncmp(r->str, passing[i], len) == 0
+            && (r->len == len || r->str[len] == ' '))
+        {
+            ngx_http_llm_redis_error(rd, w->id, r);
+            return;
+        }
+    }
+
+    if (!w->refused) {
+        w->refused = 1;
+        w->reply_len = ngx_min(r->len, sizeof(w->reply));
+        ngx_memcpy(w->reply, r->str, w->reply_len);
+    }
+
+    rd->errors = 1;
 }
 
 
@@ -275,8 +318,8 @@ ngx_http_llm_redis_read_write(ngx_http_llm_redis_t *rd,
         }
 
         if (r->type == REDIS_REPLY_ERROR) {
-            /* EXEC then fails with EXECABORT: log the real cause */
-            ngx_http_llm_redis_error(rd, w->id, r);
+            /* EXEC then fails with EXECABORT: the real cause counts */
+            ngx_http_llm_redis_refusal(rd, w, r);
             queued = 0;
         }
 
@@ -323,7 +366,7 @@ ngx_http_llm_redis_check_write(ngx_http_llm_redis_t *rd,
             continue;
         }
 
-        ngx_http_llm_redis_error(rd, w->id, r);
+        ngx_http_llm_redis_refusal(rd, w, r);
         return NGX_ERROR;
     }
 

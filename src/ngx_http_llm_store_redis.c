@@ -54,6 +54,7 @@ struct ngx_http_llm_redis_job_s {
     unsigned                       known:1;     /* Redis has the hash */
     unsigned                       rewrite:1;   /* Redis lost it */
     unsigned                       rewriting:1; /* the write in flight */
+    unsigned                       refused:1;   /* for good: not saved */
 };
 
 
@@ -88,6 +89,8 @@ static void ngx_http_llm_redis_job_written(ngx_http_llm_redis_t *rd,
 static void ngx_http_llm_redis_orphan_lost(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t *w);
 static void ngx_http_llm_redis_orphan_written(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w);
+static void ngx_http_llm_redis_refused(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t *w);
 static void ngx_http_llm_redis_submit(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op);
@@ -597,6 +600,11 @@ ngx_http_llm_redis_save(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
         ngx_queue_insert_tail(&rd->clean, &rj->queue);
     }
 
+    if (rj->refused) {
+        /* said once: Redis would refuse it again */
+        return;
+    }
+
     ngx_http_llm_redis_dirty(rd, rj);
     ngx_http_llm_redis_arm(rd);
 }
@@ -632,9 +640,10 @@ ngx_http_llm_redis_release(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
 
     job->store_data = NULL;
 
-    if (rj->dirty || rj->write || rj->rewrite
+    if (!rj->refused
+        && (rj->dirty || rj->write || rj->rewrite
         || job->saved_events < job->nevents
-        || job->saved_text < job->text_len)
+        || job->saved_text < job->text_len))
     {
         w = ngx_http_llm_redis_write_new(job, 0, 0);
 
@@ -943,6 +952,7 @@ ngx_http_llm_redis_flush(ngx_event_t *ev)
         w->ok = 0;
         w->lost = 0;
         w->cancel = 0;
+        w->refused = 0;
     }
 
     rd->batch.rc = NGX_ERROR;
@@ -1018,11 +1028,25 @@ ngx_http_llm_redis_job_written(ngx_http_llm_redis_t *rd,
     if (job == NULL) {
         /* released meanwhile: its own write follows this one */
 
-        if (w->ok && w->lost) {
+        if (w->refused) {
+            ngx_http_llm_redis_refused(rd, w);
+
+        } else if (w->ok && w->lost) {
             ngx_http_llm_redis_orphan_lost(rd, w);
         }
 
         ngx_free(rj);
+
+    } else if (w->refused) {
+        rj->refused = 1;
+        ngx_http_llm_redis_refused(rd, w);
+
+        /* saved again while the write was on its way */
+        if (rj->dirty) {
+            rj->dirty = 0;
+            ngx_queue_remove(&rj->queue);
+            ngx_queue_insert_tail(&rd->clean, &rj->queue);
+        }
 
     } else if (!w->ok) {
         /* the marks stay: the next batch starts from them again */
@@ -1092,10 +1116,60 @@ ngx_http_llm_redis_orphan_lost(ngx_http_llm_redis_t *rd,
 }
 
 
+/*
+ * Redis refused a job's write for good: said once, with Redis's reply, and
+ * the job is not written any more (its write of release included); the
+ * other jobs go on.
+ */
+
+static void
+ngx_http_llm_redis_refused(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w)
+{
+    ngx_uint_t                   i;
+    ngx_queue_t                 *q, *next, *queues[2];
+    ngx_http_llm_redis_write_t  *o;
+
+    ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                  "llm: redis store: %V refused a write of job %*s, "
+                  "the job is not saved any more: %*s", &rd->conf->name,
+                  (size_t) NGX_HTTP_LLM_JOB_ID_LEN, w->id, w->reply_len,
+                  w->reply);
+
+    /* its write of release, waiting or in the same batch */
+
+    queues[0] = &rd->orphans;
+    queues[1] = &rd->batch.writes;
+
+    for (i = 0; i < 2; i++) {
+        for (q = ngx_queue_head(queues[i]);
+             q != ngx_queue_sentinel(queues[i]);
+             q = next)
+        {
+            next = ngx_queue_next(q);
+            o = ngx_queue_data(q, ngx_http_llm_redis_write_t, queue);
+
+            if (o != w && o->rj == NULL
+                && ngx_memcmp(o->id, w->id, NGX_HTTP_LLM_JOB_ID_LEN) == 0)
+            {
+                ngx_queue_remove(q);
+                ngx_http_llm_redis_write_free(o);
+            }
+        }
+    }
+}
+
+
 static void
 ngx_http_llm_redis_orphan_written(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t *w)
 {
+    if (w->refused) {
+        ngx_http_llm_redis_refused(rd, w);
+        ngx_http_llm_redis_write_free(w);
+        return;
+    }
+
     if (w->ok && !w->lost) {
         ngx_http_llm_redis_write_free(w);
         return;

@@ -75,7 +75,10 @@ struct ngx_http_llm_redis_write_s {
     unsigned                       ok:1;
     unsigned                       lost:1;      /* Redis lost the job */
     unsigned                       cancel:1;
+    unsigned                       refused:1;   /* for good: see reply */
     int64_t                        watched;
+    u_char                         reply[128];  /* Redis's refusal */
+    size_t                         reply_len;
 
     /* the store thread's: where the answers are in the transaction */
     ngx_uint_t                     ncmds;

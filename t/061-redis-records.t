@@ -110,9 +110,14 @@ my $ng = start_nginx('redis_rec',
     server {
         listen 127.0.0.1:$port;
         location = /g {
-            llm_pass   $up?tokens=\$arg_n&tps=0&ttft=0;
+            llm_pass   $up?tokens=\$arg_n&tps=20&ttft=0;
             llm_model  m;
             llm_prompt "\$arg_p";
+        }
+        location = /big {
+            llm_pass   $up?tokens=70&tps=50&ttft=0&token_size=20000;
+            llm_model  m;
+            llm_prompt "big";
         }
         location ~ "^/jobs/(?<job>[A-Za-z0-9_-]{22})\$" {
             llm_job \$job;
@@ -243,6 +248,58 @@ unlike($rest, qr/world/, '  and nothing past the text it trusted');
 my @lines = log_since($from) =~ /corrupt record/g;
 is(scalar @lines, 1, '  logged once');
 
+
+
+# 4. a write Redis refuses for good: logged once, not sent again, and the
+#    other jobs are saved as before
+
+sub setrange_failed {
+    my ($f) = r('INFO', 'commandstats') =~ /cmdstat_setrange:.*failed_calls=(\d+)/;
+    return $f // 0;
+}
+
+r('CONFIG', 'SET', 'proto-max-bulk-len', 1024 * 1024);
+$from = length error_log($ng);
+
+my $other = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port") or die $!;
+syswrite($other, "GET /g?n=30&p=small HTTP/1.0\r\nHost: localhost\r\n\r\n");
+
+# about 1.4 MB in 1.4 s: each flush's SETRANGE is small, the string is not
+($s, $h, $body) = http_get($port, 'GET', '/big', timeout => 20 * $slow);
+@ev = sse_events($body);
+my ($big) = ($ev[0]{id} // '') =~ /^([\w-]+):1$/;
+
+is($ev[-1]{event}, 'complete', 'a job Redis refuses still streams');
+
+my $got_other = '';
+while (1) {
+    my $rin = '';
+    vec($rin, fileno($other), 1) = 1;
+    last unless select($rin, undef, undef, 10 * $slow);
+    last unless sysread($other, my $buf, 65536);
+    $got_other .= $buf;
+}
+close $other;
+
+my ($small) = $got_other =~ /^id: ([\w-]+):1$/m;
+
+ok(wait_for(sub { r('HGET', "t061:{$small}:job", 'state') eq 'completed' },
+            3), 'the other job is saved');
+
+my $failed = setrange_failed();
+cmp_ok($failed, '>', 0, 'Redis refused the big job\'s text');
+
+# ten flushes, and the worker's once-a-second save of running jobs
+sleep 1.5;
+
+is(setrange_failed(), $failed, '  and it was not sent again');
+
+my @refused = log_since($from) =~ /(refused a write of job \S+.*)/g;
+is(scalar @refused, 1, '  one error line');
+like($refused[0] // '', qr/\Q$big\E, the job is not saved any more: .*string exceeds maximum allowed size/,
+     '  naming the job and the reply');
+
+r('CONFIG', 'SET', 'proto-max-bulk-len', 512 * 1024 * 1024);
 
 stop_nginx($ng);
 
