@@ -301,8 +301,10 @@ ngx_http_llm_spec(ngx_http_request_t *r, ngx_http_llm_loc_conf_t *llcf,
         || ngx_strlchr(url.data, url.data + url.len, '\0')
         || ngx_strlchr(url.data, url.data + url.len, ' '))
     {
+        /* not the URL itself: it may carry a key */
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "llm: invalid URL \"%V\" in \"llm_pass\"", &url);
+                      "llm: invalid URL in \"llm_pass\": "
+                      "http:// or https:// expected");
         ngx_str_set(err, "invalid upstream URL");
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }

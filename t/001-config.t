@@ -172,9 +172,9 @@ up
 
 
 
-=== TEST 13: an unknown store
+=== TEST 13: an unknown store, without repeating its password
 --- config
-    llm_store postgres://x;
+    llm_store postgres://user:secret1@x;
     location = /g {
         llm_pass   http://127.0.0.1/a;
         llm_model  m;
@@ -182,7 +182,7 @@ up
     }
 --- must_die
 --- error_log
-invalid store "postgres://x" in "llm_store"
+invalid store "postgres:..." in "llm_store"
 
 
 
