@@ -400,7 +400,16 @@ ngx_http_llm_sink_finish(void *data, u_char *reason, size_t len)
     ngx_http_llm_channel_t  *ch;
 
     ch = &ngx_http_llm_channel;
-    len = ngx_min(len, sizeof(x->out.finish));
+
+    /* cut on a character: the reason goes into JSON as it is */
+
+    if (len > sizeof(x->out.finish)) {
+        len = sizeof(x->out.finish);
+
+        while (len && (reason[len] & 0xc0) == 0x80) {
+            len--;
+        }
+    }
 
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
     ngx_memcpy(x->out.finish, reason, len);
@@ -420,11 +429,13 @@ ngx_http_llm_sink_usage(void *data, ngx_int_t input, ngx_int_t output)
 
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
 
-    if (input >= 0) {
+    /* a count beyond belief is no count: their sum must not overflow */
+
+    if (input >= 0 && input <= NGX_HTTP_LLM_TOKENS_MAX) {
         x->out.input_tokens = input;
     }
 
-    if (output >= 0) {
+    if (output >= 0 && output <= NGX_HTTP_LLM_TOKENS_MAX) {
         x->out.output_tokens = output;
     }
 
