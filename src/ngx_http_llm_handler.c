@@ -219,6 +219,7 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     opts.pool = llcf->thread_pool;
     opts.store = llcf->store;
     opts.grace = llcf->grace;
+    opts.max_events = llcf->max_events;
     opts.background = (r->method == NGX_HTTP_POST
                        && ngx_http_llm_prefers_async(r));
 
@@ -317,6 +318,7 @@ ngx_http_llm_spec(ngx_http_request_t *r, ngx_http_llm_loc_conf_t *llcf,
     spec->idle_timeout = llcf->idle_timeout;
     spec->timeout = llcf->timeout;
     spec->ssl_verify = llcf->ssl_verify;
+    spec->max_text = llcf->max_text;
 
     spec->url = malloc(url.len + 1);
     if (spec->url == NULL) {

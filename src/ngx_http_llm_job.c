@@ -92,6 +92,7 @@ ngx_http_llm_job_start(ngx_http_llm_spec_t *spec, ngx_http_llm_job_opts_t *o,
 
     job->store = o->store;
     job->grace = o->grace;
+    job->max_events = o->max_events;
     job->background = o->background;
 
     if (o->owner) {
@@ -741,6 +742,19 @@ ngx_http_llm_job_output(ngx_http_llm_job_t *job, ngx_http_llm_output_t *out)
 
     if (out->text_len) {
         off = job->text_len;
+
+        /* the delta and the final event: past the bound, what it has */
+
+        if (job->max_events && job->nevents + 2 > job->max_events) {
+            ngx_log_error(NGX_LOG_ERR, job->log, 0,
+                          "llm: job %s failed: %s: more than %ui events "
+                          "(llm_max_events)", job->id,
+                          NGX_HTTP_LLM_E_TEXT_LIMIT, job->max_events);
+
+            ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_TEXT_LIMIT,
+                                  "the generation exceeded llm_max_events");
+            return;
+        }
 
         if (ngx_http_llm_job_append_text(job, out->text, out->text_len)
                != NGX_OK

@@ -59,6 +59,8 @@ typedef struct {
     ngx_http_complex_value_t      *prompt;
     ngx_http_complex_value_t      *api_key;
     ngx_uint_t                     max_tokens;
+    size_t                         max_text;    /* llm_max_text */
+    ngx_uint_t                     max_events;  /* llm_max_events */
 
     ngx_str_t                      thread_pool_name;
     ngx_thread_pool_t             *thread_pool;
@@ -108,6 +110,7 @@ struct ngx_http_llm_ctx_s {
     ngx_chain_t                   *free;
     ngx_chain_t                   *busy;
     ngx_event_t                    heartbeat;
+    size_t                         final_sent;  /* of the final event's text */
 
     unsigned                       streaming:1;
     unsigned                       waiting:1;   /* a store lookup */
@@ -188,6 +191,7 @@ struct ngx_http_llm_job_s {
     ngx_msec_t                     grace;
     ngx_uint_t                     holds;
     ngx_log_t                     *log;
+    ngx_uint_t                     max_events;  /* 0: a mirror, unbounded */
 
     unsigned                       has_owner:1;
     unsigned                       background:1;
@@ -230,6 +234,7 @@ typedef struct {
     ngx_msec_t                     idle_timeout;
     ngx_msec_t                     timeout;
     ngx_flag_t                     ssl_verify;
+    size_t                         max_text;
 } ngx_http_llm_spec_t;
 
 
@@ -239,6 +244,7 @@ typedef struct {
     ngx_http_llm_store_t          *store;
     u_char                        *owner;       /* SHA-1, or NULL */
     ngx_msec_t                     grace;
+    ngx_uint_t                     max_events;
     unsigned                       background:1;
 } ngx_http_llm_job_opts_t;
 

@@ -29,6 +29,7 @@
 typedef struct {
     u_char                    *p;
     size_t                     n;
+    size_t                     final;       /* the final event's text sent */
 } ngx_http_llm_render_t;
 
 
@@ -38,9 +39,15 @@ static ngx_uint_t ngx_http_llm_sse_frames(ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_render_t *w, ngx_uint_t ping);
 static void ngx_http_llm_sse_event(ngx_http_llm_job_t *job,
     ngx_http_llm_render_t *w, ngx_uint_t first, ngx_uint_t last);
+static ngx_uint_t ngx_http_llm_sse_final(ngx_http_llm_job_t *job,
+    ngx_http_llm_render_t *w, ngx_uint_t i, size_t n);
+static void ngx_http_llm_sse_head(ngx_http_llm_job_t *job,
+    ngx_http_llm_render_t *w, ngx_uint_t i);
 static void ngx_http_llm_sse_raw(ngx_http_llm_render_t *w, const void *s,
     size_t len);
 static void ngx_http_llm_sse_str(ngx_http_llm_render_t *w, u_char *s,
+    size_t len);
+static void ngx_http_llm_sse_chars(ngx_http_llm_render_t *w, u_char *s,
     size_t len);
 static void ngx_http_llm_sse_send(ngx_http_llm_ctx_t *ctx, ngx_uint_t ping);
 static void ngx_http_llm_sse_write_handler(ngx_http_request_t *r);
@@ -237,6 +244,7 @@ ngx_http_llm_sse_render(ngx_http_llm_ctx_t *ctx, ngx_chain_t **out,
 
     w.p = NULL;
     w.n = 0;
+    w.final = ctx->final_sent;
     (void) ngx_http_llm_sse_frames(ctx, &w, ping);
 
     if (w.n == 0) {
@@ -271,7 +279,9 @@ ngx_http_llm_sse_render(ngx_http_llm_ctx_t *ctx, ngx_chain_t **out,
 
     w.p = ctx->mem;
     w.n = 0;
+    w.final = ctx->final_sent;
     ctx->sent = ngx_http_llm_sse_frames(ctx, &w, ping);
+    ctx->final_sent = w.final;
     ctx->retry = 0;
     ctx->wrote = 1;
 
@@ -333,7 +343,22 @@ ngx_http_llm_sse_frames(ngx_http_llm_ctx_t *ctx, ngx_http_llm_render_t *w,
             text += merged;
 
         } else if (job->events[i].type != NGX_HTTP_LLM_EV_START) {
-            text += job->text_len;
+            /*
+             * The final event carries the whole text: it goes out in
+             * pieces of a write each, so that the memory of a client's
+             * write stays bounded however long the text.
+             */
+
+            n = ngx_min(job->text_len - w->final,
+                        NGX_HTTP_LLM_WRITE_MAX - text);
+            text += n;
+
+            if (!ngx_http_llm_sse_final(job, w, i, n)) {
+                break;
+            }
+
+            i++;
+            continue;
         }
 
         ngx_http_llm_sse_event(job, w, i, last);
@@ -352,42 +377,94 @@ static void
 ngx_http_llm_sse_event(ngx_http_llm_job_t *job, ngx_http_llm_render_t *w,
     ngx_uint_t first, ngx_uint_t last)
 {
-    u_char                 num[NGX_INT_T_LEN * 3 + 64];
-    size_t                 n;
     ngx_http_llm_event_t  *ev;
 
     ev = &job->events[first];
 
-    n = ngx_sprintf(num, "%ui", last + 1) - num;
+    ngx_http_llm_sse_head(job, w, last);
+
+    if (ev->type == NGX_HTTP_LLM_EV_START) {
+        ngx_http_llm_sse_raw(w, "{\"job\":\"", sizeof("{\"job\":\"") - 1);
+        ngx_http_llm_sse_raw(w, job->id, NGX_HTTP_LLM_JOB_ID_LEN);
+        ngx_http_llm_sse_raw(w, "\"}", 2);
+
+    } else {
+        ngx_http_llm_sse_raw(w, "{\"text\":", sizeof("{\"text\":") - 1);
+        ngx_http_llm_sse_str(w, job->text + ev->off,
+                             job->events[last].off + job->events[last].len
+                             - ev->off);
+        ngx_http_llm_sse_raw(w, "}", 1);
+    }
+
+    ngx_http_llm_sse_raw(w, "\n\n", 2);
+}
+
+
+/* "id:" and "event:" lines of event i, and "data: " */
+
+static void
+ngx_http_llm_sse_head(ngx_http_llm_job_t *job, ngx_http_llm_render_t *w,
+    ngx_uint_t i)
+{
+    u_char       num[NGX_INT_T_LEN];
+    size_t       n;
+    const char  *name;
+
+    name = ngx_http_llm_event_names[job->events[i].type];
+    n = ngx_sprintf(num, "%ui", i + 1) - num;
 
     ngx_http_llm_sse_raw(w, "id: ", sizeof("id: ") - 1);
     ngx_http_llm_sse_raw(w, job->id, NGX_HTTP_LLM_JOB_ID_LEN);
     ngx_http_llm_sse_raw(w, ":", 1);
     ngx_http_llm_sse_raw(w, num, n);
     ngx_http_llm_sse_raw(w, "\nevent: ", sizeof("\nevent: ") - 1);
-    ngx_http_llm_sse_raw(w, ngx_http_llm_event_names[ev->type],
-                         ngx_strlen(ngx_http_llm_event_names[ev->type]));
+    ngx_http_llm_sse_raw(w, name, ngx_strlen(name));
     ngx_http_llm_sse_raw(w, "\ndata: ", sizeof("\ndata: ") - 1);
+}
 
-    switch (ev->type) {
 
-    case NGX_HTTP_LLM_EV_START:
-        ngx_http_llm_sse_raw(w, "{\"job\":\"", sizeof("{\"job\":\"") - 1);
-        ngx_http_llm_sse_raw(w, job->id, NGX_HTTP_LLM_JOB_ID_LEN);
-        ngx_http_llm_sse_raw(w, "\"}", 2);
-        break;
+/*
+ * The next n bytes of the final event i's text (from w->final), after its
+ * head if it starts here, and its end if they are the last: returns 1
+ * when the event is complete.
+ */
 
-    case NGX_HTTP_LLM_EV_DELTA:
-        ngx_http_llm_sse_raw(w, "{\"text\":", sizeof("{\"text\":") - 1);
-        ngx_http_llm_sse_str(w, job->text + ev->off,
-                             job->events[last].off + job->events[last].len
-                             - ev->off);
-        ngx_http_llm_sse_raw(w, "}", 1);
-        break;
+static ngx_uint_t
+ngx_http_llm_sse_final(ngx_http_llm_job_t *job, ngx_http_llm_render_t *w,
+    ngx_uint_t i, size_t n)
+{
+    u_char  num[NGX_INT_T_LEN * 3 + 64];
+    size_t  len;
 
-    case NGX_HTTP_LLM_EV_COMPLETE:
-        ngx_http_llm_sse_raw(w, "{\"text\":", sizeof("{\"text\":") - 1);
-        ngx_http_llm_sse_str(w, job->text, job->text_len);
+    if (w->final == 0) {
+        ngx_http_llm_sse_head(job, w, i);
+
+        if (job->events[i].type == NGX_HTTP_LLM_EV_ERROR) {
+            ngx_http_llm_sse_raw(w, "{\"code\":", sizeof("{\"code\":") - 1);
+            ngx_http_llm_sse_str(w, job->code, job->code_len);
+            ngx_http_llm_sse_raw(w, ",\"message\":",
+                                 sizeof(",\"message\":") - 1);
+            ngx_http_llm_sse_str(w, job->message, job->message_len);
+            ngx_http_llm_sse_raw(w, ",\"text\":\"",
+                                 sizeof(",\"text\":\"") - 1);
+
+        } else {
+            ngx_http_llm_sse_raw(w, "{\"text\":\"", sizeof("{\"text\":\"") - 1);
+        }
+    }
+
+    ngx_http_llm_sse_chars(w, job->text + w->final, n);
+    w->final += n;
+
+    if (w->final < job->text_len) {
+        return 0;
+    }
+
+    w->final = 0;
+
+    ngx_http_llm_sse_raw(w, "\"", 1);
+
+    if (job->events[i].type == NGX_HTTP_LLM_EV_COMPLETE) {
 
         if (job->finish_len) {
             ngx_http_llm_sse_raw(w, ",\"finish_reason\":",
@@ -397,44 +474,34 @@ ngx_http_llm_sse_event(ngx_http_llm_job_t *job, ngx_http_llm_render_t *w,
 
         if (job->input_tokens >= 0 || job->output_tokens >= 0) {
             ngx_http_llm_sse_raw(w, ",\"usage\":{", sizeof(",\"usage\":{") - 1);
-            n = 0;
+            len = 0;
 
             if (job->input_tokens >= 0) {
-                n = ngx_sprintf(num, "\"input_tokens\":%i", job->input_tokens)
-                    - num;
+                len = ngx_sprintf(num, "\"input_tokens\":%i",
+                                  job->input_tokens)
+                      - num;
             }
 
             if (job->output_tokens >= 0) {
-                n = ngx_sprintf(num + n, "%s\"output_tokens\":%i",
-                                n ? "," : "", job->output_tokens)
-                    - num;
+                len = ngx_sprintf(num + len, "%s\"output_tokens\":%i",
+                                  len ? "," : "", job->output_tokens)
+                      - num;
             }
 
             if (job->input_tokens >= 0 && job->output_tokens >= 0) {
-                n = ngx_sprintf(num + n, ",\"total_tokens\":%i",
-                                job->input_tokens + job->output_tokens)
-                    - num;
+                len = ngx_sprintf(num + len, ",\"total_tokens\":%i",
+                                  job->input_tokens + job->output_tokens)
+                      - num;
             }
 
-            ngx_http_llm_sse_raw(w, num, n);
+            ngx_http_llm_sse_raw(w, num, len);
             ngx_http_llm_sse_raw(w, "}", 1);
         }
-
-        ngx_http_llm_sse_raw(w, "}", 1);
-        break;
-
-    case NGX_HTTP_LLM_EV_ERROR:
-        ngx_http_llm_sse_raw(w, "{\"code\":", sizeof("{\"code\":") - 1);
-        ngx_http_llm_sse_str(w, job->code, job->code_len);
-        ngx_http_llm_sse_raw(w, ",\"message\":", sizeof(",\"message\":") - 1);
-        ngx_http_llm_sse_str(w, job->message, job->message_len);
-        ngx_http_llm_sse_raw(w, ",\"text\":", sizeof(",\"text\":") - 1);
-        ngx_http_llm_sse_str(w, job->text, job->text_len);
-        ngx_http_llm_sse_raw(w, "}", 1);
-        break;
     }
 
-    ngx_http_llm_sse_raw(w, "\n\n", 2);
+    ngx_http_llm_sse_raw(w, "}\n\n", 3);
+
+    return 1;
 }
 
 
@@ -449,16 +516,27 @@ ngx_http_llm_sse_raw(ngx_http_llm_render_t *w, const void *s, size_t len)
 }
 
 
-/* a JSON string: the text is valid UTF-8, only escapes are needed */
+/* a JSON string */
 
 static void
 ngx_http_llm_sse_str(ngx_http_llm_render_t *w, u_char *s, size_t len)
+{
+    ngx_http_llm_sse_raw(w, "\"", 1);
+    ngx_http_llm_sse_chars(w, s, len);
+    ngx_http_llm_sse_raw(w, "\"", 1);
+}
+
+
+/* the inside of a JSON string: the text is valid UTF-8, only escapes */
+
+static void
+ngx_http_llm_sse_chars(ngx_http_llm_render_t *w, u_char *s, size_t len)
 {
     u_char         c, *p, *last;
     size_t         n;
     static u_char  hex[] = "0123456789abcdef";
 
-    n = 2;
+    n = 0;
     last = s + len;
 
     for (p = s; p < last; p++) {
@@ -476,7 +554,6 @@ ngx_http_llm_sse_str(ngx_http_llm_render_t *w, u_char *s, size_t len)
     }
 
     p = w->p;
-    *p++ = '"';
 
     for ( /* void */ ; s < last; s++) {
         c = *s;
@@ -522,7 +599,6 @@ ngx_http_llm_sse_str(ngx_http_llm_render_t *w, u_char *s, size_t len)
         }
     }
 
-    *p++ = '"';
     w->p = p;
 }
 

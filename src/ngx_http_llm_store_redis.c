@@ -44,6 +44,12 @@
 #define NGX_HTTP_LLM_REDIS_FLUSH       100
 #define NGX_HTTP_LLM_REDIS_POLL_MIN    100
 
+/*
+ * What a worker keeps of jobs that are gone but not written yet (Redis is
+ * down): beyond it, a job is not saved, and the log says so.
+ */
+#define NGX_HTTP_LLM_REDIS_UNSAVED     (64 * 1024 * 1024)
+
 
 /* the store's side of a job it saves: event loop only */
 struct ngx_http_llm_redis_job_s {
@@ -92,6 +98,9 @@ static void ngx_http_llm_redis_orphan_written(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t *w);
 static void ngx_http_llm_redis_refused(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t *w);
+static size_t ngx_http_llm_redis_write_size(ngx_http_llm_redis_write_t *w);
+static void ngx_http_llm_redis_orphan_free(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w);
 static void ngx_http_llm_redis_submit(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op);
 static void ngx_http_llm_redis_post(ngx_http_llm_redis_t *rd);
@@ -120,6 +129,7 @@ static ngx_connection_t  ngx_http_llm_redis_conn = { .fd = -1 };
  * llm_store unix:PATH [OPTIONS];
  *
  * OPTIONS: prefix=STR flush=TIME thread_pool=NAME db=N password=STR
+ * unsaved=SIZE
  * (ttl= is the store layer's).
  */
 
@@ -139,6 +149,7 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
 
     rc->db = -1;
     rc->flush = NGX_HTTP_LLM_REDIS_FLUSH;
+    rc->unsaved = NGX_HTTP_LLM_REDIS_UNSAVED;
     ngx_str_set(&rc->prefix, NGX_HTTP_LLM_REDIS_PREFIX);
     ngx_str_set(&rc->pool_name, "default");
 
@@ -204,6 +215,22 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
             if (rc->flush == (ngx_msec_t) NGX_ERROR || rc->flush == 0) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                    "invalid flush \"%V\" in \"llm_store\"",
+                                   &v);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(v.data, "unsaved=", 8) == 0) {
+            v.data += 8;
+            v.len -= 8;
+
+            rc->unsaved = ngx_parse_size(&v);
+
+            if (rc->unsaved == (size_t) NGX_ERROR) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid unsaved \"%V\" in \"llm_store\"",
                                    &v);
                 return NGX_CONF_ERROR;
             }
@@ -619,6 +646,7 @@ ngx_http_llm_redis_save(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
 static void
 ngx_http_llm_redis_release(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
 {
+    size_t                       size;
     ngx_http_llm_redis_t        *rd;
     ngx_http_llm_redis_job_t    *rj;
     ngx_http_llm_redis_conf_t   *rc;
@@ -645,14 +673,30 @@ ngx_http_llm_redis_release(ngx_http_llm_store_t *st, ngx_http_llm_job_t *job)
         || job->saved_events < job->nevents
         || job->saved_text < job->text_len))
     {
-        w = ngx_http_llm_redis_write_new(job, 0, 0);
+        size = job->text_len + job->message_len
+               + job->nevents * sizeof(ngx_http_llm_event_t);
 
-        if (w == NULL) {
+        w = NULL;
+
+        if (rd->orphans_size + size > rc->unsaved) {
             ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                          "llm: redis store: job %s not saved: "
-                          "out of memory", job->id);
+                          "llm: redis store: job %s not saved: the copies "
+                          "of jobs not written yet to %V would exceed "
+                          "unsaved=%uz", job->id, &rc->name, rc->unsaved);
 
         } else {
+            w = ngx_http_llm_redis_write_new(job, 0, 0);
+
+            if (w == NULL) {
+                ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                              "llm: redis store: job %s not saved: "
+                              "out of memory", job->id);
+            }
+        }
+
+        if (w) {
+            rd->orphans_size += ngx_http_llm_redis_write_size(w);
+
             w->from_event = job->saved_events;
             w->from_text = job->saved_text;
             w->known = rj->known;
@@ -1153,7 +1197,7 @@ ngx_http_llm_redis_refused(ngx_http_llm_redis_t *rd,
                 && ngx_memcmp(o->id, w->id, NGX_HTTP_LLM_JOB_ID_LEN) == 0)
             {
                 ngx_queue_remove(q);
-                ngx_http_llm_redis_write_free(o);
+                ngx_http_llm_redis_orphan_free(rd, o);
             }
         }
     }
@@ -1166,12 +1210,12 @@ ngx_http_llm_redis_orphan_written(ngx_http_llm_redis_t *rd,
 {
     if (w->refused) {
         ngx_http_llm_redis_refused(rd, w);
-        ngx_http_llm_redis_write_free(w);
+        ngx_http_llm_redis_orphan_free(rd, w);
         return;
     }
 
     if (w->ok && !w->lost) {
-        ngx_http_llm_redis_write_free(w);
+        ngx_http_llm_redis_orphan_free(rd, w);
         return;
     }
 
@@ -1195,11 +1239,31 @@ ngx_http_llm_redis_orphan_written(ngx_http_llm_redis_t *rd,
                       "llm: redis store: job %s not saved: %V unavailable "
                       "for longer than the ttl", w->id, &rd->conf->name);
 
-        ngx_http_llm_redis_write_free(w);
+        ngx_http_llm_redis_orphan_free(rd, w);
         return;
     }
 
     ngx_queue_insert_tail(&rd->orphans, &w->queue);
+}
+
+
+/* what an orphan holds: the whole job's copy, for the unsaved= bound */
+
+static size_t
+ngx_http_llm_redis_write_size(ngx_http_llm_redis_write_t *w)
+{
+    return w->rec.text_len - w->rec.from_text + w->rec.message_len
+           + (w->rec.nevents - w->rec.from_event)
+             * sizeof(ngx_http_llm_event_t);
+}
+
+
+static void
+ngx_http_llm_redis_orphan_free(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w)
+{
+    rd->orphans_size -= ngx_http_llm_redis_write_size(w);
+    ngx_http_llm_redis_write_free(w);
 }
 
 

@@ -50,6 +50,7 @@ typedef struct {
     ngx_str_t                      prefix;
     ngx_msec_t                     flush;
     ngx_msec_t                     ttl;
+    size_t                         unsaved;     /* bound of the orphans */
     ngx_str_t                      name;        /* for the log */
     ngx_str_t                      pool_name;
     ngx_thread_pool_t             *pool;
@@ -138,6 +139,7 @@ struct ngx_http_llm_redis_s {
     ngx_queue_t                    dirty;       /* ngx_http_llm_redis_job_t */
     ngx_queue_t                    clean;
     ngx_queue_t                    orphans;     /* writes of freed jobs */
+    size_t                         orphans_size;    /* with those in batch */
     ngx_http_llm_redis_op_t        batch;
     ngx_msec_t                     retry;
     unsigned                       flushing:1;

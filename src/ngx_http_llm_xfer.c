@@ -361,6 +361,20 @@ ngx_http_llm_sink_text(void *data, u_char *p, size_t len)
         return;
     }
 
+    /*
+     * Past llm_max_text the transfer ends (the write callback stops it)
+     * and the job fails with what it has: it neither grows here while the
+     * loop is slow to drain, nor in the job.
+     */
+
+    if (len > x->spec.max_text - x->text_total) {
+        ngx_http_llm_sink_fail_str(x, NGX_HTTP_LLM_E_TEXT_LIMIT,
+                                   "the generation exceeded llm_max_text");
+        return;
+    }
+
+    x->text_total += len;
+
     ch = &ngx_http_llm_channel;
     o = &x->out;
     x->got_text = 1;

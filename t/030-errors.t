@@ -346,3 +346,51 @@ failed: upstream_status: key [redacted] is not allowed here
 --- no_error_log eval
 qr/\[error\].*hunter2hunter2/
 
+
+
+=== TEST 20: llm_max_text: past it the job fails with what it has
+--- config
+    location = /g {
+        llm_pass     http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tokens=100000&tps=0&ttft=0&token_size=100;
+        llm_model    m;
+        llm_prompt   "hi";
+        llm_max_text 1k;
+    }
+--- request
+GET /g
+--- response_body_like eval
+qr/event: error\ndata: \{"code":"text_limit","message":"the generation exceeded llm_max_text","text":"[^"]{1,1024}"\}\n\n\z/
+--- error_log
+failed: text_limit
+
+
+
+=== TEST 21: llm_max_events: past it the job fails with what it has
+--- config
+    location = /g {
+        llm_pass       http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tokens=100&tps=50&ttft=0;
+        llm_model      m;
+        llm_prompt     "hi";
+        llm_max_events 8;
+    }
+--- request
+GET /g
+--- response_body_like eval
+qr/\nid: \S+:[1-8]\nevent: error\ndata: \{"code":"text_limit","message":"the generation exceeded llm_max_events","text":"[^"]+"\}\n\n\z/
+--- error_log
+more than 8 events (llm_max_events)
+
+
+
+=== TEST 22: a final event longer than a write is whole
+--- config
+    location = /g {
+        llm_pass     http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tokens=800&tps=0&ttft=0&token_size=256;
+        llm_model    m;
+        llm_prompt   "hi";
+    }
+--- request
+GET /g
+--- response_body_like eval
+qr/event: complete\ndata: \{"text":"(?:[^"\n]{51200}){4}","finish_reason":"[a-z]+"[^\n]*\}\n\n\z/
+

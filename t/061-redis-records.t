@@ -32,28 +32,35 @@ my $rport = free_port();
 my $redis_pid;
 my $pass = 'hunter3';
 
-$redis_pid = fork() // die "fork: $!";
+sub redis_start {
+    $redis_pid = fork() // die "fork: $!";
 
-if ($redis_pid == 0) {
-    open STDOUT, '>', '/dev/null';
-    open STDERR, '>', '/dev/null';
-    exec 'redis-server', '--port', $rport, '--bind', '127.0.0.1',
-         '--save', '', '--appendonly', 'no', '--requirepass', $pass;
-    exit 1;
-}
-
-END {
-    local $?;
-    if ($redis_pid) {
-        kill 'KILL', $redis_pid;
-        waitpid $redis_pid, 0;
+    if ($redis_pid == 0) {
+        open STDOUT, '>', '/dev/null';
+        open STDERR, '>', '/dev/null';
+        exec 'redis-server', '--port', $rport, '--bind', '127.0.0.1',
+             '--save', '', '--appendonly', 'no', '--requirepass', $pass;
+        exit 1;
     }
+
+    for (1 .. 50) {
+        return if IO::Socket::INET->new(PeerAddr => "127.0.0.1:$rport");
+        sleep 0.1;
+    }
+
+    die "redis-server did not start\n";
 }
 
-for (1 .. 50) {
-    last if IO::Socket::INET->new(PeerAddr => "127.0.0.1:$rport");
-    sleep 0.1;
+sub redis_stop {
+    return unless $redis_pid;
+    kill 'KILL', $redis_pid;
+    waitpid $redis_pid, 0;
+    undef $redis_pid;
 }
+
+END { local $?; redis_stop() }
+
+redis_start();
 
 sub r {
     open my $fh, '-|', 'redis-cli', '-p', $rport, '-a', $pass,
@@ -113,6 +120,13 @@ my $ng = start_nginx('redis_rec',
             llm_pass   $up?tokens=\$arg_n&tps=20&ttft=0;
             llm_model  m;
             llm_prompt "\$arg_p";
+        }
+        location = /u {
+            llm_store  redis://:$pass\@127.0.0.1:$rport/3 ttl=10m
+                       prefix=t061u: unsaved=1m;
+            llm_pass   $up?tokens=20&tps=0&ttft=0&token_size=20000;
+            llm_model  m;
+            llm_prompt "u";
         }
         location = /big {
             llm_pass   $up?tokens=70&tps=50&ttft=0&token_size=20000;
@@ -300,6 +314,35 @@ like($refused[0] // '', qr/\Q$big\E, the job is not saved any more: .*string exc
      '  naming the job and the reply');
 
 r('CONFIG', 'SET', 'proto-max-bulk-len', 512 * 1024 * 1024);
+
+
+# 5. Redis down: what a worker keeps of finished jobs not written yet is
+#    bounded (unsaved=1m: two jobs of 400 KB, not three)
+
+redis_stop();
+$from = length error_log($ng);
+
+my @u;
+
+for (1 .. 3) {
+    ($s, $h, $body) = http_get($port, 'GET', '/u', timeout => 10 * $slow);
+    @ev = sse_events($body);
+    push @u, ($ev[0]{id} // '') =~ /^([\w-]+):1$/;
+    is($ev[-1]{event}, 'complete', "Redis down: job $_ runs");
+}
+
+my $l = log_since($from);
+unlike($l, qr/job \Q$u[0]\E not saved/, 'the first job is kept');
+unlike($l, qr/job \Q$u[1]\E not saved/, 'the second too');
+like($l, qr/job \Q$u[2]\E not saved: the copies of jobs not written yet to \S+ would exceed unsaved=1048576/,
+     'the third is not, and the log says so');
+
+redis_start();
+
+ok(wait_for(sub { r('HGET', "t061u:{$u[1]}:job", 'state') eq 'completed' },
+            8 * $slow), 'the jobs kept are written when Redis is back');
+is(r('HGET', "t061u:{$u[0]}:job", 'state'), 'completed', '  both');
+is(r('EXISTS', "t061u:{$u[2]}:job"), 0, '  not the third');
 
 stop_nginx($ng);
 
