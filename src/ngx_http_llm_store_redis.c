@@ -1141,8 +1141,8 @@ ngx_http_llm_redis_orphan_lost(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t  *o;
 
     ngx_log_error(NGX_LOG_WARN, rd->log, 0,
-                  "llm: redis store: %V lost job %s, writing it again",
-                  &rd->conf->name, w->id);
+                  "llm: redis store: %V lost job %*s, writing it again",
+                  &rd->conf->name, (size_t) NGX_HTTP_LLM_JOB_ID_LEN, w->id);
 
     for (q = ngx_queue_head(&rd->orphans);
          q != ngx_queue_sentinel(&rd->orphans);
@@ -1221,8 +1221,9 @@ ngx_http_llm_redis_orphan_written(ngx_http_llm_redis_t *rd,
 
     if (w->ok) {
         ngx_log_error(NGX_LOG_WARN, rd->log, 0,
-                      "llm: redis store: %V lost job %s, writing it again",
-                      &rd->conf->name, w->id);
+                      "llm: redis store: %V lost job %*s, writing it again",
+                      &rd->conf->name, (size_t) NGX_HTTP_LLM_JOB_ID_LEN,
+                      w->id);
 
         /* the write has the whole job */
         w->known = 0;
@@ -1236,8 +1237,10 @@ ngx_http_llm_redis_orphan_written(ngx_http_llm_redis_t *rd,
         /* it would have expired by now */
 
         ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                      "llm: redis store: job %s not saved: %V unavailable "
-                      "for longer than the ttl", w->id, &rd->conf->name);
+                      "llm: redis store: job %*s not saved: %V unavailable "
+                      "for longer than the ttl",
+                      (size_t) NGX_HTTP_LLM_JOB_ID_LEN, w->id,
+                      &rd->conf->name);
 
         ngx_http_llm_redis_orphan_free(rd, w);
         return;
