@@ -283,7 +283,11 @@ ngx_http_llm_sse_render(ngx_http_llm_ctx_t *ctx, ngx_chain_t **out,
     ctx->sent = ngx_http_llm_sse_frames(ctx, &w, ping);
     ctx->final_sent = w.final;
     ctx->retry = 0;
-    ctx->wrote = 1;
+
+    /* what a heartbeat writes does not put off the next one */
+    if (!ping) {
+        ctx->wrote = 1;
+    }
 
     b = cl->buf;
     ngx_memzero(b, sizeof(ngx_buf_t));
@@ -651,14 +655,21 @@ ngx_http_llm_sse_heartbeat(ngx_event_t *ev)
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
-    if (!ctx->wrote && ctx->busy == NULL) {
-        ngx_http_llm_sse_send(ctx, 1);
-    }
-
-    if (!ctx->finished) {
+    if (ctx->wrote || ctx->busy) {
         ctx->wrote = 0;
         ngx_add_timer(&ctx->heartbeat, llcf->heartbeat);
+        return;
     }
+
+    /*
+     * The send may end the response and free the request, ctx included:
+     * the next heartbeat is set before it (an end deletes it), and
+     * nothing of the request is touched after it.
+     */
+
+    ngx_add_timer(&ctx->heartbeat, llcf->heartbeat);
+
+    ngx_http_llm_sse_send(ctx, 1);
 
     ngx_http_run_posted_requests(c);
 }
