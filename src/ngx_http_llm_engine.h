@@ -62,6 +62,7 @@ struct ngx_http_llm_xfer_s {
     ngx_msec_t                     started;
     ngx_msec_t                     last_read;
     long                           status;
+    size_t                         text_total;  /* made, for max_text */
     u_char                        *errbody;
     size_t                         errlen;
     char                           errbuf[CURL_ERROR_SIZE];

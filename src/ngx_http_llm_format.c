@@ -39,8 +39,10 @@ static char *ngx_http_llm_format_coalesce(ngx_conf_t *cf,
     ngx_http_llm_format_t *fmt);
 static ngx_http_llm_kind_e ngx_http_llm_event_kind(ngx_http_llm_format_t *fmt,
     ngx_http_llm_job_t *job, ngx_uint_t first);
-static void ngx_http_llm_default_event(ngx_http_llm_format_t *fmt,
+static ngx_uint_t ngx_http_llm_default_event(ngx_http_llm_format_t *fmt,
     ngx_http_llm_fmt_ctx_t *fc, ngx_http_llm_render_t *w);
+static void ngx_http_llm_default_head(ngx_http_llm_job_t *job, ngx_uint_t i,
+    ngx_http_llm_render_t *w);
 static void ngx_http_llm_render_usage(ngx_http_llm_render_t *w,
     ngx_http_llm_job_t *job);
 
@@ -405,7 +407,7 @@ ngx_http_llm_format_default(ngx_conf_t *cf)
 }
 
 
-void
+ngx_uint_t
 ngx_http_llm_format_event(ngx_http_llm_format_t *fmt,
     ngx_http_llm_fmt_ctx_t *fc, ngx_http_llm_render_t *w)
 {
@@ -414,14 +416,15 @@ ngx_http_llm_format_event(ngx_http_llm_format_t *fmt,
     ngx_http_llm_frame_t  *fr;
 
     if (fmt->event) {
-        fmt->event(fmt, fc, w);
-        return;
+        return fmt->event(fmt, fc, w);
     }
+
+    /* a template's event is rendered whole, its values being anywhere */
 
     a = fmt->tpls[ngx_http_llm_event_kind(fmt, fc->job, fc->first)];
 
     if (a == NULL) {
-        return;
+        return 1;
     }
 
     fr = a->elts;
@@ -446,6 +449,8 @@ ngx_http_llm_format_event(ngx_http_llm_format_t *fmt,
         ngx_http_llm_tpl_render(&fr[i].tpl, fc, fc->request, w);
         ngx_http_llm_render_raw(w, "\n\n", 2);
     }
+
+    return 1;
 }
 
 
@@ -505,72 +510,124 @@ ngx_http_llm_event_kind(ngx_http_llm_format_t *fmt, ngx_http_llm_job_t *job,
 
 /* today's events: start, delta, complete, error, with ids and names */
 
-static void
+static ngx_uint_t
 ngx_http_llm_default_event(ngx_http_llm_format_t *fmt,
     ngx_http_llm_fmt_ctx_t *fc, ngx_http_llm_render_t *w)
 {
-    ngx_http_llm_job_t    *job;
-    ngx_http_llm_event_t  *ev, *end;
+    size_t                   n;
+    ngx_http_llm_job_t      *job;
+    ngx_http_llm_event_t    *ev, *end;
+    ngx_http_llm_outcome_t  *oc;
 
     job = fc->job;
+    oc = &job->outcome;
     ev = &job->events[fc->first];
     end = &job->events[fc->last];
 
-    ngx_http_llm_render_id(w, job, fc->last + 1);
-    ngx_http_llm_render_raw(w, "event: ", sizeof("event: ") - 1);
-    ngx_http_llm_render_raw(w, ngx_http_llm_event_names[ev->type],
-                            ngx_strlen(ngx_http_llm_event_names[ev->type]));
-    ngx_http_llm_render_raw(w, "\ndata: ", sizeof("\ndata: ") - 1);
+    if (ev->type == NGX_HTTP_LLM_EV_START || ev->type == NGX_HTTP_LLM_EV_DELTA)
+    {
+        ngx_http_llm_default_head(job, fc->last, w);
 
-    switch (ev->type) {
+        if (ev->type == NGX_HTTP_LLM_EV_START) {
+            ngx_http_llm_render_raw(w, "{\"job\":\"",
+                                    sizeof("{\"job\":\"") - 1);
+            ngx_http_llm_render_raw(w, job->id, NGX_HTTP_LLM_JOB_ID_LEN);
+            ngx_http_llm_render_raw(w, "\"}\n\n", 4);
 
-    case NGX_HTTP_LLM_EV_START:
-        ngx_http_llm_render_raw(w, "{\"job\":\"", sizeof("{\"job\":\"") - 1);
-        ngx_http_llm_render_raw(w, job->id, NGX_HTTP_LLM_JOB_ID_LEN);
-        ngx_http_llm_render_raw(w, "\"}", 2);
-        break;
-
-    case NGX_HTTP_LLM_EV_DELTA:
-        ngx_http_llm_render_raw(w, "{\"text\":", sizeof("{\"text\":") - 1);
-        ngx_http_llm_render_str(w, job->text + ev->off,
-                                end->off + end->len - ev->off, 1);
-        ngx_http_llm_render_raw(w, "}", 1);
-        break;
-
-    case NGX_HTTP_LLM_EV_COMPLETE:
-        ngx_http_llm_render_raw(w, "{\"text\":", sizeof("{\"text\":") - 1);
-        ngx_http_llm_render_str(w, job->text, job->text_len, 1);
-
-        if (job->outcome.finish_len) {
-            ngx_http_llm_render_raw(w, ",\"finish_reason\":",
-                                    sizeof(",\"finish_reason\":") - 1);
-            ngx_http_llm_render_str(w, job->outcome.finish,
-                                    job->outcome.finish_len, 1);
+        } else {
+            ngx_http_llm_render_raw(w, "{\"text\":",
+                                    sizeof("{\"text\":") - 1);
+            ngx_http_llm_render_str(w, job->text + ev->off,
+                                    end->off + end->len - ev->off, 1);
+            ngx_http_llm_render_raw(w, "}\n\n", 3);
         }
 
-        if (job->outcome.input_tokens >= 0 || job->outcome.output_tokens >= 0) {
+        return 1;
+    }
+
+    /*
+     * A final event: its text in pieces of at most fc->room bytes, each
+     * ending on a character, the head with the first and the outcome
+     * after the last.
+     */
+
+    n = ngx_min(job->text_len - fc->final, fc->room);
+
+    while (n && fc->final + n < job->text_len
+           && (job->text[fc->final + n] & 0xc0) == 0x80)
+    {
+        n--;
+    }
+
+    if (n == 0 && fc->final < job->text_len) {
+        return 0;
+    }
+
+    if (fc->final == 0) {
+        ngx_http_llm_default_head(job, fc->first, w);
+
+        if (ev->type == NGX_HTTP_LLM_EV_ERROR) {
+            ngx_http_llm_render_raw(w, "{\"code\":",
+                                    sizeof("{\"code\":") - 1);
+            ngx_http_llm_render_str(w, oc->code, oc->code_len, 1);
+            ngx_http_llm_render_raw(w, ",\"message\":",
+                                    sizeof(",\"message\":") - 1);
+            ngx_http_llm_render_str(w, oc->message, oc->message_len, 1);
+            ngx_http_llm_render_raw(w, ",\"text\":\"",
+                                    sizeof(",\"text\":\"") - 1);
+
+        } else {
+            ngx_http_llm_render_raw(w, "{\"text\":\"",
+                                    sizeof("{\"text\":\"") - 1);
+        }
+    }
+
+    ngx_http_llm_render_str(w, job->text + fc->final, n, 0);
+    fc->final += n;
+
+    if (fc->final < job->text_len) {
+        return 0;
+    }
+
+    fc->final = 0;
+
+    ngx_http_llm_render_raw(w, "\"", 1);
+
+    if (ev->type == NGX_HTTP_LLM_EV_COMPLETE) {
+
+        if (oc->finish_len) {
+            ngx_http_llm_render_raw(w, ",\"finish_reason\":",
+                                    sizeof(",\"finish_reason\":") - 1);
+            ngx_http_llm_render_str(w, oc->finish, oc->finish_len, 1);
+        }
+
+        if (oc->input_tokens >= 0 || oc->output_tokens >= 0) {
             ngx_http_llm_render_raw(w, ",\"usage\":",
                                     sizeof(",\"usage\":") - 1);
             ngx_http_llm_render_usage(w, job);
         }
-
-        ngx_http_llm_render_raw(w, "}", 1);
-        break;
-
-    case NGX_HTTP_LLM_EV_ERROR:
-        ngx_http_llm_render_raw(w, "{\"code\":", sizeof("{\"code\":") - 1);
-        ngx_http_llm_render_str(w, job->outcome.code, job->outcome.code_len, 1);
-        ngx_http_llm_render_raw(w, ",\"message\":",
-                                sizeof(",\"message\":") - 1);
-        ngx_http_llm_render_str(w, job->outcome.message,
-                                job->outcome.message_len, 1);
-        ngx_http_llm_render_raw(w, ",\"text\":", sizeof(",\"text\":") - 1);
-        ngx_http_llm_render_str(w, job->text, job->text_len, 1);
-        ngx_http_llm_render_raw(w, "}", 1);
-        break;
     }
 
-    ngx_http_llm_render_raw(w, "\n\n", 2);
+    ngx_http_llm_render_raw(w, "}\n\n", 3);
+
+    return 1;
+}
+
+
+/* the "id:" and "event:" lines of event i, and "data: " */
+
+static void
+ngx_http_llm_default_head(ngx_http_llm_job_t *job, ngx_uint_t i,
+    ngx_http_llm_render_t *w)
+{
+    const char  *name;
+
+    name = ngx_http_llm_event_names[job->events[i].type];
+
+    ngx_http_llm_render_id(w, job, i + 1);
+    ngx_http_llm_render_raw(w, "event: ", sizeof("event: ") - 1);
+    ngx_http_llm_render_raw(w, name, ngx_strlen(name));
+    ngx_http_llm_render_raw(w, "\ndata: ", sizeof("\ndata: ") - 1);
 }
 
 

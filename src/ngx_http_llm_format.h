@@ -46,6 +46,10 @@ typedef struct {
     ngx_uint_t                     last;
     unsigned                       include_usage:1;  /* openai */
 
+    /* a final event sent in pieces: its text sent so far, and room now */
+    size_t                         final;
+    size_t                         room;
+
     /* a refusal's status and error */
     ngx_uint_t                     status;
     ngx_str_t                      code;
@@ -60,7 +64,7 @@ struct ngx_http_llm_format_s {
      * Built-in formats render SSE frames and JSON bodies in C; a
      * template format leaves these NULL.
      */
-    void                         (*event)(ngx_http_llm_format_t *fmt,
+    ngx_uint_t                   (*event)(ngx_http_llm_format_t *fmt,
                                           ngx_http_llm_fmt_ctx_t *fc,
                                           ngx_http_llm_render_t *w);
     ngx_int_t                    (*body)(ngx_http_llm_format_t *fmt,
@@ -84,8 +88,12 @@ char *ngx_http_llm_format_choose(ngx_conf_t *cf, ngx_command_t *cmd,
 ngx_int_t ngx_http_llm_formats_init(ngx_conf_t *cf, ngx_array_t **formats);
 ngx_http_llm_format_t *ngx_http_llm_format_default(ngx_conf_t *cf);
 
-/* the frames of events fc->first..fc->last (merged deltas: one event) */
-void ngx_http_llm_format_event(ngx_http_llm_format_t *fmt,
+/*
+ * The frames of events fc->first..fc->last (merged deltas: one event).
+ * Returns 1, or 0 when a final event's text goes on in the next write
+ * (fc->final tells how much of it was sent).
+ */
+ngx_uint_t ngx_http_llm_format_event(ngx_http_llm_format_t *fmt,
     ngx_http_llm_fmt_ctx_t *fc, ngx_http_llm_render_t *w);
 
 /*

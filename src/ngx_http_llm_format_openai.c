@@ -22,7 +22,7 @@
 #include "ngx_http_llm_format.h"
 
 
-static void ngx_http_llm_openai_event(ngx_http_llm_format_t *fmt,
+static ngx_uint_t ngx_http_llm_openai_event(ngx_http_llm_format_t *fmt,
     ngx_http_llm_fmt_ctx_t *fc, ngx_http_llm_render_t *w);
 static ngx_int_t ngx_http_llm_openai_body(ngx_http_llm_format_t *fmt,
     ngx_http_llm_kind_e kind, ngx_http_llm_fmt_ctx_t *fc,
@@ -47,7 +47,7 @@ ngx_http_llm_format_t  ngx_http_llm_format_openai = {
 };
 
 
-static void
+static ngx_uint_t
 ngx_http_llm_openai_event(ngx_http_llm_format_t *fmt,
     ngx_http_llm_fmt_ctx_t *fc, ngx_http_llm_render_t *w)
 {
@@ -70,7 +70,7 @@ ngx_http_llm_openai_event(ngx_http_llm_format_t *fmt,
         ngx_http_llm_render_raw(w, "data: ", sizeof("data: ") - 1);
         ngx_http_llm_openai_error(&code, &message, w);
         ngx_http_llm_render_raw(w, "\n\n", 2);
-        return;
+        return 1;
     }
 
     if (ev->type == NGX_HTTP_LLM_EV_COMPLETE) {
@@ -93,7 +93,7 @@ ngx_http_llm_openai_event(ngx_http_llm_format_t *fmt,
         ngx_http_llm_render_id(w, job, fc->last + 1);
         ngx_http_llm_render_raw(w, "data: [DONE]\n\n",
                                 sizeof("data: [DONE]\n\n") - 1);
-        return;
+        return 1;
     }
 
     ngx_http_llm_render_id(w, job, fc->last + 1);
@@ -106,7 +106,7 @@ ngx_http_llm_openai_event(ngx_http_llm_format_t *fmt,
             "\"finish_reason\":null}]}\n\n",
             sizeof("[{\"index\":0,\"delta\":{\"role\":\"assistant\","
                    "\"content\":\"\"},\"finish_reason\":null}]}\n\n") - 1);
-        return;
+        return 1;
     }
 
     ngx_http_llm_render_raw(w, "[{\"index\":0,\"delta\":{\"content\":",
@@ -116,6 +116,8 @@ ngx_http_llm_openai_event(ngx_http_llm_format_t *fmt,
                             end->off + end->len - ev->off, 1);
     ngx_http_llm_render_raw(w, "},\"finish_reason\":null}]}\n\n",
                             sizeof("},\"finish_reason\":null}]}\n\n") - 1);
+
+    return 1;
 }
 
 

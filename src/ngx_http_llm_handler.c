@@ -209,6 +209,7 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     opts.pool = llcf->thread_pool;
     opts.store = llcf->store;
     opts.grace = llcf->grace;
+    opts.max_events = llcf->max_events;
     opts.background = (r->method == NGX_HTTP_POST
                        && ngx_http_llm_prefers_async(r));
 
@@ -294,8 +295,10 @@ ngx_http_llm_spec(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         || ngx_strlchr(url.data, url.data + url.len, '\0')
         || ngx_strlchr(url.data, url.data + url.len, ' '))
     {
+        /* not the URL itself: it may carry a key */
         ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "llm: invalid URL \"%V\" in \"llm_pass\"", &url);
+                      "llm: invalid URL in \"llm_pass\": "
+                      "http:// or https:// expected");
         ngx_str_set(err, "invalid upstream URL");
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
@@ -316,6 +319,7 @@ ngx_http_llm_spec(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     spec->idle_timeout = llcf->idle_timeout;
     spec->timeout = llcf->timeout;
     spec->ssl_verify = llcf->ssl_verify;
+    spec->max_text = llcf->max_text;
 
     spec->url = malloc(url.len + 1);
     if (spec->url == NULL) {

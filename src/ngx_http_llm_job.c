@@ -65,6 +65,8 @@ static void ngx_http_llm_job_found(void *data, ngx_int_t rc,
     ngx_http_llm_record_t *rec);
 static ngx_int_t ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
     ngx_http_llm_record_t *rec);
+static const char *ngx_http_llm_record_check(ngx_http_llm_job_t *job,
+    ngx_http_llm_record_t *rec);
 static void ngx_http_llm_mirror_poll(ngx_event_t *ev);
 static void ngx_http_llm_mirror_polled(void *data, ngx_int_t rc,
     ngx_http_llm_record_t *rec);
@@ -94,6 +96,7 @@ ngx_http_llm_job_start(ngx_http_llm_spec_t *spec, ngx_http_llm_job_opts_t *o,
 
     job->store = o->store;
     job->grace = o->grace;
+    job->max_events = o->max_events;
     job->background = o->background;
 
     if (o->owner) {
@@ -247,7 +250,8 @@ ngx_http_llm_job_found(void *data, ngx_int_t rc, ngx_http_llm_record_t *rec)
     ngx_http_llm_job_t  *job;
 
     if (rc != NGX_OK) {
-        f->handler(f->data, rc, NULL);
+        /* a corrupt record is an error to the client, as the store said */
+        f->handler(f->data, rc == NGX_ABORT ? NGX_ERROR : rc, NULL);
         ngx_free(f);
         return;
     }
@@ -304,7 +308,10 @@ ngx_http_llm_job_found(void *data, ngx_int_t rc, ngx_http_llm_record_t *rec)
 }
 
 
-/* bring a mirror up to what the store has */
+/*
+ * Bring a mirror up to what the store has: NGX_ABORT (logged) for a record
+ * that does not hold together, NGX_ERROR when out of memory.
+ */
 
 static ngx_int_t
 ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
@@ -312,7 +319,17 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
 {
     size_t                 off;
     ngx_uint_t             i;
+    const char            *what;
     ngx_http_llm_event_t  *ev;
+
+    what = ngx_http_llm_record_check(job, rec);
+
+    if (what) {
+        ngx_log_error(NGX_LOG_ERR, job->log, 0,
+                      "llm: job %s: corrupt record in the store (%s)",
+                      job->id, what);
+        return NGX_ABORT;
+    }
 
     if (rec->from_text == job->text_len && rec->text_len > job->text_len) {
         if (ngx_http_llm_job_append_text(job, rec->text,
@@ -323,7 +340,9 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
         }
     }
 
-    if (rec->from_event > job->nevents && rec->nevents > rec->from_event) {
+    if (rec->from_event > job->nevents && rec->nevents > rec->from_event
+        && rec->events[0].off <= job->text_len)
+    {
         /*
          * The store dropped the oldest events (a bounded log): the gap
          * becomes deltas that carry the text it covered, so that ids keep
@@ -360,11 +379,19 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
             ev = &rec->events[i];
 
             /* only the text this mirror has: the rest comes next time */
-            if (ev->off + ev->len > job->text_len) {
+            if (ev->type == NGX_HTTP_LLM_EV_DELTA
+                && (ev->off > job->text_len
+                    || ev->len > job->text_len - ev->off))
+            {
                 break;
             }
 
-            if (ngx_http_llm_job_event(job, ev->type, ev->off, ev->len)
+            /* the final events carry no range: the whole text is theirs */
+            if (ngx_http_llm_job_event(job, ev->type,
+                                       ev->type == NGX_HTTP_LLM_EV_DELTA
+                                       ? ev->off : 0,
+                                       ev->type == NGX_HTTP_LLM_EV_DELTA
+                                       ? ev->len : 0)
                 != NGX_OK)
             {
                 return NGX_ERROR;
@@ -392,13 +419,15 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
         return NGX_OK;
     }
 
+    job->outcome.finish_len = ngx_min(rec->outcome.finish_len,
+                                      sizeof(job->outcome.finish));
     ngx_memcpy(job->outcome.finish, rec->outcome.finish,
-               rec->outcome.finish_len);
-    job->outcome.finish_len = rec->outcome.finish_len;
+               job->outcome.finish_len);
     job->outcome.input_tokens = rec->outcome.input_tokens;
     job->outcome.output_tokens = rec->outcome.output_tokens;
-    ngx_memcpy(job->outcome.code, rec->outcome.code, rec->outcome.code_len);
-    job->outcome.code_len = rec->outcome.code_len;
+    job->outcome.code_len = ngx_min(rec->outcome.code_len,
+                                    sizeof(job->outcome.code));
+    ngx_memcpy(job->outcome.code, rec->outcome.code, job->outcome.code_len);
 
     if (rec->outcome.message_len && job->outcome.message == NULL) {
         job->outcome.message = ngx_alloc(rec->outcome.message_len, job->log);
@@ -424,6 +453,106 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * What a store returns is not trusted: a record whose ranges or numbers
+ * this module could not have written (planted, damaged) would make the
+ * SSE writer read outside the text or the gap fill allocate without
+ * bound.  Returns what is wrong, or NULL.
+ */
+
+static const char *
+ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
+{
+    size_t                 end;
+    ngx_uint_t             i, n;
+    ngx_http_llm_event_t  *ev;
+
+    if (rec->state > NGX_HTTP_LLM_CANCELLED) {
+        return "state";
+    }
+
+    if (rec->from_text > rec->text_len
+        || (rec->text == NULL && rec->text_len > rec->from_text))
+    {
+        return "text range";
+    }
+
+    if (rec->from_event > rec->nevents
+        || (rec->events == NULL && rec->nevents > rec->from_event))
+    {
+        return "event range";
+    }
+
+    /*
+     * Before the first event given there are only the start event and
+     * deltas of one byte or more: no more of them than the text has bytes.
+     */
+
+    if (rec->from_event > rec->text_len + 1) {
+        return "first event";
+    }
+
+    if (rec->outcome.input_tokens < -1
+        || rec->outcome.input_tokens > NGX_HTTP_LLM_TOKENS_MAX
+        || rec->outcome.output_tokens < -1
+        || rec->outcome.output_tokens > NGX_HTTP_LLM_TOKENS_MAX)
+    {
+        return "token count";
+    }
+
+    if (rec->outcome.finish_len > sizeof(rec->outcome.finish)
+        || rec->outcome.code_len > sizeof(rec->outcome.code)
+        || (rec->outcome.message == NULL && rec->outcome.message_len))
+    {
+        return "outcome";
+    }
+
+    /* deltas follow each other through the text, within it */
+
+    end = 0;
+
+    if (job->nevents) {
+        ev = &job->events[job->nevents - 1];
+        end = ev->off + ev->len;
+    }
+
+    n = rec->nevents - rec->from_event;
+
+    for (i = 0; i < n; i++) {
+        ev = &rec->events[i];
+
+        if (ev->type > NGX_HTTP_LLM_EV_ERROR) {
+            return "event type";
+        }
+
+        if (i == 0 && rec->from_event > job->nevents
+            && ev->type != NGX_HTTP_LLM_EV_DELTA)
+        {
+            return "event after a gap";
+        }
+
+        if (ev->type != NGX_HTTP_LLM_EV_DELTA) {
+            continue;
+        }
+
+        if (ev->off > rec->text_len || ev->len > rec->text_len - ev->off) {
+            return "event outside the text";
+        }
+
+        /* the first one after a gap: the gap's deltas end where it starts */
+        if (ev->off != end
+            && !(i == 0 && rec->from_event > job->nevents && ev->off > end))
+        {
+            return "event offset";
+        }
+
+        end = ev->off + ev->len;
+    }
+
+    return NULL;
 }
 
 
@@ -472,12 +601,30 @@ ngx_http_llm_mirror_polled(void *data, ngx_int_t rc,
                              (u_char *) "the job has expired",
                              sizeof("the job has expired") - 1);
 
-    } else if (rc == NGX_OK && ngx_http_llm_mirror_update(job, rec) != NGX_OK)
-    {
-        ngx_http_llm_job_end(job, NGX_HTTP_LLM_FAILED,
-                             NGX_HTTP_LLM_E_INTERNAL,
-                             (u_char *) "out of memory",
-                             sizeof("out of memory") - 1);
+    } else if (rc == NGX_ABORT) {
+        ngx_http_llm_job_end(job, NGX_HTTP_LLM_FAILED, NGX_HTTP_LLM_E_STORE,
+                             (u_char *) "the job's record in the store is "
+                             "corrupt",
+                             sizeof("the job's record in the store is "
+                                    "corrupt") - 1);
+
+    } else if (rc == NGX_OK) {
+        rc = ngx_http_llm_mirror_update(job, rec);
+
+        if (rc == NGX_ABORT) {
+            ngx_http_llm_job_end(job, NGX_HTTP_LLM_FAILED,
+                                 NGX_HTTP_LLM_E_STORE,
+                                 (u_char *) "the job's record in the store "
+                                 "is corrupt",
+                                 sizeof("the job's record in the store is "
+                                        "corrupt") - 1);
+
+        } else if (rc != NGX_OK) {
+            ngx_http_llm_job_end(job, NGX_HTTP_LLM_FAILED,
+                                 NGX_HTTP_LLM_E_INTERNAL,
+                                 (u_char *) "out of memory",
+                                 sizeof("out of memory") - 1);
+        }
     }
 
     /* a store that cannot answer now is asked again later */
@@ -612,6 +759,19 @@ ngx_http_llm_job_output(void *data, ngx_http_llm_output_t *out)
 
     if (out->text_len) {
         off = job->text_len;
+
+        /* the delta and the final event: past the bound, what it has */
+
+        if (job->max_events && job->nevents + 2 > job->max_events) {
+            ngx_log_error(NGX_LOG_ERR, job->log, 0,
+                          "llm: job %s failed: %s: more than %ui events "
+                          "(llm_max_events)", job->id,
+                          NGX_HTTP_LLM_E_TEXT_LIMIT, job->max_events);
+
+            ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_TEXT_LIMIT,
+                                  "the generation exceeded llm_max_events");
+            return;
+        }
 
         if (ngx_http_llm_job_append_text(job, out->text, out->text_len)
                != NGX_OK

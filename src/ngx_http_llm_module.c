@@ -33,6 +33,30 @@ static ngx_http_complex_value_t *ngx_http_llm_content(ngx_conf_t *cf,
     ngx_http_handler_pt handler);
 static ngx_int_t ngx_http_llm_init_process(ngx_cycle_t *cycle);
 static void ngx_http_llm_exit_process(ngx_cycle_t *cycle);
+static char *ngx_http_llm_max_text_check(ngx_conf_t *cf, void *post,
+    void *data);
+static char *ngx_http_llm_max_events_check(ngx_conf_t *cf, void *post,
+    void *data);
+
+
+/*
+ * What one job may hold, text and event log, so that an upstream that
+ * never stops cannot grow a worker without bound: 8 MB is some 2 million
+ * tokens, far beyond any model's output limit; 100000 events match the
+ * Redis store's stream length (a delta is one drain of the engine, many
+ * tokens when they come fast).
+ */
+#define NGX_HTTP_LLM_MAX_TEXT        (8 * 1024 * 1024)
+#define NGX_HTTP_LLM_MAX_EVENTS      100000
+
+
+static ngx_conf_post_t  ngx_http_llm_max_text_post = {
+    ngx_http_llm_max_text_check
+};
+
+static ngx_conf_post_t  ngx_http_llm_max_events_post = {
+    ngx_http_llm_max_events_check
+};
 
 
 static ngx_command_t  ngx_http_llm_commands[] = {
@@ -85,6 +109,20 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_llm_loc_conf_t, max_tokens),
       NULL },
+
+    { ngx_string("llm_max_text"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_size_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, max_text),
+      &ngx_http_llm_max_text_post },
+
+    { ngx_string("llm_max_events"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_num_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, max_events),
+      &ngx_http_llm_max_events_post },
 
     { ngx_string("llm_thread_pool"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
@@ -297,6 +335,8 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     conf->job_owner = NGX_CONF_UNSET_PTR;
     conf->job_url = NGX_CONF_UNSET_PTR;
     conf->max_tokens = NGX_CONF_UNSET_UINT;
+    conf->max_text = NGX_CONF_UNSET_SIZE;
+    conf->max_events = NGX_CONF_UNSET_UINT;
     conf->heartbeat = NGX_CONF_UNSET_MSEC;
     conf->retry = NGX_CONF_UNSET_MSEC;
     conf->connect_timeout = NGX_CONF_UNSET_MSEC;
@@ -322,6 +362,10 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_ptr_value(conf->prompt, prev->prompt, NULL);
     ngx_conf_merge_ptr_value(conf->api_key, prev->api_key, NULL);
     ngx_conf_merge_uint_value(conf->max_tokens, prev->max_tokens, 0);
+    ngx_conf_merge_size_value(conf->max_text, prev->max_text,
+                              NGX_HTTP_LLM_MAX_TEXT);
+    ngx_conf_merge_uint_value(conf->max_events, prev->max_events,
+                              NGX_HTTP_LLM_MAX_EVENTS);
     ngx_conf_merge_str_value(conf->thread_pool_name, prev->thread_pool_name,
                              "default");
     ngx_conf_merge_msec_value(conf->heartbeat, prev->heartbeat, 15000);
@@ -600,4 +644,34 @@ ngx_http_llm_exit_process(ngx_cycle_t *cycle)
     ngx_http_llm_stores_exit_process(cycle);
     ngx_http_llm_jobs_exit_process();
     ngx_http_llm_channel_exit_process(cycle);
+}
+
+
+static char *
+ngx_http_llm_max_text_check(ngx_conf_t *cf, void *post, void *data)
+{
+    size_t *sp = data;
+
+    /* the engine's bound, and the length of a delta event is 32 bits */
+
+    if (*sp == 0 || *sp > NGX_MAX_UINT32_VALUE) {
+        return "must be more than 0 and less than 4g";
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_llm_max_events_check(ngx_conf_t *cf, void *post, void *data)
+{
+    ngx_uint_t *np = data;
+
+    /* the start, a delta and the final event, and some room */
+
+    if (*np < 8) {
+        return "must be at least 8";
+    }
+
+    return NGX_CONF_OK;
 }

@@ -20,6 +20,9 @@
 
 #define NGX_HTTP_LLM_JOB_ID_LEN      22      /* 128 bits, base64url */
 
+/* token counts above this are not believed: their sum must not overflow */
+#define NGX_HTTP_LLM_TOKENS_MAX      NGX_MAX_INT32_VALUE
+
 
 typedef struct ngx_http_llm_engine_s  ngx_http_llm_engine_t;
 typedef struct ngx_http_llm_xfer_s    ngx_http_llm_xfer_t;
@@ -57,6 +60,8 @@ typedef struct {
     ngx_http_complex_value_t      *prompt;
     ngx_http_complex_value_t      *api_key;
     ngx_uint_t                     max_tokens;
+    size_t                         max_text;    /* llm_max_text */
+    ngx_uint_t                     max_events;  /* llm_max_events */
 
     ngx_str_t                      thread_pool_name;
     ngx_thread_pool_t             *thread_pool;
@@ -115,6 +120,7 @@ struct ngx_http_llm_ctx_s {
     ngx_event_t                    heartbeat;
     ngx_event_t                    coalesce;    /* deltas held back */
     ngx_msec_t                     written;     /* last write, for that */
+    size_t                         final_sent;  /* of the final event's text */
 
     unsigned                       streaming:1;
     unsigned                       waiting:1;   /* a store lookup */
@@ -206,6 +212,7 @@ struct ngx_http_llm_job_s {
     ngx_msec_t                     grace;
     ngx_uint_t                     holds;
     ngx_log_t                     *log;
+    ngx_uint_t                     max_events;  /* 0: a mirror, unbounded */
 
     unsigned                       has_owner:1;
     unsigned                       background:1;
@@ -249,6 +256,7 @@ typedef struct {
     ngx_msec_t                     idle_timeout;
     ngx_msec_t                     timeout;
     ngx_flag_t                     ssl_verify;
+    size_t                         max_text;
 } ngx_http_llm_spec_t;
 
 
@@ -258,6 +266,7 @@ typedef struct {
     ngx_http_llm_store_t          *store;
     u_char                        *owner;       /* SHA-1, or NULL */
     ngx_msec_t                     grace;
+    ngx_uint_t                     max_events;
     unsigned                       background:1;
 } ngx_http_llm_job_opts_t;
 

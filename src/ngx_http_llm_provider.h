@@ -40,6 +40,8 @@
 #define NGX_HTTP_LLM_E_CANCELLED     "cancelled"
 #define NGX_HTTP_LLM_E_SHUTDOWN      "shutdown"
 #define NGX_HTTP_LLM_E_INTERNAL      "internal"
+#define NGX_HTTP_LLM_E_STORE         "store_corrupt"
+#define NGX_HTTP_LLM_E_TEXT_LIMIT    "text_limit"
 
 
 /* where parsed upstream output goes; implemented by the engine */

@@ -48,18 +48,24 @@ static ngx_int_t ngx_http_llm_redis_reply(ngx_http_llm_redis_t *rd,
     redisReply **reply);
 static void ngx_http_llm_redis_error(ngx_http_llm_redis_t *rd, u_char *id,
     redisReply *r);
+static void ngx_http_llm_redis_refusal(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w, redisReply *r);
 static ngx_int_t ngx_http_llm_redis_check_write(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t *w, redisReply *exec);
-static ngx_int_t ngx_http_llm_redis_record(ngx_http_llm_redis_op_t *op,
-    redisReply *hash, redisReply *events, redisReply *text);
+static ngx_int_t ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *op, redisReply *hash, redisReply *events,
+    redisReply *text);
 static ngx_int_t ngx_http_llm_redis_record_events(ngx_http_llm_record_t *rec,
-    ngx_uint_t from_event, redisReply *xr);
+    ngx_uint_t from_event, redisReply *xr, const char **what);
+static ngx_int_t ngx_http_llm_redis_owner(ngx_http_llm_record_t *rec,
+    redisReply *v);
 static void ngx_http_llm_redis_lit(ngx_http_llm_redis_cmd_t *cmd,
     const char *s);
 static void ngx_http_llm_redis_key(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_cmd_t *cmd, u_char *id, const char *type);
 static ngx_int_t ngx_http_llm_redis_is(redisReply *r, const char *s);
-static int64_t ngx_http_llm_redis_int(redisReply *r);
+static ngx_int_t ngx_http_llm_redis_num(redisReply *r, int64_t min,
+    int64_t max, int64_t *v);
 
 
 static const char  *ngx_http_llm_redis_states[] = {
@@ -92,6 +98,47 @@ ngx_http_llm_redis_error(ngx_http_llm_redis_t *rd, u_char *id,
     ngx_log_error(NGX_LOG_ERR, rd->log, 0,
                   "llm: redis store: %V: job %*s: %*s", &rd->conf->name,
                   (size_t) NGX_HTTP_LLM_JOB_ID_LEN, id, r->len, r->str);
+}
+
+
+/*
+ * Store thread: an error reply to a job's write.  Those that pass (a
+ * server loading, busy, failing over, a cluster redirect) are logged once
+ * as before and the write is sent again later; any other (a value too
+ * big, out of memory with noeviction, a refused command) would be refused
+ * again with every flush until the ttl: the write is marked refused, with
+ * the reply, for the loop to give the job up.
+ */
+
+static void
+ngx_http_llm_redis_refusal(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w, redisReply *r)
+{
+    size_t             len;
+    ngx_uint_t         i;
+    static const char *passing[] = {
+        "LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN",
+        "READONLY", "NOREPLICAS", "MOVED", "ASK", "NOAUTH"
+    };
+
+    for (i = 0; i < sizeof(passing) / sizeof(passing[0]); i++) {
+        len = ngx_strlen(passing[i]);
+
+        if (r->len >= len && ngx_strncmp(r->str, passing[i], len) == 0
+            && (r->len == len || r->str[len] == ' '))
+        {
+            ngx_http_llm_redis_error(rd, w->id, r);
+            return;
+        }
+    }
+
+    if (!w->refused) {
+        w->refused = 1;
+        w->reply_len = ngx_min(r->len, sizeof(w->reply));
+        ngx_memcpy(w->reply, r->str, w->reply_len);
+    }
+
+    rd->errors = 1;
 }
 
 
@@ -276,8 +323,8 @@ ngx_http_llm_redis_read_write(ngx_http_llm_redis_t *rd,
         }
 
         if (r->type == REDIS_REPLY_ERROR) {
-            /* EXEC then fails with EXECABORT: log the real cause */
-            ngx_http_llm_redis_error(rd, w->id, r);
+            /* EXEC then fails with EXECABORT: the real cause counts */
+            ngx_http_llm_redis_refusal(rd, w, r);
             queued = 0;
         }
 
@@ -324,7 +371,7 @@ ngx_http_llm_redis_check_write(ngx_http_llm_redis_t *rd,
             continue;
         }
 
-        ngx_http_llm_redis_error(rd, w->id, r);
+        ngx_http_llm_redis_refusal(rd, w, r);
         return NGX_ERROR;
     }
 
@@ -342,7 +389,14 @@ ngx_http_llm_redis_check_write(ngx_http_llm_redis_t *rd,
 
     if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
         w->cancel = ngx_http_llm_redis_is(r->element[0], "1");
-        w->watched = ngx_http_llm_redis_int(r->element[1]);
+
+        /* a reader's mark that is not a time is no mark */
+        if (ngx_http_llm_redis_num(r->element[1], 0, INT64_MAX,
+                                   &w->watched)
+            != NGX_OK)
+        {
+            w->watched = 0;
+        }
     }
 
     return NGX_OK;
@@ -431,22 +485,30 @@ ngx_http_llm_redis_read_fetch(ngx_http_llm_redis_t *rd,
         ngx_http_llm_redis_error(rd, op->id, r);
 
     } else {
-        op->rc = ngx_http_llm_redis_record(op, r->element[0], r->element[1],
-                                           r->element[2]);
+        op->rc = ngx_http_llm_redis_record(rd, op, r->element[0],
+                                           r->element[1], r->element[2]);
     }
 
     freeReplyObject(r);
 }
 
 
+/*
+ * Anything else can write to Redis: a record is checked field by field as
+ * it is decoded, and one that does not hold what this module writes is
+ * NGX_ABORT (corrupt), never half-trusted.
+ */
+
 static ngx_int_t
-ngx_http_llm_redis_record(ngx_http_llm_redis_op_t *op, redisReply *hash,
-    redisReply *events, redisReply *text)
+ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *op, redisReply *hash, redisReply *events,
+    redisReply *text)
 {
-    u_char                  *p;
     size_t                   len;
-    ngx_int_t                n, b;
+    int64_t                  num;
+    ngx_int_t                n;
     ngx_uint_t               i, state;
+    const char              *what;
     redisReply              *f, *v;
     ngx_http_llm_record_t   *rec;
 
@@ -454,17 +516,19 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_op_t *op, redisReply *hash,
     rec->outcome.input_tokens = -1;
     rec->outcome.output_tokens = -1;
     state = 0;
+    what = NULL;
 
     if (hash->type != REDIS_REPLY_ARRAY) {
         return NGX_ERROR;
     }
 
-    for (i = 0; i + 1 < hash->elements; i += 2) {
+    for (i = 0; i + 1 < hash->elements && what == NULL; i += 2) {
         f = hash->element[i];
         v = hash->element[i + 1];
 
         if (f->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING) {
-            continue;
+            what = "a field that is not a string";
+            break;
         }
 
         if (ngx_http_llm_redis_is(f, "state")) {
@@ -475,36 +539,47 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_op_t *op, redisReply *hash,
                 }
             }
 
+            if (!state) {
+                what = "state";
+            }
+
         } else if (ngx_http_llm_redis_is(f, "created")) {
-            rec->created = ngx_http_llm_redis_int(v);
+            if (ngx_http_llm_redis_num(v, 0, INT64_MAX,
+                                       &rec->created)
+                != NGX_OK)
+            {
+                what = "created";
+            }
 
         } else if (ngx_http_llm_redis_is(f, "updated")) {
-            rec->updated = ngx_http_llm_redis_int(v);
+            if (ngx_http_llm_redis_num(v, 0, INT64_MAX,
+                                       &rec->updated)
+                != NGX_OK)
+            {
+                what = "updated";
+            }
 
         } else if (ngx_http_llm_redis_is(f, "finished")) {
-            rec->finished = ngx_http_llm_redis_int(v);
+            if (ngx_http_llm_redis_num(v, 0, INT64_MAX,
+                                       &rec->finished)
+                != NGX_OK)
+            {
+                what = "finished";
+            }
 
         } else if (ngx_http_llm_redis_is(f, "watched")) {
-            rec->watched = ngx_http_llm_redis_int(v);
+            if (ngx_http_llm_redis_num(v, 0, INT64_MAX,
+                                       &rec->watched)
+                != NGX_OK)
+            {
+                what = "watched";
+            }
 
         } else if (ngx_http_llm_redis_is(f, "owner")) {
-            if (v->len != NGX_HTTP_LLM_OWNER_LEN * 2) {
-                continue;
+            /* a garbled owner must not make the job everybody's */
+            if (ngx_http_llm_redis_owner(rec, v) != NGX_OK) {
+                what = "owner";
             }
-
-            p = (u_char *) v->str;
-
-            for (n = 0; n < NGX_HTTP_LLM_OWNER_LEN; n++) {
-                b = ngx_hextoi(p + n * 2, 2);
-
-                if (b == NGX_ERROR) {
-                    break;
-                }
-
-                rec->owner[n] = (u_char) b;
-            }
-
-            rec->has_owner = (n == NGX_HTTP_LLM_OWNER_LEN);
 
         } else if (ngx_http_llm_redis_is(f, "background")) {
             rec->background = ngx_http_llm_redis_is(v, "1");
@@ -513,19 +588,39 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_op_t *op, redisReply *hash,
             rec->cancel = ngx_http_llm_redis_is(v, "1");
 
         } else if (ngx_http_llm_redis_is(f, "finish")) {
-            rec->outcome.finish_len = ngx_min(v->len,
-                                              sizeof(rec->outcome.finish));
-            ngx_memcpy(rec->outcome.finish, v->str, rec->outcome.finish_len);
+            if (v->len > sizeof(rec->outcome.finish)) {
+                what = "finish";
+                break;
+            }
 
-        } else if (ngx_http_llm_redis_is(f, "in")) {
-            rec->outcome.input_tokens = ngx_http_llm_redis_int(v);
+            rec->outcome.finish_len = v->len;
+            ngx_memcpy(rec->outcome.finish, v->str, v->len);
 
-        } else if (ngx_http_llm_redis_is(f, "out")) {
-            rec->outcome.output_tokens = ngx_http_llm_redis_int(v);
+        } else if (ngx_http_llm_redis_is(f, "in")
+                   || ngx_http_llm_redis_is(f, "out"))
+        {
+            if (ngx_http_llm_redis_num(v, -1, NGX_HTTP_LLM_TOKENS_MAX, &num)
+                != NGX_OK)
+            {
+                what = "token count";
+                break;
+            }
+
+            if (f->str[0] == 'i') {
+                rec->outcome.input_tokens = (ngx_int_t) num;
+
+            } else {
+                rec->outcome.output_tokens = (ngx_int_t) num;
+            }
 
         } else if (ngx_http_llm_redis_is(f, "code")) {
-            rec->outcome.code_len = ngx_min(v->len, sizeof(rec->outcome.code));
-            ngx_memcpy(rec->outcome.code, v->str, rec->outcome.code_len);
+            if (v->len > sizeof(rec->outcome.code)) {
+                what = "code";
+                break;
+            }
+
+            rec->outcome.code_len = v->len;
+            ngx_memcpy(rec->outcome.code, v->str, v->len);
 
         } else if (ngx_http_llm_redis_is(f, "message") && v->len) {
             rec->outcome.message = malloc(v->len);
@@ -540,14 +635,34 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_op_t *op, redisReply *hash,
 
     /* no hash: expired or never was; no state: only a stray field */
 
-    if (!state) {
+    if (what == NULL && !state) {
         return NGX_DECLINED;
     }
 
-    if (ngx_http_llm_redis_record_events(rec, op->from_event, events)
-        != NGX_OK)
+    if (what == NULL) {
+        n = ngx_http_llm_redis_record_events(rec, op->from_event, events,
+                                             &what);
+        if (n == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+    }
+
+    if (what == NULL && events->type != REDIS_REPLY_ARRAY) {
+        what = "events";
+    }
+
+    if (what == NULL
+        && text->type != REDIS_REPLY_STRING && text->type != REDIS_REPLY_NIL)
     {
-        return NGX_ERROR;
+        what = "text";
+    }
+
+    if (what) {
+        ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                      "llm: redis store: %V: job %*s: corrupt record (%s)",
+                      &rd->conf->name, (size_t) NGX_HTTP_LLM_JOB_ID_LEN,
+                      op->id, what);
+        return NGX_ABORT;
     }
 
     len = (text->type == REDIS_REPLY_STRING) ? text->len : 0;
@@ -568,19 +683,57 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_op_t *op, redisReply *hash,
 }
 
 
+/* the hex of a SHA-1, or empty: no owner */
+
+static ngx_int_t
+ngx_http_llm_redis_owner(ngx_http_llm_record_t *rec, redisReply *v)
+{
+    u_char     *p;
+    ngx_int_t   b;
+    ngx_uint_t  n;
+
+    if (v->len == 0) {
+        rec->has_owner = 0;
+        return NGX_OK;
+    }
+
+    if (v->len != NGX_HTTP_LLM_OWNER_LEN * 2) {
+        return NGX_ERROR;
+    }
+
+    p = (u_char *) v->str;
+
+    for (n = 0; n < NGX_HTTP_LLM_OWNER_LEN; n++) {
+        b = ngx_hextoi(p + n * 2, 2);
+
+        if (b == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        rec->owner[n] = (u_char) b;
+    }
+
+    rec->has_owner = 1;
+
+    return NGX_OK;
+}
+
+
 /*
  * The events from "from_event" on, or from the oldest one left when
  * MAXLEN trimmed the stream; they stop at a gap, so that the record is
- * one run of events.
+ * one run of events.  An entry that is not one this module writes sets
+ * "what".
  */
 
 static ngx_int_t
 ngx_http_llm_redis_record_events(ngx_http_llm_record_t *rec,
-    ngx_uint_t from_event, redisReply *xr)
+    ngx_uint_t from_event, redisReply *xr, const char **what)
 {
-    int64_t                seq, first;
-    ngx_uint_t             i, j, n;
-    redisReply            *e, *id, *fv, *f, *v;
+    u_char                *dash;
+    int64_t                seq, first, t, o, l;
+    ngx_uint_t             i, j, n, seen;
+    redisReply            *e, *id, *fv, *f, *v, sr;
     ngx_http_llm_event_t  *ev;
 
     rec->from_event = from_event;
@@ -601,19 +754,35 @@ ngx_http_llm_redis_record_events(ngx_http_llm_record_t *rec,
     for (i = 0; i < xr->elements; i++) {
         e = xr->element[i];
 
-        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2) {
-            break;
+        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2
+            || e->element[0]->type != REDIS_REPLY_STRING
+            || e->element[1]->type != REDIS_REPLY_ARRAY)
+        {
+            *what = "event entry";
+            return NGX_OK;
         }
 
         id = e->element[0];
         fv = e->element[1];
 
-        if (id->type != REDIS_REPLY_STRING || fv->type != REDIS_REPLY_ARRAY) {
-            break;
+        /* "SEQ-0": the number before the dash */
+
+        dash = ngx_strlchr((u_char *) id->str, (u_char *) id->str + id->len,
+                           '-');
+        if (dash == NULL) {
+            *what = "event id";
+            return NGX_OK;
         }
 
-        /* "SEQ-0": the number stops at the dash */
-        seq = ngx_http_llm_redis_int(id);
+        sr = *id;
+        sr.len = dash - (u_char *) id->str;
+
+        if (ngx_http_llm_redis_num(&sr, 1, INT64_MAX - 1, &seq)
+            != NGX_OK)
+        {
+            *what = "event id";
+            return NGX_OK;
+        }
 
         if (n == 0) {
             if (seq <= (int64_t) from_event) {
@@ -626,32 +795,43 @@ ngx_http_llm_redis_record_events(ngx_http_llm_record_t *rec,
             break;
         }
 
-        ev = &rec->events[n];
-        ngx_memzero(ev, sizeof(ngx_http_llm_event_t));
+        t = o = l = 0;
+        seen = 0;
 
         for (j = 0; j + 1 < fv->elements; j += 2) {
             f = fv->element[j];
             v = fv->element[j + 1];
 
             if (ngx_http_llm_redis_is(f, "t")) {
-                ev->type = ngx_http_llm_redis_int(v);
-
-                if (ev->type > NGX_HTTP_LLM_EV_ERROR) {
-                    goto done;
-                }
+                seen |= (ngx_http_llm_redis_num(v, NGX_HTTP_LLM_EV_START,
+                                                NGX_HTTP_LLM_EV_ERROR, &t)
+                         == NGX_OK) ? 1 : 8;
 
             } else if (ngx_http_llm_redis_is(f, "o")) {
-                ev->off = ngx_http_llm_redis_int(v);
+                seen |= (ngx_http_llm_redis_num(v, 0, INT64_MAX,
+                                                &o)
+                         == NGX_OK) ? 2 : 8;
 
             } else if (ngx_http_llm_redis_is(f, "l")) {
-                ev->len = ngx_http_llm_redis_int(v);
+                seen |= (ngx_http_llm_redis_num(v, 0, NGX_MAX_UINT32_VALUE,
+                                                &l)
+                         == NGX_OK) ? 4 : 8;
             }
         }
 
+        if (seen != 7) {
+            *what = "event fields";
+            return NGX_OK;
+        }
+
+        ev = &rec->events[n];
+        ngx_memzero(ev, sizeof(ngx_http_llm_event_t));
+        ev->type = (ngx_http_llm_event_type_e) t;
+        ev->off = (size_t) o;
+        ev->len = (uint32_t) l;
+
         n++;
     }
-
-done:
 
     if (n) {
         rec->from_event = first - 1;
@@ -804,29 +984,48 @@ ngx_http_llm_redis_is(redisReply *r, const char *s)
 }
 
 
-/* a decimal string, with a sign, up to the first other character */
+/* a whole decimal string, with an optional minus, from min to max */
 
-static int64_t
-ngx_http_llm_redis_int(redisReply *r)
+static ngx_int_t
+ngx_http_llm_redis_num(redisReply *r, int64_t min, int64_t max, int64_t *v)
 {
     size_t    i;
-    int64_t   v, sign;
+    int64_t   n;
+    uint64_t  d;
 
-    if (r->type != REDIS_REPLY_STRING) {
-        return 0;
+    if (r->type != REDIS_REPLY_STRING || r->len == 0) {
+        return NGX_ERROR;
     }
 
-    i = 0;
-    sign = 1;
+    i = (r->str[0] == '-') ? 1 : 0;
 
-    if (r->len && r->str[0] == '-') {
-        sign = -1;
-        i++;
+    if (i == r->len) {
+        return NGX_ERROR;
     }
 
-    for (v = 0; i < r->len && r->str[i] >= '0' && r->str[i] <= '9'; i++) {
-        v = v * 10 + (r->str[i] - '0');
+    for (n = 0; i < r->len; i++) {
+        if (r->str[i] < '0' || r->str[i] > '9') {
+            return NGX_ERROR;
+        }
+
+        d = r->str[i] - '0';
+
+        if ((uint64_t) n > (INT64_MAX - d) / 10) {
+            return NGX_ERROR;
+        }
+
+        n = n * 10 + d;
     }
 
-    return sign * v;
+    if (r->str[0] == '-') {
+        n = -n;
+    }
+
+    if (n < min || n > max) {
+        return NGX_ERROR;
+    }
+
+    *v = n;
+
+    return NGX_OK;
 }

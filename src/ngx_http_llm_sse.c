@@ -281,7 +281,11 @@ ngx_http_llm_sse_render(ngx_http_llm_ctx_t *ctx, ngx_chain_t **out,
     w.n = 0;
     ctx->sent = ngx_http_llm_sse_frames(ctx, &w, ping);
     ctx->retry = 0;
-    ctx->wrote = 1;
+
+    /* what a heartbeat writes does not put off the next one */
+    if (!ping) {
+        ctx->wrote = 1;
+    }
 
     b = cl->buf;
     ngx_memzero(b, sizeof(ngx_buf_t));
@@ -320,6 +324,7 @@ ngx_http_llm_sse_frames(ngx_http_llm_ctx_t *ctx, ngx_http_llm_render_t *w,
     fc.request = ctx->request;
     fc.job = job;
     fc.include_usage = ctx->include_usage;
+    fc.final = ctx->final_sent;
 
     if (ctx->retry) {
         n = ngx_sprintf(line, "retry: %M\n\n", llcf->retry) - line;
@@ -347,17 +352,40 @@ ngx_http_llm_sse_frames(ngx_http_llm_ctx_t *ctx, ngx_http_llm_render_t *w,
             text += merged;
 
         } else if (job->events[i].type != NGX_HTTP_LLM_EV_START) {
-            text += job->text_len;
-        }
+            /*
+             * The final event carries the whole text: a format may send
+             * it in pieces of a write each (ctx->final_sent: how much went
+             * out), so that the memory of a client's write stays bounded
+             * however long the text.
+             */
 
+            fc.first = i;
+            fc.last = i;
+            fc.room = NGX_HTTP_LLM_WRITE_MAX - text;
+            n = fc.final;
+
+            if (!ngx_http_llm_format_event(llcf->format, &fc, w)) {
+                break;
+            }
+
+            text += job->text_len - n;
+            i++;
+            continue;
+        }
         fc.first = i;
         fc.last = last;
-        ngx_http_llm_format_event(llcf->format, &fc, w);
+        (void) ngx_http_llm_format_event(llcf->format, &fc, w);
         i = last + 1;
     }
 
     if (ping && w->n == 0) {
         ngx_http_llm_render_raw(w, ": ping\n\n", sizeof(": ping\n\n") - 1);
+    }
+
+    /* the counting pass renders the same, only the writing one counts */
+
+    if (w->p) {
+        ctx->final_sent = fc.final;
     }
 
     return i;
@@ -416,14 +444,21 @@ ngx_http_llm_sse_heartbeat(ngx_event_t *ev)
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
-    if (!ctx->wrote && ctx->busy == NULL) {
-        ngx_http_llm_sse_send(ctx, 1);
-    }
-
-    if (!ctx->finished) {
+    if (ctx->wrote || ctx->busy) {
         ctx->wrote = 0;
         ngx_add_timer(&ctx->heartbeat, llcf->heartbeat);
+        return;
     }
+
+    /*
+     * The send may end the response and free the request, ctx included:
+     * the next heartbeat is set before it (an end deletes it), and
+     * nothing of the request is touched after it.
+     */
+
+    ngx_add_timer(&ctx->heartbeat, llcf->heartbeat);
+
+    ngx_http_llm_sse_send(ctx, 1);
 
     ngx_http_run_posted_requests(c);
 }

@@ -29,6 +29,7 @@ ngx_http_llm_store_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_http_llm_loc_conf_t *llcf = conf;
 
     char                  *rv;
+    u_char                *p;
     ngx_str_t             *value, args[8];
     ngx_uint_t             i, n;
     ngx_http_llm_store_t  *st;
@@ -85,10 +86,25 @@ ngx_http_llm_store_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         rv = ngx_http_llm_store_redis_conf(cf, st, args, n);
 
     } else {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid store \"%V\" in \"llm_store\": "
-                           "\"memory\", \"redis://\" or \"unix:\" expected",
-                           &value[1]);
+        /* a URL may carry a password: only its scheme is repeated */
+
+        p = ngx_strlchr(value[1].data, value[1].data + value[1].len, ':');
+
+        if (p) {
+            value[1].len = p - value[1].data;
+
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid store \"%V:...\" in \"llm_store\": "
+                               "\"memory\", \"redis://\" or \"unix:\" "
+                               "expected", &value[1]);
+
+        } else {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid store \"%V\" in \"llm_store\": "
+                               "\"memory\", \"redis://\" or \"unix:\" "
+                               "expected", &value[1]);
+        }
+
         return NGX_CONF_ERROR;
     }
 

@@ -56,8 +56,9 @@ typedef struct {
 
 /*
  * The answer to a fetch.  rc: NGX_OK with a record, NGX_DECLINED when the
- * job is unknown or expired, NGX_ERROR when the store cannot answer now.
- * The record is valid during the call only.
+ * job is unknown or expired, NGX_ERROR when the store cannot answer now,
+ * NGX_ABORT when what the store holds for the job is corrupt (logged by
+ * the store).  The record is valid during the call only.
  */
 typedef void (*ngx_http_llm_fetch_pt)(void *data, ngx_int_t rc,
     ngx_http_llm_record_t *rec);

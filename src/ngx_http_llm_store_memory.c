@@ -219,15 +219,23 @@ ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_snapshot_t *snap,
     ngx_http_llm_mem_t *m = st->data;
 
     int64_t                  now;
+    ngx_uint_t               full;
     ngx_http_llm_mem_job_t  *mj;
 
     now = ngx_http_llm_now_ms();
+    full = 0;
 
     ngx_shmtx_lock(&m->shpool->mutex);
 
-    ngx_http_llm_mem_expire(m, now, 0);
+    /*
+     * The record is found again at every save, never kept across them:
+     * another worker may have dropped it meanwhile (a running job is
+     * dropped a ttl after its last save, and the clock can jump), and a
+     * pointer kept from the last save would then write into freed shared
+     * memory.  A record that is gone is made again, from the start.
+     */
 
-    mj = snap->store_data;
+    mj = ngx_http_llm_mem_lookup(m, snap->id, now);
 
     if (mj == NULL) {
         mj = ngx_http_llm_mem_create(m, snap);
@@ -244,7 +252,8 @@ ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_snapshot_t *snap,
             return;
         }
 
-        res->store_data = mj;
+        snap->saved_events = 0;
+        snap->saved_text = 0;
     }
 
     if (mj->truncated) {
@@ -260,10 +269,7 @@ ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_snapshot_t *snap,
         mj->rec.outcome.code_len = sizeof("store_full") - 1;
         ngx_memcpy(mj->rec.outcome.code, "store_full",
                    mj->rec.outcome.code_len);
-
-        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
-                      "llm: job %s: the memory store is full, its stored "
-                      "copy ends here (store_full)", snap->id);
+        full = 1;
     }
 
     /*
@@ -292,6 +298,12 @@ ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_snapshot_t *snap,
     res->watched = mj->rec.watched;
 
     ngx_shmtx_unlock(&m->shpool->mutex);
+
+    if (full) {
+        ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                      "llm: job %s: the memory store is full, its stored "
+                      "copy ends here (store_full)", snap->id);
+    }
 }
 
 
@@ -304,6 +316,12 @@ ngx_http_llm_mem_release(ngx_http_llm_store_t *st,
 }
 
 
+/*
+ * The copies are made under the zone's mutex, into memory allocated
+ * outside it: the sizes are read first, and if the job grew meanwhile the
+ * memory is allocated again for the new sizes.
+ */
+
 static ngx_int_t
 ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
     ngx_uint_t from_event, size_t from_text, ngx_http_llm_fetch_pt handler,
@@ -311,78 +329,131 @@ ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
 {
     ngx_http_llm_mem_t *m = st->data;
 
-    size_t                   n;
+    size_t                   n, nev, ntext, nmsg;
     int64_t                  now;
+    ngx_uint_t               tries;
     ngx_http_llm_record_t    rec;
+    ngx_http_llm_event_t    *events;
+    u_char                  *text, *msg;
     ngx_http_llm_mem_job_t  *mj;
 
-    now = ngx_http_llm_now_ms();
+    events = NULL;
+    text = NULL;
+    msg = NULL;
+    nev = 0;
+    ntext = 0;
+    nmsg = 0;
 
-    ngx_shmtx_lock(&m->shpool->mutex);
+    for (tries = 0; /* void */; tries++) {
 
-    mj = ngx_http_llm_mem_lookup(m, id, now);
+        now = ngx_http_llm_now_ms();
 
-    if (mj == NULL) {
+        ngx_shmtx_lock(&m->shpool->mutex);
+
+        mj = ngx_http_llm_mem_lookup(m, id, now);
+
+        if (mj == NULL) {
+            ngx_shmtx_unlock(&m->shpool->mutex);
+            free(events);
+            free(text);
+            free(msg);
+            handler(data, NGX_DECLINED, NULL);
+            return NGX_OK;
+        }
+
+        /*
+         * The zone is shared by every worker, and a worker that crashed
+         * while holding it (the lock is then forced) may have left a
+         * record half written: one whose sizes exceed what it has is not
+         * read.
+         */
+
+        if (mj->rec.nevents > mj->events_cap
+            || mj->rec.text_len > mj->text_cap
+            || (mj->rec.outcome.message_len && mj->message == NULL)
+            || mj->rec.state > NGX_HTTP_LLM_CANCELLED)
+        {
+            ngx_shmtx_unlock(&m->shpool->mutex);
+            free(events);
+            free(text);
+            free(msg);
+
+            ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
+                          "llm: memory store: job %*s: corrupt record",
+                          (size_t) NGX_HTTP_LLM_JOB_ID_LEN, id);
+
+            handler(data, NGX_ABORT, NULL);
+            return NGX_OK;
+        }
+
+        from_event = ngx_min(from_event, mj->rec.nevents);
+        from_text = ngx_min(from_text, mj->rec.text_len);
+
+        if (mj->rec.nevents - from_event <= nev
+            && mj->rec.text_len - from_text <= ntext
+            && mj->rec.outcome.message_len <= nmsg)
+        {
+            break;
+        }
+
+        nev = mj->rec.nevents - from_event;
+        ntext = mj->rec.text_len - from_text;
+        nmsg = mj->rec.outcome.message_len;
+
         ngx_shmtx_unlock(&m->shpool->mutex);
-        handler(data, NGX_DECLINED, NULL);
-        return NGX_OK;
+
+        free(events);
+        free(text);
+        free(msg);
+
+        /* a job that grows faster than it can be read: not now */
+
+        events = (tries < 4 && nev) ? malloc(nev * sizeof(*events)) : NULL;
+        text = (tries < 4 && ntext) ? malloc(ntext) : NULL;
+        msg = (tries < 4 && nmsg) ? malloc(nmsg) : NULL;
+
+        if (tries == 4 || (nev && events == NULL)
+            || (ntext && text == NULL) || (nmsg && msg == NULL))
+        {
+            free(events);
+            free(text);
+            free(msg);
+            handler(data, NGX_ERROR, NULL);
+            return NGX_OK;
+        }
     }
 
     mj->rec.watched = now;
 
     rec = mj->rec;
-    rec.events = NULL;
-    rec.text = NULL;
-    rec.outcome.message = NULL;
-
-    from_event = ngx_min(from_event, rec.nevents);
-    from_text = ngx_min(from_text, rec.text_len);
     rec.from_event = from_event;
     rec.from_text = from_text;
+    rec.events = events;
+    rec.text = text;
+    rec.outcome.message = msg;
 
-    n = (rec.nevents - from_event) * sizeof(ngx_http_llm_event_t);
+    n = rec.nevents - from_event;
 
     if (n) {
-        rec.events = malloc(n);
-        if (rec.events == NULL) {
-            goto failed;
-        }
-
-        ngx_memcpy(rec.events, mj->events + from_event, n);
+        ngx_memcpy(rec.events, mj->events + from_event,
+                   n * sizeof(ngx_http_llm_event_t));
     }
 
     n = rec.text_len - from_text;
 
     if (n) {
-        rec.text = malloc(n);
-        if (rec.text == NULL) {
-            goto failed;
-        }
-
         ngx_memcpy(rec.text, mj->text + from_text, n);
     }
 
     if (rec.outcome.message_len) {
-        rec.outcome.message = malloc(rec.outcome.message_len);
-        if (rec.outcome.message == NULL) {
-            goto failed;
-        }
-
-        ngx_memcpy(rec.outcome.message, mj->message, rec.outcome.message_len);
+        ngx_memcpy(rec.outcome.message, mj->message,
+                   rec.outcome.message_len);
     }
 
     ngx_shmtx_unlock(&m->shpool->mutex);
 
     handler(data, NGX_OK, &rec);
     ngx_http_llm_record_free(&rec);
-
-    return NGX_OK;
-
-failed:
-
-    ngx_shmtx_unlock(&m->shpool->mutex);
-    ngx_http_llm_record_free(&rec);
-    handler(data, NGX_ERROR, NULL);
 
     return NGX_OK;
 }

@@ -45,6 +45,12 @@
 #define NGX_HTTP_LLM_REDIS_FLUSH       100
 #define NGX_HTTP_LLM_REDIS_POLL_MIN    100
 
+/*
+ * What a worker keeps of jobs that are gone but not written yet (Redis is
+ * down): beyond it, a job is not saved, and the log says so.
+ */
+#define NGX_HTTP_LLM_REDIS_UNSAVED     (64 * 1024 * 1024)
+
 
 /* the store's side of a job it saves: event loop only */
 struct ngx_http_llm_redis_job_s {
@@ -57,6 +63,7 @@ struct ngx_http_llm_redis_job_s {
     unsigned                       known:1;     /* Redis has the hash */
     unsigned                       rewrite:1;   /* Redis lost it */
     unsigned                       rewriting:1; /* the write in flight */
+    unsigned                       refused:1;   /* for good: not saved */
 };
 
 
@@ -92,6 +99,11 @@ static void ngx_http_llm_redis_orphan_lost(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t *w);
 static void ngx_http_llm_redis_orphan_written(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t *w);
+static void ngx_http_llm_redis_refused(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w);
+static size_t ngx_http_llm_redis_write_size(ngx_http_llm_redis_write_t *w);
+static void ngx_http_llm_redis_orphan_free(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w);
 static void ngx_http_llm_redis_submit(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op);
 static void ngx_http_llm_redis_post(ngx_http_llm_redis_t *rd);
@@ -120,6 +132,7 @@ static ngx_connection_t  ngx_http_llm_redis_conn = { .fd = -1 };
  * llm_store unix:PATH [OPTIONS];
  *
  * OPTIONS: prefix=STR flush=TIME thread_pool=NAME db=N password=STR
+ * unsaved=SIZE
  * (ttl= is the store layer's).
  */
 
@@ -139,6 +152,7 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
 
     rc->db = -1;
     rc->flush = NGX_HTTP_LLM_REDIS_FLUSH;
+    rc->unsaved = NGX_HTTP_LLM_REDIS_UNSAVED;
     ngx_str_set(&rc->prefix, NGX_HTTP_LLM_REDIS_PREFIX);
     ngx_str_set(&rc->pool_name, "default");
 
@@ -204,6 +218,22 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
             if (rc->flush == (ngx_msec_t) NGX_ERROR || rc->flush == 0) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                    "invalid flush \"%V\" in \"llm_store\"",
+                                   &v);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (ngx_strncmp(v.data, "unsaved=", 8) == 0) {
+            v.data += 8;
+            v.len -= 8;
+
+            rc->unsaved = ngx_parse_size(&v);
+
+            if (rc->unsaved == (size_t) NGX_ERROR) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid unsaved \"%V\" in \"llm_store\"",
                                    &v);
                 return NGX_CONF_ERROR;
             }
@@ -601,6 +631,11 @@ ngx_http_llm_redis_save(ngx_http_llm_store_t *st,
         ngx_queue_insert_tail(&rd->clean, &rj->queue);
     }
 
+    if (rj->refused) {
+        /* said once: Redis would refuse it again */
+        return;
+    }
+
     ngx_http_llm_redis_dirty(rd, rj);
     ngx_http_llm_redis_arm(rd);
 }
@@ -616,6 +651,7 @@ static void
 ngx_http_llm_redis_release(ngx_http_llm_store_t *st,
     ngx_http_llm_snapshot_t *snap)
 {
+    size_t                       size;
     ngx_http_llm_redis_t        *rd;
     ngx_http_llm_redis_job_t    *rj;
     ngx_http_llm_redis_conf_t   *rc;
@@ -635,18 +671,35 @@ ngx_http_llm_redis_release(ngx_http_llm_store_t *st,
         return;
     }
 
-    if (rj->dirty || rj->write || rj->rewrite
-        || snap->saved_events < snap->nevents
-        || snap->saved_text < snap->text_len)
+    if (!rj->refused
+        && (rj->dirty || rj->write || rj->rewrite
+            || snap->saved_events < snap->nevents
+            || snap->saved_text < snap->text_len))
     {
-        w = ngx_http_llm_redis_write_new(snap, 0, 0);
+        size = snap->text_len + snap->outcome->message_len
+               + snap->nevents * sizeof(ngx_http_llm_event_t);
 
-        if (w == NULL) {
+        w = NULL;
+
+        if (rd->orphans_size + size > rc->unsaved) {
             ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                          "llm: redis store: job %s not saved: "
-                          "out of memory", snap->id);
+                          "llm: redis store: job %s not saved: the copies "
+                          "of jobs not written yet to %V would exceed "
+                          "unsaved=%uz", snap->id, &rc->name, rc->unsaved);
 
         } else {
+            w = ngx_http_llm_redis_write_new(snap, 0, 0);
+
+            if (w == NULL) {
+                ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                              "llm: redis store: job %s not saved: "
+                              "out of memory", snap->id);
+            }
+        }
+
+        if (w) {
+            rd->orphans_size += ngx_http_llm_redis_write_size(w);
+
             w->from_event = snap->saved_events;
             w->from_text = snap->saved_text;
             w->known = rj->known;
@@ -951,6 +1004,7 @@ ngx_http_llm_redis_flush(ngx_event_t *ev)
         w->ok = 0;
         w->lost = 0;
         w->cancel = 0;
+        w->refused = 0;
     }
 
     rd->batch.rc = NGX_ERROR;
@@ -1026,11 +1080,25 @@ ngx_http_llm_redis_job_written(ngx_http_llm_redis_t *rd,
     if (rj->data == NULL) {
         /* released meanwhile: its own write follows this one */
 
-        if (w->ok && w->lost) {
+        if (w->refused) {
+            ngx_http_llm_redis_refused(rd, w);
+
+        } else if (w->ok && w->lost) {
             ngx_http_llm_redis_orphan_lost(rd, w);
         }
 
         ngx_free(rj);
+
+    } else if (w->refused) {
+        rj->refused = 1;
+        ngx_http_llm_redis_refused(rd, w);
+
+        /* saved again while the write was on its way */
+        if (rj->dirty) {
+            rj->dirty = 0;
+            ngx_queue_remove(&rj->queue);
+            ngx_queue_insert_tail(&rd->clean, &rj->queue);
+        }
 
     } else if (!w->ok) {
         /* the marks stay: the next batch starts from them again */
@@ -1088,8 +1156,8 @@ ngx_http_llm_redis_orphan_lost(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t  *o;
 
     ngx_log_error(NGX_LOG_WARN, rd->log, 0,
-                  "llm: redis store: %V lost job %s, writing it again",
-                  &rd->conf->name, w->id);
+                  "llm: redis store: %V lost job %*s, writing it again",
+                  &rd->conf->name, (size_t) NGX_HTTP_LLM_JOB_ID_LEN, w->id);
 
     for (q = ngx_queue_head(&rd->orphans);
          q != ngx_queue_sentinel(&rd->orphans);
@@ -1107,19 +1175,70 @@ ngx_http_llm_redis_orphan_lost(ngx_http_llm_redis_t *rd,
 }
 
 
+/*
+ * Redis refused a job's write for good: said once, with Redis's reply, and
+ * the job is not written any more (its write of release included); the
+ * other jobs go on.
+ */
+
+static void
+ngx_http_llm_redis_refused(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w)
+{
+    ngx_uint_t                   i;
+    ngx_queue_t                 *q, *next, *queues[2];
+    ngx_http_llm_redis_write_t  *o;
+
+    ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                  "llm: redis store: %V refused a write of job %*s, "
+                  "the job is not saved any more: %*s", &rd->conf->name,
+                  (size_t) NGX_HTTP_LLM_JOB_ID_LEN, w->id, w->reply_len,
+                  w->reply);
+
+    /* its write of release, waiting or in the same batch */
+
+    queues[0] = &rd->orphans;
+    queues[1] = &rd->batch.writes;
+
+    for (i = 0; i < 2; i++) {
+        for (q = ngx_queue_head(queues[i]);
+             q != ngx_queue_sentinel(queues[i]);
+             q = next)
+        {
+            next = ngx_queue_next(q);
+            o = ngx_queue_data(q, ngx_http_llm_redis_write_t, queue);
+
+            if (o != w && o->rj == NULL
+                && ngx_memcmp(o->id, w->id, NGX_HTTP_LLM_JOB_ID_LEN) == 0)
+            {
+                ngx_queue_remove(q);
+                ngx_http_llm_redis_orphan_free(rd, o);
+            }
+        }
+    }
+}
+
+
 static void
 ngx_http_llm_redis_orphan_written(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t *w)
 {
+    if (w->refused) {
+        ngx_http_llm_redis_refused(rd, w);
+        ngx_http_llm_redis_orphan_free(rd, w);
+        return;
+    }
+
     if (w->ok && !w->lost) {
-        ngx_http_llm_redis_write_free(w);
+        ngx_http_llm_redis_orphan_free(rd, w);
         return;
     }
 
     if (w->ok) {
         ngx_log_error(NGX_LOG_WARN, rd->log, 0,
-                      "llm: redis store: %V lost job %s, writing it again",
-                      &rd->conf->name, w->id);
+                      "llm: redis store: %V lost job %*s, writing it again",
+                      &rd->conf->name, (size_t) NGX_HTTP_LLM_JOB_ID_LEN,
+                      w->id);
 
         /* the write has the whole job */
         w->known = 0;
@@ -1133,14 +1252,36 @@ ngx_http_llm_redis_orphan_written(ngx_http_llm_redis_t *rd,
         /* it would have expired by now */
 
         ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                      "llm: redis store: job %s not saved: %V unavailable "
-                      "for longer than the ttl", w->id, &rd->conf->name);
+                      "llm: redis store: job %*s not saved: %V unavailable "
+                      "for longer than the ttl",
+                      (size_t) NGX_HTTP_LLM_JOB_ID_LEN, w->id,
+                      &rd->conf->name);
 
-        ngx_http_llm_redis_write_free(w);
+        ngx_http_llm_redis_orphan_free(rd, w);
         return;
     }
 
     ngx_queue_insert_tail(&rd->orphans, &w->queue);
+}
+
+
+/* what an orphan holds: the whole job's copy, for the unsaved= bound */
+
+static size_t
+ngx_http_llm_redis_write_size(ngx_http_llm_redis_write_t *w)
+{
+    return w->rec.text_len - w->rec.from_text + w->rec.outcome.message_len
+           + (w->rec.nevents - w->rec.from_event)
+             * sizeof(ngx_http_llm_event_t);
+}
+
+
+static void
+ngx_http_llm_redis_orphan_free(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_write_t *w)
+{
+    rd->orphans_size -= ngx_http_llm_redis_write_size(w);
+    ngx_http_llm_redis_write_free(w);
 }
 
 

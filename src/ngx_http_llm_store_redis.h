@@ -50,6 +50,7 @@ typedef struct {
     ngx_str_t                      prefix;
     ngx_msec_t                     flush;
     ngx_msec_t                     ttl;
+    size_t                         unsaved;     /* bound of the orphans */
     ngx_str_t                      name;        /* for the log */
     ngx_str_t                      pool_name;
     ngx_thread_pool_t             *pool;
@@ -75,7 +76,10 @@ struct ngx_http_llm_redis_write_s {
     unsigned                       ok:1;
     unsigned                       lost:1;      /* Redis lost the job */
     unsigned                       cancel:1;
+    unsigned                       refused:1;   /* for good: see reply */
     int64_t                        watched;
+    u_char                         reply[128];  /* Redis's refusal */
+    size_t                         reply_len;
 
     /* the store thread's: where the answers are in the transaction */
     ngx_uint_t                     ncmds;
@@ -135,6 +139,7 @@ struct ngx_http_llm_redis_s {
     ngx_queue_t                    dirty;       /* ngx_http_llm_redis_job_t */
     ngx_queue_t                    clean;
     ngx_queue_t                    orphans;     /* writes of freed jobs */
+    size_t                         orphans_size;    /* with those in batch */
     ngx_http_llm_redis_op_t        batch;
     ngx_msec_t                     retry;
     unsigned                       flushing:1;

@@ -32,6 +32,11 @@ static void ngx_http_llm_sink_usage(void *data, ngx_int_t input,
     ngx_int_t output);
 static void ngx_http_llm_sink_fail(void *data, const char *code,
     u_char *msg, size_t len);
+static u_char *ngx_http_llm_redact(ngx_http_llm_xfer_t *x, u_char *msg,
+    size_t len, size_t *out);
+static size_t ngx_http_llm_redact_at(ngx_http_llm_xfer_t *x, u_char *first,
+    u_char *p, u_char *last, u_char **d);
+static size_t ngx_http_llm_token_len(u_char *p, u_char *last);
 static void ngx_http_llm_xfer_push(ngx_http_llm_xfer_t *x);
 static void ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item);
 
@@ -363,6 +368,20 @@ ngx_http_llm_sink_text(void *data, u_char *p, size_t len)
         return;
     }
 
+    /*
+     * Past llm_max_text the transfer ends (the write callback stops it)
+     * and the job fails with what it has: it neither grows here while the
+     * loop is slow to drain, nor in the job.
+     */
+
+    if (len > x->spec.max_text - x->text_total) {
+        ngx_http_llm_sink_fail_str(x, NGX_HTTP_LLM_E_TEXT_LIMIT,
+                                   "the generation exceeded llm_max_text");
+        return;
+    }
+
+    x->text_total += len;
+
     ch = &ngx_http_llm_channel;
     o = &x->out;
     x->got_text = 1;
@@ -402,7 +421,16 @@ ngx_http_llm_sink_finish(void *data, u_char *reason, size_t len)
     ngx_http_llm_channel_t  *ch;
 
     ch = &ngx_http_llm_channel;
-    len = ngx_min(len, sizeof(x->out.outcome.finish));
+
+    /* cut on a character: the reason goes into JSON as it is */
+
+    if (len > sizeof(x->out.outcome.finish)) {
+        len = sizeof(x->out.outcome.finish);
+
+        while (len && (reason[len] & 0xc0) == 0x80) {
+            len--;
+        }
+    }
 
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
     ngx_memcpy(x->out.outcome.finish, reason, len);
@@ -422,11 +450,13 @@ ngx_http_llm_sink_usage(void *data, ngx_int_t input, ngx_int_t output)
 
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
 
-    if (input >= 0) {
+    /* a count beyond belief is no count: their sum must not overflow */
+
+    if (input >= 0 && input <= NGX_HTTP_LLM_TOKENS_MAX) {
         x->out.outcome.input_tokens = input;
     }
 
-    if (output >= 0) {
+    if (output >= 0 && output <= NGX_HTTP_LLM_TOKENS_MAX) {
         x->out.outcome.output_tokens = output;
     }
 
@@ -451,10 +481,8 @@ ngx_http_llm_sink_fail(void *data, const char *code, u_char *msg,
     ch = &ngx_http_llm_channel;
     x->failed = 1;
 
-    m = malloc(len ? len : 1);
-    if (m != NULL) {
-        ngx_memcpy(m, msg, len);
-    }
+    /* the message goes to the client, the store and the error log */
+    m = ngx_http_llm_redact(x, msg, len, &len);
 
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
     x->out.failed = 1;
@@ -466,6 +494,157 @@ ngx_http_llm_sink_fail(void *data, const char *code, u_char *msg,
     x->out.outcome.message = m;
     x->out.outcome.message_len = m ? len : 0;
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
+}
+
+
+/*
+ * Upstream error bodies may echo what was sent: a 401 that quotes the
+ * Authorization header would put the API key in the error event, the job,
+ * the store and the error log.  The configured key, bearer tokens,
+ * "sk-..." keys and the values of "api-key" or "api_key" fields become
+ * "[redacted]".  Returns malloc()ed memory, or NULL.
+ */
+
+static u_char *
+ngx_http_llm_redact(ngx_http_llm_xfer_t *x, u_char *msg, size_t len,
+    size_t *out)
+{
+    u_char  *buf, *d, *p, *last;
+    size_t   n;
+
+    /* "[redacted]" replaces at least one byte */
+    buf = malloc(len * (sizeof("[redacted]") - 1) + 1);
+    if (buf == NULL) {
+        *out = 0;
+        return NULL;
+    }
+
+    d = buf;
+    p = msg;
+    last = msg + len;
+
+    while (p < last) {
+        n = ngx_http_llm_redact_at(x, msg, p, last, &d);
+
+        if (n) {
+            p += n;
+            continue;
+        }
+
+        *d++ = *p++;
+    }
+
+    *out = d - buf;
+
+    return buf;
+}
+
+
+/* what to redact at p: its length (written to *d), or 0 */
+
+static size_t
+ngx_http_llm_redact_at(ngx_http_llm_xfer_t *x, u_char *first, u_char *p,
+    u_char *last, u_char **d)
+{
+    char        *h;
+    size_t       n, k, name;
+    ngx_uint_t   i;
+
+    static const char *auth[] = { "Authorization: Bearer ", "x-api-key: " };
+
+    /* the configured key, as the provider put it in its header line */
+
+    for (i = 0; i < x->spec.nheaders; i++) {
+        h = x->spec.headers[i];
+
+        for (k = 0; k < 2; k++) {
+            n = ngx_strlen(auth[k]);
+
+            if (ngx_strncasecmp((u_char *) h, (u_char *) auth[k], n) != 0) {
+                continue;
+            }
+
+            h += n;
+            n = ngx_strlen(h);
+
+            if (n && (size_t) (last - p) >= n && ngx_memcmp(p, h, n) == 0) {
+                *d = ngx_cpymem(*d, "[redacted]", sizeof("[redacted]") - 1);
+                return n;
+            }
+
+            break;
+        }
+    }
+
+    /* "Bearer TOKEN", "api-key: TOKEN", "api_key=\"TOKEN\"" */
+
+    name = 0;
+
+    if (last - p > 7 && ngx_strncasecmp(p, (u_char *) "bearer ", 7) == 0) {
+        name = 7;
+
+    } else if (last - p > 7
+               && (ngx_strncasecmp(p, (u_char *) "api-key", 7) == 0
+                   || ngx_strncasecmp(p, (u_char *) "api_key", 7) == 0))
+    {
+        name = 7;
+
+        while (p + name < last && name < 12
+               && (p[name] == ' ' || p[name] == '"' || p[name] == '\\'
+                   || p[name] == '\'' || p[name] == ':' || p[name] == '='))
+        {
+            name++;
+        }
+    }
+
+    if (name) {
+        n = ngx_http_llm_token_len(p + name, last);
+
+        if (n == 0) {
+            return 0;
+        }
+
+        *d = ngx_cpymem(*d, p, name);
+        *d = ngx_cpymem(*d, "[redacted]", sizeof("[redacted]") - 1);
+
+        return name + n;
+    }
+
+    /* "sk-" and at least 8 more: OpenAI's and Anthropic's key shapes */
+
+    if (last - p > 3 && ngx_strncmp(p, "sk-", 3) == 0
+        && (p == first || ngx_http_llm_token_len(p - 1, p) == 0))
+    {
+        n = ngx_http_llm_token_len(p + 3, last);
+
+        if (n >= 8) {
+            *d = ngx_cpymem(*d, "[redacted]", sizeof("[redacted]") - 1);
+            return 3 + n;
+        }
+    }
+
+    return 0;
+}
+
+
+static size_t
+ngx_http_llm_token_len(u_char *p, u_char *last)
+{
+    u_char  *s, c;
+
+    for (s = p; s < last; s++) {
+        c = *s;
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+              || (c >= '0' && c <= '9')
+              || c == '-' || c == '_' || c == '.' || c == '~' || c == '+'
+              || c == '/' || c == '='))
+        {
+            break;
+        }
+    }
+
+    return s - p;
 }
 
 

@@ -172,9 +172,9 @@ up
 
 
 
-=== TEST 13: an unknown store
+=== TEST 13: an unknown store, without repeating its password
 --- config
-    llm_store postgres://x;
+    llm_store postgres://user:secret1@x;
     location = /g {
         llm_pass   http://127.0.0.1/a;
         llm_model  m;
@@ -182,7 +182,7 @@ up
     }
 --- must_die
 --- error_log
-invalid store "postgres://x" in "llm_store"
+invalid store "postgres:..." in "llm_store"
 
 
 
@@ -255,3 +255,68 @@ invalid time "soon" in "llm_on_disconnect"
 GET /ok
 --- response_body
 up
+
+
+
+=== TEST 20: llm_max_text needs a size
+--- config
+    llm_max_text lots;
+--- must_die
+--- error_log
+"llm_max_text" directive invalid value
+
+
+
+=== TEST 21: llm_max_text 0 is refused
+--- config
+    llm_max_text 0;
+--- must_die
+--- error_log
+"llm_max_text" directive must be more than 0 and less than 4g
+
+
+
+=== TEST 22: llm_max_events needs room for the start and final events
+--- config
+    llm_max_events 2;
+--- must_die
+--- error_log
+"llm_max_events" directive must be at least 8
+
+
+
+=== TEST 23: llm_max_events needs a number
+--- config
+    llm_max_events many;
+--- must_die
+--- error_log
+"llm_max_events" directive invalid number
+
+
+
+=== TEST 24: a bad unsaved= in llm_store
+--- config
+    llm_store redis://127.0.0.1 unsaved=x;
+--- must_die
+--- error_log
+invalid unsaved "x" in "llm_store"
+
+
+
+=== TEST 25: the bounds load
+--- config
+    llm_max_text   16m;
+    llm_store      redis://127.0.0.1 unsaved=1m;
+    location = /g {
+        llm_pass       http://127.0.0.1/a;
+        llm_model      m;
+        llm_prompt     "hi";
+        llm_max_text   1m;
+        llm_max_events 1000;
+    }
+    location = /ok { return 200 "up\n"; }
+--- request
+GET /ok
+--- response_body
+up
+

@@ -353,3 +353,43 @@ event: complete\ndata: \{"text":"bom","finish_reason":"stop"\}
 --- no_error_log
 [alert]
 [crit]
+
+
+
+=== TEST 14: a long finish reason is cut on a character, huge token counts are dropped
+--- config
+    location = /g {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model  m;
+        llm_prompt "hi";
+    }
+    location = /mock {
+        echo -n 'data: {"choices":[{"delta":{"content":"ok"}}]}\n\n';
+        echo -n 'data: {"choices":[{"delta":{},"finish_reason":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaéé"}]}\n\n';
+        echo -n 'data: {"choices":[],"usage":{"prompt_tokens":9223372036854775807,"completion_tokens":9223372036854775807}}\n\n';
+        echo -n 'data: [DONE]\n\n';
+    }
+--- request
+GET /g
+--- response_body_like chomp
+event: complete\ndata: \{"text":"ok","finish_reason":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"\}\n\n\z
+
+
+
+=== TEST 15: token counts up to the bound are kept, and their total
+--- config
+    location = /g {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model  m;
+        llm_prompt "hi";
+    }
+    location = /mock {
+        echo -n 'data: {"choices":[{"delta":{"content":"ok"},"finish_reason":"stop"}]}\n\n';
+        echo -n 'data: {"choices":[],"usage":{"prompt_tokens":2147483647,"completion_tokens":2147483647}}\n\n';
+        echo -n 'data: [DONE]\n\n';
+    }
+--- request
+GET /g
+--- response_body_like chomp
+"usage":\{"input_tokens":2147483647,"output_tokens":2147483647,"total_tokens":4294967294\}\}\n\n\z
+

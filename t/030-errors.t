@@ -279,7 +279,9 @@ GET /g?u=gopher://x
 --- response_body
 {"error":{"code":"internal","message":"invalid upstream URL"}}
 --- error_log
-invalid URL "gopher://x" in "llm_pass"
+invalid URL in "llm_pass"
+--- no_error_log eval
+qr/\[error\].*llm: invalid URL[^,]*gopher/
 
 
 
@@ -294,3 +296,101 @@ invalid URL "gopher://x" in "llm_pass"
 POST /g?topic=fromquery
 --- response_body_like chomp
 event: complete\ndata: \{"text":"\|fromquery"
+
+
+
+=== TEST 18: an error body that echoes the credentials is redacted
+--- config
+    location = /g {
+        llm_pass    http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model   m;
+        llm_prompt  "hi";
+        llm_api_key "sk-proj-Secret0123456789";
+    }
+    location = /mock {
+        default_type application/json;
+        return 401 '{"error":{"message":"Incorrect API key provided: sk-proj-Secret0123456789 (Authorization: Bearer sk-proj-Secret0123456789; x-api-key: abcdef0123456789; other sk-ant-api03-Other0123456789; task-12345678901)"}}';
+    }
+--- request
+GET /g
+--- response_body_like chomp
+event: error\ndata: \{"code":"upstream_status","message":"Incorrect API key provided: \[redacted\] \(Authorization: Bearer \[redacted\]; x-api-key: \[redacted\]; other \[redacted\]; task-12345678901\)","text":""\}\n\n\z
+--- error_log
+failed: upstream_status: Incorrect API key provided: [redacted]
+--- no_error_log eval
+[qr/\[error\].*Secret0123456789/, qr/\[error\].*abcdef0123456789/,
+ qr/\[error\].*Other0123456789/]
+
+
+
+=== TEST 19: the configured key is never echoed, whatever its shape
+--- config
+    location = /g {
+        llm_pass    http://127.0.0.1:$TEST_NGINX_SERVER_PORT/mock;
+        llm_model   m;
+        llm_prompt  "hi";
+        llm_api_key "hunter2hunter2";
+    }
+    location = /mock {
+        return 403 'key hunter2hunter2 is not allowed here';
+    }
+--- request
+GET /g
+--- more_headers
+Accept: application/json
+--- error_code: 502
+--- response_body_like chomp
+"message":"key \[redacted\] is not allowed here"
+--- error_log
+failed: upstream_status: key [redacted] is not allowed here
+--- no_error_log eval
+qr/\[error\].*hunter2hunter2/
+
+
+
+=== TEST 20: llm_max_text: past it the job fails with what it has
+--- config
+    location = /g {
+        llm_pass     http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tokens=100000&tps=0&ttft=0&token_size=100;
+        llm_model    m;
+        llm_prompt   "hi";
+        llm_max_text 1k;
+    }
+--- request
+GET /g
+--- response_body_like eval
+qr/event: error\ndata: \{"code":"text_limit","message":"the generation exceeded llm_max_text","text":"[^"]{1,1024}"\}\n\n\z/
+--- error_log
+failed: text_limit
+
+
+
+=== TEST 21: llm_max_events: past it the job fails with what it has
+--- config
+    location = /g {
+        llm_pass       http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tokens=100&tps=50&ttft=0;
+        llm_model      m;
+        llm_prompt     "hi";
+        llm_max_events 8;
+    }
+--- request
+GET /g
+--- response_body_like eval
+qr/\nid: \S+:[1-8]\nevent: error\ndata: \{"code":"text_limit","message":"the generation exceeded llm_max_events","text":"[^"]+"\}\n\n\z/
+--- error_log
+more than 8 events (llm_max_events)
+
+
+
+=== TEST 22: a final event longer than a write is whole
+--- config
+    location = /g {
+        llm_pass     http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tokens=800&tps=0&ttft=0&token_size=256;
+        llm_model    m;
+        llm_prompt   "hi";
+    }
+--- request
+GET /g
+--- response_body_like eval
+qr/event: complete\ndata: \{"text":"(?:[^"\n]{51200}){4}","finish_reason":"[a-z]+"[^\n]*\}\n\n\z/
+
