@@ -36,7 +36,7 @@ module:
 
 $(MOCK): util/llm-mock.c
 	@mkdir -p $(BUILD)
-	$(CC) $(CFLAGS) $(WARN) -o $@ $<
+	$(CC) $(CFLAGS) $(WARN) -o $@ $< -ljansson
 
 $(UNIT): module $(UNIT_SRCS) $(wildcard src/*.h)
 	$(CC) $(CFLAGS) $(WARN) -Wno-unused-parameter $(NGX_INCS) \

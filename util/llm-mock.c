@@ -3,22 +3,26 @@
  *
  * It answers the OpenAI chat completions API (POST .../chat/completions)
  * and the Anthropic Messages API (POST .../messages), streaming (SSE,
- * chunked) or not, with canned, paced tokens.  The demo uses it when no
- * API key is set, the test suite uses its failure modes, the benchmarks
- * use it for thousands of concurrent streams.  Single thread, epoll, one
- * min-heap of timers.
+ * chunked) or not, with canned, paced tokens or scripted replies.  The
+ * demo uses it when no API key is set, the test suite uses its failure
+ * modes and scripts, the benchmarks use it for thousands of concurrent
+ * streams.  Single thread, epoll, one min-heap of timers; jansson parses
+ * the requests and renders the JSON answers, the token frames are written
+ * by hand.  Request bodies need a Content-Length (no chunked uploads).
  *
  *   llm-mock [--listen [HOST:]PORT] [--ttft MS] [--tps N] [--tokens N]
- *            [--token-size BYTES] [--blackhole [HOST:]PORT] [--quiet]
+ *            [--token-size BYTES] [--script FILE]
+ *            [--blackhole [HOST:]PORT] [--quiet]
  *
  *   defaults: --listen 127.0.0.1:8088 --ttft 300 --tps 30 --tokens 60
  *
  * Query parameters of the request URL, per request:
  *
- *   tokens=N      tokens to generate (echo: ignored)
+ *   tokens=N      tokens to generate (echo and replies: ignored)
  *   tps=N         tokens per second, 0: as fast as possible
  *   ttft=MS       delay of the first token (headers go out at once)
- *   token_size=N  N-byte tokens cut from the story (echo: chunk size)
+ *   token_size=N  N-byte tokens cut from the story (echo: chunk size,
+ *                 default 4; a reply: default a word)
  *   stamp=1       each token is "<unix microseconds> "
  *   mode=M        normal; echo (the text is system + "|" + last user
  *                 message); status (reply status=CODE, default 500);
@@ -26,9 +30,35 @@
  *                 default 3: close without the end / go silent / send an
  *                 in-stream error / send "data: {not json"); hang (never
  *                 answer)
+ *   status=CODE   without mode: mode=status, unless CODE is 200
+ *   reply=TEXT    the completion is TEXT (URL-encoded UTF-8), a word a
+ *                 token (token_size=N: N bytes, never splitting a UTF-8
+ *                 character), with usage as in normal mode
+ *   reply_N=TEXT  the reply to the N-th request of this tag (1-based,
+ *                 counted per tag; untagged: of all requests), else reply
+ *   status_N=CODE the status of the N-th request of this tag, else status
  *   tag=STR       counters and /last kept per tag
  *   expect_key=K  require "Authorization: Bearer K" or "x-api-key: K"
  *   chunked=0     an HTTP/1.1 stream ends by close, not chunked
+ *
+ * --script FILE: a JSON array of rules, every field optional:
+ *
+ *   [{"match": "TEXT", "reply": "TEXT", "replies": ["1st", "2nd", ...],
+ *     "status": 500, "statuses": [500, 200],
+ *     "ttft": MS, "tps": N, "token_size": N}, ...]
+ *
+ * A request is answered by the first rule whose "match" is a substring
+ * of its conversation: the system prompt (Anthropic's "system" too) and
+ * every message's content, joined by newlines; a rule without "match"
+ * matches every request.  The n-th request a rule matched gets
+ * replies[n-1] and statuses[n-1], the last one once past the end
+ * ("reply" and "status": the same for every call; no reply: the story).
+ * A status other than 200 answers with an error body in the provider's
+ * shape (as mode=status); else the reply is streamed as with reply=TEXT,
+ * at the rule's ttft, tps and token_size, else the request's.  The
+ * query's reply, reply_N, status and status_N win over the rule (which
+ * still counts the request).  An untagged POST /stats/reset (or GET
+ * /reset) restarts the rules' counts.
  *
  * Control endpoints: GET /stats[?tag=X], POST /stats/reset[?tag=X] (also
  * GET /reset), GET /last[?tag=X] (the last LLM request, headers and
@@ -46,10 +76,12 @@
 #include <netinet/tcp.h>
 #include <arpa/inet.h>
 #include <netdb.h>
-#include <poll.h>
 #include <errno.h>
+#include <getopt.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,17 +90,15 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <jansson.h>
+
 
 #define MOCK_MAX_BODY       (1024 * 1024)
 #define MOCK_MAX_HEADER     (32 * 1024)
-#define MOCK_MAX_IN         (MOCK_MAX_HEADER + 4 * MOCK_MAX_BODY)
-#define MOCK_MAX_PIPELINE   (64 * 1024)
 #define MOCK_OUT_HIWAT      (64 * 1024)
 #define MOCK_OUT_LOWAT      (16 * 1024)
 #define MOCK_TAGS           1024
 #define MOCK_TAG_LEN        64
-#define MOCK_LINGER_US      2000000
-#define MOCK_JSON_DEPTH     128
 #define MOCK_MAX_TOKENS     10000000L
 #define MOCK_ECHO_CHUNK     4
 #define MOCK_BURST          16
@@ -93,7 +123,6 @@ typedef struct {
 
 
 typedef struct {
-    int                  used;
     size_t               tag_len;
     char                 tag[MOCK_TAG_LEN];
     counters_t           cnt;
@@ -102,26 +131,33 @@ typedef struct {
 } tag_slot_t;
 
 
+/* the numbers of the query, of the options and of the script's rules */
+
+enum { N_TOKENS, N_TPS, N_TTFT, N_TOKEN_SIZE, N_AFTER, N_STATUS, N_NUMS };
+
+static const struct {
+    const char          *name;
+    long                 max;
+} nums[N_NUMS] = {
+    { "tokens", MOCK_MAX_TOKENS }, { "tps", 1000000 },
+    { "ttft", 3600000 }, { "token_size", 65536 },
+    { "after", MOCK_MAX_TOKENS }, { "status", 599 }
+};
+
+
 typedef struct {
-    long                 tokens;     /* -1: not given */
-    long                 tps;
-    long                 ttft;
-    long                 token_size;
-    long                 after;
-    long                 status;
-    int                  mode;
+    long                 num[N_NUMS];    /* -1: not given */
+    int                  mode;           /* -1: not given */
     int                  stamp;
     int                  chunked;
     int                  has_tag;
     size_t               tag_len;
     char                 tag[MOCK_TAG_LEN];
     char                *expect_key;
-    size_t               expect_key_len;
 } query_t;
 
 
-enum { S_HEADERS, S_BODY, S_GEN, S_WAIT, S_FLUSH, S_LINGER };
-enum { END_KEEPALIVE, END_CLOSE, END_LINGER };
+enum { S_READ, S_GEN, S_WAIT, S_FLUSH };
 enum { P_NONE, P_OPENAI, P_ANTHROPIC };
 enum { M_NORMAL, M_ECHO, M_STATUS, M_CUT, M_STALL, M_STREAM_ERROR,
        M_GARBAGE, M_HANG };
@@ -136,8 +172,6 @@ typedef struct conn_s  conn_t;
 
 struct conn_s {
     int                  fd;
-    int                  state;
-    int                  end;
     int                  heap_idx;
     uint64_t             deadline;
     conn_t              *prev;
@@ -146,22 +180,21 @@ struct conn_s {
     buf_t                in;
     buf_t                out;
 
-    /* the request */
+    /* from here on, one request: conn_reset() frees and zeroes it */
+    int                  state;
+    int                  closing;    /* close once the answer is out */
     char                 method[16];
     char                *uri;
+    const char          *qs;         /* the query string, in uri */
     int                  http11;
     int                  keepalive;
-    int                  req_chunked;
-    long long            clen;
+    size_t               clen;
     int                  expect100;
-    int                  sent100;
-    size_t               hdr_start;  /* first header line, from in.pos */
-    size_t               hdr_size;   /* the whole head, from in.pos */
+    size_t               hdr_size;   /* the request head, from in.pos */
     char                *auth;
     char                *xkey;
     char                *aver;
     char                *ctype;
-    buf_t                dbody;      /* a decoded chunked body */
     uint64_t             t_start;
 
     /* the generation */
@@ -176,6 +209,8 @@ struct conn_s {
     int                  blocked;    /* waits for the output to drain */
     int                  status;
     int                  length_cut;
+    int                  has_text;   /* tokens are cut from text */
+    char                *model;
     char                *model_json;
     long long            created;
     long                 limit;
@@ -185,50 +220,24 @@ struct conn_s {
     long                 token_size;
     uint64_t             interval;
     uint64_t             next_due;
-    buf_t                text;       /* the echo text */
-    size_t               echo_pos;
+    buf_t                text;       /* the echo text or the reply */
+    size_t               text_pos;
     buf_t                acc;        /* the text of a non-stream reply */
 };
-
-
-typedef enum { J_NULL, J_FALSE, J_TRUE, J_NUM, J_STR, J_ARR, J_OBJ } jtype_t;
-
-typedef struct jv_s  jv_t;
-
-struct jv_s {
-    jtype_t              type;
-    char                *key;
-    size_t               klen;
-    char                *str;       /* J_STR: decoded; J_NUM: as written */
-    size_t               len;
-    jv_t                *child;
-    jv_t                *next;
-};
-
-typedef struct {
-    const unsigned char *p;
-    const unsigned char *end;
-    int                  depth;
-    const char          *err;
-} jp_t;
 
 
 static struct {
     const char          *listen;
     const char          *blackhole;
-    long                 ttft;
-    long                 tps;
-    long                 tokens;
-    long                 token_size;
+    const char          *script;
+    long                 num[N_AFTER];
     int                  quiet;
-} cfg = { "127.0.0.1:8088", NULL, 300, 30, 60, 0, 0 };
+} cfg = { "127.0.0.1:8088", NULL, NULL, { 60, 30, 300, 0 }, 0 };
 
 
 static volatile sig_atomic_t  g_stop;
 static int                    g_ep = -1;
 static int                    g_lfd = -1;
-static int                    g_bfd = -1;
-static int                    g_fill[4] = { -1, -1, -1, -1 };
 static uint64_t               g_accept_resume;
 static conn_t                *g_conns;
 static conn_t               **g_heap;
@@ -236,9 +245,13 @@ static size_t                 g_heap_n;
 static size_t                 g_heap_cap;
 static tag_slot_t             g_all;
 static tag_slot_t             g_tags[MOCK_TAGS];
-static buf_t                  g_tmp;     /* bodies being built */
-static buf_t                  g_ev;      /* one SSE event */
-static buf_t                  g_tok;     /* one token */
+static size_t                 g_ntags;
+static json_t                *g_script;     /* the rules */
+static uint64_t              *g_script_n;   /* the requests each matched */
+static buf_t                  g_tmp;        /* bodies being built */
+static buf_t                  g_conv;       /* a request's conversation */
+static buf_t                  g_ev;         /* SSE events */
+static buf_t                  g_tok;        /* one token */
 
 static const char  g_story[] =
     " Once upon a time, in a village by the sea, there lived an old"
@@ -278,30 +291,21 @@ xstrndup(const char *s, size_t n)
 
 
 static uint64_t
-now_us(void)
+clock_us(clockid_t id)
 {
     struct timespec  ts;
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(id, &ts);
     return (uint64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 
-static unsigned long long
-wall_us(void)
-{
-    struct timespec  ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (unsigned long long) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
+#define now_us()  clock_us(CLOCK_MONOTONIC)
 
 
 static void
 buf_reserve(buf_t *b, size_t n)
 {
-    size_t  cap;
-
     if (b->pos == b->len) {
         b->pos = b->len = 0;
     }
@@ -314,19 +318,13 @@ buf_reserve(buf_t *b, size_t n)
         memmove(b->data, b->data + b->pos, b->len - b->pos);
         b->len -= b->pos;
         b->pos = 0;
-
-        if (b->cap - b->len >= n) {
-            return;
-        }
     }
 
-    cap = b->cap ? b->cap : 512;
-    while (cap - b->len < n) {
-        cap *= 2;
+    while (b->cap - b->len < n) {
+        b->cap = b->cap ? b->cap * 2 : 512;
     }
 
-    b->data = xrealloc(b->data, cap);
-    b->cap = cap;
+    b->data = xrealloc(b->data, b->cap);
 }
 
 
@@ -341,44 +339,32 @@ buf_free(buf_t *b)
 static void
 buf_add(buf_t *b, const void *p, size_t n)
 {
-    if (n == 0) {
-        return;
+    if (n) {
+        buf_reserve(b, n);
+        memcpy(b->data + b->len, p, n);
+        b->len += n;
     }
-
-    buf_reserve(b, n);
-    memcpy(b->data + b->len, p, n);
-    b->len += n;
 }
 
 
-static void
-buf_adds(buf_t *b, const char *s)
-{
-    buf_add(b, s, strlen(s));
-}
+#define buf_adds(b, s)  buf_add(b, s, strlen(s))
 
 
 static void
 buf_addf(buf_t *b, const char *fmt, ...)
 {
     int      n;
-    size_t   room;
     va_list  ap;
 
     buf_reserve(b, 128);
 
     for ( ;; ) {
-        room = b->cap - b->len;
         va_start(ap, fmt);
-        n = vsnprintf(b->data + b->len, room, fmt, ap);
+        n = vsnprintf(b->data + b->len, b->cap - b->len, fmt, ap);
         va_end(ap);
 
-        if (n < 0) {
-            return;
-        }
-
-        if ((size_t) n < room) {
-            b->len += n;
+        if (n < 0 || (size_t) n < b->cap - b->len) {
+            b->len += n < 0 ? 0 : n;
             return;
         }
 
@@ -387,128 +373,47 @@ buf_addf(buf_t *b, const char *fmt, ...)
 }
 
 
-/* the length of the valid UTF-8 sequence at p, 0 if it is not valid */
-
-static size_t
-utf8_len(const unsigned char *p, const unsigned char *end)
-{
-    unsigned char  c, lo, hi;
-    size_t         n, i;
-
-    c = p[0];
-
-    if (c < 0x80) {
-        return 1;
-    }
-
-    lo = 0x80;
-    hi = 0xbf;
-
-    if (c >= 0xc2 && c <= 0xdf) {
-        n = 2;
-
-    } else if (c >= 0xe0 && c <= 0xef) {
-        n = 3;
-        if (c == 0xe0) {
-            lo = 0xa0;
-        } else if (c == 0xed) {
-            hi = 0x9f;
-        }
-
-    } else if (c >= 0xf0 && c <= 0xf4) {
-        n = 4;
-        if (c == 0xf0) {
-            lo = 0x90;
-        } else if (c == 0xf4) {
-            hi = 0x8f;
-        }
-
-    } else {
-        return 0;
-    }
-
-    if ((size_t) (end - p) < n) {
-        return 0;
-    }
-
-    if (p[1] < lo || p[1] > hi) {
-        return 0;
-    }
-
-    for (i = 2; i < n; i++) {
-        if (p[i] < 0x80 || p[i] > 0xbf) {
-            return 0;
-        }
-    }
-
-    return n;
-}
-
-
-/* a JSON string literal; invalid UTF-8 bytes come out as \u00XX */
+/*
+ * A JSON string literal, for the token frames (the hot path: no jansson).
+ * The texts are UTF-8 already: the story, stamps, and strings that
+ * jansson decoded or checked.
+ */
 
 static void
 buf_add_jstr(buf_t *b, const char *s, size_t n)
 {
     static const char     hex[] = "0123456789abcdef";
     const unsigned char  *p, *end, *run;
-    unsigned char         c;
-    size_t                k;
-    char                  esc[8];
+    char                  esc[6] = { '\\', 'u', '0', '0' };
 
     p = (const unsigned char *) s;
     end = p + n;
+    buf_add(b, "\"", 1);
 
-    buf_reserve(b, n + 2);
-    b->data[b->len++] = '"';
-
-    while (p < end) {
-        run = p;
-
-        while (p < end && *p >= 0x20 && *p < 0x80 && *p != '"'
-               && *p != '\\')
+    for ( ;; ) {
+        for (run = p; p < end && *p >= 0x20 && *p != '"' && *p != '\\'; p++)
         {
-            p++;
+            /* void */
         }
 
-        if (p > run) {
-            buf_add(b, run, p - run);
-        }
+        buf_add(b, run, p - run);
 
         if (p == end) {
             break;
         }
 
-        c = *p;
-
-        if (c >= 0x80) {
-            k = utf8_len(p, end);
-            if (k) {
-                buf_add(b, p, k);
-                p += k;
-                continue;
-            }
-        }
-
-        esc[0] = '\\';
-        k = 2;
-
-        switch (c) {
-        case '"':  esc[1] = '"'; break;
-        case '\\': esc[1] = '\\'; break;
-        case '\n': esc[1] = 'n'; break;
-        case '\r': esc[1] = 'r'; break;
-        case '\t': esc[1] = 't'; break;
-        case '\b': esc[1] = 'b'; break;
-        case '\f': esc[1] = 'f'; break;
+        switch (*p) {
+        case '"':  buf_add(b, "\\\"", 2); break;
+        case '\\': buf_add(b, "\\\\", 2); break;
+        case '\n': buf_add(b, "\\n", 2); break;
+        case '\r': buf_add(b, "\\r", 2); break;
+        case '\t': buf_add(b, "\\t", 2); break;
         default:
-            memcpy(esc + 1, "u00", 3);
-            esc[4] = hex[c >> 4];
-            esc[5] = hex[c & 0xf];
-            k = 6;
+            esc[4] = hex[*p >> 4];
+            esc[5] = hex[*p & 0xf];
+            buf_add(b, esc, 6);
         }
 
-        buf_add(b, esc, k);
         p++;
     }
 
@@ -516,542 +421,63 @@ buf_add_jstr(buf_t *b, const char *s, size_t n)
 }
 
 
-static void
-buf_add_jstr_or_null(buf_t *b, const char *s)
+/* a JSON string of any bytes (those that are not UTF-8 become '?') */
+
+static json_t *
+jstr(const char *s, size_t n)
 {
+    json_t  *j;
+    char    *t;
+    size_t   i;
+
     if (s == NULL) {
-        buf_adds(b, "null");
-    } else {
-        buf_add_jstr(b, s, strlen(s));
+        return json_null();
     }
+
+    j = json_stringn(s, n);
+
+    if (j == NULL) {
+        t = xstrndup(s, n);
+        for (i = 0; i < n; i++) {
+            t[i] = (unsigned char) t[i] >= 0x80 ? '?' : t[i];
+        }
+        j = json_stringn(t, n);
+        free(t);
+    }
+
+    return j;
 }
 
 
-static void
-utf8_put(buf_t *b, unsigned long cp)
-{
-    char  u[4];
-
-    if (cp < 0x80) {
-        u[0] = (char) cp;
-        buf_add(b, u, 1);
-
-    } else if (cp < 0x800) {
-        u[0] = (char) (0xc0 | (cp >> 6));
-        u[1] = (char) (0x80 | (cp & 0x3f));
-        buf_add(b, u, 2);
-
-    } else if (cp < 0x10000) {
-        u[0] = (char) (0xe0 | (cp >> 12));
-        u[1] = (char) (0x80 | ((cp >> 6) & 0x3f));
-        u[2] = (char) (0x80 | (cp & 0x3f));
-        buf_add(b, u, 3);
-
-    } else {
-        u[0] = (char) (0xf0 | (cp >> 18));
-        u[1] = (char) (0x80 | ((cp >> 12) & 0x3f));
-        u[2] = (char) (0x80 | ((cp >> 6) & 0x3f));
-        u[3] = (char) (0x80 | (cp & 0x3f));
-        buf_add(b, u, 4);
-    }
-}
-
-
-/* a strict JSON parser into a small tree */
-
-static void
-jv_free(jv_t *v)
-{
-    jv_t  *next;
-
-    while (v) {
-        next = v->next;
-        jv_free(v->child);
-        free(v->key);
-        free(v->str);
-        free(v);
-        v = next;
-    }
-}
-
-
-static void
-jp_ws(jp_t *jp)
-{
-    while (jp->p < jp->end
-           && (*jp->p == ' ' || *jp->p == '\t' || *jp->p == '\n'
-               || *jp->p == '\r'))
-    {
-        jp->p++;
-    }
-}
+#define jstrz(s)  jstr(s, (s) ? strlen(s) : 0)
 
 
 static int
-jp_hex4(const unsigned char *p, const unsigned char *end, unsigned long *v)
+num_parse(const char *v, long max, long *out)
 {
-    int  i, d;
+    long         n;
+    const char  *p;
 
-    if (end - p < 4) {
-        return -1;
-    }
-
-    *v = 0;
-
-    for (i = 0; i < 4; i++) {
-        if (p[i] >= '0' && p[i] <= '9') {
-            d = p[i] - '0';
-        } else if (p[i] >= 'a' && p[i] <= 'f') {
-            d = p[i] - 'a' + 10;
-        } else if (p[i] >= 'A' && p[i] <= 'F') {
-            d = p[i] - 'A' + 10;
-        } else {
+    for (n = 0, p = v; *p >= '0' && *p <= '9'; p++) {
+        n = n * 10 + (*p - '0');
+        if (n > max) {
             return -1;
         }
-        *v = *v * 16 + d;
     }
 
-    return 0;
-}
-
-
-/* decodes a string literal; a lone surrogate becomes U+FFFD */
-
-static int
-jp_string(jp_t *jp, char **s, size_t *len)
-{
-    unsigned char   c;
-    unsigned long   cp, lo;
-    size_t          n;
-    buf_t           b;
-
-    memset(&b, 0, sizeof(buf_t));
-    jp->p++;
-
-    for ( ;; ) {
-        if (jp->p >= jp->end) {
-            jp->err = "unterminated string";
-            goto failed;
-        }
-
-        c = *jp->p;
-
-        if (c == '"') {
-            jp->p++;
-            break;
-        }
-
-        if (c < 0x20) {
-            jp->err = "control character in string";
-            goto failed;
-        }
-
-        if (c >= 0x80) {
-            n = utf8_len(jp->p, jp->end);
-            if (n == 0) {
-                jp->err = "invalid UTF-8 in string";
-                goto failed;
-            }
-            buf_add(&b, jp->p, n);
-            jp->p += n;
-            continue;
-        }
-
-        if (c != '\\') {
-            buf_add(&b, &c, 1);
-            jp->p++;
-            continue;
-        }
-
-        if (jp->end - jp->p < 2) {
-            jp->err = "unterminated string";
-            goto failed;
-        }
-
-        c = jp->p[1];
-        jp->p += 2;
-
-        switch (c) {
-        case '"': case '\\': case '/':
-            break;
-        case 'b': c = '\b'; break;
-        case 'f': c = '\f'; break;
-        case 'n': c = '\n'; break;
-        case 'r': c = '\r'; break;
-        case 't': c = '\t'; break;
-
-        case 'u':
-            if (jp_hex4(jp->p, jp->end, &cp) != 0) {
-                jp->err = "bad \\u escape";
-                goto failed;
-            }
-            jp->p += 4;
-
-            if (cp >= 0xd800 && cp <= 0xdbff) {
-                if (jp->end - jp->p >= 6 && jp->p[0] == '\\'
-                    && jp->p[1] == 'u'
-                    && jp_hex4(jp->p + 2, jp->end, &lo) == 0
-                    && lo >= 0xdc00 && lo <= 0xdfff)
-                {
-                    cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-                    jp->p += 6;
-
-                } else {
-                    cp = 0xfffd;
-                }
-
-            } else if (cp >= 0xdc00 && cp <= 0xdfff) {
-                cp = 0xfffd;
-            }
-
-            utf8_put(&b, cp);
-            continue;
-
-        default:
-            jp->err = "bad escape";
-            goto failed;
-        }
-
-        buf_add(&b, &c, 1);
-    }
-
-    buf_reserve(&b, 1);
-    b.data[b.len] = '\0';
-    *s = b.data;
-    *len = b.len;
-    return 0;
-
-failed:
-
-    buf_free(&b);
-    return -1;
-}
-
-
-static int
-jp_digits(jp_t *jp)
-{
-    const unsigned char  *start = jp->p;
-
-    while (jp->p < jp->end && *jp->p >= '0' && *jp->p <= '9') {
-        jp->p++;
-    }
-
-    return jp->p > start ? 0 : -1;
-}
-
-
-static jv_t *jp_value(jp_t *jp);
-
-
-static jv_t *
-jp_number(jp_t *jp)
-{
-    const unsigned char  *start = jp->p;
-    jv_t                 *v;
-
-    if (*jp->p == '-') {
-        jp->p++;
-    }
-
-    if (jp->p < jp->end && *jp->p == '0') {
-        jp->p++;
-
-    } else if (jp_digits(jp) != 0) {
-        goto bad;
-    }
-
-    if (jp->p < jp->end && *jp->p == '.') {
-        jp->p++;
-        if (jp_digits(jp) != 0) {
-            goto bad;
-        }
-    }
-
-    if (jp->p < jp->end && (*jp->p == 'e' || *jp->p == 'E')) {
-        jp->p++;
-        if (jp->p < jp->end && (*jp->p == '+' || *jp->p == '-')) {
-            jp->p++;
-        }
-        if (jp_digits(jp) != 0) {
-            goto bad;
-        }
-    }
-
-    v = xrealloc(NULL, sizeof(jv_t));
-    memset(v, 0, sizeof(jv_t));
-    v->type = J_NUM;
-    v->len = jp->p - start;
-    v->str = xstrndup((const char *) start, v->len);
-    return v;
-
-bad:
-
-    jp->err = "bad number";
-    return NULL;
-}
-
-
-static jv_t *
-jp_container(jp_t *jp)
-{
-    int    obj;
-    jv_t  *v, *item, **tail;
-    char  *key;
-    size_t klen;
-
-    obj = (*jp->p == '{');
-    jp->p++;
-
-    if (++jp->depth > MOCK_JSON_DEPTH) {
-        jp->err = "nested too deep";
-        return NULL;
-    }
-
-    v = xrealloc(NULL, sizeof(jv_t));
-    memset(v, 0, sizeof(jv_t));
-    v->type = obj ? J_OBJ : J_ARR;
-    tail = &v->child;
-
-    jp_ws(jp);
-
-    if (jp->p < jp->end && *jp->p == (obj ? '}' : ']')) {
-        jp->p++;
-        jp->depth--;
-        return v;
-    }
-
-    for ( ;; ) {
-        key = NULL;
-        klen = 0;
-
-        if (obj) {
-            jp_ws(jp);
-
-            if (jp->p >= jp->end || *jp->p != '"') {
-                jp->err = "expected a member name";
-                goto failed;
-            }
-
-            if (jp_string(jp, &key, &klen) != 0) {
-                goto failed;
-            }
-
-            jp_ws(jp);
-
-            if (jp->p >= jp->end || *jp->p != ':') {
-                free(key);
-                jp->err = "expected ':'";
-                goto failed;
-            }
-
-            jp->p++;
-        }
-
-        item = jp_value(jp);
-        if (item == NULL) {
-            free(key);
-            goto failed;
-        }
-
-        item->key = key;
-        item->klen = klen;
-        *tail = item;
-        tail = &item->next;
-
-        jp_ws(jp);
-
-        if (jp->p >= jp->end) {
-            jp->err = "unterminated container";
-            goto failed;
-        }
-
-        if (*jp->p == ',') {
-            jp->p++;
-            continue;
-        }
-
-        if (*jp->p == (obj ? '}' : ']')) {
-            jp->p++;
-            jp->depth--;
-            return v;
-        }
-
-        jp->err = obj ? "expected ',' or '}'" : "expected ',' or ']'";
-        goto failed;
-    }
-
-failed:
-
-    jv_free(v);
-    return NULL;
-}
-
-
-static jv_t *
-jp_value(jp_t *jp)
-{
-    jv_t    *v;
-    size_t   n;
-
-    jp_ws(jp);
-
-    if (jp->p >= jp->end) {
-        jp->err = "unexpected end of input";
-        return NULL;
-    }
-
-    switch (*jp->p) {
-
-    case '{':
-    case '[':
-        return jp_container(jp);
-
-    case '"':
-        v = xrealloc(NULL, sizeof(jv_t));
-        memset(v, 0, sizeof(jv_t));
-        v->type = J_STR;
-        if (jp_string(jp, &v->str, &v->len) != 0) {
-            free(v);
-            return NULL;
-        }
-        return v;
-
-    case 't':
-    case 'f':
-    case 'n':
-        v = xrealloc(NULL, sizeof(jv_t));
-        memset(v, 0, sizeof(jv_t));
-        n = jp->end - jp->p;
-
-        if (n >= 4 && memcmp(jp->p, "true", 4) == 0) {
-            v->type = J_TRUE;
-            jp->p += 4;
-        } else if (n >= 5 && memcmp(jp->p, "false", 5) == 0) {
-            v->type = J_FALSE;
-            jp->p += 5;
-        } else if (n >= 4 && memcmp(jp->p, "null", 4) == 0) {
-            v->type = J_NULL;
-            jp->p += 4;
-        } else {
-            free(v);
-            jp->err = "bad literal";
-            return NULL;
-        }
-        return v;
-
-    default:
-        if (*jp->p == '-' || (*jp->p >= '0' && *jp->p <= '9')) {
-            return jp_number(jp);
-        }
-        jp->err = "unexpected character";
-        return NULL;
-    }
-}
-
-
-static jv_t *
-json_parse(const char *s, size_t n, const char **err)
-{
-    jp_t   jp;
-    jv_t  *v;
-
-    jp.p = (const unsigned char *) s;
-    jp.end = jp.p + n;
-    jp.depth = 0;
-    jp.err = NULL;
-
-    v = jp_value(&jp);
-    if (v == NULL) {
-        *err = jp.err;
-        return NULL;
-    }
-
-    jp_ws(&jp);
-
-    if (jp.p != jp.end) {
-        jv_free(v);
-        *err = "trailing data after the JSON value";
-        return NULL;
-    }
-
-    return v;
-}
-
-
-static jv_t *
-jv_get(jv_t *obj, const char *key)
-{
-    jv_t    *v;
-    size_t   n;
-
-    if (obj == NULL || obj->type != J_OBJ) {
-        return NULL;
-    }
-
-    n = strlen(key);
-
-    for (v = obj->child; v; v = v->next) {
-        if (v->klen == n && memcmp(v->key, key, n) == 0) {
-            return v;
-        }
-    }
-
-    return NULL;
-}
-
-
-/* 1: an integer in *out, 0: absent or null, -1: not an integer */
-
-static int
-jv_int(jv_t *v, long *out)
-{
-    char  *end;
-
-    if (v == NULL || v->type == J_NULL) {
-        return 0;
-    }
-
-    if (v->type != J_NUM || strpbrk(v->str, ".eE") || v->len > 12) {
+    if (p == v || *p) {
         return -1;
     }
 
-    *out = strtol(v->str, &end, 10);
-    return 1;
+    *out = n;
+    return 0;
 }
 
 
-/* the text of a message "content": a string or an array of text parts */
-
-static void
-jv_text(jv_t *v, buf_t *out)
+static int
+status_ok(long s)
 {
-    jv_t  *e, *t;
-
-    if (v == NULL) {
-        return;
-    }
-
-    if (v->type == J_STR) {
-        buf_add(out, v->str, v->len);
-        return;
-    }
-
-    if (v->type != J_ARR) {
-        return;
-    }
-
-    for (e = v->child; e; e = e->next) {
-        if (e->type == J_STR) {
-            buf_add(out, e->str, e->len);
-            continue;
-        }
-
-        t = jv_get(e, "text");
-        if (t && t->type == J_STR) {
-            buf_add(out, t->str, t->len);
-        }
-    }
+    return s >= 200 && s <= 599 && s != 204 && s != 304;
 }
 
 
@@ -1071,31 +497,26 @@ heap_swap(size_t i, size_t j)
 
 
 static void
-heap_up(size_t i)
+heap_fix(size_t i)
 {
+    size_t  l, m;
+
     while (i && g_heap[(i - 1) / 2]->deadline > g_heap[i]->deadline) {
         heap_swap(i, (i - 1) / 2);
         i = (i - 1) / 2;
     }
-}
-
-
-static void
-heap_down(size_t i)
-{
-    size_t  l, r, m;
 
     for ( ;; ) {
         l = 2 * i + 1;
-        r = l + 1;
         m = i;
 
         if (l < g_heap_n && g_heap[l]->deadline < g_heap[m]->deadline) {
             m = l;
         }
 
-        if (r < g_heap_n && g_heap[r]->deadline < g_heap[m]->deadline) {
-            m = r;
+        if (l + 1 < g_heap_n && g_heap[l + 1]->deadline < g_heap[m]->deadline)
+        {
+            m = l + 1;
         }
 
         if (m == i) {
@@ -1111,37 +532,26 @@ heap_down(size_t i)
 static void
 timer_set(conn_t *c, uint64_t at)
 {
-    uint64_t  old;
-
-    if (c->heap_idx >= 0) {
-        old = c->deadline;
-        c->deadline = at;
-
-        if (at < old) {
-            heap_up(c->heap_idx);
-        } else {
-            heap_down(c->heap_idx);
-        }
-        return;
-    }
-
-    if (g_heap_n == g_heap_cap) {
-        g_heap_cap = g_heap_cap ? g_heap_cap * 2 : 1024;
-        g_heap = xrealloc(g_heap, g_heap_cap * sizeof(conn_t *));
-    }
-
     c->deadline = at;
-    c->heap_idx = (int) g_heap_n;
-    g_heap[g_heap_n++] = c;
-    heap_up(g_heap_n - 1);
+
+    if (c->heap_idx < 0) {
+        if (g_heap_n == g_heap_cap) {
+            g_heap_cap = g_heap_cap ? g_heap_cap * 2 : 1024;
+            g_heap = xrealloc(g_heap, g_heap_cap * sizeof(conn_t *));
+        }
+
+        c->heap_idx = (int) g_heap_n;
+        g_heap[g_heap_n++] = c;
+    }
+
+    heap_fix(c->heap_idx);
 }
 
 
 static void
 timer_del(conn_t *c)
 {
-    size_t   i;
-    conn_t  *last;
+    size_t  i;
 
     if (c->heap_idx < 0) {
         return;
@@ -1149,13 +559,11 @@ timer_del(conn_t *c)
 
     i = c->heap_idx;
     c->heap_idx = -1;
-    last = g_heap[--g_heap_n];
 
-    if (i != g_heap_n) {
-        g_heap[i] = last;
-        last->heap_idx = (int) i;
-        heap_up(i);
-        heap_down(last->heap_idx);
+    if (i != --g_heap_n) {
+        g_heap[i] = g_heap[g_heap_n];
+        g_heap[i]->heap_idx = (int) i;
+        heap_fix(i);
     }
 }
 
@@ -1174,34 +582,25 @@ timer_del(conn_t *c)
 static tag_slot_t *
 tag_find(const char *tag, size_t len, int create)
 {
-    uint32_t     h;
-    size_t       i, k;
+    size_t       i;
     tag_slot_t  *s;
 
-    h = 2166136261u;
-    for (i = 0; i < len; i++) {
-        h = (h ^ (unsigned char) tag[i]) * 16777619u;
-    }
-
-    for (k = 0; k < MOCK_TAGS; k++) {
-        s = &g_tags[(h + k) % MOCK_TAGS];
-
-        if (!s->used) {
-            if (!create) {
-                return NULL;
-            }
-            s->used = 1;
-            s->tag_len = len;
-            memcpy(s->tag, tag, len);
-            return s;
-        }
-
-        if (s->tag_len == len && memcmp(s->tag, tag, len) == 0) {
-            return s;
+    for (i = 0; i < g_ntags; i++) {
+        if (g_tags[i].tag_len == len && memcmp(g_tags[i].tag, tag, len) == 0)
+        {
+            return &g_tags[i];
         }
     }
 
-    return NULL;
+    if (!create || g_ntags == MOCK_TAGS) {
+        return NULL;
+    }
+
+    s = &g_tags[g_ntags++];
+    s->tag_len = len;
+    memcpy(s->tag, tag, len);
+
+    return s;
 }
 
 
@@ -1272,33 +671,13 @@ conn_reset(conn_t *c)
     free(c->aver);
     free(c->ctype);
     free(c->q.expect_key);
+    free(c->model);
     free(c->model_json);
-    buf_free(&c->dbody);
     buf_free(&c->text);
     buf_free(&c->acc);
 
-    c->uri = NULL;
-    c->auth = c->xkey = c->aver = c->ctype = NULL;
-    c->model_json = NULL;
-    memset(&c->q, 0, sizeof(query_t));
-    memset(c->method, 0, sizeof(c->method));
-
-    c->state = S_HEADERS;
-    c->end = END_KEEPALIVE;
-    c->http11 = c->keepalive = c->req_chunked = 0;
-    c->clen = -1;
-    c->expect100 = c->sent100 = 0;
-    c->hdr_start = c->hdr_size = 0;
-    c->tag = NULL;
-    c->prov = P_NONE;
-    c->mode = M_NORMAL;
-    c->stream = c->usage = c->chunked = 0;
-    c->in_stream = c->blocked = c->status = c->length_cut = 0;
-    c->created = 0;
-    c->limit = c->emitted = c->prompt_tokens = c->token_size = 0;
+    memset(&c->state, 0, sizeof(conn_t) - offsetof(conn_t, state));
     c->fail_at = -1;
-    c->interval = c->next_due = 0;
-    c->echo_pos = 0;
 
     if (c->out.cap > 65536) {
         buf_free(&c->out);
@@ -1344,19 +723,15 @@ reason(int status)
     case 200: return "OK";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
-    case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
     case 413: return "Payload Too Large";
-    case 422: return "Unprocessable Entity";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
     case 501: return "Not Implemented";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
     case 529: return "Overloaded";
     default:  return "Mock Status";
     }
@@ -1364,24 +739,20 @@ reason(int status)
 
 
 static void
-respond(conn_t *c, int status, const char *ctype, const char *body,
-    size_t len, int end)
+respond(conn_t *c, int status, const char *body, size_t len)
 {
-    if (!c->keepalive && end == END_KEEPALIVE) {
-        end = END_CLOSE;
-    }
+    c->closing |= !c->keepalive;
 
     buf_addf(&c->out, "HTTP/1.1 %d %s\r\n"
              "Server: llm-mock\r\n"
-             "Content-Type: %s\r\n"
+             "Content-Type: application/json\r\n"
              "Content-Length: %zu\r\n"
              "Connection: %s\r\n\r\n",
-             status, reason(status), ctype, len,
-             end == END_KEEPALIVE ? "keep-alive" : "close");
+             status, reason(status), len,
+             c->closing ? "close" : "keep-alive");
     buf_add(&c->out, body, len);
 
     c->state = S_FLUSH;
-    c->end = end;
     c->status = status;
 
     if (!c->in_stream) {
@@ -1390,63 +761,60 @@ respond(conn_t *c, int status, const char *ctype, const char *body,
 }
 
 
-static void
-respond_json(conn_t *c, int status, buf_t *b)
-{
-    respond(c, status, "application/json", b->data, b->len, END_KEEPALIVE);
-}
+#define respond_lit(c, status, lit)  respond(c, status, lit, sizeof(lit) - 1)
 
 
-/* an error of the HTTP layer; the connection is closed after it */
+/* answers with j (which it takes); nl: a newline after it */
 
 static void
-respond_http_error(conn_t *c, int status, const char *msg)
+respond_json(conn_t *c, int status, json_t *j, int nl)
 {
+    char  *s;
+
+    s = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+
     g_tmp.pos = g_tmp.len = 0;
-    buf_adds(&g_tmp, "{\"error\":{\"message\":");
-    buf_add_jstr(&g_tmp, msg, strlen(msg));
-    buf_adds(&g_tmp, ",\"type\":\"invalid_request_error\",\"code\":null}}");
+    buf_adds(&g_tmp, s ? s : "{}");
+    buf_adds(&g_tmp, nl ? "\n" : "");
+    free(s);
 
-    if (c->method[0] == '\0') {
-        strcpy(c->method, "-");
-    }
-
-    respond(c, status, "application/json", g_tmp.data, g_tmp.len,
-            END_LINGER);
+    respond(c, status, g_tmp.data, g_tmp.len);
 }
 
 
-/* an error in the style of the provider of the endpoint */
+/* an error in the style of the provider of the endpoint (else OpenAI's) */
 
 static void
 llm_error(conn_t *c, int status, const char *type, const char *msg,
     const char *code)
 {
-    g_tmp.pos = g_tmp.len = 0;
+    json_t  *j;
 
     if (c->prov == P_ANTHROPIC) {
-        buf_adds(&g_tmp, "{\"type\":\"error\",\"error\":{\"type\":");
-        buf_add_jstr(&g_tmp, type, strlen(type));
-        buf_adds(&g_tmp, ",\"message\":");
-        buf_add_jstr(&g_tmp, msg, strlen(msg));
-        buf_adds(&g_tmp, "}}");
-
+        j = json_pack("{s:s,s:{s:s,s:s}}", "type", "error", "error",
+                      "type", type, "message", msg);
     } else {
-        buf_adds(&g_tmp, "{\"error\":{\"message\":");
-        buf_add_jstr(&g_tmp, msg, strlen(msg));
-        buf_adds(&g_tmp, ",\"type\":");
-        buf_add_jstr(&g_tmp, type, strlen(type));
-        buf_adds(&g_tmp, ",\"code\":");
-        buf_add_jstr_or_null(&g_tmp, code);
-        buf_adds(&g_tmp, "}}");
+        j = json_pack("{s:{s:s,s:s,s:s?}}", "error", "message", msg,
+                      "type", type, "code", code);
     }
 
-    respond_json(c, status, &g_tmp);
+    respond_json(c, status, j, 0);
 }
 
 
-static int conn_read(conn_t *c);
-static int conn_process(conn_t *c);
+/* an error of the HTTP layer: the connection is closed after it */
+
+static void
+http_error(conn_t *c, int status, const char *msg)
+{
+    if (c->method[0] == '\0') {
+        strcpy(c->method, "-");
+    }
+
+    c->closing = 1;
+    llm_error(c, status, "invalid_request_error", msg, NULL);
+}
 
 
 /*
@@ -1488,38 +856,25 @@ conn_flush(conn_t *c)
 
     stream_end(c, 1);
 
-    switch (c->end) {
-
-    case END_KEEPALIVE:
-        conn_reset(c);
-        return 1;
-
-    case END_LINGER:
-        shutdown(c->fd, SHUT_WR);
-        c->state = S_LINGER;
-        c->in.pos = c->in.len = 0;
-        timer_set(c, now_us() + MOCK_LINGER_US);
-        return conn_read(c) < 0 ? -1 : 0;
-
-    default:
+    if (c->closing) {
         conn_close(c);
         return -1;
     }
+
+    conn_reset(c);
+    return 1;
 }
 
 
-/* SSE output */
-
-static void
-ev_start(void)
-{
-    g_ev.pos = g_ev.len = 0;
-}
-
+/* SSE output: g_ev holds the events to send */
 
 static void
 ev_end(conn_t *c)
 {
+    if (g_ev.len == 0) {
+        return;
+    }
+
     if (c->chunked) {
         buf_addf(&c->out, "%zx\r\n", g_ev.len);
     }
@@ -1529,6 +884,8 @@ ev_end(conn_t *c)
     if (c->chunked) {
         buf_add(&c->out, "\r\n", 2);
     }
+
+    g_ev.pos = g_ev.len = 0;
 }
 
 
@@ -1552,8 +909,6 @@ stream_headers(conn_t *c)
              "Connection: %s\r\n\r\n",
              c->chunked ? "Transfer-Encoding: chunked\r\n" : "",
              c->keepalive ? "keep-alive" : "close");
-
-    ev_start();
 
     if (c->prov == P_OPENAI) {
         oa_chunk_start(c);
@@ -1579,20 +934,60 @@ stream_headers(conn_t *c)
 }
 
 
+/* the last events, then the end of the stream */
+
 static void
 stream_terminate(conn_t *c)
 {
+    ev_end(c);
+
     if (c->chunked) {
         buf_add(&c->out, "0\r\n\r\n", 5);
     }
 
     c->state = S_FLUSH;
-    c->end = (c->chunked && c->keepalive) ? END_KEEPALIVE : END_CLOSE;
+    c->closing = !(c->chunked && c->keepalive);
     c->status = 200;
 }
 
 
 /* the generation */
+
+#define is_ws(ch)                                                             \
+    ((ch) == ' ' || (ch) == '\n' || (ch) == '\t' || (ch) == '\r')
+
+
+/*
+ * The length of the token of c->text at pos: token_size bytes (echo: 4)
+ * or a word with the white space before it; never a part of a UTF-8
+ * character.
+ */
+
+static size_t
+text_cut(conn_t *c, size_t pos)
+{
+    const unsigned char  *p, *q, *end;
+    size_t                n;
+
+    p = (const unsigned char *) c->text.data + pos;
+    end = (const unsigned char *) c->text.data + c->text.len;
+    n = c->token_size > 0 ? (size_t) c->token_size
+        : c->mode == M_ECHO ? MOCK_ECHO_CHUNK : 0;
+
+    if (n) {
+        q = p + (n < (size_t) (end - p) ? n : (size_t) (end - p));
+        while (q < end && (*q & 0xc0) == 0x80) {
+            q++;
+        }
+        return q - p;
+    }
+
+    for (q = p; q < end && is_ws(*q); q++) { /* void */ }
+    for ( ; q < end && !is_ws(*q); q++) { /* void */ }
+
+    return q - p;
+}
+
 
 static void
 gen_token_text(conn_t *c, buf_t *t)
@@ -1603,26 +998,14 @@ gen_token_text(conn_t *c, buf_t *t)
     t->pos = t->len = 0;
 
     if (c->q.stamp) {
-        buf_addf(t, "%llu ", wall_us());
+        buf_addf(t, "%llu ", (unsigned long long) clock_us(CLOCK_REALTIME));
         return;
     }
 
-    if (c->mode == M_ECHO) {
-        n = c->token_size > 0 ? (size_t) c->token_size : MOCK_ECHO_CHUNK;
-
-        if (n > c->text.len - c->echo_pos) {
-            n = c->text.len - c->echo_pos;
-        }
-
-        while (c->echo_pos + n < c->text.len
-               && ((unsigned char) c->text.data[c->echo_pos + n] & 0xc0)
-                  == 0x80)
-        {
-            n++;
-        }
-
-        buf_add(t, c->text.data + c->echo_pos, n);
-        c->echo_pos += n;
+    if (c->has_text) {
+        n = text_cut(c, c->text_pos);
+        buf_add(t, c->text.data + c->text_pos, n);
+        c->text_pos += n;
         return;
     }
 
@@ -1653,24 +1036,6 @@ gen_token_text(conn_t *c, buf_t *t)
 }
 
 
-static size_t
-echo_count(conn_t *c)
-{
-    size_t  count;
-
-    count = 0;
-    c->echo_pos = 0;
-
-    while (c->echo_pos < c->text.len) {
-        gen_token_text(c, &g_tok);
-        count++;
-    }
-
-    c->echo_pos = 0;
-    return count;
-}
-
-
 static void
 gen_emit(conn_t *c)
 {
@@ -1681,8 +1046,6 @@ gen_emit(conn_t *c)
         buf_add(&c->acc, g_tok.data, g_tok.len);
         return;
     }
-
-    ev_start();
 
     if (c->prov == P_OPENAI) {
         oa_chunk_start(c);
@@ -1705,7 +1068,8 @@ gen_emit(conn_t *c)
 static void
 gen_finish(conn_t *c)
 {
-    const char  *reason;
+    const char  *reason, *text;
+    json_t      *j;
 
     if (c->prov == P_OPENAI) {
         reason = c->length_cut ? "length" : "stop";
@@ -1714,35 +1078,36 @@ gen_finish(conn_t *c)
     }
 
     if (!c->stream) {
-        g_tmp.pos = g_tmp.len = 0;
+        text = c->acc.data ? c->acc.data : "";
 
         if (c->prov == P_OPENAI) {
-            buf_addf(&g_tmp, "{\"id\":\"chatcmpl-mock\",\"object\":"
-                     "\"chat.completion\",\"created\":%lld,\"model\":%s,"
-                     "\"choices\":[{\"index\":0,\"message\":{\"role\":"
-                     "\"assistant\",\"content\":", c->created, c->model_json);
-            buf_add_jstr(&g_tmp, c->acc.data, c->acc.len);
-            buf_addf(&g_tmp, "},\"finish_reason\":\"%s\"}],\"usage\":"
-                     "{\"prompt_tokens\":%ld,\"completion_tokens\":%ld,"
-                     "\"total_tokens\":%ld}}", reason, c->prompt_tokens,
-                     c->emitted, c->prompt_tokens + c->emitted);
-
+            j = json_pack("{s:s,s:s,s:I,s:s,s:[{s:i,s:{s:s,s:s%},s:s}],"
+                          "s:{s:i,s:i,s:i}}",
+                          "id", "chatcmpl-mock", "object", "chat.completion",
+                          "created", (json_int_t) c->created,
+                          "model", c->model, "choices", "index", 0,
+                          "message", "role", "assistant",
+                          "content", text, c->acc.len,
+                          "finish_reason", reason, "usage",
+                          "prompt_tokens", (int) c->prompt_tokens,
+                          "completion_tokens", (int) c->emitted,
+                          "total_tokens",
+                          (int) (c->prompt_tokens + c->emitted));
         } else {
-            buf_addf(&g_tmp, "{\"id\":\"msg_mock\",\"type\":\"message\","
-                     "\"role\":\"assistant\",\"model\":%s,\"content\":"
-                     "[{\"type\":\"text\",\"text\":", c->model_json);
-            buf_add_jstr(&g_tmp, c->acc.data, c->acc.len);
-            buf_addf(&g_tmp, "}],\"stop_reason\":\"%s\",\"stop_sequence\":"
-                     "null,\"usage\":{\"input_tokens\":%ld,"
-                     "\"output_tokens\":%ld}}", reason, c->prompt_tokens,
-                     c->emitted);
+            j = json_pack("{s:s,s:s,s:s,s:s,s:[{s:s,s:s%}],s:s,s:n,"
+                          "s:{s:i,s:i}}",
+                          "id", "msg_mock", "type", "message",
+                          "role", "assistant", "model", c->model,
+                          "content", "type", "text", "text", text,
+                          c->acc.len, "stop_reason", reason,
+                          "stop_sequence", "usage",
+                          "input_tokens", (int) c->prompt_tokens,
+                          "output_tokens", (int) c->emitted);
         }
 
-        respond_json(c, 200, &g_tmp);
+        respond_json(c, 200, j, 0);
         return;
     }
-
-    ev_start();
 
     if (c->prov == P_OPENAI) {
         oa_chunk_start(c);
@@ -1770,7 +1135,6 @@ gen_finish(conn_t *c)
                  "\"message_stop\"}\n\n");
     }
 
-    ev_end(c);
     stream_terminate(c);
 }
 
@@ -1778,7 +1142,9 @@ gen_finish(conn_t *c)
 static void
 gen_fail(conn_t *c)
 {
-    static const char  partial[] = "{\"id\":\"chatcmpl-mock\",";
+    int  oa;
+
+    oa = (c->prov == P_OPENAI);
 
     switch (c->mode) {
 
@@ -1786,11 +1152,11 @@ gen_fail(conn_t *c)
         if (!c->stream) {
             buf_adds(&c->out, "HTTP/1.1 200 OK\r\nServer: llm-mock\r\n"
                      "Content-Type: application/json\r\n"
-                     "Content-Length: 4096\r\nConnection: close\r\n\r\n");
-            buf_adds(&c->out, partial);
+                     "Content-Length: 4096\r\nConnection: close\r\n\r\n"
+                     "{\"id\":\"chatcmpl-mock\",");
         }
         c->state = S_FLUSH;
-        c->end = END_CLOSE;
+        c->closing = 1;
         c->status = 200;
         return;
 
@@ -1800,47 +1166,29 @@ gen_fail(conn_t *c)
 
     case M_STREAM_ERROR:
         if (!c->stream) {
-            if (c->prov == P_OPENAI) {
-                llm_error(c, 500, "server_error", "mock overloaded", NULL);
-            } else {
-                llm_error(c, 529, "overloaded_error", "mock overloaded",
-                          NULL);
-            }
+            llm_error(c, oa ? 500 : 529,
+                      oa ? "server_error" : "overloaded_error",
+                      "mock overloaded", NULL);
             return;
         }
 
-        ev_start();
-
-        if (c->prov == P_OPENAI) {
-            buf_adds(&g_ev, "data: {\"error\":{\"message\":"
-                     "\"mock overloaded\",\"type\":\"server_error\"}}\n\n");
-        } else {
-            buf_adds(&g_ev, "event: error\ndata: {\"type\":\"error\","
-                     "\"error\":{\"type\":\"overloaded_error\",\"message\":"
-                     "\"mock overloaded\"}}\n\n");
-        }
-
-        ev_end(c);
+        buf_adds(&g_ev, oa ? "data: {\"error\":{\"message\":"
+                 "\"mock overloaded\",\"type\":\"server_error\"}}\n\n"
+                 : "event: error\ndata: {\"type\":\"error\",\"error\":"
+                 "{\"type\":\"overloaded_error\",\"message\":"
+                 "\"mock overloaded\"}}\n\n");
         stream_terminate(c);
         return;
 
     default: /* M_GARBAGE */
         if (!c->stream) {
-            respond(c, 200, "application/json", "{not json", 9,
-                    END_KEEPALIVE);
+            respond_lit(c, 200, "{not json");
             return;
         }
 
-        ev_start();
-
-        if (c->prov == P_ANTHROPIC) {
-            buf_adds(&g_ev, "event: content_block_delta\n");
-        }
-
-        buf_adds(&g_ev, "data: {not json\n\n");
-        ev_end(c);
+        buf_adds(&g_ev, oa ? "data: {not json\n\n"
+                 : "event: content_block_delta\ndata: {not json\n\n");
         stream_terminate(c);
-        return;
     }
 }
 
@@ -1915,365 +1263,456 @@ gen_run(conn_t *c)
 }
 
 
-/* the LLM endpoints */
+/* the query string */
 
 static int
-query_num(const char *v, long max, long *out)
+hexval(int ch)
 {
-    long  n;
-
-    if (*v == '\0') {
-        return -1;
-    }
-
-    for (n = 0; *v; v++) {
-        if (*v < '0' || *v > '9') {
-            return -1;
-        }
-        n = n * 10 + (*v - '0');
-        if (n > max) {
-            return -1;
-        }
-    }
-
-    *out = n;
-    return 0;
+    return (ch >= '0' && ch <= '9') ? ch - '0'
+           : (ch >= 'a' && ch <= 'f') ? ch - 'a' + 10
+           : (ch >= 'A' && ch <= 'F') ? ch - 'A' + 10 : -1;
 }
 
 
-static size_t
-url_decode(const char *s, size_t n, char *out)
-{
-    size_t  i, k;
-    int     h, l;
+/* the decoded value of the last parameter "name" (malloc()ed), or NULL */
 
-    for (i = 0, k = 0; i < n; i++) {
-        if (s[i] == '+') {
-            out[k++] = ' ';
+static char *
+query_get(const char *qs, const char *name, size_t *len)
+{
+    const char  *amp, *eq, *end;
+    char        *v;
+    size_t       n, i, k;
+
+    v = NULL;
+    n = strlen(name);
+
+    for ( ; qs && *qs; qs = amp ? amp + 1 : NULL) {
+        amp = strchr(qs, '&');
+        end = amp ? amp : qs + strlen(qs);
+        eq = memchr(qs, '=', end - qs);
+
+        if ((size_t) ((eq ? eq : end) - qs) != n || memcmp(qs, name, n) != 0)
+        {
             continue;
         }
 
-        if (s[i] == '%' && i + 2 < n) {
-            h = s[i + 1];
-            l = s[i + 2];
-            h = (h >= '0' && h <= '9') ? h - '0'
-                : (h >= 'a' && h <= 'f') ? h - 'a' + 10
-                : (h >= 'A' && h <= 'F') ? h - 'A' + 10 : -1;
-            l = (l >= '0' && l <= '9') ? l - '0'
-                : (l >= 'a' && l <= 'f') ? l - 'a' + 10
-                : (l >= 'A' && l <= 'F') ? l - 'A' + 10 : -1;
+        eq = eq ? eq + 1 : end;
+        free(v);
+        v = xrealloc(NULL, end - eq + 1);
 
-            if (h >= 0 && l >= 0) {
-                out[k++] = (char) (h * 16 + l);
+        for (i = 0, k = 0; eq + i < end; i++) {
+            if (eq[i] == '%' && eq + i + 2 < end && hexval(eq[i + 1]) >= 0
+                && hexval(eq[i + 2]) >= 0)
+            {
+                v[k++] = (char) (hexval(eq[i + 1]) * 16 + hexval(eq[i + 2]));
                 i += 2;
-                continue;
+            } else {
+                v[k++] = eq[i] == '+' ? ' ' : eq[i];
             }
         }
 
-        out[k++] = s[i];
+        v[k] = '\0';
+        *len = k;
     }
 
-    out[k] = '\0';
-    return k;
+    return v;
+}
+
+
+/* a number parameter, left alone when absent; -1 when it is not valid */
+
+static int
+query_num(const char *qs, const char *name, long max, long *out)
+{
+    char    *v;
+    size_t   len;
+    int      rc;
+
+    v = query_get(qs, name, &len);
+    rc = v ? num_parse(v, max, out) : 0;
+    free(v);
+
+    return rc;
 }
 
 
 static int
-query_parse(const char *s, query_t *q, const char **err)
+query_parse(const char *qs, query_t *q)
 {
-    const char  *amp, *eq, *end;
-    char         key[32], *val;
-    size_t       klen, vlen;
-    int          i, rc;
+    int      i;
+    char    *v;
+    size_t   len;
 
-    q->tokens = q->tps = q->ttft = q->token_size = -1;
-    q->after = q->status = -1;
-    q->mode = -1;
-    q->chunked = 1;
-
-    rc = 0;
-
-    while (s && *s) {
-        amp = strchr(s, '&');
-        end = amp ? amp : s + strlen(s);
-        eq = memchr(s, '=', end - s);
-
-        klen = (eq ? eq : end) - s;
-        vlen = eq ? (size_t) (end - eq - 1) : 0;
-
-        val = xrealloc(NULL, vlen + 1);
-        vlen = url_decode(eq ? eq + 1 : end, vlen, val);
-
-        if (klen < sizeof(key)) {
-            url_decode(s, klen, key);
-        } else {
-            key[0] = '\0';
-        }
-
-        if (strcmp(key, "tokens") == 0) {
-            rc = query_num(val, MOCK_MAX_TOKENS, &q->tokens);
-        } else if (strcmp(key, "tps") == 0) {
-            rc = query_num(val, 1000000, &q->tps);
-        } else if (strcmp(key, "ttft") == 0) {
-            rc = query_num(val, 3600000, &q->ttft);
-        } else if (strcmp(key, "token_size") == 0) {
-            rc = query_num(val, 65536, &q->token_size);
-        } else if (strcmp(key, "after") == 0) {
-            rc = query_num(val, MOCK_MAX_TOKENS, &q->after);
-        } else if (strcmp(key, "status") == 0) {
-            rc = query_num(val, 599, &q->status);
-            if (rc == 0 && (q->status < 200 || q->status == 204
-                            || q->status == 304))
-            {
-                rc = -1;
-            }
-        } else if (strcmp(key, "stamp") == 0) {
-            q->stamp = (strcmp(val, "1") == 0);
-        } else if (strcmp(key, "chunked") == 0) {
-            q->chunked = (strcmp(val, "0") != 0);
-        } else if (strcmp(key, "mode") == 0) {
-            q->mode = -1;
-            for (i = 0; mode_names[i]; i++) {
-                if (strcmp(val, mode_names[i]) == 0) {
-                    q->mode = i;
-                }
-            }
-            rc = (q->mode < 0) ? -1 : 0;
-        } else if (strcmp(key, "tag") == 0) {
-            q->has_tag = 1;
-            q->tag_len = vlen < MOCK_TAG_LEN ? vlen : MOCK_TAG_LEN - 1;
-            memcpy(q->tag, val, q->tag_len);
-        } else if (strcmp(key, "expect_key") == 0) {
-            free(q->expect_key);
-            q->expect_key = val;
-            q->expect_key_len = vlen;
-            val = NULL;
-        }
-
-        free(val);
-
-        if (rc != 0) {
-            *err = "bad query parameter";
+    for (i = 0; i < N_NUMS; i++) {
+        q->num[i] = -1;
+        if (query_num(qs, nums[i].name, nums[i].max, &q->num[i]) != 0) {
             return -1;
         }
-
-        s = amp ? amp + 1 : NULL;
     }
+
+    if (q->num[N_STATUS] >= 0 && !status_ok(q->num[N_STATUS])) {
+        return -1;
+    }
+
+    q->mode = -1;
+    v = query_get(qs, "mode", &len);
+
+    for (i = 0; v && mode_names[i]; i++) {
+        if (strcmp(v, mode_names[i]) == 0) {
+            q->mode = i;
+        }
+    }
+
+    free(v);
+
+    if (v && q->mode < 0) {
+        return -1;
+    }
+
+    v = query_get(qs, "stamp", &len);
+    q->stamp = v && strcmp(v, "1") == 0;
+    free(v);
+
+    v = query_get(qs, "chunked", &len);
+    q->chunked = !v || strcmp(v, "0") != 0;
+    free(v);
+
+    v = query_get(qs, "tag", &len);
+    if (v) {
+        q->has_tag = 1;
+        q->tag_len = len < MOCK_TAG_LEN ? len : MOCK_TAG_LEN - 1;
+        memcpy(q->tag, v, q->tag_len);
+        free(v);
+    }
+
+    q->expect_key = query_get(qs, "expect_key", &len);
 
     return 0;
 }
 
+
+/* the LLM endpoints */
 
 static void
 record_last(conn_t *c, const char *body, size_t blen, int json_ok)
 {
     const char  *p, *end, *nl, *colon, *v, *ve;
     tag_slot_t  *slots[2];
+    json_t      *j, *h;
+    char        *s;
     size_t       i;
 
-    g_tmp.pos = g_tmp.len = 0;
+    h = json_array();
+    p = c->in.data + c->in.pos;
+    end = p + c->hdr_size;
+    p = memchr(p, '\n', end - p) + 1;    /* after the request line */
 
-    buf_adds(&g_tmp, "{\"method\":");
-    buf_add_jstr(&g_tmp, c->method, strlen(c->method));
-    buf_adds(&g_tmp, ",\"uri\":");
-    buf_add_jstr(&g_tmp, c->uri, strlen(c->uri));
-    buf_adds(&g_tmp, ",\"tag\":");
-    if (c->q.has_tag) {
-        buf_add_jstr(&g_tmp, c->q.tag, c->q.tag_len);
-    } else {
-        buf_adds(&g_tmp, "null");
-    }
-    buf_adds(&g_tmp, ",\"authorization\":");
-    buf_add_jstr_or_null(&g_tmp, c->auth);
-    buf_adds(&g_tmp, ",\"x_api_key\":");
-    buf_add_jstr_or_null(&g_tmp, c->xkey);
-    buf_adds(&g_tmp, ",\"anthropic_version\":");
-    buf_add_jstr_or_null(&g_tmp, c->aver);
-    buf_adds(&g_tmp, ",\"content_type\":");
-    buf_add_jstr_or_null(&g_tmp, c->ctype);
-    buf_addf(&g_tmp, ",\"chunked_body\":%s,\"headers\":[",
-             c->req_chunked ? "true" : "false");
-
-    p = c->in.data + c->in.pos + c->hdr_start;
-    end = c->in.data + c->in.pos + c->hdr_size;
-
-    for (i = 0; p < end; p = nl + 1) {
-        nl = memchr(p, '\n', end - p);
-        if (nl == NULL) {
-            break;
-        }
-
+    for ( ; p < end && (nl = memchr(p, '\n', end - p)); p = nl + 1) {
         colon = memchr(p, ':', nl - p);
         if (colon == NULL) {
             continue;
         }
 
-        v = colon + 1;
-        ve = nl;
-        while (v < ve && (*v == ' ' || *v == '\t')) {
-            v++;
+        for (v = colon + 1; v < nl && (*v == ' ' || *v == '\t'); v++) {
+            /* void */
         }
-        while (ve > v && (ve[-1] == '\r' || ve[-1] == ' '
-                          || ve[-1] == '\t'))
+
+        for (ve = nl; ve > v && (ve[-1] == '\r' || ve[-1] == ' '
+                                 || ve[-1] == '\t'); ve--)
         {
-            ve--;
+            /* void */
         }
 
-        buf_adds(&g_tmp, i++ ? ",[" : "[");
-        buf_add_jstr(&g_tmp, p, colon - p);
-        buf_adds(&g_tmp, ",");
-        buf_add_jstr(&g_tmp, v, ve - v);
-        buf_adds(&g_tmp, "]");
+        json_array_append_new(h, json_pack("[o,o]", jstr(p, colon - p),
+                                           jstr(v, ve - v)));
     }
 
-    buf_adds(&g_tmp, "],\"body\":");
-    buf_add_jstr(&g_tmp, body, blen);
+    j = json_pack("{s:s,s:o,s:o,s:o,s:o,s:o,s:o,s:o,s:o}",
+                  "method", c->method, "uri", jstrz(c->uri),
+                  "tag", c->q.has_tag ? jstr(c->q.tag, c->q.tag_len)
+                                      : json_null(),
+                  "authorization", jstrz(c->auth),
+                  "x_api_key", jstrz(c->xkey),
+                  "anthropic_version", jstrz(c->aver),
+                  "content_type", jstrz(c->ctype), "headers", h,
+                  "body", jstr(body, blen));
+
+    /* then "json": the body as it came, when it is JSON */
+
+    s = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+
+    g_tmp.pos = g_tmp.len = 0;
+    buf_add(&g_tmp, s ? s : "{", s ? strlen(s) - 1 : 1);
     buf_adds(&g_tmp, ",\"json\":");
-    if (json_ok) {
-        buf_add(&g_tmp, body, blen);
-    } else {
-        buf_adds(&g_tmp, "null");
-    }
+    buf_add(&g_tmp, json_ok ? body : "null", json_ok ? blen : 4);
     buf_adds(&g_tmp, "}\n");
+    free(s);
 
     slots[0] = &g_all;
     slots[1] = c->tag;
 
     for (i = 0; i < 2; i++) {
-        if (slots[i] == NULL) {
-            continue;
+        if (slots[i]) {
+            free(slots[i]->last);
+            slots[i]->last = xstrndup(g_tmp.data, g_tmp.len);
+            slots[i]->last_len = g_tmp.len;
         }
-        free(slots[i]->last);
-        slots[i]->last = xstrndup(g_tmp.data, g_tmp.len);
-        slots[i]->last_len = g_tmp.len;
     }
 }
 
 
-/* extracts the request fields; returns an error message or NULL */
+/* the text of a message "content": a string or an array of text parts */
+
+static void
+json_text(json_t *v, buf_t *out)
+{
+    size_t   i;
+    json_t  *e;
+
+    if (json_is_string(v)) {
+        buf_add(out, json_string_value(v), json_string_length(v));
+        return;
+    }
+
+    json_array_foreach(v, i, e) {
+        if (!json_is_string(e)) {
+            e = json_object_get(e, "text");
+        }
+
+        if (json_is_string(e)) {
+            buf_add(out, json_string_value(e), json_string_length(e));
+        }
+    }
+}
+
+
+/*
+ * Extracts the request fields, the conversation into g_conv (a C string)
+ * and the echo text into c->text; returns an error message or NULL.
+ */
 
 static const char *
-llm_extract(conn_t *c, jv_t *root, long *max_tokens)
+llm_extract(conn_t *c, json_t *root, long *max_tokens)
 {
-    jv_t        *model, *msgs, *m, *role, *v, *so;
-    buf_t        sys, user, t;
-    size_t       all;
-    const char  *err;
+    json_t      *model, *msgs, *m, *role, *v;
+    buf_t        sys, user;
+    size_t       i, all, start;
+    const char  *r, *err;
 
-    *max_tokens = -1;
-
-    if (root->type != J_OBJ) {
+    if (!json_is_object(root)) {
         return "the request body must be a JSON object";
     }
 
-    model = jv_get(root, "model");
-    if (model == NULL || model->type != J_STR) {
+    model = json_object_get(root, "model");
+    if (!json_is_string(model)) {
         return "model: a string is required";
     }
 
-    msgs = jv_get(root, "messages");
-    if (msgs == NULL || msgs->type != J_ARR) {
+    msgs = json_object_get(root, "messages");
+    if (!json_is_array(msgs)) {
         return "messages: an array is required";
     }
 
-    v = jv_get(root, "stream");
-    if (v && v->type != J_TRUE && v->type != J_FALSE && v->type != J_NULL) {
+    v = json_object_get(root, "stream");
+    if (v && !json_is_boolean(v) && !json_is_null(v)) {
         return "stream: a boolean is required";
     }
-    c->stream = (v && v->type == J_TRUE);
 
-    so = jv_get(root, "stream_options");
-    v = jv_get(so, "include_usage");
-    c->usage = (v && v->type == J_TRUE);
+    c->stream = json_is_true(v);
+    c->usage = json_is_true(json_object_get(json_object_get(root,
+                                  "stream_options"), "include_usage"));
 
-    v = jv_get(root, "max_tokens");
+    v = json_object_get(root, "max_tokens");
     if (v == NULL && c->prov == P_OPENAI) {
-        v = jv_get(root, "max_completion_tokens");
+        v = json_object_get(root, "max_completion_tokens");
     }
 
-    switch (jv_int(v, max_tokens)) {
-    case 0:
+    *max_tokens = -1;
+
+    if (v == NULL || json_is_null(v)) {
         if (c->prov == P_ANTHROPIC) {
             return "max_tokens: Field required";
         }
-        *max_tokens = -1;
-        break;
-    case 1:
-        if (*max_tokens >= 1) {
-            break;
-        }
-        /* fall through */
-    default:
+
+    } else if (!json_is_integer(v) || json_integer_value(v) < 1) {
         return "max_tokens: a positive integer is required";
+
+    } else {
+        *max_tokens = json_integer_value(v) > MOCK_MAX_TOKENS
+                      ? MOCK_MAX_TOKENS : (long) json_integer_value(v);
     }
 
+    c->model = xstrndup(json_string_value(model), json_string_length(model));
     g_tmp.pos = g_tmp.len = 0;
-    buf_add_jstr(&g_tmp, model->str, model->len);
+    buf_add_jstr(&g_tmp, c->model, json_string_length(model));
     c->model_json = xstrndup(g_tmp.data, g_tmp.len);
 
     memset(&sys, 0, sizeof(buf_t));
     memset(&user, 0, sizeof(buf_t));
-    memset(&t, 0, sizeof(buf_t));
+    g_conv.pos = g_conv.len = 0;
     err = NULL;
 
     if (c->prov == P_ANTHROPIC) {
-        jv_text(jv_get(root, "system"), &sys);
+        json_text(json_object_get(root, "system"), &sys);
+        buf_add(&g_conv, sys.data, sys.len);
     }
 
     all = sys.len;
 
-    for (m = msgs->child; m; m = m->next) {
-        role = jv_get(m, "role");
-        if (role == NULL || role->type != J_STR) {
+    json_array_foreach(msgs, i, m) {
+        role = json_object_get(m, "role");
+        if (!json_is_string(role)) {
             err = "messages: each message needs a string role";
             break;
         }
 
-        t.pos = t.len = 0;
-        jv_text(jv_get(m, "content"), &t);
-        all += t.len;
+        buf_add(&g_conv, "\n", g_conv.len ? 1 : 0);
+        start = g_conv.len;
+        json_text(json_object_get(m, "content"), &g_conv);
+        all += g_conv.len - start;
+        r = json_string_value(role);
 
-        if (strcmp(role->str, "user") == 0) {
+        if (strcmp(r, "user") == 0) {
             user.pos = user.len = 0;
-            buf_add(&user, t.data, t.len);
+            buf_add(&user, g_conv.data + start, g_conv.len - start);
 
-        } else if (c->prov == P_OPENAI && (strcmp(role->str, "system") == 0
-                   || strcmp(role->str, "developer") == 0))
+        } else if (c->prov == P_OPENAI && (strcmp(r, "system") == 0
+                                           || strcmp(r, "developer") == 0))
         {
-            buf_add(&sys, t.data, t.len);
+            buf_add(&sys, g_conv.data + start, g_conv.len - start);
         }
     }
 
+    buf_add(&g_conv, "", 1);
     c->prompt_tokens = (all + 3) / 4;
 
     if (c->mode == M_ECHO) {
         buf_add(&c->text, sys.data, sys.len);
         buf_add(&c->text, "|", 1);
         buf_add(&c->text, user.data, user.len);
+        c->has_text = 1;
     }
 
     buf_free(&sys);
     buf_free(&user);
-    buf_free(&t);
 
     return err;
 }
 
 
 static void
+set_reply(conn_t *c, const char *s, size_t n)
+{
+    if (c->mode != M_ECHO) {
+        c->text.pos = c->text.len = 0;
+        buf_add(&c->text, s, n);
+        c->has_text = 1;
+    }
+}
+
+
+/* the n-th of a rule's "replies" or "statuses", else its "reply"/"status" */
+
+static json_t *
+rule_nth(json_t *rule, const char *many, const char *one, size_t n)
+{
+    json_t  *a;
+
+    a = json_object_get(rule, many);
+    if (a == NULL) {
+        return json_object_get(rule, one);
+    }
+
+    n = n < json_array_size(a) ? n : json_array_size(a);
+    return json_array_get(a, n - 1);
+}
+
+
+/*
+ * The reply and status of the first rule that matches, then those of the
+ * query for the n-th request of the tag; -1 for a bad query parameter.
+ */
+
+static int
+script_reply(conn_t *c, long n, long *status)
+{
+    json_t  *rule, *v;
+    size_t   i, k, len;
+    char     name[32], *s;
+
+    json_array_foreach(g_script, i, rule) {
+        v = json_object_get(rule, "match");
+
+        if (v && strstr(g_conv.data, json_string_value(v)) == NULL) {
+            continue;
+        }
+
+        k = ++g_script_n[i];
+
+        if ((v = rule_nth(rule, "replies", "reply", k))) {
+            set_reply(c, json_string_value(v), json_string_length(v));
+        }
+
+        if ((v = rule_nth(rule, "statuses", "status", k))) {
+            *status = json_integer_value(v);
+        }
+
+        for (k = N_TPS; k <= N_TOKEN_SIZE; k++) {
+            if ((v = json_object_get(rule, nums[k].name))) {
+                c->q.num[k] = json_integer_value(v);
+            }
+        }
+
+        break;
+    }
+
+    snprintf(name, sizeof(name), "reply_%ld", n);
+    s = query_get(c->qs, name, &len);
+    s = s ? s : query_get(c->qs, "reply", &len);
+
+    if (s) {
+        v = json_stringn(s, len);    /* UTF-8? */
+        if (v) {
+            set_reply(c, s, len);
+            json_decref(v);
+        }
+        free(s);
+
+        if (v == NULL) {
+            return -1;
+        }
+    }
+
+    if (c->q.num[N_STATUS] >= 0) {
+        *status = c->q.num[N_STATUS];
+    }
+
+    snprintf(name, sizeof(name), "status_%ld", n);
+
+    if (query_num(c->qs, name, 599, status) != 0
+        || (*status >= 0 && !status_ok(*status)))
+    {
+        return -1;
+    }
+
+    return 0;
+}
+
+
+static void
 llm_request(conn_t *c, const char *body, size_t blen)
 {
-    jv_t        *root;
-    const char  *err, *jerr;
-    long         max_tokens, total, after, ttft, tps;
-    char         msg[64];
-    int          ok;
+    json_t        *root;
+    json_error_t   jerr;
+    const char    *err, *key;
+    long           max_tokens, total, after, ttft, tps, st, n;
+    char           msg[256];
 
     CNT(c, requests, 1);
+    n = (long) (c->tag ? c->tag : &g_all)->cnt.requests;
 
-    jerr = NULL;
-    root = json_parse(body, blen, &jerr);
-
+    root = json_loadb(body, blen, JSON_DECODE_ANY, &jerr);
     record_last(c, body, blen, root != NULL);
 
     if (c->prov == P_ANTHROPIC && c->aver == NULL) {
@@ -2283,18 +1722,11 @@ llm_request(conn_t *c, const char *body, size_t blen)
     }
 
     if (c->q.expect_key) {
-        if (c->prov == P_OPENAI) {
-            ok = c->auth && strncmp(c->auth, "Bearer ", 7) == 0
-                 && strlen(c->auth + 7) == c->q.expect_key_len
-                 && memcmp(c->auth + 7, c->q.expect_key,
-                           c->q.expect_key_len) == 0;
-        } else {
-            ok = c->xkey && strlen(c->xkey) == c->q.expect_key_len
-                 && memcmp(c->xkey, c->q.expect_key,
-                           c->q.expect_key_len) == 0;
-        }
+        key = c->prov == P_ANTHROPIC ? c->xkey
+              : (c->auth && strncmp(c->auth, "Bearer ", 7) == 0)
+                ? c->auth + 7 : NULL;
 
-        if (!ok) {
+        if (key == NULL || strcmp(key, c->q.expect_key) != 0) {
             if (c->prov == P_OPENAI) {
                 llm_error(c, 401, "invalid_request_error",
                           "Incorrect API key provided (mock)",
@@ -2308,40 +1740,55 @@ llm_request(conn_t *c, const char *body, size_t blen)
     }
 
     if (root == NULL) {
-        snprintf(msg, sizeof(msg), "invalid JSON body: %s", jerr);
+        snprintf(msg, sizeof(msg), "invalid JSON body: %s", jerr.text);
         llm_error(c, 400, "invalid_request_error", msg, NULL);
         goto done;
     }
 
-    c->mode = c->q.mode >= 0 ? c->q.mode
-              : c->q.status >= 0 ? M_STATUS : M_NORMAL;
+    c->mode = c->q.mode >= 0 ? c->q.mode : M_NORMAL;
+    st = -1;
 
     err = llm_extract(c, root, &max_tokens);
+
+    if (err == NULL && script_reply(c, n, &st) != 0) {
+        err = "bad query parameter";
+    }
+
     if (err) {
         llm_error(c, 400, "invalid_request_error", err, NULL);
         goto done;
     }
 
-    if (c->mode == M_STATUS) {
-        c->status = c->q.status >= 0 ? (int) c->q.status : 500;
-        snprintf(msg, sizeof(msg), "mock error %d", c->status);
+    if (c->q.mode < 0 && st >= 0 && st != 200) {
+        c->mode = M_STATUS;
+    }
 
-        if (c->prov == P_OPENAI) {
-            llm_error(c, c->status, "mock_error", msg, NULL);
-        } else {
-            llm_error(c, c->status, "api_error", msg, NULL);
-        }
+    if (c->mode == M_STATUS) {
+        c->status = st >= 0 ? (int) st : 500;
+        snprintf(msg, sizeof(msg), "mock error %d", c->status);
+        llm_error(c, c->status,
+                  c->prov == P_OPENAI ? "mock_error" : "api_error", msg,
+                  NULL);
         goto done;
     }
 
-    ttft = c->q.ttft >= 0 ? c->q.ttft : cfg.ttft;
-    tps = c->q.tps >= 0 ? c->q.tps : cfg.tps;
-    c->token_size = c->q.token_size >= 0 ? c->q.token_size : cfg.token_size;
+    ttft = c->q.num[N_TTFT] >= 0 ? c->q.num[N_TTFT] : cfg.num[N_TTFT];
+    tps = c->q.num[N_TPS] >= 0 ? c->q.num[N_TPS] : cfg.num[N_TPS];
+    c->token_size = c->q.num[N_TOKEN_SIZE] >= 0 ? c->q.num[N_TOKEN_SIZE]
+                                                : cfg.num[N_TOKEN_SIZE];
     c->interval = tps > 0 ? 1000000 / tps : 0;
     c->created = (long long) time(NULL);
 
-    total = (c->mode == M_ECHO) ? (long) echo_count(c)
-            : c->q.tokens >= 0 ? c->q.tokens : cfg.tokens;
+    if (c->has_text) {
+        for (total = 0; c->text_pos < c->text.len; total++) {
+            c->text_pos += text_cut(c, c->text_pos);
+        }
+        c->text_pos = 0;
+
+    } else {
+        total = c->q.num[N_TOKENS] >= 0 ? c->q.num[N_TOKENS]
+                                        : cfg.num[N_TOKENS];
+    }
 
     c->limit = total;
     if (max_tokens >= 0 && max_tokens < total) {
@@ -2349,11 +1796,10 @@ llm_request(conn_t *c, const char *body, size_t blen)
         c->length_cut = 1;
     }
 
-    c->fail_at = -1;
     if (c->mode == M_CUT || c->mode == M_STALL || c->mode == M_STREAM_ERROR
         || c->mode == M_GARBAGE)
     {
-        after = c->q.after >= 0 ? c->q.after : 3;
+        after = c->q.num[N_AFTER] >= 0 ? c->q.num[N_AFTER] : 3;
         c->fail_at = after < c->limit ? after : c->limit;
     }
 
@@ -2383,179 +1829,131 @@ llm_request(conn_t *c, const char *body, size_t blen)
 
 done:
 
-    jv_free(root);
+    json_decref(root);
 }
 
 
 /* the control endpoints */
 
 static void
-stats_request(conn_t *c, const char *path)
+control_request(conn_t *c, const char *path)
 {
     tag_slot_t  *s;
     counters_t   zero, *k;
     size_t       i;
 
     memset(&zero, 0, sizeof(counters_t));
-    g_tmp.pos = g_tmp.len = 0;
-
     s = c->q.has_tag ? tag_find(c->q.tag, c->q.tag_len, 0) : &g_all;
 
-    if (strcmp(path, "/stats") == 0) {
+    if (strcmp(path, "/stats") == 0 || strcmp(path, "/last") == 0) {
         if (strcmp(c->method, "GET") != 0) {
-            respond_http_error(c, 405, "use GET");
+            http_error(c, 405, "use GET");
+
+        } else if (path[1] == 's') {
+            k = s ? &s->cnt : &zero;
+            respond_json(c, 200, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}",
+                         "requests", (json_int_t) k->requests,
+                         "streams_started", (json_int_t) k->started,
+                         "streams_completed", (json_int_t) k->completed,
+                         "streams_aborted", (json_int_t) k->aborted,
+                         "active", (json_int_t) k->active,
+                         "tokens_sent", (json_int_t) k->tokens), 1);
+
+        } else if (s == NULL || s->last == NULL) {
+            respond_lit(c, 404, "{\"error\":\"no request recorded\"}\n");
+
+        } else {
+            respond(c, 200, s->last, s->last_len);
+        }
+
+    } else if (strcmp(path, "/stats/reset") == 0
+               || strcmp(path, "/reset") == 0)
+    {
+        if (strcmp(c->method, "GET") != 0 && strcmp(c->method, "POST") != 0)
+        {
+            http_error(c, 405, "use GET or POST");
             return;
         }
 
-        k = s ? &s->cnt : &zero;
-        buf_addf(&g_tmp, "{\"requests\":%llu,\"streams_started\":%llu,"
-                 "\"streams_completed\":%llu,\"streams_aborted\":%llu,"
-                 "\"active\":%lld,\"tokens_sent\":%llu}\n",
-                 (unsigned long long) k->requests,
-                 (unsigned long long) k->started,
-                 (unsigned long long) k->completed,
-                 (unsigned long long) k->aborted,
-                 (long long) k->active,
-                 (unsigned long long) k->tokens);
-        respond_json(c, 200, &g_tmp);
-        return;
-    }
+        if (c->q.has_tag) {
+            if (s) {
+                tag_reset(s);
+            }
 
-    if (strcmp(path, "/last") == 0) {
-        if (s == NULL || s->last == NULL) {
-            buf_adds(&g_tmp, "{\"error\":\"no request recorded\"}\n");
-            respond_json(c, 404, &g_tmp);
-            return;
-        }
+        } else {
+            tag_reset(&g_all);
 
-        respond(c, 200, "application/json", s->last, s->last_len,
-                END_KEEPALIVE);
-        return;
-    }
-
-    /* "/reset", "/stats/reset" */
-
-    if (c->q.has_tag) {
-        if (s) {
-            tag_reset(s);
-        }
-
-    } else {
-        tag_reset(&g_all);
-
-        for (i = 0; i < MOCK_TAGS; i++) {
-            if (g_tags[i].used) {
+            for (i = 0; i < g_ntags; i++) {
                 tag_reset(&g_tags[i]);
             }
+
+            for (i = 0; i < json_array_size(g_script); i++) {
+                g_script_n[i] = 0;
+            }
         }
+
+        respond_lit(c, 200, "{\"reset\":true}\n");
+
+    } else if (strcmp(path, "/health") == 0 || strcmp(path, "/") == 0) {
+        respond_lit(c, 200, "{\"status\":\"ok\",\"server\":\"llm-mock\"}\n");
+
+    } else {
+        llm_error(c, 404, "invalid_request_error", "not found (llm-mock)",
+                  NULL);
     }
-
-    buf_adds(&g_tmp, "{\"reset\":true}\n");
-    respond_json(c, 200, &g_tmp);
-}
-
-
-static int
-path_ends(const char *path, size_t len, const char *suffix)
-{
-    size_t  n;
-
-    n = strlen(suffix);
-    return len >= n && memcmp(path + len - n, suffix, n) == 0;
 }
 
 
 static void
 conn_dispatch(conn_t *c, const char *body, size_t blen)
 {
-    char        *path, *qs;
-    size_t       len;
-    const char  *err;
+    char    *qs;
+    size_t   len;
 
     c->t_start = now_us();
 
     qs = strchr(c->uri, '?');
     len = qs ? (size_t) (qs - c->uri) : strlen(c->uri);
-    path = xstrndup(c->uri, len);
+    c->qs = qs ? qs + 1 : NULL;
 
-    if (path_ends(path, len, "/chat/completions")) {
+    if (len >= 17 && memcmp(c->uri + len - 17, "/chat/completions", 17) == 0)
+    {
         c->prov = P_OPENAI;
-    } else if (path_ends(path, len, "/messages")) {
+    } else if (len >= 9 && memcmp(c->uri + len - 9, "/messages", 9) == 0) {
         c->prov = P_ANTHROPIC;
     }
 
-    if (query_parse(qs ? qs + 1 : NULL, &c->q, &err) != 0) {
-        if (c->prov != P_NONE) {
-            llm_error(c, 400, "invalid_request_error", err, NULL);
+    if (query_parse(c->qs, &c->q) != 0) {
+        if (c->prov == P_NONE) {
+            http_error(c, 400, "bad query parameter");
         } else {
-            respond_http_error(c, 400, err);
+            llm_error(c, 400, "invalid_request_error", "bad query parameter",
+                      NULL);
         }
-        goto done;
+        return;
     }
 
-    if (c->prov != P_NONE) {
-        if (strcmp(c->method, "POST") != 0) {
-            llm_error(c, 405, "invalid_request_error", "use POST", NULL);
-            goto done;
-        }
-
-        if (c->q.has_tag) {
-            c->tag = tag_find(c->q.tag, c->q.tag_len, 1);
-        }
-
-        llm_request(c, body, blen);
-        goto done;
+    if (c->prov == P_NONE) {
+        qs = xstrndup(c->uri, len);
+        control_request(c, qs);
+        free(qs);
+        return;
     }
 
-    if (strcmp(path, "/stats") == 0 || strcmp(path, "/last") == 0) {
-        stats_request(c, path);
-        goto done;
+    if (strcmp(c->method, "POST") != 0) {
+        llm_error(c, 405, "invalid_request_error", "use POST", NULL);
+        return;
     }
 
-    if (strcmp(path, "/stats/reset") == 0 || strcmp(path, "/reset") == 0) {
-        if (strcmp(c->method, "GET") != 0 && strcmp(c->method, "POST") != 0)
-        {
-            respond_http_error(c, 405, "use GET or POST");
-            goto done;
-        }
-        stats_request(c, path);
-        goto done;
+    if (c->q.has_tag) {
+        c->tag = tag_find(c->q.tag, c->q.tag_len, 1);
     }
 
-    if (strcmp(path, "/health") == 0 || strcmp(path, "/") == 0) {
-        g_tmp.pos = g_tmp.len = 0;
-        buf_adds(&g_tmp, "{\"status\":\"ok\",\"server\":\"llm-mock\"}\n");
-        respond_json(c, 200, &g_tmp);
-        goto done;
-    }
-
-    g_tmp.pos = g_tmp.len = 0;
-    buf_adds(&g_tmp, "{\"error\":{\"message\":\"not found (llm-mock)\","
-             "\"type\":\"invalid_request_error\",\"code\":null}}");
-    respond_json(c, 404, &g_tmp);
-
-done:
-
-    free(path);
+    llm_request(c, body, blen);
 }
 
 
-/* HTTP parsing */
-
-static char *
-str_trim_dup(const char *v, const char *ve)
-{
-    while (v < ve && (*v == ' ' || *v == '\t')) {
-        v++;
-    }
-
-    while (ve > v && (ve[-1] == ' ' || ve[-1] == '\t')) {
-        ve--;
-    }
-
-    return xstrndup(v, ve - v);
-}
-
+/* HTTP */
 
 static int
 hdr_is(const char *name, size_t len, const char *want)
@@ -2564,126 +1962,62 @@ hdr_is(const char *name, size_t len, const char *want)
 }
 
 
-static int
-ci_contains(const char *s, const char *word)
-{
-    size_t  n;
-
-    n = strlen(word);
-
-    for ( ; *s; s++) {
-        if (strncasecmp(s, word, n) == 0) {
-            return 1;
-        }
-    }
-
-    return 0;
-}
-
-
 /* 1: parsed, 0: needs more, -1: an error response is queued */
 
 static int
 http_parse_head(conn_t *c, const char *base, size_t avail)
 {
-    const char  *p, *end, *nl, *le, *sp1, *sp2, *colon, *v, *q;
-    char        *conn, *te, *val;
-    long long    cl;
+    enum { H_LENGTH, H_TE, H_CONNECTION, H_EXPECT, H_N };
+
+    const char  *p, *end, *nl, *le, *sp1, *sp2, *colon, *v;
+    char        *h[H_N], **dst;
     size_t       n;
+    long         cl;
+    int          rc, i;
 
-    /* find the empty line that ends the head */
+    /* the head ends with an empty line */
 
-    end = base + avail;
-    p = base;
-
-    for ( ;; ) {
-        nl = memchr(p, '\n', end - p);
-
-        if (nl == NULL) {
-            if (avail > MOCK_MAX_HEADER) {
-                respond_http_error(c, 431, "request head too large");
-                return -1;
-            }
-            return 0;
-        }
-
-        if (p > base && (nl == p || (nl == p + 1 && *p == '\r'))) {
+    for (p = base; (nl = memchr(p, '\n', base + avail - p)); p = nl + 1) {
+        if (nl == p || (nl == p + 1 && *p == '\r')) {
             break;
         }
-
-        if (p == base && (nl == p || (nl == p + 1 && *p == '\r'))) {
-            /* tolerate empty lines before a request */
-            base = nl + 1;
-            c->in.pos += nl + 1 - p;
-            avail = end - base;
-        }
-
-        p = nl + 1;
     }
 
-    if ((size_t) (nl + 1 - base) > MOCK_MAX_HEADER) {
-        respond_http_error(c, 431, "request head too large");
-        return -1;
+    if (nl == NULL || (size_t) (nl + 1 - base) > MOCK_MAX_HEADER) {
+        if (avail > MOCK_MAX_HEADER) {
+            http_error(c, 431, "request head too large");
+            return -1;
+        }
+        return 0;
     }
 
     c->hdr_size = nl + 1 - base;
+    end = nl + 1;
 
-    /* the request line */
+    /* the request line: METHOD /TARGET HTTP/1.x */
 
-    nl = memchr(base, '\n', end - base);
+    nl = memchr(base, '\n', avail);
     le = (nl > base && nl[-1] == '\r') ? nl - 1 : nl;
-
     sp1 = memchr(base, ' ', le - base);
     sp2 = sp1 ? memchr(sp1 + 1, ' ', le - sp1 - 1) : NULL;
 
-    if (sp1 == NULL || sp2 == NULL || sp1 == base
-        || (size_t) (sp1 - base) >= sizeof(c->method)
-        || sp2 == sp1 + 1 || sp1[1] != '/')
+    if (sp2 == NULL || sp1 == base
+        || (size_t) (sp1 - base) >= sizeof(c->method) || sp1[1] != '/'
+        || le - sp2 != 9 || memcmp(sp2 + 1, "HTTP/1.", 7) != 0
+        || (sp2[8] != '0' && sp2[8] != '1'))
     {
-        respond_http_error(c, 400, "bad request line");
+        http_error(c, 400, "bad request line");
         return -1;
-    }
-
-    for (q = base; q < sp1; q++) {
-        if (*q < 'A' || *q > 'Z') {
-            respond_http_error(c, 400, "bad request method");
-            return -1;
-        }
     }
 
     memcpy(c->method, base, sp1 - base);
-    c->method[sp1 - base] = '\0';
     c->uri = xstrndup(sp1 + 1, sp2 - sp1 - 1);
-
-    n = le - sp2 - 1;
-
-    if (n == 8 && memcmp(sp2 + 1, "HTTP/1.1", 8) == 0) {
-        c->http11 = 1;
-
-    } else if (n == 8 && memcmp(sp2 + 1, "HTTP/1.0", 8) == 0) {
-        c->http11 = 0;
-
-    } else {
-        respond_http_error(c, 400, "bad HTTP version");
-        return -1;
-    }
-
-    for (q = c->uri; *q; q++) {
-        if ((unsigned char) *q <= 0x20 || *q == 0x7f) {
-            respond_http_error(c, 400, "bad request target");
-            return -1;
-        }
-    }
-
-    c->hdr_start = nl + 1 - base;
-    c->keepalive = c->http11;
+    c->keepalive = c->http11 = (sp2[8] == '1');
 
     /* the headers */
 
-    conn = NULL;
-    te = NULL;
-    cl = -1;
-    end = base + c->hdr_size;
+    memset(h, 0, sizeof(h));
+    rc = 1;
 
     for (p = nl + 1; p < end; p = nl + 1) {
         nl = memchr(p, '\n', end - p);
@@ -2696,219 +2030,69 @@ http_parse_head(conn_t *c, const char *base, size_t avail)
         colon = memchr(p, ':', le - p);
 
         if (colon == NULL || colon == p) {
-            goto bad_header;
-        }
-
-        for (q = p; q < colon; q++) {
-            if ((unsigned char) *q <= 0x20 || *q == 0x7f) {
-                goto bad_header;
-            }
+            http_error(c, 400, "bad header line");
+            rc = -1;
+            goto done;
         }
 
         n = colon - p;
-        v = colon + 1;
-        val = NULL;
+        dst = hdr_is(p, n, "content-length") ? &h[H_LENGTH]
+              : hdr_is(p, n, "transfer-encoding") ? &h[H_TE]
+              : hdr_is(p, n, "connection") ? &h[H_CONNECTION]
+              : hdr_is(p, n, "expect") ? &h[H_EXPECT]
+              : hdr_is(p, n, "authorization") ? &c->auth
+              : hdr_is(p, n, "x-api-key") ? &c->xkey
+              : hdr_is(p, n, "anthropic-version") ? &c->aver
+              : hdr_is(p, n, "content-type") ? &c->ctype : NULL;
 
-        if (hdr_is(p, n, "content-length")) {
-            val = str_trim_dup(v, le);
-
-            if (val[0] == '\0' || strspn(val, "0123456789") != strlen(val)
-                || strlen(val) > 15 || (cl >= 0 && cl != atoll(val)))
-            {
-                free(val);
-                respond_http_error(c, 400, "bad content-length");
-                goto failed;
+        if (dst) {
+            for (v = colon + 1; v < le && (*v == ' ' || *v == '\t'); v++) {
+                /* void */
             }
 
-            cl = atoll(val);
-            free(val);
-
-        } else if (hdr_is(p, n, "transfer-encoding")) {
-            free(te);
-            te = str_trim_dup(v, le);
-
-        } else if (hdr_is(p, n, "connection")) {
-            free(conn);
-            conn = str_trim_dup(v, le);
-
-        } else if (hdr_is(p, n, "expect")) {
-            val = str_trim_dup(v, le);
-            c->expect100 = (strcasecmp(val, "100-continue") == 0);
-            free(val);
-
-        } else if (hdr_is(p, n, "authorization")) {
-            free(c->auth);
-            c->auth = str_trim_dup(v, le);
-
-        } else if (hdr_is(p, n, "x-api-key")) {
-            free(c->xkey);
-            c->xkey = str_trim_dup(v, le);
-
-        } else if (hdr_is(p, n, "anthropic-version")) {
-            free(c->aver);
-            c->aver = str_trim_dup(v, le);
-
-        } else if (hdr_is(p, n, "content-type")) {
-            free(c->ctype);
-            c->ctype = str_trim_dup(v, le);
-        }
-    }
-
-    if (conn) {
-        if (ci_contains(conn, "close")) {
-            c->keepalive = 0;
-        } else if (ci_contains(conn, "keep-alive")) {
-            c->keepalive = 1;
-        }
-    }
-
-    if (te) {
-        if (strcasecmp(te, "chunked") != 0 || !c->http11) {
-            respond_http_error(c, 501, "unsupported transfer-encoding");
-            goto failed;
-        }
-
-        if (cl >= 0) {
-            respond_http_error(c, 400,
-                               "both content-length and transfer-encoding");
-            goto failed;
-        }
-
-        c->req_chunked = 1;
-    }
-
-    if (cl > MOCK_MAX_BODY) {
-        respond_http_error(c, 413, "request body too large");
-        goto failed;
-    }
-
-    c->clen = cl < 0 ? 0 : cl;
-
-    free(conn);
-    free(te);
-    return 1;
-
-bad_header:
-
-    respond_http_error(c, 400, "bad header line");
-
-failed:
-
-    free(conn);
-    free(te);
-    return -1;
-}
-
-
-/* 1: complete, 0: needs more, -1: malformed, -2: too large */
-
-static int
-chunked_decode(const char *p, size_t n, buf_t *out, size_t *consumed)
-{
-    size_t  i, size, ll;
-    int     digits, d;
-    char   *nl;
-
-    out->pos = out->len = 0;
-    i = 0;
-
-    for ( ;; ) {
-        size = 0;
-        digits = 0;
-
-        while (i < n) {
-            d = p[i];
-            d = (d >= '0' && d <= '9') ? d - '0'
-                : (d >= 'a' && d <= 'f') ? d - 'a' + 10
-                : (d >= 'A' && d <= 'F') ? d - 'A' + 10 : -1;
-
-            if (d < 0) {
-                break;
+            while (le > v && (le[-1] == ' ' || le[-1] == '\t')) {
+                le--;
             }
 
-            size = size * 16 + d;
-            if (size > MOCK_MAX_BODY) {
-                return -2;
-            }
-
-            digits++;
-            i++;
+            free(*dst);
+            *dst = xstrndup(v, le - v);
         }
-
-        if (i >= n) {
-            return 0;
-        }
-
-        if (digits == 0) {
-            return -1;
-        }
-
-        /* chunk extensions */
-
-        nl = memchr(p + i, '\n', n - i);
-        if (nl == NULL) {
-            return (n - i > 4096) ? -1 : 0;
-        }
-
-        i = nl - p + 1;
-
-        if (size == 0) {
-            /* trailers up to an empty line */
-            for ( ;; ) {
-                nl = memchr(p + i, '\n', n - i);
-                if (nl == NULL) {
-                    return 0;
-                }
-
-                ll = nl - (p + i);
-                if (ll == 0 || (ll == 1 && p[i] == '\r')) {
-                    *consumed = nl - p + 1;
-                    return 1;
-                }
-
-                i = nl - p + 1;
-            }
-        }
-
-        if (out->len + size > MOCK_MAX_BODY) {
-            return -2;
-        }
-
-        if (n - i < size) {
-            return 0;
-        }
-
-        buf_add(out, p + i, size);
-        i += size;
-
-        if (i < n && p[i] == '\r') {
-            i++;
-        }
-
-        if (i >= n) {
-            return 0;
-        }
-
-        if (p[i] != '\n') {
-            return -1;
-        }
-
-        i++;
-    }
-}
-
-
-static int
-conn_send100(conn_t *c)
-{
-    if (!c->expect100 || c->sent100 || !c->http11) {
-        return 0;
     }
 
-    c->sent100 = 1;
-    buf_adds(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
+    if (h[H_CONNECTION] && strcasestr(h[H_CONNECTION], "close")) {
+        c->keepalive = 0;
+    } else if (h[H_CONNECTION] && strcasestr(h[H_CONNECTION], "keep-alive")) {
+        c->keepalive = 1;
+    }
 
-    return conn_flush(c) < 0 ? -1 : 0;
+    c->expect100 = c->http11 && h[H_EXPECT]
+                   && strcasecmp(h[H_EXPECT], "100-continue") == 0;
+    cl = 0;
+
+    if (h[H_TE]) {
+        http_error(c, 501, "unsupported transfer-encoding");
+        rc = -1;
+
+    } else if (h[H_LENGTH]
+               && num_parse(h[H_LENGTH], 999999999999999L, &cl) != 0)
+    {
+        http_error(c, 400, "bad content-length");
+        rc = -1;
+
+    } else if (cl > MOCK_MAX_BODY) {
+        http_error(c, 413, "request body too large");
+        rc = -1;
+    }
+
+    c->clen = cl;
+
+done:
+
+    for (i = 0; i < H_N; i++) {
+        free(h[i]);
+    }
+
+    return rc;
 }
 
 
@@ -2917,145 +2101,95 @@ conn_send100(conn_t *c)
 static int
 conn_process(conn_t *c)
 {
-    const char  *base, *body;
-    size_t       avail, raw, blen;
+    const char  *base;
+    size_t       avail;
     int          rc;
 
-    for ( ;; ) {
-        if (c->state != S_HEADERS && c->state != S_BODY) {
-            return 0;
-        }
+    while (c->state == S_READ && c->in.pos < c->in.len) {
 
-        if (c->in.pos == c->in.len) {
-            buf_free(&c->in);
-            return 0;
+        /* tolerate empty lines before a request */
+
+        while (c->hdr_size == 0 && c->in.pos < c->in.len
+               && (c->in.data[c->in.pos] == '\r'
+                   || c->in.data[c->in.pos] == '\n'))
+        {
+            c->in.pos++;
         }
 
         base = c->in.data + c->in.pos;
         avail = c->in.len - c->in.pos;
 
-        if (c->state == S_HEADERS) {
-            rc = http_parse_head(c, base, avail);
+        if (c->hdr_size == 0) {
+            rc = avail ? http_parse_head(c, base, avail) : 0;
 
             if (rc == 0) {
-                return 0;
+                break;
             }
 
             if (rc < 0) {
-                goto flush;
+                return conn_flush(c) < 0 ? -1 : 0;
             }
-
-            base = c->in.data + c->in.pos;
-            avail = c->in.len - c->in.pos;
-            c->state = S_BODY;
         }
 
-        if (c->req_chunked) {
-            rc = chunked_decode(base + c->hdr_size, avail - c->hdr_size,
-                                &c->dbody, &raw);
-
-            if (rc == 0 && avail >= MOCK_MAX_IN) {
-                rc = -2;
+        if (avail - c->hdr_size < c->clen) {
+            if (c->expect100) {
+                c->expect100 = 0;
+                buf_adds(&c->out, "HTTP/1.1 100 Continue\r\n\r\n");
+                return conn_flush(c) < 0 ? -1 : 0;
             }
-
-            if (rc == 0) {
-                return conn_send100(c);
-            }
-
-            if (rc == -1) {
-                respond_http_error(c, 400, "bad chunked body");
-                goto flush;
-            }
-
-            if (rc == -2) {
-                respond_http_error(c, 413, "request body too large");
-                goto flush;
-            }
-
-            body = c->dbody.data ? c->dbody.data : "";
-            blen = c->dbody.len;
-
-        } else {
-            if (avail - c->hdr_size < (size_t) c->clen) {
-                return conn_send100(c);
-            }
-
-            body = base + c->hdr_size;
-            blen = c->clen;
-            raw = c->clen;
+            return 0;
         }
 
-        conn_dispatch(c, body, blen);
-        c->in.pos += c->hdr_size + raw;
+        conn_dispatch(c, base + c->hdr_size, c->clen);
+        c->in.pos += c->hdr_size + c->clen;
 
         if (c->in.pos == c->in.len) {
             buf_free(&c->in);
         }
 
-    flush:
-
         rc = conn_flush(c);
-
         if (rc <= 0) {
             return rc;
         }
     }
+
+    if (c->in.pos == c->in.len) {
+        buf_free(&c->in);
+    }
+
+    return 0;
 }
 
+
+/*
+ * Reads what has come: a request is buffered until it is whole; what
+ * comes while an answer is under way is dropped, and the connection
+ * closes after that answer (requests sent together are still served).
+ */
 
 static int
 conn_read(conn_t *c)
 {
-    char     scratch[16384];
+    char     scratch[4096];
     ssize_t  n;
-    size_t   limit, have, room;
-    int      rq;
 
     for ( ;; ) {
-        rq = (c->state == S_HEADERS || c->state == S_BODY);
-        limit = rq ? MOCK_MAX_IN : MOCK_MAX_PIPELINE;
-        have = c->in.len - c->in.pos;
-
-        if (rq && have >= limit) {
-            /* cannot be a valid request: conn_process() answers it */
-            if (conn_process(c) < 0) {
-                return -1;
-            }
-
-            if ((c->state == S_HEADERS || c->state == S_BODY)
-                && c->in.len - c->in.pos >= limit)
-            {
-                respond_http_error(c, 413, "request too large");
-                if (conn_flush(c) < 0) {
-                    return -1;
-                }
-            }
-
-            continue;
-        }
-
-        if (c->state == S_LINGER || have >= limit) {
+        if (c->state != S_READ) {
             n = recv(c->fd, scratch, sizeof(scratch), 0);
 
             if (n > 0) {
-                if (c->state != S_LINGER) {
-                    /* too much pipelined: do not parse it */
-                    c->keepalive = 0;
-                    if (c->state == S_FLUSH && c->end == END_KEEPALIVE) {
-                        c->end = END_CLOSE;
-                    }
-                }
+                c->keepalive = 0;
+                c->closing |= (c->state == S_FLUSH);
                 continue;
             }
 
+        } else if (c->in.len - c->in.pos > MOCK_MAX_HEADER + MOCK_MAX_BODY) {
+            http_error(c, 413, "request too large");
+            return conn_flush(c) < 0 ? -1 : 0;
+
         } else {
             buf_reserve(&c->in, 4096);
-            room = c->in.cap - c->in.len;
-            if (room > limit - have) {
-                room = limit - have;
-            }
-
-            n = recv(c->fd, c->in.data + c->in.len, room, 0);
+            n = recv(c->fd, c->in.data + c->in.len, c->in.cap - c->in.len, 0);
 
             if (n > 0) {
                 c->in.len += n;
@@ -3063,60 +2197,16 @@ conn_read(conn_t *c)
             }
         }
 
-        if (n == 0) {
-            conn_peer_gone(c);
-            return -1;
-        }
-
-        if (errno == EINTR) {
+        if (n < 0 && errno == EINTR) {
             continue;
         }
 
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            break;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            return c->state == S_READ ? conn_process(c) : 0;
         }
 
         conn_peer_gone(c);
         return -1;
-    }
-
-    if (c->state == S_HEADERS || c->state == S_BODY) {
-        return conn_process(c);
-    }
-
-    return 0;
-}
-
-
-static void
-conn_write(conn_t *c)
-{
-    int  rc;
-
-    rc = conn_flush(c);
-
-    if (rc == 0 && c->state == S_GEN && c->blocked
-        && c->out.len - c->out.pos < MOCK_OUT_LOWAT)
-    {
-        rc = gen_run(c);
-    }
-
-    if (rc == 1) {
-        conn_process(c);
-    }
-}
-
-
-static void
-conn_timer(conn_t *c)
-{
-    if (c->state == S_LINGER) {
-        conn_close(c);
-        return;
-    }
-
-    if (c->state == S_GEN && gen_run(c) == 1) {
-        conn_process(c);
     }
 }
 
@@ -3124,14 +2214,26 @@ conn_timer(conn_t *c)
 static void
 conn_event(conn_t *c, uint32_t ev)
 {
-    if (ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR)) {
-        if (conn_read(c) < 0) {
-            return;
-        }
+    int  rc;
+
+    if ((ev & (EPOLLIN | EPOLLRDHUP | EPOLLHUP | EPOLLERR))
+        && conn_read(c) < 0)
+    {
+        return;
     }
 
     if (ev & EPOLLOUT) {
-        conn_write(c);
+        rc = conn_flush(c);
+
+        if (rc == 0 && c->state == S_GEN && c->blocked
+            && c->out.len - c->out.pos < MOCK_OUT_LOWAT)
+        {
+            rc = gen_run(c);
+        }
+
+        if (rc == 1) {
+            conn_process(c);
+        }
     }
 }
 
@@ -3143,17 +2245,19 @@ accept_pause(int on)
 {
     struct epoll_event  ev;
 
-    if (on) {
-        epoll_ctl(g_ep, EPOLL_CTL_DEL, g_lfd, NULL);
-        g_accept_resume = now_us() + 100000;
-        return;
-    }
-
     memset(&ev, 0, sizeof(ev));
     ev.events = EPOLLIN;
-    ev.data.ptr = NULL;
-    epoll_ctl(g_ep, EPOLL_CTL_ADD, g_lfd, &ev);
-    g_accept_resume = 0;
+    epoll_ctl(g_ep, on ? EPOLL_CTL_DEL : EPOLL_CTL_ADD, g_lfd, &ev);
+    g_accept_resume = on ? now_us() + 100000 : 0;
+}
+
+
+static unsigned
+addr_port(struct sockaddr_storage *ss)
+{
+    return ntohs(ss->ss_family == AF_INET6
+                 ? ((struct sockaddr_in6 *) ss)->sin6_port
+                 : ((struct sockaddr_in *) ss)->sin_port);
 }
 
 
@@ -3166,7 +2270,6 @@ do_accept(void)
     struct epoll_event        ev;
     struct sockaddr_storage   ss;
     char                      host[INET6_ADDRSTRLEN];
-    unsigned                  port;
 
     for ( ;; ) {
         sl = sizeof(ss);
@@ -3196,23 +2299,13 @@ do_accept(void)
         c->fd = fd;
         c->heap_idx = -1;
         conn_reset(c);
-        c->t_start = now_us();
 
         host[0] = '\0';
-        port = 0;
-
-        if (ss.ss_family == AF_INET) {
-            struct sockaddr_in  *sin = (struct sockaddr_in *) &ss;
-            inet_ntop(AF_INET, &sin->sin_addr, host, sizeof(host));
-            port = ntohs(sin->sin_port);
-
-        } else if (ss.ss_family == AF_INET6) {
-            struct sockaddr_in6  *sin6 = (struct sockaddr_in6 *) &ss;
-            inet_ntop(AF_INET6, &sin6->sin6_addr, host, sizeof(host));
-            port = ntohs(sin6->sin6_port);
-        }
-
-        snprintf(c->peer, sizeof(c->peer), "%s:%u", host, port);
+        inet_ntop(ss.ss_family, ss.ss_family == AF_INET6
+                  ? (void *) &((struct sockaddr_in6 *) &ss)->sin6_addr
+                  : (void *) &((struct sockaddr_in *) &ss)->sin_addr,
+                  host, sizeof(host));
+        snprintf(c->peer, sizeof(c->peer), "%s:%u", host, addr_port(&ss));
 
         c->next = g_conns;
         if (g_conns) {
@@ -3231,84 +2324,58 @@ do_accept(void)
 }
 
 
+/* [HOST:]PORT, HOST may be [IPv6], empty or "*" for all addresses */
+
 static int
-addr_parse(const char *spec, struct sockaddr_storage *ss, socklen_t *len)
+listen_on(const char *spec, int backlog, struct sockaddr_storage *ss,
+    socklen_t *sl)
 {
+    int               fd, one;
     char              host[256];
-    const char       *port, *p;
-    struct addrinfo   hints, *ai;
+    const char       *port, *h;
     size_t            n;
+    struct addrinfo   hints, *ai;
 
-    p = strrchr(spec, ':');
+    h = spec;
+    port = strrchr(spec, ':');
+    n = port ? (size_t) (port - spec) : 0;
+    port = port ? port + 1 : spec;
 
-    if (p == NULL) {
-        strcpy(host, "127.0.0.1");
-        port = spec;
-
-    } else {
-        n = p - spec;
-        if (n >= sizeof(host)) {
-            return -1;
-        }
-
-        if (n >= 2 && spec[0] == '[' && spec[n - 1] == ']') {
-            memcpy(host, spec + 1, n - 2);
-            host[n - 2] = '\0';
-        } else {
-            memcpy(host, spec, n);
-            host[n] = '\0';
-        }
-
-        port = p + 1;
-
-        if (host[0] == '\0' || strcmp(host, "*") == 0) {
-            strcpy(host, "0.0.0.0");
-        }
+    if (n >= 2 && h[0] == '[' && h[n - 1] == ']') {
+        h++;
+        n -= 2;
     }
+
+    snprintf(host, sizeof(host), "%.*s", (int) n, h);
 
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | AI_PASSIVE;
 
-    if (getaddrinfo(host, port, &hints, &ai) != 0) {
-        return -1;
-    }
-
-    memcpy(ss, ai->ai_addr, ai->ai_addrlen);
-    *len = ai->ai_addrlen;
-    freeaddrinfo(ai);
-    return 0;
-}
-
-
-static int
-listen_on(const char *spec, int backlog, struct sockaddr_storage *ss,
-    socklen_t *sl)
-{
-    int  fd, one;
-
-    if (addr_parse(spec, ss, sl) != 0) {
+    if (getaddrinfo(port == spec ? "127.0.0.1"
+                    : (host[0] == '\0' || strcmp(host, "*") == 0)
+                      ? "0.0.0.0" : host, port, &hints, &ai) != 0)
+    {
         fprintf(stderr, "llm-mock: bad address \"%s\"\n", spec);
         return -1;
     }
 
+    memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+    *sl = ai->ai_addrlen;
+    freeaddrinfo(ai);
+
     fd = socket(ss->ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
                 0);
-    if (fd < 0) {
-        perror("llm-mock: socket");
-        return -1;
-    }
-
     one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 
-    if (bind(fd, (struct sockaddr *) ss, *sl) != 0
+    if (fd < 0
+        || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0
+        || bind(fd, (struct sockaddr *) ss, *sl) != 0
         || listen(fd, backlog) != 0)
     {
-        fprintf(stderr, "llm-mock: bind/listen %s: %s\n", spec,
+        fprintf(stderr, "llm-mock: listen on %s: %s\n", spec,
                 strerror(errno));
-        close(fd);
         return -1;
     }
 
@@ -3317,20 +2384,10 @@ listen_on(const char *spec, int backlog, struct sockaddr_storage *ss,
 }
 
 
-static unsigned
-addr_port(struct sockaddr_storage *ss)
-{
-    if (ss->ss_family == AF_INET6) {
-        return ntohs(((struct sockaddr_in6 *) ss)->sin6_port);
-    }
-
-    return ntohs(((struct sockaddr_in *) ss)->sin_port);
-}
-
-
 /*
  * A listener with backlog 0 that never accepts: once one connection sits
  * in its accept queue, Linux drops further SYNs, so connects time out.
+ * The descriptors stay open until the mock exits.
  */
 
 static int
@@ -3341,25 +2398,17 @@ blackhole_start(const char *spec)
     struct pollfd            pfd;
     struct sockaddr_storage  ss;
 
-    g_bfd = listen_on(spec, 0, &ss, &sl);
-    if (g_bfd < 0) {
+    if (listen_on(spec, 0, &ss, &sl) < 0) {
         return -1;
     }
 
     for (i = 0; i < 4; i++) {
         fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC,
                     0);
-        if (fd < 0) {
-            return -1;
-        }
 
-        g_fill[i] = fd;
-
-        if (connect(fd, (struct sockaddr *) &ss, sl) == 0) {
-            continue;
-        }
-
-        if (errno != EINPROGRESS) {
+        if (fd < 0 || (connect(fd, (struct sockaddr *) &ss, sl) != 0
+                       && errno != EINPROGRESS))
+        {
             perror("llm-mock: blackhole connect");
             return -1;
         }
@@ -3377,6 +2426,88 @@ blackhole_start(const char *spec)
     if (!cfg.quiet) {
         fprintf(stderr, "llm-mock: blackhole on port %u\n", addr_port(&ss));
     }
+
+    return 0;
+}
+
+
+/* the script: checked once, so that requests can trust it */
+
+static int
+script_load(const char *file)
+{
+    json_error_t   jerr;
+    json_t        *rule, *replies, *statuses, *v;
+    json_int_t     status, pace[3];
+    const char    *err, *str;
+    size_t         i, k;
+
+    g_script = json_load_file(file, 0, &jerr);
+
+    if (!json_is_array(g_script)) {
+        fprintf(stderr, "llm-mock: %s:%d: %s\n", file, jerr.line,
+                g_script ? "not an array of rules" : jerr.text);
+        return -1;
+    }
+
+    err = NULL;
+
+    json_array_foreach(g_script, i, rule) {
+        replies = statuses = NULL;
+        status = 200;
+        pace[0] = pace[1] = pace[2] = 0;
+
+        if (json_unpack_ex(rule, &jerr, JSON_STRICT,
+                           "{s?s,s?s,s?o,s?I,s?o,s?I,s?I,s?I}",
+                           "match", &str, "reply", &str, "replies", &replies,
+                           "status", &status, "statuses", &statuses,
+                           "tps", &pace[0], "ttft", &pace[1],
+                           "token_size", &pace[2]) != 0)
+        {
+            err = jerr.text;
+            break;
+        }
+
+        for (k = 0; k < 3; k++) {
+            if (pace[k] < 0 || pace[k] > nums[N_TPS + k].max) {
+                err = "\"tps\", \"ttft\" or \"token_size\" out of range";
+            }
+        }
+
+        if ((replies && json_array_size(replies) == 0)
+            || (statuses && json_array_size(statuses) == 0))
+        {
+            err = "\"replies\" and \"statuses\" need a non-empty array";
+        }
+
+        json_array_foreach(replies, k, v) {
+            if (!json_is_string(v)) {
+                err = "\"replies\" need strings";
+            }
+        }
+
+        if (!status_ok(status)) {
+            err = "a status is not an HTTP status";
+        }
+
+        json_array_foreach(statuses, k, v) {
+            if (!json_is_integer(v) || !status_ok(json_integer_value(v))) {
+                err = "a status is not an HTTP status";
+            }
+        }
+
+        if (err) {
+            break;
+        }
+    }
+
+    if (err) {
+        fprintf(stderr, "llm-mock: %s: rule %zu: %s\n", file, i + 1, err);
+        return -1;
+    }
+
+    g_script_n = xrealloc(NULL, (i + 1) * sizeof(uint64_t));
+    memset(g_script_n, 0, (i + 1) * sizeof(uint64_t));
 
     return 0;
 }
@@ -3400,95 +2531,67 @@ usage(FILE *f)
         " Messages)\n\n"
         "usage: llm-mock [--listen [HOST:]PORT] [--ttft MS] [--tps N]"
         " [--tokens N]\n"
-        "                [--token-size BYTES] [--blackhole [HOST:]PORT]"
-        " [--quiet]\n\n"
+        "                [--token-size BYTES] [--script FILE]"
+        " [--blackhole [HOST:]PORT]\n"
+        "                [--quiet]\n\n"
         "defaults: --listen 127.0.0.1:8088 --ttft 300 --tps 30 --tokens 60\n"
         "query parameters: tokens tps ttft token_size mode after status tag\n"
-        "                  expect_key stamp chunked\n"
+        "                  expect_key stamp chunked reply reply_N status_N\n"
         "modes: normal echo status cut stall stream_error garbage hang\n"
+        "script: a JSON array of rules {match, reply, replies, status,"
+        " statuses,\n"
+        "        ttft, tps, token_size}: see util/llm-mock.c\n"
         "control: GET /stats[?tag=X], POST /stats/reset, GET /reset,"
         " GET /last[?tag=X]\n");
 }
 
 
 static int
-opt_num(const char *name, const char *v, long max, long *out)
-{
-    if (v == NULL || query_num(v, max, out) != 0) {
-        fprintf(stderr, "llm-mock: %s needs a number up to %ld\n", name, max);
-        return -1;
-    }
-
-    return 0;
-}
-
-
-static int
 parse_args(int argc, char **argv)
 {
-    int          i;
-    char        *a, *v, *eq;
-    static char  name[64];
+    int                         k;
+    static const struct option  opts[] = {
+        { "tokens", 1, NULL, 256 + N_TOKENS },
+        { "tps", 1, NULL, 256 + N_TPS },
+        { "ttft", 1, NULL, 256 + N_TTFT },
+        { "token-size", 1, NULL, 256 + N_TOKEN_SIZE },
+        { "listen", 1, NULL, 'l' },
+        { "blackhole", 1, NULL, 'b' },
+        { "script", 1, NULL, 's' },
+        { "quiet", 0, NULL, 'q' },
+        { "help", 0, NULL, 'h' },
+        { NULL, 0, NULL, 0 }
+    };
 
-    for (i = 1; i < argc; i++) {
-        a = argv[i];
-        v = NULL;
+    while ((k = getopt_long(argc, argv, "qh", opts, NULL)) != -1) {
+        switch (k) {
+        case 'l': cfg.listen = optarg; break;
+        case 'b': cfg.blackhole = optarg; break;
+        case 's': cfg.script = optarg; break;
+        case 'q': cfg.quiet = 1; break;
+        case 'h': usage(stdout); exit(0);
 
-        eq = strchr(a, '=');
-        if (eq && strncmp(a, "--", 2) == 0 && (size_t) (eq - a) < 64) {
-            memcpy(name, a, eq - a);
-            name[eq - a] = '\0';
-            a = name;
-            v = eq + 1;
-        }
+        case 256 + N_TOKENS:
+        case 256 + N_TPS:
+        case 256 + N_TTFT:
+        case 256 + N_TOKEN_SIZE:
+            k -= 256;
+            if (num_parse(optarg, nums[k].max, &cfg.num[k]) != 0) {
+                fprintf(stderr, "llm-mock: --%s needs a number up to %ld\n",
+                        opts[k].name, nums[k].max);
+                return -1;
+            }
+            break;
 
-        if (strcmp(a, "--quiet") == 0 || strcmp(a, "-q") == 0) {
-            cfg.quiet = 1;
-            continue;
-        }
-
-        if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-            usage(stdout);
-            exit(0);
-        }
-
-        if (strcmp(a, "--listen") != 0 && strcmp(a, "--blackhole") != 0
-            && strcmp(a, "--ttft") != 0 && strcmp(a, "--tps") != 0
-            && strcmp(a, "--tokens") != 0 && strcmp(a, "--token-size") != 0)
-        {
-            fprintf(stderr, "llm-mock: unknown option %s\n", a);
+        default:
             usage(stderr);
             return -1;
         }
+    }
 
-        if (v == NULL && i + 1 < argc) {
-            v = argv[++i];
-        }
-
-        if (v == NULL) {
-            fprintf(stderr, "llm-mock: %s needs a value\n", a);
-            return -1;
-        }
-
-        if (strcmp(a, "--listen") == 0) {
-            cfg.listen = v;
-        } else if (strcmp(a, "--blackhole") == 0) {
-            cfg.blackhole = v;
-        } else if (strcmp(a, "--ttft") == 0) {
-            if (opt_num(a, v, 3600000, &cfg.ttft) != 0) {
-                return -1;
-            }
-        } else if (strcmp(a, "--tps") == 0) {
-            if (opt_num(a, v, 1000000, &cfg.tps) != 0) {
-                return -1;
-            }
-        } else if (strcmp(a, "--tokens") == 0) {
-            if (opt_num(a, v, MOCK_MAX_TOKENS, &cfg.tokens) != 0) {
-                return -1;
-            }
-        } else if (opt_num(a, v, 65536, &cfg.token_size) != 0) {
-            return -1;
-        }
+    if (optind < argc) {
+        fprintf(stderr, "llm-mock: unexpected argument %s\n", argv[optind]);
+        return -1;
     }
 
     return 0;
@@ -3505,10 +2608,12 @@ main(int argc, char **argv)
     sigset_t                  block, waitmask;
     struct rlimit             rl;
     struct sigaction          sa;
-    struct epoll_event        ev, evs[512];
+    struct epoll_event        evs[512];
     struct sockaddr_storage   ss;
 
-    if (parse_args(argc, argv) != 0) {
+    if (parse_args(argc, argv) != 0
+        || (cfg.script && script_load(cfg.script) != 0))
+    {
         return 1;
     }
 
@@ -3530,6 +2635,8 @@ main(int argc, char **argv)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
 
+    /* the signals only come in epoll_pwait() */
+
     sigemptyset(&block);
     sigaddset(&block, SIGTERM);
     sigaddset(&block, SIGINT);
@@ -3544,8 +2651,10 @@ main(int argc, char **argv)
 
     if (!cfg.quiet) {
         fprintf(stderr, "llm-mock: mock LLM server listening on %s "
-                "(port %u), ttft %ldms, %ld tokens/s, %ld tokens\n",
-                cfg.listen, addr_port(&ss), cfg.ttft, cfg.tps, cfg.tokens);
+                "(port %u), ttft %ldms, %ld tokens/s, %ld tokens%s%s\n",
+                cfg.listen, addr_port(&ss), cfg.num[N_TTFT], cfg.num[N_TPS],
+                cfg.num[N_TOKENS], cfg.script ? ", script " : "",
+                cfg.script ? cfg.script : "");
     }
 
     if (cfg.blackhole && blackhole_start(cfg.blackhole) != 0) {
@@ -3558,10 +2667,7 @@ main(int argc, char **argv)
         return 1;
     }
 
-    memset(&ev, 0, sizeof(ev));
-    ev.events = EPOLLIN;
-    ev.data.ptr = NULL;
-    epoll_ctl(g_ep, EPOLL_CTL_ADD, g_lfd, &ev);
+    accept_pause(0);
 
     while (!g_stop) {
         now = now_us();
@@ -3585,10 +2691,7 @@ main(int argc, char **argv)
 
         n = epoll_pwait(g_ep, evs, 512, timeout, &waitmask);
 
-        if (n < 0) {
-            if (errno == EINTR) {
-                continue;
-            }
+        if (n < 0 && errno != EINTR) {
             perror("llm-mock: epoll_wait");
             break;
         }
@@ -3606,39 +2709,16 @@ main(int argc, char **argv)
         while (g_heap_n && g_heap[0]->deadline <= now) {
             c = g_heap[0];
             timer_del(c);
-            conn_timer(c);
+
+            if (c->state == S_GEN && gen_run(c) == 1) {
+                conn_process(c);
+            }
         }
     }
 
     if (!cfg.quiet) {
         fprintf(stderr, "llm-mock: exiting\n");
     }
-
-    while (g_conns) {
-        conn_close(g_conns);
-    }
-
-    for (i = 0; i < MOCK_TAGS; i++) {
-        free(g_tags[i].last);
-    }
-
-    for (i = 0; i < 4; i++) {
-        if (g_fill[i] >= 0) {
-            close(g_fill[i]);
-        }
-    }
-
-    if (g_bfd >= 0) {
-        close(g_bfd);
-    }
-
-    free(g_all.last);
-    free(g_heap);
-    buf_free(&g_tmp);
-    buf_free(&g_ev);
-    buf_free(&g_tok);
-    close(g_lfd);
-    close(g_ep);
 
     return 0;
 }
