@@ -31,6 +31,8 @@ typedef struct ngx_http_llm_ctx_s     ngx_http_llm_ctx_t;
 typedef struct ngx_http_llm_chan_item_s  ngx_http_llm_chan_item_t;
 typedef struct ngx_http_llm_store_s   ngx_http_llm_store_t;
 typedef struct ngx_http_llm_format_s  ngx_http_llm_format_t;
+typedef struct ngx_http_llm_pipeline_conf_s  ngx_http_llm_pipeline_conf_t;
+typedef struct ngx_http_llm_run_s     ngx_http_llm_run_t;
 
 
 /* something a thread hands to the event loop */
@@ -138,7 +140,13 @@ typedef enum {
     NGX_HTTP_LLM_EV_START = 0,
     NGX_HTTP_LLM_EV_DELTA,
     NGX_HTTP_LLM_EV_COMPLETE,
-    NGX_HTTP_LLM_EV_ERROR
+    NGX_HTTP_LLM_EV_ERROR,
+
+    /* a pipeline's events: their JSON payload is a range of job->meta */
+    NGX_HTTP_LLM_EV_STEP_START,
+    NGX_HTTP_LLM_EV_STEP,
+    NGX_HTTP_LLM_EV_CHECK,
+    NGX_HTTP_LLM_EV_PROGRESS
 } ngx_http_llm_event_type_e;
 
 
