@@ -260,7 +260,7 @@ static ngx_int_t
 ngx_http_llm_spec(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_loc_conf_t *llcf, ngx_http_llm_spec_t *spec, ngx_str_t *err)
 {
-    ngx_int_t              n;
+    ngx_int_t              rc;
     ngx_str_t              url;
     ngx_http_llm_params_t  params;
 
@@ -289,20 +289,6 @@ ngx_http_llm_spec(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         return NGX_HTTP_BAD_REQUEST;
     }
 
-    if (url.len < 8
-        || (ngx_strncasecmp(url.data, (u_char *) "http://", 7) != 0
-            && ngx_strncasecmp(url.data, (u_char *) "https://", 8) != 0)
-        || ngx_strlchr(url.data, url.data + url.len, '\0')
-        || ngx_strlchr(url.data, url.data + url.len, ' '))
-    {
-        /* not the URL itself: it may carry a key */
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "llm: invalid URL in \"llm_pass\": "
-                      "http:// or https:// expected");
-        ngx_str_set(err, "invalid upstream URL");
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
     /* the location's llm_max_tokens bounds what a client asks for */
 
     params.max_tokens = llcf->max_tokens;
@@ -321,31 +307,18 @@ ngx_http_llm_spec(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     spec->ssl_verify = llcf->ssl_verify;
     spec->max_text = llcf->max_text;
 
-    spec->url = malloc(url.len + 1);
-    if (spec->url == NULL) {
-        ngx_str_set(err, "out of memory");
+    rc = ngx_http_llm_spec_make(spec, &url, &params, err);
+
+    if (rc != NGX_OK) {
+        /* the reason only: the URL and the key may be secrets */
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0, "llm: %s",
+                      rc == NGX_DECLINED
+                      ? "invalid URL in \"llm_pass\": http:// or https:// "
+                        "expected"
+                      : rc == NGX_ABORT ? "invalid \"llm_api_key\" value"
+                                        : "cannot build the upstream request");
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    ngx_cpystrn((u_char *) spec->url, url.data, url.len + 1);
-
-    spec->body = spec->provider->body(&params, &spec->body_len);
-    if (spec->body == NULL) {
-        ngx_str_set(err, "cannot build the upstream request");
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    n = spec->provider->headers(&params, spec->headers,
-                                sizeof(spec->headers) / sizeof(char *));
-    if (n == NGX_ERROR) {
-        /* never log the key itself */
-        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                      "llm: invalid \"llm_api_key\" value");
-        ngx_str_set(err, "invalid API key configuration");
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    spec->nheaders = n;
 
     return NGX_OK;
 }

@@ -361,6 +361,8 @@ ngx_http_llm_xfer_t *ngx_http_llm_engine_submit(ngx_thread_pool_t *pool,
     ngx_http_llm_spec_t *spec, ngx_http_llm_output_pt handler, void *data,
     ngx_log_t *log);
 void ngx_http_llm_engine_release(ngx_http_llm_xfer_t *x);
+ngx_int_t ngx_http_llm_spec_make(ngx_http_llm_spec_t *spec, ngx_str_t *url,
+    ngx_http_llm_params_t *params, ngx_str_t *err);
 void ngx_http_llm_spec_free(ngx_http_llm_spec_t *spec);
 
 

@@ -73,6 +73,57 @@ ngx_http_llm_xfer_create(ngx_http_llm_engine_t *e, ngx_http_llm_spec_t *spec,
 }
 
 
+/*
+ * The upstream request of a spec: the URL, the provider's body and
+ * headers, all malloc()ed (freed by ngx_http_llm_spec_free()).  Fails
+ * with NGX_DECLINED for a URL that is not http:// or https://, NGX_ABORT
+ * for a key that cannot be a header, NGX_ERROR otherwise; "err" says why
+ * without the URL or the key, which may be secrets.
+ */
+
+ngx_int_t
+ngx_http_llm_spec_make(ngx_http_llm_spec_t *spec, ngx_str_t *url,
+    ngx_http_llm_params_t *params, ngx_str_t *err)
+{
+    ngx_int_t  n;
+
+    if (url->len < 8
+        || (ngx_strncasecmp(url->data, (u_char *) "http://", 7) != 0
+            && ngx_strncasecmp(url->data, (u_char *) "https://", 8) != 0)
+        || ngx_strlchr(url->data, url->data + url->len, '\0')
+        || ngx_strlchr(url->data, url->data + url->len, ' '))
+    {
+        ngx_str_set(err, "invalid upstream URL");
+        return NGX_DECLINED;
+    }
+
+    spec->url = malloc(url->len + 1);
+    if (spec->url == NULL) {
+        ngx_str_set(err, "out of memory");
+        return NGX_ERROR;
+    }
+
+    ngx_cpystrn((u_char *) spec->url, url->data, url->len + 1);
+
+    spec->body = spec->provider->body(params, &spec->body_len);
+    if (spec->body == NULL) {
+        ngx_str_set(err, "cannot build the upstream request");
+        return NGX_ERROR;
+    }
+
+    n = spec->provider->headers(params, spec->headers,
+                                sizeof(spec->headers) / sizeof(char *));
+    if (n == NGX_ERROR) {
+        ngx_str_set(err, "invalid API key configuration");
+        return NGX_ABORT;
+    }
+
+    spec->nheaders = n;
+
+    return NGX_OK;
+}
+
+
 void
 ngx_http_llm_spec_free(ngx_http_llm_spec_t *spec)
 {
