@@ -910,24 +910,38 @@ conn_send(conn_t *c)
 }
 
 
-/* the JSON string value of a key, "key": "..."; NULL if there is none */
+/*
+ * The JSON string value of a key, "key": "..."; NULL if there is none.
+ * An occurrence not followed by ':' is a value ("type": "content"), not
+ * the key: the search goes on after it.
+ */
 
 static const char *
 json_str(const char *p, const char *end, const char *key, size_t klen)
 {
     const char  *k;
 
-    k = memmem(p, end - p, key, klen);
-    if (k == NULL) {
-        return NULL;
-    }
+    while ((k = memmem(p, end - p, key, klen)) != NULL) {
+        p = k + klen;
 
-    p = k + klen;
-    while (p < end && (*p == ' ' || *p == ':')) {
+        while (p < end && *p == ' ') {
+            p++;
+        }
+
+        if (p == end || *p != ':') {
+            continue;
+        }
+
         p++;
+
+        while (p < end && *p == ' ') {
+            p++;
+        }
+
+        return (p < end && *p == '"') ? p + 1 : NULL;
     }
 
-    return (p < end && *p == '"') ? p + 1 : NULL;
+    return NULL;
 }
 
 

@@ -636,16 +636,11 @@ fi
 # Back to back: the floor, then scenario 1's load (p99 added latency)
 # with the default format and with the story format; then scenario 4's
 # load (CPU per million tokens) with the default and the story format.
-#
-# The delta's keys are in the other order than the app's
-# ({"type": "content", "content": ...}): llm-load takes the first
-# "content" it sees for the key, and there it is the value of "type".  The
-# same literal bytes and the same variable, so the same work.
 
 story_format=$(cat <<'EOF'
 llm_format story {
         start    event=start    '{"type": "start", "job": $llm_job_id}';
-        delta    event=delta    '{"content": $llm_delta, "type": "content"}';
+        delta    event=delta    '{"type": "content", "content": $llm_delta}';
         complete event=complete '{"type": "complete", "story": {"text": $llm_text, "usage": $llm_usage}}';
         error    event=error    '{"type": "error", "error": $llm_error_message}';
     }
