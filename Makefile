@@ -5,6 +5,8 @@
 #   make test                 the Test::Nginx suite (prove -r t/)
 #   make valgrind             the suite with nginx under valgrind
 #   make demo                 nginx + the example config + the mock model
+#   make example NAME=N       examples/N/ (util/example.sh): DEMO_PORT,
+#                             EXAMPLE_UPSTREAM, OPENAI/ANTHROPIC_API_KEY
 #   make bootstrap            install every Debian package needed (root)
 #   make bench                the benchmark (bench/README.md): writes
 #                             bench/results/<date>.md and <date>.png
@@ -26,7 +28,7 @@ UNIT_SRCS = t/unit/llm_unit.c src/ngx_http_llm_upstream_sse.c \
             src/ngx_http_llm_json.c \
             src/ngx_http_llm_openai.c src/ngx_http_llm_anthropic.c
 
-.PHONY: all module test valgrind demo bootstrap bench clean
+.PHONY: all module test valgrind demo example bootstrap bench clean
 
 all: module $(MOCK) $(UNIT)
 
@@ -57,6 +59,11 @@ demo:
 	util/bootstrap.sh
 	$(MAKE) all
 	util/demo.sh
+
+example:
+	util/bootstrap.sh
+	$(MAKE) all
+	util/example.sh $(NAME)
 
 bootstrap:
 	util/bootstrap.sh

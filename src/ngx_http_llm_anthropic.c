@@ -85,7 +85,8 @@ ngx_http_llm_anthropic_body(ngx_http_llm_params_t *params, size_t *len)
 
 /*
  * Anthropic takes the system prompt apart from the messages: the
- * location's, then the text of a client's system and developer messages.
+ * location's, then the text of a client's system and developer messages,
+ * then, for a JSON answer, the request for one (it has no JSON mode).
  */
 
 static json_t *
@@ -97,6 +98,10 @@ ngx_http_llm_anthropic_system(ngx_http_llm_params_t *params)
     const char  *role;
 
     len = params->system.len;
+
+    if (params->json) {
+        len += sizeof(NGX_HTTP_LLM_JSON_ONLY) + 1;
+    }
 
     json_array_foreach(params->messages, i, m) {
         role = json_string_value(json_object_get(m, "role"));
@@ -142,6 +147,17 @@ ngx_http_llm_anthropic_system(ngx_http_llm_params_t *params)
                            json_string_length(content))
                 - (u_char *) p;
         }
+    }
+
+    if (params->json) {
+        if (n) {
+            p[n++] = '\n';
+            p[n++] = '\n';
+        }
+
+        n = ngx_cpymem(p + n, NGX_HTTP_LLM_JSON_ONLY,
+                       sizeof(NGX_HTTP_LLM_JSON_ONLY) - 1)
+            - (u_char *) p;
     }
 
     s = json_stringn(p, n);

@@ -17,6 +17,7 @@
 #include <ngx_http.h>
 
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_pipeline.h"
 #include "ngx_http_llm_store.h"
 
 
@@ -26,6 +27,9 @@ static void ngx_http_llm_begin(ngx_http_request_t *r,
 static ngx_int_t ngx_http_llm_spec(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_http_llm_loc_conf_t *llcf,
     ngx_http_llm_spec_t *spec, ngx_str_t *err);
+static ngx_int_t ngx_http_llm_run_make(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_loc_conf_t *llcf,
+    ngx_http_llm_run_t **run, ngx_str_t *err);
 static ngx_int_t ngx_http_llm_eval(ngx_http_request_t *r,
     ngx_http_complex_value_t *cv, ngx_str_t *value);
 
@@ -145,6 +149,7 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     ngx_int_t                 rc;
     ngx_str_t                 err, id;
     ngx_uint_t                seq;
+    ngx_http_llm_run_t       *run;
     ngx_http_llm_job_t       *job;
     ngx_http_llm_spec_t       spec;
     ngx_http_llm_job_opts_t   opts;
@@ -175,8 +180,10 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     ngx_memzero(&spec, sizeof(ngx_http_llm_spec_t));
     ngx_memzero(&opts, sizeof(ngx_http_llm_job_opts_t));
+    run = NULL;
 
-    rc = ngx_http_llm_spec(r, ctx, llcf, &spec, &err);
+    rc = llcf->pipeline ? ngx_http_llm_run_make(r, ctx, llcf, &run, &err)
+                        : ngx_http_llm_spec(r, ctx, llcf, &spec, &err);
 
     if (rc == NGX_OK) {
         rc = ngx_http_llm_owner(r, owner);
@@ -198,6 +205,11 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 
     if (rc != NGX_OK) {
         ngx_http_llm_spec_free(&spec);
+
+        if (run) {
+            ngx_http_llm_pipeline_free(run);
+        }
+
         ngx_http_finalize_request(r,
                         ngx_http_llm_send_json_error(r, rc,
                                   rc == NGX_HTTP_BAD_REQUEST
@@ -213,7 +225,8 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     opts.background = (r->method == NGX_HTTP_POST
                        && ngx_http_llm_prefers_async(r));
 
-    job = ngx_http_llm_job_start(&spec, &opts, r->connection->log);
+    job = run ? ngx_http_llm_job_start_run(run, &opts, r->connection->log)
+              : ngx_http_llm_job_start(&spec, &opts, r->connection->log);
 
     if (job == NULL) {
         ngx_str_set(&err, "cannot start the generation");
@@ -317,6 +330,55 @@ ngx_http_llm_spec(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
                         "expected"
                       : rc == NGX_ABORT ? "invalid \"llm_api_key\" value"
                                         : "cannot build the upstream request");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A pipeline's run: what the location says, resolved for this request,
+ * and the request's inputs, all copied: the steps run after it is gone.
+ */
+
+static ngx_int_t
+ngx_http_llm_run_make(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_loc_conf_t *llcf, ngx_http_llm_run_t **run, ngx_str_t *err)
+{
+    json_t                   *inputs;
+    ngx_http_llm_run_conf_t   rc;
+
+    ngx_memzero(&rc, sizeof(ngx_http_llm_run_conf_t));
+
+    if (ngx_http_llm_eval(r, llcf->pass, &rc.pass) != NGX_OK
+        || ngx_http_llm_eval(r, llcf->model, &rc.model) != NGX_OK
+        || ngx_http_llm_eval(r, llcf->system, &rc.system) != NGX_OK
+        || ngx_http_llm_eval(r, llcf->api_key, &rc.api_key) != NGX_OK)
+    {
+        ngx_str_set(err, "cannot evaluate the configuration");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    rc.pool = llcf->thread_pool;
+    rc.provider = llcf->provider;
+    rc.max_tokens = llcf->max_tokens;
+    rc.connect_timeout = llcf->connect_timeout;
+    rc.first_token_timeout = llcf->first_token_timeout;
+    rc.idle_timeout = llcf->idle_timeout;
+    rc.timeout = llcf->timeout;
+    rc.ssl_verify = llcf->ssl_verify;
+
+    inputs = ngx_http_llm_input_object(r, ctx);
+    if (inputs == NULL) {
+        ngx_str_set(err, "out of memory");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    *run = ngx_http_llm_pipeline_run(llcf->pipeline, &rc, inputs,
+                                     ngx_cycle->log);
+    if (*run == NULL) {
+        ngx_str_set(err, "out of memory");
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 

@@ -27,7 +27,7 @@ static ngx_int_t ngx_http_llm_input_openai(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, json_t *root, ngx_str_t *err);
 static void ngx_http_llm_input_cleanup(void *data);
 static ngx_int_t ngx_http_llm_input_form(ngx_http_request_t *r,
-    ngx_http_llm_ctx_t *ctx, u_char *p, size_t len, ngx_str_t *err);
+    ngx_array_t *inputs, u_char *p, size_t len, ngx_str_t *err);
 static ngx_int_t ngx_http_llm_input_unescape(ngx_pool_t *pool,
     u_char *p, size_t len, ngx_str_t *out);
 
@@ -90,7 +90,7 @@ ngx_http_llm_input_parse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         return ngx_http_llm_input_json(r, ctx, p, len, err);
     }
 
-    return ngx_http_llm_input_form(r, ctx, p, len, err);
+    return ngx_http_llm_input_form(r, ctx->inputs, p, len, err);
 }
 
 
@@ -321,7 +321,7 @@ ngx_http_llm_input_cleanup(void *data)
 
 
 static ngx_int_t
-ngx_http_llm_input_form(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+ngx_http_llm_input_form(ngx_http_request_t *r, ngx_array_t *inputs,
     u_char *p, size_t len, ngx_str_t *err)
 {
     u_char                *last, *amp, *eq;
@@ -338,7 +338,7 @@ ngx_http_llm_input_form(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         eq = ngx_strlchr(p, amp, '=');
 
         if (amp > p) {
-            in = ngx_array_push(ctx->inputs);
+            in = ngx_array_push(inputs);
 
             if (in == NULL
                 || ngx_http_llm_input_unescape(r->pool, p,
@@ -440,4 +440,57 @@ found:
     v->not_found = 0;
 
     return NGX_OK;
+}
+
+
+/*
+ * All the inputs as one JSON object of strings, as $llm_input_NAME sees
+ * them: the body's fields, then the query's arguments not in the body.
+ */
+
+json_t *
+ngx_http_llm_input_object(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
+{
+    json_t                *o;
+    ngx_str_t              err;
+    ngx_uint_t             i, k;
+    ngx_array_t           *args, *lists[2];
+    ngx_http_llm_input_t  *in;
+
+    args = ngx_array_create(r->pool, 4, sizeof(ngx_http_llm_input_t));
+    o = json_object();
+
+    if (args == NULL || o == NULL
+        || ngx_http_llm_input_form(r, args, r->args.data, r->args.len, &err)
+           != NGX_OK)
+    {
+        json_decref(o);
+        return NULL;
+    }
+
+    lists[0] = ctx->inputs;
+    lists[1] = args;
+
+    for (k = 0; k < 2; k++) {
+        in = lists[k] ? lists[k]->elts : NULL;
+
+        for (i = 0; in && i < lists[k]->nelts; i++) {
+            if (json_object_getn(o, (const char *) in[i].name.data,
+                                 in[i].name.len))
+            {
+                continue;
+            }
+
+            if (json_object_setn_new(o, (const char *) in[i].name.data,
+                                     in[i].name.len,
+                                     ngx_http_llm_json_str(&in[i].value))
+                != 0)
+            {
+                json_decref(o);
+                return NULL;
+            }
+        }
+    }
+
+    return o;
 }

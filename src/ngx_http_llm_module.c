@@ -14,6 +14,7 @@
 #include "ngx_http_llm_module.h"
 #include "ngx_http_llm_store.h"
 #include "ngx_http_llm_format.h"
+#include "ngx_http_llm_pipeline.h"
 
 
 static ngx_int_t ngx_http_llm_add_variables(ngx_conf_t *cf);
@@ -231,6 +232,22 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       0,
       NULL },
 
+    /* in http{} it defines a pipeline, in location{} runs one */
+
+    { ngx_string("llm_pipeline"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_BLOCK|NGX_CONF_TAKE1,
+      ngx_http_llm_pipeline_block,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llm_pipeline"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_llm_pipeline_choose,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
       ngx_null_command
 };
 
@@ -385,7 +402,7 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_ptr_value(conf->job_owner, prev->job_owner, NULL);
     ngx_conf_merge_ptr_value(conf->job_url, prev->job_url, NULL);
 
-    if (conf->pass == NULL && conf->job == NULL) {
+    if (conf->pass == NULL && conf->job == NULL && conf->pipeline == NULL) {
         return NGX_CONF_OK;
     }
 
@@ -394,6 +411,14 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         if (conf->store == NULL) {
             return NGX_CONF_ERROR;
         }
+    }
+
+    if (conf->pipeline) {
+        if (ngx_http_llm_pipeline_merge(cf, conf) != NGX_CONF_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+        goto pool;
     }
 
     if (conf->pass == NULL) {
@@ -416,6 +441,8 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
+pool:
+
     /* an unknown pool is reported by the thread pool module, by name */
 
     conf->thread_pool = ngx_thread_pool_add(cf, &conf->thread_pool_name);
@@ -432,7 +459,7 @@ ngx_http_llm_pass(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_llm_loc_conf_t *llcf = conf;
 
-    u_char     *host;
+    ngx_int_t   rc;
     ngx_str_t  *value, url;
 
     if (llcf->pass) {
@@ -453,37 +480,53 @@ ngx_http_llm_pass(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     /* a URL with variables is checked when it is used */
 
-    if (llcf->pass->lengths == NULL) {
+    rc = (llcf->pass->lengths == NULL) ? ngx_http_llm_check_url(&url)
+                                        : NGX_OK;
 
-        if (url.len > 7 && ngx_strncasecmp(url.data, (u_char *) "http://", 7)
-                           == 0)
-        {
-            host = url.data + 7;
-
-        } else if (url.len > 8
-                   && ngx_strncasecmp(url.data, (u_char *) "https://", 8)
-                      == 0)
-        {
-            host = url.data + 8;
-
-        } else {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid URL \"%V\" in \"llm_pass\": "
-                               "http:// or https:// expected", &url);
-            return NGX_CONF_ERROR;
-        }
-
-        if (*host == '/' || *host == ':' || *host == '?'
-            || ngx_strlchr(url.data, url.data + url.len, ' '))
-        {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid URL \"%V\" in \"llm_pass\": "
-                               "no host", &url);
-            return NGX_CONF_ERROR;
-        }
+    if (rc != NGX_OK) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid URL \"%V\" in \"llm_pass\": %s", &url,
+                           rc == NGX_DECLINED
+                           ? "http:// or https:// expected" : "no host");
+        return NGX_CONF_ERROR;
     }
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * An upstream URL: NGX_DECLINED without http:// or https://, NGX_ERROR
+ * without a host after it.
+ */
+
+ngx_int_t
+ngx_http_llm_check_url(ngx_str_t *url)
+{
+    u_char  *host;
+
+    if (url->len > 7
+        && ngx_strncasecmp(url->data, (u_char *) "http://", 7) == 0)
+    {
+        host = url->data + 7;
+
+    } else if (url->len > 8
+               && ngx_strncasecmp(url->data, (u_char *) "https://", 8) == 0)
+    {
+        host = url->data + 8;
+
+    } else {
+        return NGX_DECLINED;
+    }
+
+    if (host == url->data + url->len
+        || *host == '/' || *host == ':' || *host == '?'
+        || ngx_strlchr(url->data, url->data + url->len, ' '))
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 

@@ -70,6 +70,7 @@ typedef struct {
 
     ngx_http_llm_store_t          *store;
     ngx_http_llm_format_t         *format;
+    ngx_http_llm_pipeline_conf_t  *pipeline;
     ngx_msec_t                     grace;       /* llm_on_disconnect */
     ngx_http_complex_value_t      *job_owner;
     ngx_http_complex_value_t      *job_url;
@@ -89,6 +90,7 @@ typedef struct {
     ngx_http_llm_store_t          *stores;      /* all, for the hooks */
     ngx_http_llm_store_t          *default_store;
     ngx_array_t                   *formats;     /* of format pointers */
+    ngx_array_t                   *pipelines;   /* of pipeline pointers */
 } ngx_http_llm_main_conf_t;
 
 
@@ -286,11 +288,16 @@ typedef void (*ngx_http_llm_find_pt)(void *data, ngx_int_t rc,
 extern ngx_module_t  ngx_http_llm_module;
 
 
+/* ngx_http_llm_module.c */
+ngx_int_t ngx_http_llm_check_url(ngx_str_t *url);
+
 /* ngx_http_llm_input.c */
 ngx_int_t ngx_http_llm_input_parse(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_str_t *err);
 ngx_int_t ngx_http_llm_input_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
+json_t *ngx_http_llm_input_object(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx);
 
 /* ngx_http_llm_handler.c */
 ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);

@@ -64,6 +64,10 @@ ngx_http_llm_openai_body(ngx_http_llm_params_t *params, size_t *len)
         || (params->temperature
             && json_object_set(root, "temperature", params->temperature)
                != 0)
+        || (params->json
+            && json_object_set_new(root, "response_format",
+                                   json_pack("{s:s}", "type", "json_object"))
+               != 0)
         || (params->max_tokens
             && json_object_set_new(root, "max_tokens",
                                    json_integer(params->max_tokens))

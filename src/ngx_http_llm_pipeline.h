@@ -127,7 +127,30 @@ typedef struct {
 } ngx_http_llm_pipeline_up_t;
 
 
+/* what a run takes from the location that started it */
+typedef struct {
+    ngx_thread_pool_t             *pool;
+    ngx_str_t                      pass;
+    const ngx_http_llm_provider_t *provider;
+    ngx_str_t                      model;
+    ngx_str_t                      system;
+    ngx_str_t                      api_key;
+    ngx_uint_t                     max_tokens;
+    ngx_msec_t                     connect_timeout;
+    ngx_msec_t                     first_token_timeout;
+    ngx_msec_t                     idle_timeout;
+    ngx_msec_t                     timeout;
+    ngx_flag_t                     ssl_verify;
+} ngx_http_llm_run_conf_t;
+
+
 /* ngx_http_llm_pipeline.c */
+ngx_http_llm_run_t *ngx_http_llm_pipeline_run(
+    ngx_http_llm_pipeline_conf_t *conf, ngx_http_llm_run_conf_t *rc,
+    json_t *inputs, ngx_log_t *log);
+ngx_http_llm_run_t *ngx_http_llm_pipeline_continue(
+    ngx_http_llm_pipeline_conf_t *conf, ngx_http_llm_run_conf_t *rc,
+    json_t *state, ngx_log_t *log);
 ngx_int_t ngx_http_llm_pipeline_start(ngx_http_llm_run_t *run,
     ngx_http_llm_pipeline_up_t *up);
 void ngx_http_llm_pipeline_cancel(ngx_http_llm_run_t *run);

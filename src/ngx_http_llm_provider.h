@@ -42,6 +42,8 @@
 #define NGX_HTTP_LLM_E_INTERNAL      "internal"
 #define NGX_HTTP_LLM_E_STORE         "store_corrupt"
 #define NGX_HTTP_LLM_E_TEXT_LIMIT    "text_limit"
+#define NGX_HTTP_LLM_E_STEP          "step_failed"
+#define NGX_HTTP_LLM_E_CHECK         "check_failed"
 
 
 /* where parsed upstream output goes; implemented by the engine */
@@ -109,7 +111,14 @@ typedef struct {
      * sent after the system prompt, the prompt, if any, after it.
      */
     struct json_t          *messages;
+
+    unsigned                json:1;         /* ask for one JSON object */
 } ngx_http_llm_params_t;
+
+
+/* how a provider without a JSON mode is asked for JSON */
+#define NGX_HTTP_LLM_JSON_ONLY                                              \
+    "Answer with one JSON object and nothing else."
 
 
 typedef struct {

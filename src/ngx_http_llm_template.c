@@ -284,6 +284,25 @@ ngx_http_llm_tpl_var(ngx_conf_t *cf, ngx_http_llm_var_t *vars,
 }
 
 
+ngx_int_t
+ngx_http_llm_tpl_args(ngx_http_llm_tpl_t *tpl, ngx_http_llm_var_t *var,
+    ngx_int_t (*handler)(void *data, ngx_str_t *arg), void *data)
+{
+    ngx_uint_t              i;
+    ngx_http_llm_tpl_op_t  *op;
+
+    op = tpl->ops.elts;
+
+    for (i = 0; i < tpl->ops.nelts; i++) {
+        if (op[i].var == var && handler(data, &op[i].arg) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
+}
+
+
 void
 ngx_http_llm_tpl_render(ngx_http_llm_tpl_t *tpl, void *data,
     ngx_http_request_t *r, ngx_http_llm_render_t *w)

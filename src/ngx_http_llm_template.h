@@ -79,6 +79,10 @@ typedef struct {
 char *ngx_http_llm_tpl_compile(ngx_conf_t *cf, ngx_http_llm_tpl_t *tpl,
     ngx_str_t *src, ngx_http_llm_var_t *vars, ngx_uint_t flags,
     const char *what);
+/* calls handler with the argument of each use of a prefix variable */
+ngx_int_t ngx_http_llm_tpl_args(ngx_http_llm_tpl_t *tpl,
+    ngx_http_llm_var_t *var, ngx_int_t (*handler)(void *data, ngx_str_t *arg),
+    void *data);
 void ngx_http_llm_tpl_render(ngx_http_llm_tpl_t *tpl, void *data,
     ngx_http_request_t *r, ngx_http_llm_render_t *w);
 
