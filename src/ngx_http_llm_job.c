@@ -567,11 +567,12 @@ ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
     }
 
     /*
-     * Before the first event given there are only the start event and
-     * deltas of one byte or more: no more of them than the text has bytes.
+     * Before the first event given there are only the start event,
+     * deltas of one byte or more and payloads of two or more: no more of
+     * them than the text and meta have bytes.
      */
 
-    if (rec->from_event > rec->text_len + 1) {
+    if (rec->from_event > rec->text_len + rec->meta_len + 1) {
         return "first event";
     }
 
