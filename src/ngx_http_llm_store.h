@@ -153,12 +153,12 @@ typedef struct {
      * Persist what the job gained since the last save: the events from
      * snap->saved_events, the text from snap->saved_text, the meta from
      * snap->saved_meta, the pipeline state if its version is not
-     * snap->saved_state, and its current state and outcome (called after every change; the first call
-     * creates the job).  What the store has now goes in "res": the marks
-     * move when the data is safe.  A store may batch: its flush interval
-     * is the durability window, its answer comes later through
-     * snap->saved; while it cannot write it keeps the marks and catches
-     * up later.
+     * snap->saved_state, and its current state and outcome (called after
+     * every change; the first call creates the job).  What the store
+     * has now goes in "res": the marks move when the data is safe.  A
+     * store may batch: its flush interval is the durability window, its
+     * answer comes later through snap->saved; while it cannot write it
+     * keeps the marks and catches up later.
      */
     void                         (*save)(ngx_http_llm_store_t *st,
                                          ngx_http_llm_snapshot_t *snap,
@@ -174,8 +174,8 @@ typedef struct {
     /*
      * Read a job: its state and outcome, its events from "from_event",
      * its text from "from_text", its meta from "from_meta" and its
-     * pipeline state (whole, with its version).  Also marks the job as watched now.  The
-     * handler may run before fetch() returns.
+     * pipeline state (whole, with its version).  Also marks the job as
+     * watched now.  The handler may run before fetch() returns.
      */
     ngx_int_t                    (*fetch)(ngx_http_llm_store_t *st,
                                           u_char *id, ngx_uint_t from_event,
