@@ -732,25 +732,32 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
         what = "text";
     }
 
-    if (what == NULL
-        && ngx_http_llm_redis_string(replies[3], (size_t) -1, &rec->meta,
-                                     &len)
-           != NGX_OK)
-    {
-        what = "meta";
+    if (what == NULL) {
+        n = ngx_http_llm_redis_string(replies[3], (size_t) -1, &rec->meta,
+                                      &rec->meta_len);
+        if (n == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (n != NGX_OK) {
+            what = "meta";
+        }
     }
 
-    rec->from_meta = op->from_meta;
-    rec->meta_len = op->from_meta + len;
-
-    if (what == NULL
-        && (ngx_http_llm_redis_string(replies[4], NGX_HTTP_LLM_STATE_MAX,
+    if (what == NULL) {
+        n = ngx_http_llm_redis_string(replies[4], NGX_HTTP_LLM_STATE_MAX,
                                       &rec->pipeline_state,
-                                      &rec->pipeline_state_len)
-            != NGX_OK
-            || (rec->pipeline_state && rec->state_version == 0)))
-    {
-        what = "pipeline state";
+                                      &rec->pipeline_state_len);
+        if (n == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        /* a state has a version from 1 on */
+
+        if (n != NGX_OK || (rec->pipeline_state && rec->state_version == 0))
+        {
+            what = "pipeline state";
+        }
     }
 
     if (what) {
@@ -760,6 +767,9 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
                       op->id, what);
         return NGX_ABORT;
     }
+
+    rec->from_meta = op->from_meta;
+    rec->meta_len += op->from_meta;
 
     len = (text->type == REDIS_REPLY_STRING) ? text->len : 0;
 
@@ -781,7 +791,8 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
 
 /*
  * A string reply of at most "max" bytes, copied (malloc()); empty or nil:
- * NULL.  NGX_ERROR for another reply or a longer string, or out of memory.
+ * NULL.  NGX_DECLINED for another reply or a longer string, NGX_ERROR
+ * when out of memory.
  */
 
 static ngx_int_t
@@ -795,7 +806,7 @@ ngx_http_llm_redis_string(redisReply *r, size_t max, u_char **p, size_t *len)
     }
 
     if (r->type != REDIS_REPLY_STRING || r->len > max) {
-        return NGX_ERROR;
+        return NGX_DECLINED;
     }
 
     if (r->len == 0) {
