@@ -1058,15 +1058,26 @@ ngx_http_llm_job_payload(ngx_http_llm_job_t *job,
 
 
 /*
- * The pipeline's state replaces the one before and is saved at once (the
- * memory store copies it now, Redis with its next flush).  A mirror takes
- * the store's this way too, unsaved.  NGX_ERROR: the job has failed.
+ * The pipeline's state, a JSON object, replaces the one before and is
+ * saved at once (the memory store copies it now, Redis with its next
+ * flush).  NGX_ERROR: the job has failed.
  */
 
 ngx_int_t
 ngx_http_llm_job_set_state(ngx_http_llm_job_t *job, u_char *json, size_t len)
 {
-    if (len > (job->max_text ? job->max_text : NGX_HTTP_LLM_STATE_MAX)) {
+    size_t   max;
+    json_t  *o;
+
+    /* what the stores' readers accept, or they would refuse the job */
+
+    max = NGX_HTTP_LLM_STATE_MAX;
+
+    if (job->max_text && job->max_text < max) {
+        max = job->max_text;
+    }
+
+    if (len > max) {
         ngx_log_error(NGX_LOG_ERR, job->log, 0,
                       "llm: job %s failed: %s: a pipeline state of %uz "
                       "bytes", job->id, NGX_HTTP_LLM_E_TEXT_LIMIT, len);
@@ -1075,6 +1086,22 @@ ngx_http_llm_job_set_state(ngx_http_llm_job_t *job, u_char *json, size_t len)
                               "the pipeline state exceeded llm_max_text");
         return NGX_ERROR;
     }
+
+    o = json_loadb((char *) json, len, 0, NULL);
+
+    if (!json_is_object(o)) {
+        json_decref(o);
+
+        ngx_log_error(NGX_LOG_ALERT, job->log, 0,
+                      "llm: job %s: a pipeline state that is not a JSON "
+                      "object", job->id);
+
+        ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_INTERNAL,
+                              "invalid pipeline state");
+        return NGX_ERROR;
+    }
+
+    json_decref(o);
 
     if (ngx_http_llm_job_keep_state(job, json, len) != NGX_OK) {
         ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_INTERNAL, "out of memory");
