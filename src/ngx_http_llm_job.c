@@ -340,7 +340,7 @@ static ngx_int_t
 ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
     ngx_http_llm_record_t *rec)
 {
-    size_t                 off;
+    size_t                 off, to, mirror_text;
     ngx_uint_t             i, ranged;
     const char            *what;
     ngx_http_llm_event_t  *ev;
@@ -353,6 +353,9 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
                       job->id, what);
         return NGX_ABORT;
     }
+
+    /* the text the mirror's events cover */
+    mirror_text = job->text_len;
 
     if (rec->from_text == job->text_len && rec->text_len > job->text_len) {
         if (ngx_http_llm_job_append(&job->text, &job->text_len,
@@ -385,20 +388,28 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
         job->state_version = rec->state_version;
     }
 
+    /* where the text of the events given starts: at their first delta */
+
+    to = job->text_len;
+
+    for (i = 0; i < rec->nevents - rec->from_event; i++) {
+        if (rec->events[i].type == NGX_HTTP_LLM_EV_DELTA) {
+            to = rec->events[i].off;
+            break;
+        }
+    }
+
     if (rec->from_event > job->nevents && rec->nevents > rec->from_event
-        && rec->events[0].off <= job->text_len)
+        && to <= job->text_len)
     {
         /*
          * The store dropped the oldest events (a bounded log): the gap
          * becomes deltas that carry the text it covered, so that ids keep
-         * their positions; the SSE writer sends them as one event.
+         * their positions; the SSE writer sends them as one event.  The
+         * payload events among them are lost.
          */
-        off = 0;
 
-        if (job->nevents) {
-            ev = &job->events[job->nevents - 1];
-            off = ev->off + ev->len;
-        }
+        off = mirror_text;
 
         if (job->nevents == 0
             && ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_START, 0, 0)
@@ -409,13 +420,13 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
 
         while (job->nevents < rec->from_event) {
             if (ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_DELTA, off,
-                                       rec->events[0].off - off)
+                                       to - off)
                 != NGX_OK)
             {
                 return NGX_ERROR;
             }
 
-            off = rec->events[0].off;
+            off = to;
         }
     }
 
@@ -522,7 +533,7 @@ ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
     u_char                *p;
     size_t                 end, mend;
     json_t                *state;
-    ngx_uint_t             i, n;
+    ngx_uint_t             i, n, gap, delta_gap, meta_gap;
     ngx_http_llm_event_t  *ev;
 
     if (rec->state > NGX_HTTP_LLM_CANCELLED) {
@@ -600,6 +611,15 @@ ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
     end = job->text_len;
     mend = job->meta_len;
 
+    /*
+     * After a gap (a store that dropped the oldest events) the first
+     * delta and the first payload event may start further on.
+     */
+
+    gap = (rec->from_event > job->nevents);
+    delta_gap = gap;
+    meta_gap = gap;
+
     n = rec->nevents - rec->from_event;
 
     for (i = 0; i < n; i++) {
@@ -615,10 +635,11 @@ ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
                 return "event outside the meta";
             }
 
-            if (ev->off != mend) {
+            if (ev->off != mend && !(meta_gap && ev->off > mend)) {
                 return "event offset";
             }
 
+            meta_gap = 0;
             mend = ev->off + ev->len;
 
             /* what the formats render as one line of JSON */
@@ -641,9 +662,7 @@ ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
             continue;
         }
 
-        if (i == 0 && rec->from_event > job->nevents
-            && ev->type != NGX_HTTP_LLM_EV_DELTA)
-        {
+        if (i == 0 && gap && ev->type != NGX_HTTP_LLM_EV_DELTA) {
             return "event after a gap";
         }
 
@@ -656,12 +675,11 @@ ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
         }
 
         /* the first one after a gap: the gap's deltas end where it starts */
-        if (ev->off != end
-            && !(i == 0 && rec->from_event > job->nevents && ev->off > end))
-        {
+        if (ev->off != end && !(delta_gap && ev->off > end)) {
             return "event offset";
         }
 
+        delta_gap = 0;
         end = ev->off + ev->len;
     }
 

@@ -206,6 +206,26 @@ is(join(',', map { $_->{event} } @ev), 'check,complete',
    'a resume after a step event');
 
 
+# a stream trimmed by MAXLEN that starts with a payload event: the gap is
+# one delta with the text it covered, the payload events in it are lost
+
+my $o2 = length($pl[0]) + length($pl[1]);
+my $trim = plant(events => [['5-0', 5, $o2, length $pl[2]],
+                            ['6-0', 1, 2, 3], ['7-0', 2, 0, 0]]);
+
+($s, $h, $body) = http_get($port, 'GET', "/jobs/$trim", headers => $sse);
+
+is($body, "retry: 2000\n\n"
+    . "id: $trim:1\nevent: start\ndata: {\"job\":\"$trim\"}\n\n"
+    . "id: $trim:4\nevent: delta\ndata: {\"text\":\"he\"}\n\n"
+    . "id: $trim:5\nevent: step\ndata: $pl[2]\n\n"
+    . "id: $trim:6\nevent: delta\ndata: {\"text\":\"llo\"}\n\n"
+    . "id: $trim:7\nevent: complete\ndata: {\"text\":\"hello\","
+    . "\"finish_reason\":\"stop\",\"usage\":{\"input_tokens\":3,"
+    . "\"output_tokens\":2,\"total_tokens\":5}}\n\n",
+   'a trimmed stream that starts with a payload event');
+
+
 # 2. a template format: the kinds and their variables
 
 ($s, $h, $body) = http_get($port, 'GET', "/tpl/$id", headers => $sse);
@@ -308,7 +328,7 @@ r('HSET', "t062:{$run}:job", updated => int(time * 1000));
 read_until(qr/"p":40/, \$got);
 like($got, qr/"p":40/, '  a progress event reaches it');
 
-my $o2 = $o1 + length $pl[1];
+$o2 = $o1 + length $pl[1];
 r('APPEND', "t062:{$run}:meta", $pl[2]);
 r('XADD', "t062:{$run}:events", '4-0', t => 5, o => $o2, l => length $pl[2]);
 r('XADD', "t062:{$run}:events", '5-0', t => 2, o => 0, l => 0);
