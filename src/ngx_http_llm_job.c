@@ -64,6 +64,7 @@ static void ngx_http_llm_job_wake(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_free(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_grace_handler(ngx_event_t *ev);
 static void ngx_http_llm_job_cancel_handler(ngx_event_t *ev);
+static void ngx_http_llm_job_free_handler(ngx_event_t *ev);
 static ngx_http_llm_job_t *ngx_http_llm_job_local(u_char *id);
 static void ngx_http_llm_job_found(void *data, ngx_int_t rc,
     ngx_http_llm_record_t *rec);
@@ -180,6 +181,9 @@ ngx_http_llm_job_alloc(ngx_log_t *log)
     job->cancel_ev.data = job;
     job->cancel_ev.log = job->log;
     job->cancel_ev.handler = ngx_http_llm_job_cancel_handler;
+    job->free_ev.data = job;
+    job->free_ev.log = job->log;
+    job->free_ev.handler = ngx_http_llm_job_free_handler;
 
     ngx_queue_init(&job->subscribers);
     ngx_queue_insert_tail(&ngx_http_llm_jobs, &job->queue);
@@ -1282,10 +1286,34 @@ ngx_http_llm_job_unhold(ngx_http_llm_job_t *job)
 }
 
 
+/*
+ * The same, the job being freed, if it is over, only when the loop comes
+ * back: for a caller that must not see it freed under it (a pipeline
+ * calling back, with its run).
+ */
+
+void
+ngx_http_llm_job_unhold_later(ngx_http_llm_job_t *job)
+{
+    job->holds--;
+
+    if (!job->free_ev.posted) {
+        ngx_post_event(&job->free_ev, &ngx_posted_events);
+    }
+}
+
+
 static void
 ngx_http_llm_job_cancel_handler(ngx_event_t *ev)
 {
     ngx_http_llm_job_cancel(ev->data);
+}
+
+
+static void
+ngx_http_llm_job_free_handler(ngx_event_t *ev)
+{
+    ngx_http_llm_job_free(ev->data);
 }
 
 
@@ -1335,6 +1363,14 @@ ngx_http_llm_jobs_exit_process(void)
         job = ngx_queue_data(q, ngx_http_llm_job_t, queue);
 
         ngx_queue_remove(q);
+
+        if (job->free_ev.posted) {
+            ngx_delete_posted_event(&job->free_ev);
+        }
+
+        if (job->cancel_ev.posted) {
+            ngx_delete_posted_event(&job->cancel_ev);
+        }
 
         if (job->run_free) {
             job->run_free(job->run);
@@ -1448,12 +1484,18 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
         job->xfer = NULL;
     }
 
-    /* a run that has not ended stops without calling back */
+    /*
+     * A run that has not ended stops without calling back; one that is
+     * calling back stops when its callback says the job failed.
+     */
 
     if (job->run_cancel) {
         cancel = job->run_cancel;
         job->run_cancel = NULL;
-        cancel(job->run);
+
+        if (job->run_calls == 0) {
+            cancel(job->run);
+        }
     }
 
     if (job->timer.timer_set) {
@@ -1630,6 +1672,10 @@ ngx_http_llm_job_free(ngx_http_llm_job_t *job)
 
     if (job->cancel_ev.posted) {
         ngx_delete_posted_event(&job->cancel_ev);
+    }
+
+    if (job->free_ev.posted) {
+        ngx_delete_posted_event(&job->free_ev);
     }
 
     if (job->store && !job->mirror) {

@@ -241,11 +241,13 @@ struct ngx_http_llm_job_s {
     ngx_http_llm_run_t            *run;
     void                         (*run_cancel)(ngx_http_llm_run_t *run);
     void                         (*run_free)(ngx_http_llm_run_t *run);
+    ngx_uint_t                     run_calls;   /* its callbacks under way */
 
     ngx_queue_t                    subscribers;
     ngx_queue_t                    queue;       /* in the worker's jobs */
     ngx_event_t                    timer;       /* grace period or poll */
     ngx_event_t                    cancel_ev;   /* a cancel came by store */
+    ngx_event_t                    free_ev;     /* a free put off */
     ngx_msec_t                     grace;
     ngx_uint_t                     holds;
     ngx_log_t                     *log;
@@ -372,6 +374,7 @@ void ngx_http_llm_job_fail(ngx_http_llm_job_t *job, const char *code,
 void ngx_http_llm_job_cancel(ngx_http_llm_job_t *job);
 void ngx_http_llm_job_hold(ngx_http_llm_job_t *job);
 void ngx_http_llm_job_unhold(ngx_http_llm_job_t *job);
+void ngx_http_llm_job_unhold_later(ngx_http_llm_job_t *job);
 void ngx_http_llm_jobs_shutdown(void);
 void ngx_http_llm_jobs_exit_process(void);
 
