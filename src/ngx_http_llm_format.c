@@ -54,13 +54,19 @@ static ngx_str_t  ngx_http_llm_kind_names[] = {
     ngx_string("complete"),
     ngx_string("error"),
     ngx_string("shutdown"),
+    ngx_string("step_start"),
+    ngx_string("step"),
+    ngx_string("check"),
+    ngx_string("progress"),
     ngx_string("response"),
     ngx_string("refusal")
 };
 
 
+/* by event type */
 static const char  *ngx_http_llm_event_names[] = {
-    "start", "delta", "complete", "error"
+    "start", "delta", "complete", "error",
+    "step_start", "step", "check", "progress"
 };
 
 
@@ -493,6 +499,18 @@ ngx_http_llm_event_kind(ngx_http_llm_format_t *fmt, ngx_http_llm_job_t *job,
     case NGX_HTTP_LLM_EV_COMPLETE:
         return NGX_HTTP_LLM_K_COMPLETE;
 
+    case NGX_HTTP_LLM_EV_STEP_START:
+        return NGX_HTTP_LLM_K_STEP_START;
+
+    case NGX_HTTP_LLM_EV_STEP:
+        return NGX_HTTP_LLM_K_STEP;
+
+    case NGX_HTTP_LLM_EV_CHECK:
+        return NGX_HTTP_LLM_K_CHECK;
+
+    case NGX_HTTP_LLM_EV_PROGRESS:
+        return NGX_HTTP_LLM_K_PROGRESS;
+
     default:
         break;
     }
@@ -508,7 +526,11 @@ ngx_http_llm_event_kind(ngx_http_llm_format_t *fmt, ngx_http_llm_job_t *job,
 }
 
 
-/* today's events: start, delta, complete, error, with ids and names */
+/*
+ * The module's own events (docs/events.md), with ids and names: start,
+ * delta, a pipeline's payload events (their JSON as it is), complete,
+ * error.
+ */
 
 static ngx_uint_t
 ngx_http_llm_default_event(ngx_http_llm_format_t *fmt,
@@ -542,6 +564,13 @@ ngx_http_llm_default_event(ngx_http_llm_format_t *fmt,
             ngx_http_llm_render_raw(w, "}\n\n", 3);
         }
 
+        return 1;
+    }
+
+    if (ngx_http_llm_event_payload(ev->type)) {
+        ngx_http_llm_default_head(job, fc->first, w);
+        ngx_http_llm_render_raw(w, job->meta + ev->off, ev->len);
+        ngx_http_llm_render_raw(w, "\n\n", 2);
         return 1;
     }
 

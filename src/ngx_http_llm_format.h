@@ -25,13 +25,17 @@
  */
 
 
-/* what a template can be given for; pipelines add theirs here */
+/* what a template can be given for */
 typedef enum {
     NGX_HTTP_LLM_K_START = 0,
     NGX_HTTP_LLM_K_DELTA,
     NGX_HTTP_LLM_K_COMPLETE,
     NGX_HTTP_LLM_K_ERROR,
     NGX_HTTP_LLM_K_SHUTDOWN,
+    NGX_HTTP_LLM_K_STEP_START,      /* a pipeline's payload events */
+    NGX_HTTP_LLM_K_STEP,
+    NGX_HTTP_LLM_K_CHECK,
+    NGX_HTTP_LLM_K_PROGRESS,
     NGX_HTTP_LLM_K_RESPONSE,        /* the blocking answer's body */
     NGX_HTTP_LLM_K_REFUSAL,         /* a JSON error answer's body */
     NGX_HTTP_LLM_K_N

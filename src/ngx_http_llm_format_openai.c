@@ -59,6 +59,12 @@ ngx_http_llm_openai_event(ngx_http_llm_format_t *fmt,
     ev = &job->events[fc->first];
     end = &job->events[fc->last];
 
+    /* Chat Completions chunks have no place for a pipeline's events */
+
+    if (ngx_http_llm_event_payload(ev->type)) {
+        return 1;
+    }
+
     if (ev->type == NGX_HTTP_LLM_EV_ERROR) {
         code.data = job->outcome.code;
         code.len = job->outcome.code_len;

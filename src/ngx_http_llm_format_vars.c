@@ -58,6 +58,46 @@ static void ngx_http_llm_var_elapsed(void *data,
     ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_model(void *data,
     ngx_str_t *arg, ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_payload(ngx_http_llm_fmt_ctx_t *fc,
+    const char *field, ngx_http_llm_value_t *v);
+static json_t *ngx_http_llm_var_state_json(ngx_http_llm_fmt_ctx_t *fc);
+static void ngx_http_llm_var_outputs(void *data,
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_steps(void *data,
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_stopped_at(void *data,
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
+
+
+/*
+ * The fields of a payload event's JSON: one getter per variable, each
+ * reading one field (NULL: the whole payload).
+ */
+
+#define ngx_http_llm_payload_var(name, field)                                \
+    static void                                                              \
+    name(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)                \
+    {                                                                        \
+        ngx_http_llm_var_payload(data, field, v);                            \
+    }
+
+ngx_http_llm_payload_var(ngx_http_llm_var_event, NULL)
+ngx_http_llm_payload_var(ngx_http_llm_var_step, "step")
+ngx_http_llm_payload_var(ngx_http_llm_var_step_index, "index")
+ngx_http_llm_payload_var(ngx_http_llm_var_steps_total, "total")
+ngx_http_llm_payload_var(ngx_http_llm_var_stage, "stage")
+ngx_http_llm_payload_var(ngx_http_llm_var_message, "message")
+ngx_http_llm_payload_var(ngx_http_llm_var_progress, "progress")
+ngx_http_llm_payload_var(ngx_http_llm_var_completed, "completed")
+ngx_http_llm_payload_var(ngx_http_llm_var_eta, "eta")
+ngx_http_llm_payload_var(ngx_http_llm_var_duration, "duration")
+ngx_http_llm_payload_var(ngx_http_llm_var_output, "output")
+ngx_http_llm_payload_var(ngx_http_llm_var_preview, "preview")
+ngx_http_llm_payload_var(ngx_http_llm_var_attempt, "attempt")
+ngx_http_llm_payload_var(ngx_http_llm_var_passed, "passed")
+ngx_http_llm_payload_var(ngx_http_llm_var_iteration, "iteration")
+ngx_http_llm_payload_var(ngx_http_llm_var_iterations, "iterations")
+ngx_http_llm_payload_var(ngx_http_llm_var_item, "item")
 
 
 ngx_http_llm_var_t  ngx_http_llm_format_vars[] = {
@@ -81,6 +121,28 @@ ngx_http_llm_var_t  ngx_http_llm_format_vars[] = {
     { ngx_string("llm_created"), ngx_http_llm_var_created, 0, 0 },
     { ngx_string("llm_elapsed"), ngx_http_llm_var_elapsed, 0, 0 },
     { ngx_string("llm_model"), ngx_http_llm_var_model, 0, 0 },
+
+    { ngx_string("llm_event"), ngx_http_llm_var_event, 1, 0 },
+    { ngx_string("llm_step"), ngx_http_llm_var_step, 0, 0 },
+    { ngx_string("llm_step_index"), ngx_http_llm_var_step_index, 0, 0 },
+    { ngx_string("llm_steps_total"), ngx_http_llm_var_steps_total, 0, 0 },
+    { ngx_string("llm_stage"), ngx_http_llm_var_stage, 0, 0 },
+    { ngx_string("llm_message"), ngx_http_llm_var_message, 0, 0 },
+    { ngx_string("llm_progress"), ngx_http_llm_var_progress, 0, 0 },
+    { ngx_string("llm_completed"), ngx_http_llm_var_completed, 0, 0 },
+    { ngx_string("llm_eta"), ngx_http_llm_var_eta, 0, 0 },
+    { ngx_string("llm_duration"), ngx_http_llm_var_duration, 0, 0 },
+    { ngx_string("llm_output"), ngx_http_llm_var_output, 1, 0 },
+    { ngx_string("llm_preview"), ngx_http_llm_var_preview, 0, 0 },
+    { ngx_string("llm_attempt"), ngx_http_llm_var_attempt, 0, 0 },
+    { ngx_string("llm_passed"), ngx_http_llm_var_passed, 0, 0 },
+    { ngx_string("llm_iteration"), ngx_http_llm_var_iteration, 0, 0 },
+    { ngx_string("llm_iterations"), ngx_http_llm_var_iterations, 0, 0 },
+    { ngx_string("llm_item"), ngx_http_llm_var_item, 1, 0 },
+    { ngx_string("llm_outputs"), ngx_http_llm_var_outputs, 1, 0 },
+    { ngx_string("llm_steps"), ngx_http_llm_var_steps, 0, 0 },
+    { ngx_string("llm_stopped_at"), ngx_http_llm_var_stopped_at, 0, 0 },
+
     { ngx_null_string, NULL, 0, 0 }
 };
 
@@ -478,4 +540,158 @@ ngx_http_llm_var_model(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
     v->type = NGX_HTTP_LLM_VAL_STR;
     v->data = s.data;
     v->len = s.len;
+}
+
+
+/*
+ * A field of a payload event's JSON, parsed when a template asks for it
+ * (payload events are few next to deltas); null in other events and when
+ * the payload lacks the field.
+ */
+
+static void
+ngx_http_llm_var_payload(ngx_http_llm_fmt_ctx_t *fc, const char *field,
+    ngx_http_llm_value_t *v)
+{
+    json_t                *o, *f;
+    ngx_http_llm_event_t  *ev;
+
+    if (fc->job == NULL) {
+        return;
+    }
+
+    ev = &fc->job->events[fc->first];
+
+    if (!ngx_http_llm_event_payload(ev->type)) {
+        return;
+    }
+
+    o = json_loadb((char *) fc->job->meta + ev->off, ev->len, 0, NULL);
+
+    if (!json_is_object(o)) {
+        json_decref(o);
+        return;
+    }
+
+    if (field == NULL) {
+        v->type = NGX_HTTP_LLM_VAL_JSON;
+        v->json = o;
+        return;
+    }
+
+    f = json_object_get(o, field);
+
+    if (f && !json_is_null(f)) {
+        v->type = NGX_HTTP_LLM_VAL_JSON;
+        v->json = json_incref(f);
+    }
+
+    json_decref(o);
+}
+
+
+/* the job's pipeline state, parsed; NULL without one */
+
+static json_t *
+ngx_http_llm_var_state_json(ngx_http_llm_fmt_ctx_t *fc)
+{
+    json_t  *o;
+
+    if (fc->job == NULL || fc->job->pipeline_state == NULL) {
+        return NULL;
+    }
+
+    o = json_loadb((char *) fc->job->pipeline_state,
+                   fc->job->pipeline_state_len, 0, NULL);
+
+    if (!json_is_object(o)) {
+        json_decref(o);
+        return NULL;
+    }
+
+    return o;
+}
+
+
+/* {"step name": its output, ...} of the steps that have one */
+
+static void
+ngx_http_llm_var_outputs(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    size_t   i;
+    json_t  *st, *steps, *step, *name, *out, *o;
+
+    st = ngx_http_llm_var_state_json(fc);
+    if (st == NULL) {
+        return;
+    }
+
+    o = json_object();
+    steps = json_object_get(st, "steps");
+
+    for (i = 0; o && i < json_array_size(steps); i++) {
+        step = json_array_get(steps, i);
+        name = json_object_get(step, "name");
+        out = json_object_get(step, "output");
+
+        if (json_is_string(name) && out && !json_is_null(out)) {
+            json_object_set(o, json_string_value(name), out);
+        }
+    }
+
+    json_decref(st);
+
+    if (o) {
+        v->type = NGX_HTTP_LLM_VAL_JSON;
+        v->json = o;
+    }
+}
+
+
+static void
+ngx_http_llm_var_steps(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    json_t  *st, *steps;
+
+    st = ngx_http_llm_var_state_json(fc);
+    if (st == NULL) {
+        return;
+    }
+
+    steps = json_object_get(st, "steps");
+
+    if (json_is_array(steps)) {
+        v->type = NGX_HTTP_LLM_VAL_JSON;
+        v->json = json_incref(steps);
+    }
+
+    json_decref(st);
+}
+
+
+static void
+ngx_http_llm_var_stopped_at(void *data, ngx_str_t *arg,
+    ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    json_t  *st, *at;
+
+    st = ngx_http_llm_var_state_json(fc);
+    if (st == NULL) {
+        return;
+    }
+
+    at = json_object_get(st, "stopped_at");
+
+    if (json_is_string(at)) {
+        v->type = NGX_HTTP_LLM_VAL_JSON;
+        v->json = json_incref(at);
+    }
+
+    json_decref(st);
 }

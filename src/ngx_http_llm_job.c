@@ -47,12 +47,16 @@ static ngx_int_t ngx_http_llm_job_id(u_char *id, ngx_log_t *log);
 static ngx_http_llm_job_t *ngx_http_llm_job_alloc(ngx_log_t *log);
 static ngx_int_t ngx_http_llm_job_event(ngx_http_llm_job_t *job,
     ngx_http_llm_event_type_e type, size_t off, size_t len);
-static ngx_int_t ngx_http_llm_job_append_text(ngx_http_llm_job_t *job,
-    u_char *text, size_t len);
+static ngx_int_t ngx_http_llm_job_append(u_char **buf, size_t *n,
+    size_t *cap, u_char *p, size_t len);
+static ngx_int_t ngx_http_llm_job_delta(ngx_http_llm_job_t *job, u_char *p,
+    size_t len);
+static ngx_int_t ngx_http_llm_job_bound(ngx_http_llm_job_t *job, size_t len);
+static ngx_int_t ngx_http_llm_job_keep_state(ngx_http_llm_job_t *job,
+    u_char *json, size_t len);
 static void ngx_http_llm_job_output(void *data, ngx_http_llm_output_t *out);
 static void ngx_http_llm_job_end(ngx_http_llm_job_t *job,
     ngx_http_llm_state_e state, const char *code, u_char *msg, size_t len);
-static void ngx_http_llm_job_save(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_snapshot(void *data,
     ngx_http_llm_snapshot_t *snap);
 static void ngx_http_llm_job_saved(void *data, ngx_http_llm_saved_t *res);
@@ -60,6 +64,7 @@ static void ngx_http_llm_job_wake(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_free(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_grace_handler(ngx_event_t *ev);
 static void ngx_http_llm_job_cancel_handler(ngx_event_t *ev);
+static void ngx_http_llm_job_free_handler(ngx_event_t *ev);
 static ngx_http_llm_job_t *ngx_http_llm_job_local(u_char *id);
 static void ngx_http_llm_job_found(void *data, ngx_int_t rc,
     ngx_http_llm_record_t *rec);
@@ -67,6 +72,7 @@ static ngx_int_t ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
     ngx_http_llm_record_t *rec);
 static const char *ngx_http_llm_record_check(ngx_http_llm_job_t *job,
     ngx_http_llm_record_t *rec);
+static ngx_int_t ngx_http_llm_payload_valid(u_char *p, size_t len);
 static void ngx_http_llm_mirror_poll(ngx_event_t *ev);
 static void ngx_http_llm_mirror_polled(void *data, ngx_int_t rc,
     ngx_http_llm_record_t *rec);
@@ -88,15 +94,48 @@ ngx_http_llm_job_start(ngx_http_llm_spec_t *spec, ngx_http_llm_job_opts_t *o,
 {
     ngx_http_llm_job_t  *job;
 
-    job = ngx_http_llm_job_alloc(log);
+    job = ngx_http_llm_job_create(o, log);
     if (job == NULL) {
         ngx_http_llm_spec_free(spec);
+        return NULL;
+    }
+
+    job->xfer = ngx_http_llm_engine_submit(o->pool, spec,
+                                           ngx_http_llm_job_output, job, log);
+
+    if (job->xfer == NULL) {
+        ngx_http_llm_spec_free(spec);
+        job->state = NGX_HTTP_LLM_FAILED;
+        ngx_http_llm_job_free(job);
+        return NULL;
+    }
+
+    ngx_http_llm_job_save(job);
+
+    return job;
+}
+
+
+/*
+ * A new running job with its id and start event, not saved yet (what
+ * runs it is set first): the engine's, or a pipeline's
+ * (ngx_http_llm_job_run.c).  NULL when out of memory.
+ */
+
+ngx_http_llm_job_t *
+ngx_http_llm_job_create(ngx_http_llm_job_opts_t *o, ngx_log_t *log)
+{
+    ngx_http_llm_job_t  *job;
+
+    job = ngx_http_llm_job_alloc(log);
+    if (job == NULL) {
         return NULL;
     }
 
     job->store = o->store;
     job->grace = o->grace;
     job->max_events = o->max_events;
+    job->max_text = o->max_text;
     job->background = o->background;
 
     if (o->owner) {
@@ -107,27 +146,12 @@ ngx_http_llm_job_start(ngx_http_llm_spec_t *spec, ngx_http_llm_job_opts_t *o,
     if (ngx_http_llm_job_id(job->id, log) != NGX_OK
         || ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_START, 0, 0) != NGX_OK)
     {
-        goto failed;
+        job->state = NGX_HTTP_LLM_FAILED;
+        ngx_http_llm_job_free(job);
+        return NULL;
     }
-
-    job->xfer = ngx_http_llm_engine_submit(o->pool, spec,
-                                           ngx_http_llm_job_output, job, log);
-
-    if (job->xfer == NULL) {
-        goto failed;
-    }
-
-    ngx_http_llm_job_save(job);
 
     return job;
-
-failed:
-
-    ngx_http_llm_spec_free(spec);
-    job->state = NGX_HTTP_LLM_FAILED;
-    ngx_http_llm_job_free(job);
-
-    return NULL;
 }
 
 
@@ -157,6 +181,9 @@ ngx_http_llm_job_alloc(ngx_log_t *log)
     job->cancel_ev.data = job;
     job->cancel_ev.log = job->log;
     job->cancel_ev.handler = ngx_http_llm_job_cancel_handler;
+    job->free_ev.data = job;
+    job->free_ev.log = job->log;
+    job->free_ev.handler = ngx_http_llm_job_free_handler;
 
     ngx_queue_init(&job->subscribers);
     ngx_queue_insert_tail(&ngx_http_llm_jobs, &job->queue);
@@ -204,7 +231,7 @@ ngx_http_llm_job_find(ngx_http_llm_store_t *st, u_char *id,
     f->handler = handler;
     f->data = data;
 
-    if (st->ops->fetch(st, f->id, 0, 0, ngx_http_llm_job_found, f)
+    if (st->ops->fetch(st, f->id, 0, 0, 0, ngx_http_llm_job_found, f)
         != NGX_OK)
     {
         ngx_free(f);
@@ -317,8 +344,8 @@ static ngx_int_t
 ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
     ngx_http_llm_record_t *rec)
 {
-    size_t                 off;
-    ngx_uint_t             i;
+    size_t                 off, to, mirror_text;
+    ngx_uint_t             i, ranged;
     const char            *what;
     ngx_http_llm_event_t  *ev;
 
@@ -331,29 +358,62 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
         return NGX_ABORT;
     }
 
+    /* the text the mirror's events cover */
+    mirror_text = job->text_len;
+
     if (rec->from_text == job->text_len && rec->text_len > job->text_len) {
-        if (ngx_http_llm_job_append_text(job, rec->text,
-                                         rec->text_len - rec->from_text)
+        if (ngx_http_llm_job_append(&job->text, &job->text_len,
+                                    &job->text_cap, rec->text,
+                                    rec->text_len - rec->from_text)
             != NGX_OK)
         {
             return NGX_ERROR;
         }
     }
 
+    if (rec->from_meta == job->meta_len && rec->meta_len > job->meta_len) {
+        if (ngx_http_llm_job_append(&job->meta, &job->meta_len,
+                                    &job->meta_cap, rec->meta,
+                                    rec->meta_len - rec->from_meta)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    if (rec->pipeline_state && rec->state_version != job->state_version) {
+        if (ngx_http_llm_job_keep_state(job, rec->pipeline_state,
+                                        rec->pipeline_state_len)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
+        job->state_version = rec->state_version;
+    }
+
+    /* where the text of the events given starts: at their first delta */
+
+    to = job->text_len;
+
+    for (i = 0; i < rec->nevents - rec->from_event; i++) {
+        if (rec->events[i].type == NGX_HTTP_LLM_EV_DELTA) {
+            to = rec->events[i].off;
+            break;
+        }
+    }
+
     if (rec->from_event > job->nevents && rec->nevents > rec->from_event
-        && rec->events[0].off <= job->text_len)
+        && to <= job->text_len)
     {
         /*
          * The store dropped the oldest events (a bounded log): the gap
          * becomes deltas that carry the text it covered, so that ids keep
-         * their positions; the SSE writer sends them as one event.
+         * their positions; the SSE writer sends them as one event.  The
+         * payload events among them are lost.
          */
-        off = 0;
 
-        if (job->nevents) {
-            ev = &job->events[job->nevents - 1];
-            off = ev->off + ev->len;
-        }
+        off = mirror_text;
 
         if (job->nevents == 0
             && ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_START, 0, 0)
@@ -364,13 +424,13 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
 
         while (job->nevents < rec->from_event) {
             if (ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_DELTA, off,
-                                       rec->events[0].off - off)
+                                       to - off)
                 != NGX_OK)
             {
                 return NGX_ERROR;
             }
 
-            off = rec->events[0].off;
+            off = to;
         }
     }
 
@@ -378,7 +438,8 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
         for (i = 0; i < rec->nevents - rec->from_event; i++) {
             ev = &rec->events[i];
 
-            /* only the text this mirror has: the rest comes next time */
+            /* only the text and meta this mirror has: the rest next time */
+
             if (ev->type == NGX_HTTP_LLM_EV_DELTA
                 && (ev->off > job->text_len
                     || ev->len > job->text_len - ev->off))
@@ -386,12 +447,20 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
                 break;
             }
 
-            /* the final events carry no range: the whole text is theirs */
-            if (ngx_http_llm_job_event(job, ev->type,
-                                       ev->type == NGX_HTTP_LLM_EV_DELTA
-                                       ? ev->off : 0,
-                                       ev->type == NGX_HTTP_LLM_EV_DELTA
-                                       ? ev->len : 0)
+            if (ngx_http_llm_event_payload(ev->type)
+                && (ev->off > job->meta_len
+                    || ev->len > job->meta_len - ev->off))
+            {
+                break;
+            }
+
+            /* the start and final events carry no range */
+
+            ranged = (ev->type == NGX_HTTP_LLM_EV_DELTA
+                      || ngx_http_llm_event_payload(ev->type));
+
+            if (ngx_http_llm_job_event(job, ev->type, ranged ? ev->off : 0,
+                                       ranged ? ev->len : 0)
                 != NGX_OK)
             {
                 return NGX_ERROR;
@@ -443,8 +512,7 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
     /* a log cut short (a full zone) still ends with a final event */
 
     if (job->nevents == 0
-        || job->events[job->nevents - 1].type == NGX_HTTP_LLM_EV_START
-        || job->events[job->nevents - 1].type == NGX_HTTP_LLM_EV_DELTA)
+        || !ngx_http_llm_event_final(job->events[job->nevents - 1].type))
     {
         (void) ngx_http_llm_job_event(job,
                                       job->state == NGX_HTTP_LLM_COMPLETED
@@ -466,12 +534,39 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
 static const char *
 ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
 {
-    size_t                 end;
-    ngx_uint_t             i, n;
+    u_char                *p;
+    size_t                 end, mend;
+    json_t                *state;
+    ngx_uint_t             i, n, gap, delta_gap, meta_gap;
     ngx_http_llm_event_t  *ev;
 
     if (rec->state > NGX_HTTP_LLM_CANCELLED) {
         return "state";
+    }
+
+    if (rec->from_meta > rec->meta_len
+        || (rec->meta == NULL && rec->meta_len > rec->from_meta))
+    {
+        return "meta range";
+    }
+
+    if (rec->pipeline_state_len > NGX_HTTP_LLM_STATE_MAX
+        || (rec->pipeline_state == NULL && rec->pipeline_state_len))
+    {
+        return "pipeline state";
+    }
+
+    /* a state is read (parsed) once per version */
+
+    if (rec->pipeline_state && rec->state_version != job->state_version) {
+        state = json_loadb((char *) rec->pipeline_state,
+                           rec->pipeline_state_len, 0, NULL);
+        n = json_is_object(state);
+        json_decref(state);
+
+        if (!n) {
+            return "pipeline state";
+        }
     }
 
     if (rec->from_text > rec->text_len
@@ -487,11 +582,12 @@ ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
     }
 
     /*
-     * Before the first event given there are only the start event and
-     * deltas of one byte or more: no more of them than the text has bytes.
+     * Before the first event given there are only the start event,
+     * deltas of one byte or more and payloads of two or more: no more of
+     * them than the text and meta have bytes.
      */
 
-    if (rec->from_event > rec->text_len + 1) {
+    if (rec->from_event > rec->text_len + rec->meta_len + 1) {
         return "first event";
     }
 
@@ -510,27 +606,67 @@ ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
         return "outcome";
     }
 
-    /* deltas follow each other through the text, within it */
+    /*
+     * Deltas follow each other through the text, within it, and payload
+     * events through the meta: a mirror's text and meta end where its
+     * last ones do.
+     */
 
-    end = 0;
+    end = job->text_len;
+    mend = job->meta_len;
 
-    if (job->nevents) {
-        ev = &job->events[job->nevents - 1];
-        end = ev->off + ev->len;
-    }
+    /*
+     * After a gap (a store that dropped the oldest events) the first
+     * delta and the first payload event may start further on.
+     */
+
+    gap = (rec->from_event > job->nevents);
+    delta_gap = gap;
+    meta_gap = gap;
 
     n = rec->nevents - rec->from_event;
 
     for (i = 0; i < n; i++) {
         ev = &rec->events[i];
 
-        if (ev->type > NGX_HTTP_LLM_EV_ERROR) {
+        if (ev->type > NGX_HTTP_LLM_EV_PROGRESS) {
             return "event type";
         }
 
-        if (i == 0 && rec->from_event > job->nevents
-            && ev->type != NGX_HTTP_LLM_EV_DELTA)
-        {
+        if (ngx_http_llm_event_payload(ev->type)) {
+            if (ev->off > rec->meta_len || ev->len > rec->meta_len - ev->off)
+            {
+                return "event outside the meta";
+            }
+
+            if (ev->off != mend && !(meta_gap && ev->off > mend)) {
+                return "event offset";
+            }
+
+            meta_gap = 0;
+            mend = ev->off + ev->len;
+
+            /* what the formats render as one line of JSON */
+
+            if (ev->off < rec->from_meta) {
+                if (mend > job->meta_len) {
+                    return "event payload";
+                }
+
+                p = job->meta + ev->off;
+
+            } else {
+                p = rec->meta + (ev->off - rec->from_meta);
+            }
+
+            if (ngx_http_llm_payload_valid(p, ev->len) != NGX_OK) {
+                return "event payload";
+            }
+
+            continue;
+        }
+
+        if (i == 0 && gap && ev->type != NGX_HTTP_LLM_EV_DELTA) {
             return "event after a gap";
         }
 
@@ -543,12 +679,11 @@ ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
         }
 
         /* the first one after a gap: the gap's deltas end where it starts */
-        if (ev->off != end
-            && !(i == 0 && rec->from_event > job->nevents && ev->off > end))
-        {
+        if (ev->off != end && !(delta_gap && ev->off > end)) {
             return "event offset";
         }
 
+        delta_gap = 0;
         end = ev->off + ev->len;
     }
 
@@ -571,7 +706,8 @@ ngx_http_llm_mirror_poll(ngx_event_t *ev)
     job->fetching = 1;
 
     if (job->store->ops->fetch(job->store, job->id, job->nevents,
-                               job->text_len, ngx_http_llm_mirror_polled, job)
+                               job->text_len, job->meta_len,
+                               ngx_http_llm_mirror_polled, job)
         != NGX_OK)
     {
         job->fetching = 0;
@@ -746,8 +882,6 @@ ngx_http_llm_job_output(void *data, ngx_http_llm_output_t *out)
 {
     ngx_http_llm_job_t *job = data;
 
-    size_t  off;
-
     if (out->done) {
         /* the engine let go of the transfer with its final output */
         job->xfer = NULL;
@@ -757,32 +891,10 @@ ngx_http_llm_job_output(void *data, ngx_http_llm_output_t *out)
         return;
     }
 
-    if (out->text_len) {
-        off = job->text_len;
-
-        /* the delta and the final event: past the bound, what it has */
-
-        if (job->max_events && job->nevents + 2 > job->max_events) {
-            ngx_log_error(NGX_LOG_ERR, job->log, 0,
-                          "llm: job %s failed: %s: more than %ui events "
-                          "(llm_max_events)", job->id,
-                          NGX_HTTP_LLM_E_TEXT_LIMIT, job->max_events);
-
-            ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_TEXT_LIMIT,
-                                  "the generation exceeded llm_max_events");
-            return;
-        }
-
-        if (ngx_http_llm_job_append_text(job, out->text, out->text_len)
-               != NGX_OK
-            || ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_DELTA, off,
-                                      out->text_len)
-               != NGX_OK)
-        {
-            ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_INTERNAL,
-                                  "out of memory");
-            return;
-        }
+    if (out->text_len
+        && ngx_http_llm_job_delta(job, out->text, out->text_len) != NGX_OK)
+    {
+        return;
     }
 
     if (!out->done) {
@@ -822,6 +934,301 @@ ngx_http_llm_job_output(void *data, ngx_http_llm_output_t *out)
 
     ngx_http_llm_job_save(job);
     ngx_http_llm_job_wake(job);
+}
+
+
+/* a delta: what the engine output and a pipeline's text callback add */
+
+static ngx_int_t
+ngx_http_llm_job_delta(ngx_http_llm_job_t *job, u_char *p, size_t len)
+{
+    size_t  off;
+
+    if (ngx_http_llm_job_bound(job, len) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    off = job->text_len;
+
+    if (ngx_http_llm_job_append(&job->text, &job->text_len, &job->text_cap,
+                                p, len)
+           != NGX_OK
+        || ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_DELTA, off, len)
+           != NGX_OK)
+    {
+        ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_INTERNAL, "out of memory");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Room for one more event and "len" bytes, or the job fails.  The event
+ * and the final one must fit in llm_max_events; a pipeline's text and
+ * meta together in llm_max_text (an engine transfer bounds its own text).
+ */
+
+static ngx_int_t
+ngx_http_llm_job_bound(ngx_http_llm_job_t *job, size_t len)
+{
+    if (job->max_events && job->nevents + 2 > job->max_events) {
+        ngx_log_error(NGX_LOG_ERR, job->log, 0,
+                      "llm: job %s failed: %s: more than %ui events "
+                      "(llm_max_events)", job->id,
+                      NGX_HTTP_LLM_E_TEXT_LIMIT, job->max_events);
+
+        ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_TEXT_LIMIT,
+                              "the generation exceeded llm_max_events");
+        return NGX_ERROR;
+    }
+
+    if (job->max_text
+        && (len > job->max_text
+            || job->text_len + job->meta_len > job->max_text - len))
+    {
+        ngx_log_error(NGX_LOG_ERR, job->log, 0,
+                      "llm: job %s failed: %s: more than %uz bytes of text "
+                      "and events (llm_max_text)", job->id,
+                      NGX_HTTP_LLM_E_TEXT_LIMIT, job->max_text);
+
+        ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_TEXT_LIMIT,
+                              "the generation exceeded llm_max_text");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Text of a running job that is not the engine's (a pipeline step that
+ * streams): a delta, saved and sent.  NGX_ERROR: the job has failed.
+ */
+
+ngx_int_t
+ngx_http_llm_job_text(ngx_http_llm_job_t *job, u_char *p, size_t len)
+{
+    if (job->state != NGX_HTTP_LLM_RUNNING) {
+        return NGX_ERROR;
+    }
+
+    if (len == 0) {
+        return NGX_OK;
+    }
+
+    if (ngx_http_llm_job_delta(job, p, len) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_llm_job_save(job);
+    ngx_http_llm_job_wake(job);
+
+    return NGX_OK;
+}
+
+
+/*
+ * A payload event (step_start, step, check, progress): its JSON object is
+ * appended to the job's meta, the event points at it, and it is saved and
+ * sent like a delta.  NGX_ERROR: the job has failed.
+ */
+
+ngx_int_t
+ngx_http_llm_job_payload(ngx_http_llm_job_t *job,
+    ngx_http_llm_event_type_e type, u_char *payload, size_t len)
+{
+    size_t  off;
+
+    if (job->state != NGX_HTTP_LLM_RUNNING) {
+        return NGX_ERROR;
+    }
+
+    if (!ngx_http_llm_event_payload(type) || type > NGX_HTTP_LLM_EV_PROGRESS
+        || ngx_http_llm_payload_valid(payload, len) != NGX_OK)
+    {
+        ngx_log_error(NGX_LOG_ALERT, job->log, 0,
+                      "llm: job %s: event %d with a payload that is not "
+                      "one line of a JSON object", job->id, (int) type);
+
+        ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_INTERNAL,
+                              "invalid event payload");
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_llm_job_bound(job, len) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    off = job->meta_len;
+
+    if (ngx_http_llm_job_append(&job->meta, &job->meta_len, &job->meta_cap,
+                                payload, len)
+           != NGX_OK
+        || ngx_http_llm_job_event(job, type, off, len) != NGX_OK)
+    {
+        ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_INTERNAL, "out of memory");
+        return NGX_ERROR;
+    }
+
+    ngx_http_llm_job_save(job);
+    ngx_http_llm_job_wake(job);
+
+    return NGX_OK;
+}
+
+
+/*
+ * The pipeline's state, a JSON object, replaces the one before and is
+ * saved at once (the memory store copies it now, Redis with its next
+ * flush).  NGX_ERROR: the job has failed.
+ */
+
+ngx_int_t
+ngx_http_llm_job_set_state(ngx_http_llm_job_t *job, u_char *json, size_t len)
+{
+    size_t   max;
+    json_t  *o;
+
+    /* what the stores' readers accept, or they would refuse the job */
+
+    max = NGX_HTTP_LLM_STATE_MAX;
+
+    if (job->max_text && job->max_text < max) {
+        max = job->max_text;
+    }
+
+    if (len > max) {
+        ngx_log_error(NGX_LOG_ERR, job->log, 0,
+                      "llm: job %s failed: %s: a pipeline state of %uz "
+                      "bytes", job->id, NGX_HTTP_LLM_E_TEXT_LIMIT, len);
+
+        ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_TEXT_LIMIT,
+                              "the pipeline state exceeded llm_max_text");
+        return NGX_ERROR;
+    }
+
+    o = json_loadb((char *) json, len, 0, NULL);
+
+    if (!json_is_object(o)) {
+        json_decref(o);
+
+        ngx_log_error(NGX_LOG_ALERT, job->log, 0,
+                      "llm: job %s: a pipeline state that is not a JSON "
+                      "object", job->id);
+
+        ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_INTERNAL,
+                              "invalid pipeline state");
+        return NGX_ERROR;
+    }
+
+    json_decref(o);
+
+    if (ngx_http_llm_job_keep_state(job, json, len) != NGX_OK) {
+        ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_INTERNAL, "out of memory");
+        return NGX_ERROR;
+    }
+
+    job->state_version++;
+
+    ngx_http_llm_job_save(job);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_job_keep_state(ngx_http_llm_job_t *job, u_char *json,
+    size_t len)
+{
+    u_char  *p;
+
+    p = ngx_alloc(len ? len : 1, job->log);
+    if (p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(p, json, len);
+
+    ngx_free(job->pipeline_state);
+    job->pipeline_state = p;
+    job->pipeline_state_len = len;
+
+    return NGX_OK;
+}
+
+
+/*
+ * The end of a job that is not the engine's, with its outcome: the final
+ * event, saved and sent, as the engine's last output does.
+ */
+
+void
+ngx_http_llm_job_finish(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
+    ngx_http_llm_outcome_t *oc)
+{
+    u_char  code[sizeof(oc->code) + 1];
+
+    /* what ends by itself is not cancelled */
+    job->run_cancel = NULL;
+
+    if (job->state != NGX_HTTP_LLM_RUNNING) {
+        return;
+    }
+
+    if (state != NGX_HTTP_LLM_COMPLETED) {
+        ngx_memcpy(code, oc->code, oc->code_len);
+        code[oc->code_len] = '\0';
+
+        ngx_log_error(NGX_LOG_ERR, job->log, 0,
+                      "llm: job %s failed: %s: %*s", job->id, code,
+                      (size_t) ngx_min(oc->message_len, 512), oc->message);
+
+        ngx_http_llm_job_end(job, state, (const char *) code, oc->message,
+                             oc->message_len);
+        return;
+    }
+
+    ngx_memcpy(job->outcome.finish, oc->finish, oc->finish_len);
+    job->outcome.finish_len = oc->finish_len;
+    job->outcome.input_tokens = oc->input_tokens;
+    job->outcome.output_tokens = oc->output_tokens;
+
+    if (ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_COMPLETE, 0, 0)
+        != NGX_OK)
+    {
+        ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_INTERNAL, "out of memory");
+        return;
+    }
+
+    job->state = NGX_HTTP_LLM_COMPLETED;
+    job->finished = ngx_http_llm_now_ms();
+
+    ngx_http_llm_job_save(job);
+    ngx_http_llm_job_wake(job);
+}
+
+
+/* a payload is sent as one SSE data line: a JSON object without CR, LF */
+
+static ngx_int_t
+ngx_http_llm_payload_valid(u_char *p, size_t len)
+{
+    json_t     *o;
+    ngx_int_t   rc;
+
+    if (len < 2 || p[0] != '{'
+        || memchr(p, '\n', len) || memchr(p, '\r', len))
+    {
+        return NGX_ERROR;
+    }
+
+    o = json_loadb((char *) p, len, 0, NULL);
+    rc = json_is_object(o) ? NGX_OK : NGX_ERROR;
+    json_decref(o);
+
+    return rc;
 }
 
 
@@ -879,10 +1286,34 @@ ngx_http_llm_job_unhold(ngx_http_llm_job_t *job)
 }
 
 
+/*
+ * The same, the job being freed, if it is over, only when the loop comes
+ * back: for a caller that must not see it freed under it (a pipeline
+ * calling back, with its run).
+ */
+
+void
+ngx_http_llm_job_unhold_later(ngx_http_llm_job_t *job)
+{
+    job->holds--;
+
+    if (!job->free_ev.posted) {
+        ngx_post_event(&job->free_ev, &ngx_posted_events);
+    }
+}
+
+
 static void
 ngx_http_llm_job_cancel_handler(ngx_event_t *ev)
 {
     ngx_http_llm_job_cancel(ev->data);
+}
+
+
+static void
+ngx_http_llm_job_free_handler(ngx_event_t *ev)
+{
+    ngx_http_llm_job_free(ev->data);
 }
 
 
@@ -932,8 +1363,23 @@ ngx_http_llm_jobs_exit_process(void)
         job = ngx_queue_data(q, ngx_http_llm_job_t, queue);
 
         ngx_queue_remove(q);
+
+        if (job->free_ev.posted) {
+            ngx_delete_posted_event(&job->free_ev);
+        }
+
+        if (job->cancel_ev.posted) {
+            ngx_delete_posted_event(&job->cancel_ev);
+        }
+
+        if (job->run_free) {
+            job->run_free(job->run);
+        }
+
         free(job->events);
         free(job->text);
+        free(job->meta);
+        ngx_free(job->pipeline_state);
         ngx_free(job->outcome.message);
         ngx_free(job);
     }
@@ -996,28 +1442,30 @@ ngx_http_llm_job_event(ngx_http_llm_job_t *job, ngx_http_llm_event_type_e type,
 }
 
 
+/* the job's text or meta: append-only, growing by doubling */
+
 static ngx_int_t
-ngx_http_llm_job_append_text(ngx_http_llm_job_t *job, u_char *text,
+ngx_http_llm_job_append(u_char **buf, size_t *n, size_t *cap, u_char *p,
     size_t len)
 {
-    size_t   cap;
+    size_t   c;
     u_char  *t;
 
-    if (job->text_len + len > job->text_cap) {
-        cap = ngx_max(job->text_cap * 2, job->text_len + len);
-        cap = ngx_max(cap, 256);
+    if (*n + len > *cap) {
+        c = ngx_max(*cap * 2, *n + len);
+        c = ngx_max(c, 256);
 
-        t = realloc(job->text, cap);
+        t = realloc(*buf, c);
         if (t == NULL) {
             return NGX_ERROR;
         }
 
-        job->text = t;
-        job->text_cap = cap;
+        *buf = t;
+        *cap = c;
     }
 
-    ngx_memcpy(job->text + job->text_len, text, len);
-    job->text_len += len;
+    ngx_memcpy(*buf + *n, p, len);
+    *n += len;
 
     return NGX_OK;
 }
@@ -1029,9 +1477,25 @@ static void
 ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
     const char *code, u_char *msg, size_t len)
 {
+    void  (*cancel)(ngx_http_llm_run_t *run);
+
     if (job->xfer) {
         ngx_http_llm_engine_release(job->xfer);
         job->xfer = NULL;
+    }
+
+    /*
+     * A run that has not ended stops without calling back; one that is
+     * calling back stops when its callback says the job failed.
+     */
+
+    if (job->run_cancel) {
+        cancel = job->run_cancel;
+        job->run_cancel = NULL;
+
+        if (job->run_calls == 0) {
+            cancel(job->run);
+        }
     }
 
     if (job->timer.timer_set) {
@@ -1064,7 +1528,9 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
 }
 
 
-static void
+/* to the store: after every change, and by the maker of a new job */
+
+void
 ngx_http_llm_job_save(ngx_http_llm_job_t *job)
 {
     ngx_http_llm_saved_t     res;
@@ -1107,9 +1573,16 @@ ngx_http_llm_job_snapshot(void *data, ngx_http_llm_snapshot_t *snap)
     snap->nevents = job->nevents;
     snap->text = job->text;
     snap->text_len = job->text_len;
+    snap->meta = job->meta;
+    snap->meta_len = job->meta_len;
+    snap->pipeline_state = job->pipeline_state;
+    snap->pipeline_state_len = job->pipeline_state_len;
+    snap->state_version = job->state_version;
 
     snap->saved_events = job->saved_events;
     snap->saved_text = job->saved_text;
+    snap->saved_meta = job->saved_meta;
+    snap->saved_state = job->saved_state;
     snap->store_data = job->store_data;
 
     snap->snapshot = ngx_http_llm_job_snapshot;
@@ -1134,6 +1607,8 @@ ngx_http_llm_job_saved(void *data, ngx_http_llm_saved_t *res)
 
     job->saved_events = res->saved_events;
     job->saved_text = res->saved_text;
+    job->saved_meta = res->saved_meta;
+    job->saved_state = res->saved_state;
     job->store_data = res->store_data;
     job->watched = res->watched;
 
@@ -1199,13 +1674,23 @@ ngx_http_llm_job_free(ngx_http_llm_job_t *job)
         ngx_delete_posted_event(&job->cancel_ev);
     }
 
+    if (job->free_ev.posted) {
+        ngx_delete_posted_event(&job->free_ev);
+    }
+
     if (job->store && !job->mirror) {
         ngx_http_llm_job_snapshot(job, &snap);
         job->store->ops->release(job->store, &snap);
     }
 
+    if (job->run_free) {
+        job->run_free(job->run);
+    }
+
     free(job->events);
     free(job->text);
+    free(job->meta);
+    ngx_free(job->pipeline_state);
     ngx_free(job->outcome.message);
     ngx_queue_remove(&job->queue);
     ngx_free(job);

@@ -359,7 +359,7 @@ ngx_int_t
 ngx_http_llm_send_job(ngx_http_request_t *r, ngx_http_llm_job_t *job,
     ngx_uint_t status)
 {
-    json_t  *o, *usage;
+    json_t  *o, *usage, *st, *v;
 
     static const char  *states[] = {
         "running", "completed", "failed", "cancelled"
@@ -406,6 +406,25 @@ ngx_http_llm_send_job(ngx_http_request_t *r, ngx_http_llm_job_t *job,
         }
 
         json_object_set_new(o, "usage", usage);
+    }
+
+    /* a pipeline's job: its name and its steps, from the state it keeps */
+
+    if (job->pipeline_state) {
+        st = json_loadb((char *) job->pipeline_state, job->pipeline_state_len,
+                        0, NULL);
+
+        v = json_object_get(st, "pipeline");
+        if (json_is_string(v)) {
+            json_object_set(o, "pipeline", v);
+        }
+
+        v = json_object_get(st, "steps");
+        if (json_is_array(v)) {
+            json_object_set(o, "steps", v);
+        }
+
+        json_decref(st);
     }
 
     if (job->outcome.code_len) {

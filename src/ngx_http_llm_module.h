@@ -152,9 +152,20 @@ typedef enum {
 } ngx_http_llm_event_type_e;
 
 
+#define ngx_http_llm_event_final(type)                                       \
+    ((type) == NGX_HTTP_LLM_EV_COMPLETE || (type) == NGX_HTTP_LLM_EV_ERROR)
+
+#define ngx_http_llm_event_payload(type)                                     \
+    ((type) >= NGX_HTTP_LLM_EV_STEP_START)
+
+/* a pipeline's state as a job keeps it and a store reads it back */
+#define NGX_HTTP_LLM_STATE_MAX       (64 * 1024 * 1024)
+
+
 /*
  * Event log entry.  A delta is a range of the job's text, so the log costs
- * a few words per event and consecutive deltas can be sent as one.
+ * a few words per event and consecutive deltas can be sent as one; a
+ * payload event is a range of the job's meta, its JSON payload.
  */
 typedef struct {
     ngx_http_llm_event_type_e      type;
@@ -200,6 +211,16 @@ struct ngx_http_llm_job_s {
     size_t                         text_len;
     size_t                         text_cap;
 
+    /* the payloads of a pipeline's events, one after the other */
+    u_char                        *meta;
+    size_t                         meta_len;
+    size_t                         meta_cap;
+
+    /* the pipeline's state (JSON), replaced by each new one */
+    u_char                        *pipeline_state;
+    size_t                         pipeline_state_len;
+    ngx_uint_t                     state_version;   /* 0: none yet */
+
     ngx_http_llm_outcome_t         outcome;     /* for the final event */
 
     int64_t                        created;     /* ms since the epoch */
@@ -212,17 +233,28 @@ struct ngx_http_llm_job_s {
     ngx_http_llm_store_t          *store;
     ngx_uint_t                     saved_events;
     size_t                         saved_text;
+    size_t                         saved_meta;
+    ngx_uint_t                     saved_state; /* its state_version */
     void                          *store_data;  /* the store's own */
 
     ngx_http_llm_xfer_t           *xfer;
+
+    /* a pipeline run instead of a transfer (ngx_http_llm_job_run.c) */
+    ngx_http_llm_run_t            *run;
+    void                         (*run_cancel)(ngx_http_llm_run_t *run);
+    void                         (*run_free)(ngx_http_llm_run_t *run);
+    ngx_uint_t                     run_calls;   /* its callbacks under way */
+
     ngx_queue_t                    subscribers;
     ngx_queue_t                    queue;       /* in the worker's jobs */
     ngx_event_t                    timer;       /* grace period or poll */
     ngx_event_t                    cancel_ev;   /* a cancel came by store */
+    ngx_event_t                    free_ev;     /* a free put off */
     ngx_msec_t                     grace;
     ngx_uint_t                     holds;
     ngx_log_t                     *log;
     ngx_uint_t                     max_events;  /* 0: a mirror, unbounded */
+    size_t                         max_text;    /* text + meta; 0: a mirror */
 
     unsigned                       has_owner:1;
     unsigned                       background:1;
@@ -277,6 +309,7 @@ typedef struct {
     u_char                        *owner;       /* SHA-1, or NULL */
     ngx_msec_t                     grace;
     ngx_uint_t                     max_events;
+    size_t                         max_text;    /* of a pipeline's job */
     unsigned                       background:1;
 } ngx_http_llm_job_opts_t;
 
@@ -332,13 +365,29 @@ ngx_int_t ngx_http_llm_job_find(ngx_http_llm_store_t *st, u_char *id,
 void ngx_http_llm_job_subscribe(ngx_http_llm_job_t *job,
     ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_job_unsubscribe(ngx_http_llm_ctx_t *ctx);
+ngx_http_llm_job_t *ngx_http_llm_job_create(ngx_http_llm_job_opts_t *opts,
+    ngx_log_t *log);
+void ngx_http_llm_job_save(ngx_http_llm_job_t *job);
+ngx_int_t ngx_http_llm_job_text(ngx_http_llm_job_t *job, u_char *p,
+    size_t len);
+ngx_int_t ngx_http_llm_job_payload(ngx_http_llm_job_t *job,
+    ngx_http_llm_event_type_e type, u_char *payload, size_t len);
+ngx_int_t ngx_http_llm_job_set_state(ngx_http_llm_job_t *job, u_char *json,
+    size_t len);
+void ngx_http_llm_job_finish(ngx_http_llm_job_t *job,
+    ngx_http_llm_state_e state, ngx_http_llm_outcome_t *oc);
 void ngx_http_llm_job_fail(ngx_http_llm_job_t *job, const char *code,
     const char *message);
 void ngx_http_llm_job_cancel(ngx_http_llm_job_t *job);
 void ngx_http_llm_job_hold(ngx_http_llm_job_t *job);
 void ngx_http_llm_job_unhold(ngx_http_llm_job_t *job);
+void ngx_http_llm_job_unhold_later(ngx_http_llm_job_t *job);
 void ngx_http_llm_jobs_shutdown(void);
 void ngx_http_llm_jobs_exit_process(void);
+
+/* ngx_http_llm_job_run.c */
+ngx_http_llm_job_t *ngx_http_llm_job_start_run(ngx_http_llm_run_t *run,
+    ngx_http_llm_job_opts_t *opts, ngx_log_t *log);
 
 /* ngx_http_llm_jobapi.c */
 ngx_int_t ngx_http_llm_job_handler(ngx_http_request_t *r);

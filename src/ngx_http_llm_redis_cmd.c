@@ -16,11 +16,16 @@
  *
  *     PREFIX{ID}:job      HASH    state created updated finished watched
  *                                 owner background cancel finish in out
- *                                 code message nevents textlen
+ *                                 code message nevents textlen metalen sv
  *     PREFIX{ID}:text     STRING  the job's text
+ *     PREFIX{ID}:meta     STRING  the payloads of a pipeline's events
+ *     PREFIX{ID}:pstate   STRING  the pipeline's state (JSON), version sv
  *     PREFIX{ID}:events   STREAM  entry "SEQ-0" (SEQ: 1-based event number)
- *                                 with fields t (type), o (text offset)
- *                                 and l (length); capped by MAXLEN ~
+ *                                 with fields t (type), o (text offset, or
+ *                                 meta offset of a payload event) and l
+ *                                 (length); capped by MAXLEN ~
+ *
+ * meta and pstate exist for pipeline jobs only.
  */
 
 
@@ -53,8 +58,9 @@ static void ngx_http_llm_redis_refusal(ngx_http_llm_redis_t *rd,
 static ngx_int_t ngx_http_llm_redis_check_write(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t *w, redisReply *exec);
 static ngx_int_t ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
-    ngx_http_llm_redis_op_t *op, redisReply *hash, redisReply *events,
-    redisReply *text);
+    ngx_http_llm_redis_op_t *op, redisReply **replies);
+static ngx_int_t ngx_http_llm_redis_string(redisReply *r, size_t max,
+    u_char **p, size_t *len);
 static ngx_int_t ngx_http_llm_redis_record_events(ngx_http_llm_record_t *rec,
     ngx_uint_t from_event, redisReply *xr, const char **what);
 static ngx_int_t ngx_http_llm_redis_owner(ngx_http_llm_record_t *rec,
@@ -146,12 +152,15 @@ ngx_http_llm_redis_refusal(ngx_http_llm_redis_t *rd,
  * Store thread: one job's write, as one transaction:
  *
  *     MULTI
- *     [DEL job text events]                     Redis lost the job
+ *     [DEL job text events meta pstate]         Redis lost the job
  *     [SETRANGE text OFFSET NEW_TEXT]           new text
+ *     [SETRANGE meta OFFSET NEW_META]           new payloads
+ *     [SET pstate STATE]                        a new pipeline state
  *     [XADD events MAXLEN ~ N SEQ-0 t T o O l L]...  one per new event
- *     HSET job state .. created .. (13 fields)
+ *     HSET job state .. created .. (15 fields)
  *     [HSETNX job cancel 0, HSETNX job watched 0]    first write
  *     PEXPIRE job|text|events TTL               3 commands
+ *     [PEXPIRE meta TTL] [PEXPIRE pstate TTL]   a pipeline's job
  *     HMGET job cancel watched
  *     EXEC
  *
@@ -181,6 +190,8 @@ ngx_http_llm_redis_send_write(ngx_http_llm_redis_t *rd,
         ngx_http_llm_redis_key(rd, &cmd, w->id, "job");
         ngx_http_llm_redis_key(rd, &cmd, w->id, "text");
         ngx_http_llm_redis_key(rd, &cmd, w->id, "events");
+        ngx_http_llm_redis_key(rd, &cmd, w->id, "meta");
+        ngx_http_llm_redis_key(rd, &cmd, w->id, "pstate");
         ngx_http_llm_redis_send(rd, &cmd);
         n++;
     }
@@ -193,6 +204,27 @@ ngx_http_llm_redis_send_write(ngx_http_llm_redis_t *rd,
         ngx_http_llm_redis_argf(&cmd, "%uz", w->from_text);
         ngx_http_llm_redis_arg(&cmd, rec->text + off,
                                rec->text_len - w->from_text);
+        ngx_http_llm_redis_send(rd, &cmd);
+        n++;
+    }
+
+    if (w->from_meta < rec->meta_len) {
+        off = w->from_meta - rec->from_meta;
+
+        ngx_http_llm_redis_cmd(&cmd, "SETRANGE");
+        ngx_http_llm_redis_key(rd, &cmd, w->id, "meta");
+        ngx_http_llm_redis_argf(&cmd, "%uz", w->from_meta);
+        ngx_http_llm_redis_arg(&cmd, rec->meta + off,
+                               rec->meta_len - w->from_meta);
+        ngx_http_llm_redis_send(rd, &cmd);
+        n++;
+    }
+
+    if (rec->pipeline_state) {
+        ngx_http_llm_redis_cmd(&cmd, "SET");
+        ngx_http_llm_redis_key(rd, &cmd, w->id, "pstate");
+        ngx_http_llm_redis_arg(&cmd, rec->pipeline_state,
+                               rec->pipeline_state_len);
         ngx_http_llm_redis_send(rd, &cmd);
         n++;
     }
@@ -254,6 +286,10 @@ ngx_http_llm_redis_send_write(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_argf(&cmd, "%ui", rec->nevents);
     ngx_http_llm_redis_lit(&cmd, "textlen");
     ngx_http_llm_redis_argf(&cmd, "%uz", rec->text_len);
+    ngx_http_llm_redis_lit(&cmd, "metalen");
+    ngx_http_llm_redis_argf(&cmd, "%uz", rec->meta_len);
+    ngx_http_llm_redis_lit(&cmd, "sv");
+    ngx_http_llm_redis_argf(&cmd, "%ui", rec->state_version);
     ngx_http_llm_redis_send(rd, &cmd);
     n++;
 
@@ -289,6 +325,22 @@ ngx_http_llm_redis_send_write(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_argf(&cmd, "%M", rd->conf->ttl);
     ngx_http_llm_redis_send(rd, &cmd);
     n += 3;
+
+    if (rec->meta_len) {
+        ngx_http_llm_redis_cmd(&cmd, "PEXPIRE");
+        ngx_http_llm_redis_key(rd, &cmd, w->id, "meta");
+        ngx_http_llm_redis_argf(&cmd, "%M", rd->conf->ttl);
+        ngx_http_llm_redis_send(rd, &cmd);
+        n++;
+    }
+
+    if (rec->state_version) {
+        ngx_http_llm_redis_cmd(&cmd, "PEXPIRE");
+        ngx_http_llm_redis_key(rd, &cmd, w->id, "pstate");
+        ngx_http_llm_redis_argf(&cmd, "%M", rd->conf->ttl);
+        ngx_http_llm_redis_send(rd, &cmd);
+        n++;
+    }
 
     w->hmget = n;
 
@@ -410,6 +462,8 @@ ngx_http_llm_redis_check_write(ngx_http_llm_redis_t *rd,
  *     HGETALL job
  *     XRANGE events FROM_EVENT+1-0 +
  *     GETRANGE text FROM_TEXT -1
+ *     GETRANGE meta FROM_META -1
+ *     GET pstate
  *     EVAL HSETXX 1 job watched NOW
  *     EXEC
  */
@@ -439,6 +493,16 @@ ngx_http_llm_redis_send_fetch(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_lit(&cmd, "-1");
     ngx_http_llm_redis_send(rd, &cmd);
 
+    ngx_http_llm_redis_cmd(&cmd, "GETRANGE");
+    ngx_http_llm_redis_key(rd, &cmd, op->id, "meta");
+    ngx_http_llm_redis_argf(&cmd, "%uz", op->from_meta);
+    ngx_http_llm_redis_lit(&cmd, "-1");
+    ngx_http_llm_redis_send(rd, &cmd);
+
+    ngx_http_llm_redis_cmd(&cmd, "GET");
+    ngx_http_llm_redis_key(rd, &cmd, op->id, "pstate");
+    ngx_http_llm_redis_send(rd, &cmd);
+
     ngx_http_llm_redis_cmd(&cmd, "EVAL");
     ngx_http_llm_redis_lit(&cmd, NGX_HTTP_LLM_REDIS_HSETXX);
     ngx_http_llm_redis_lit(&cmd, "1");
@@ -461,7 +525,7 @@ ngx_http_llm_redis_read_fetch(ngx_http_llm_redis_t *rd,
 
     queued = 1;
 
-    for (i = 0; i < 5; i++) {
+    for (i = 0; i < 7; i++) {
         if (ngx_http_llm_redis_reply(rd, &r) != NGX_OK) {
             return;
         }
@@ -481,12 +545,11 @@ ngx_http_llm_redis_read_fetch(ngx_http_llm_redis_t *rd,
     if (!queued) {
         /* logged */
 
-    } else if (r->type != REDIS_REPLY_ARRAY || r->elements != 4) {
+    } else if (r->type != REDIS_REPLY_ARRAY || r->elements != 6) {
         ngx_http_llm_redis_error(rd, op->id, r);
 
     } else {
-        op->rc = ngx_http_llm_redis_record(rd, op, r->element[0],
-                                           r->element[1], r->element[2]);
+        op->rc = ngx_http_llm_redis_record(rd, op, r->element);
     }
 
     freeReplyObject(r);
@@ -496,21 +559,25 @@ ngx_http_llm_redis_read_fetch(ngx_http_llm_redis_t *rd,
 /*
  * Anything else can write to Redis: a record is checked field by field as
  * it is decoded, and one that does not hold what this module writes is
- * NGX_ABORT (corrupt), never half-trusted.
+ * NGX_ABORT (corrupt), never half-trusted.  The replies: HGETALL, XRANGE,
+ * text, meta, pstate.
  */
 
 static ngx_int_t
 ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
-    ngx_http_llm_redis_op_t *op, redisReply *hash, redisReply *events,
-    redisReply *text)
+    ngx_http_llm_redis_op_t *op, redisReply **replies)
 {
     size_t                   len;
     int64_t                  num;
     ngx_int_t                n;
     ngx_uint_t               i, state;
     const char              *what;
-    redisReply              *f, *v;
+    redisReply              *f, *v, *hash, *events, *text;
     ngx_http_llm_record_t   *rec;
+
+    hash = replies[0];
+    events = replies[1];
+    text = replies[2];
 
     rec = &op->rec;
     rec->outcome.input_tokens = -1;
@@ -622,6 +689,14 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
             rec->outcome.code_len = v->len;
             ngx_memcpy(rec->outcome.code, v->str, v->len);
 
+        } else if (ngx_http_llm_redis_is(f, "sv")) {
+            if (ngx_http_llm_redis_num(v, 0, INT64_MAX, &num) != NGX_OK) {
+                what = "sv";
+                break;
+            }
+
+            rec->state_version = (ngx_uint_t) num;
+
         } else if (ngx_http_llm_redis_is(f, "message") && v->len) {
             rec->outcome.message = malloc(v->len);
             if (rec->outcome.message == NULL) {
@@ -657,6 +732,34 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
         what = "text";
     }
 
+    if (what == NULL) {
+        n = ngx_http_llm_redis_string(replies[3], (size_t) -1, &rec->meta,
+                                      &rec->meta_len);
+        if (n == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        if (n != NGX_OK) {
+            what = "meta";
+        }
+    }
+
+    if (what == NULL) {
+        n = ngx_http_llm_redis_string(replies[4], NGX_HTTP_LLM_STATE_MAX,
+                                      &rec->pipeline_state,
+                                      &rec->pipeline_state_len);
+        if (n == NGX_ERROR) {
+            return NGX_ERROR;
+        }
+
+        /* a state has a version from 1 on */
+
+        if (n != NGX_OK || (rec->pipeline_state && rec->state_version == 0))
+        {
+            what = "pipeline state";
+        }
+    }
+
     if (what) {
         ngx_log_error(NGX_LOG_ERR, rd->log, 0,
                       "llm: redis store: %V: job %*s: corrupt record (%s)",
@@ -664,6 +767,9 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
                       op->id, what);
         return NGX_ABORT;
     }
+
+    rec->from_meta = op->from_meta;
+    rec->meta_len += op->from_meta;
 
     len = (text->type == REDIS_REPLY_STRING) ? text->len : 0;
 
@@ -678,6 +784,42 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
 
         ngx_memcpy(rec->text, text->str, len);
     }
+
+    return NGX_OK;
+}
+
+
+/*
+ * A string reply of at most "max" bytes, copied (malloc()); empty or nil:
+ * NULL.  NGX_DECLINED for another reply or a longer string, NGX_ERROR
+ * when out of memory.
+ */
+
+static ngx_int_t
+ngx_http_llm_redis_string(redisReply *r, size_t max, u_char **p, size_t *len)
+{
+    *p = NULL;
+    *len = 0;
+
+    if (r->type == REDIS_REPLY_NIL) {
+        return NGX_OK;
+    }
+
+    if (r->type != REDIS_REPLY_STRING || r->len > max) {
+        return NGX_DECLINED;
+    }
+
+    if (r->len == 0) {
+        return NGX_OK;
+    }
+
+    *p = malloc(r->len);
+    if (*p == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(*p, r->str, r->len);
+    *len = r->len;
 
     return NGX_OK;
 }
@@ -804,7 +946,7 @@ ngx_http_llm_redis_record_events(ngx_http_llm_record_t *rec,
 
             if (ngx_http_llm_redis_is(f, "t")) {
                 seen |= (ngx_http_llm_redis_num(v, NGX_HTTP_LLM_EV_START,
-                                                NGX_HTTP_LLM_EV_ERROR, &t)
+                                                NGX_HTTP_LLM_EV_PROGRESS, &t)
                          == NGX_OK) ? 1 : 8;
 
             } else if (ngx_http_llm_redis_is(f, "o")) {

@@ -351,6 +351,10 @@ ngx_http_llm_sse_frames(ngx_http_llm_ctx_t *ctx, ngx_http_llm_render_t *w,
 
             text += merged;
 
+        } else if (ngx_http_llm_event_payload(job->events[i].type)) {
+            /* a payload event is rendered whole, counted by its payload */
+            text += job->events[i].len;
+
         } else if (job->events[i].type != NGX_HTTP_LLM_EV_START) {
             /*
              * The final event carries the whole text: a format may send

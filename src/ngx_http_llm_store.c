@@ -224,10 +224,14 @@ ngx_http_llm_record_free(ngx_http_llm_record_t *rec)
     free(rec->outcome.message);
     free(rec->events);
     free(rec->text);
+    free(rec->meta);
+    free(rec->pipeline_state);
 
     rec->outcome.message = NULL;
     rec->events = NULL;
     rec->text = NULL;
+    rec->meta = NULL;
+    rec->pipeline_state = NULL;
 }
 
 
@@ -241,6 +245,8 @@ ngx_http_llm_saved_init(ngx_http_llm_saved_t *res,
 
     res->saved_events = snap->saved_events;
     res->saved_text = snap->saved_text;
+    res->saved_meta = snap->saved_meta;
+    res->saved_state = snap->saved_state;
     res->store_data = snap->store_data;
     res->watched = snap->watched;
 }

@@ -51,6 +51,15 @@ typedef struct {
     size_t                         text_len;    /* of the whole job */
     size_t                         from_text;
     u_char                        *text;        /* malloc()ed, from_text on */
+
+    size_t                         meta_len;    /* of the whole job */
+    size_t                         from_meta;
+    u_char                        *meta;        /* malloc()ed, from_meta on */
+
+    /* the pipeline's state, whole: malloc()ed, or NULL (none) */
+    u_char                        *pipeline_state;
+    size_t                         pipeline_state_len;
+    ngx_uint_t                     state_version;
 } ngx_http_llm_record_t;
 
 
@@ -74,6 +83,8 @@ typedef struct ngx_http_llm_snapshot_s  ngx_http_llm_snapshot_t;
 typedef struct {
     ngx_uint_t                     saved_events; /* the store has all before */
     size_t                         saved_text;
+    size_t                         saved_meta;
+    ngx_uint_t                     saved_state; /* the state_version it has */
     void                          *store_data;  /* the store's own, kept */
     int64_t                        watched;     /* last read by a follower */
     unsigned                       cancel:1;    /* a cancel was requested */
@@ -109,9 +120,18 @@ struct ngx_http_llm_snapshot_s {
     ngx_uint_t                     nevents;
     u_char                        *text;
     size_t                         text_len;
+    u_char                        *meta;
+    size_t                         meta_len;
+
+    /* replaced as a whole: new when state_version != saved_state */
+    u_char                        *pipeline_state;
+    size_t                         pipeline_state_len;
+    ngx_uint_t                     state_version;
 
     ngx_uint_t                     saved_events;
     size_t                         saved_text;
+    size_t                         saved_meta;
+    ngx_uint_t                     saved_state;
     void                          *store_data;  /* from the last result */
 
     ngx_http_llm_snapshot_pt       snapshot;
@@ -131,13 +151,14 @@ typedef struct {
 
     /*
      * Persist what the job gained since the last save: the events from
-     * snap->saved_events, the text from snap->saved_text, and its current
-     * state and outcome (called after every change; the first call
-     * creates the job).  What the store has now goes in "res": the marks
-     * move when the data is safe.  A store may batch: its flush interval
-     * is the durability window, its answer comes later through
-     * snap->saved; while it cannot write it keeps the marks and catches
-     * up later.
+     * snap->saved_events, the text from snap->saved_text, the meta from
+     * snap->saved_meta, the pipeline state if its version is not
+     * snap->saved_state, and its current state and outcome (called after
+     * every change; the first call creates the job).  What the store
+     * has now goes in "res": the marks move when the data is safe.  A
+     * store may batch: its flush interval is the durability window, its
+     * answer comes later through snap->saved; while it cannot write it
+     * keeps the marks and catches up later.
      */
     void                         (*save)(ngx_http_llm_store_t *st,
                                          ngx_http_llm_snapshot_t *snap,
@@ -151,13 +172,14 @@ typedef struct {
                                             ngx_http_llm_snapshot_t *snap);
 
     /*
-     * Read a job: its state and outcome, its events from "from_event" and
-     * its text from "from_text".  Also marks the job as watched now.  The
-     * handler may run before fetch() returns.
+     * Read a job: its state and outcome, its events from "from_event",
+     * its text from "from_text", its meta from "from_meta" and its
+     * pipeline state (whole, with its version).  Also marks the job as
+     * watched now.  The handler may run before fetch() returns.
      */
     ngx_int_t                    (*fetch)(ngx_http_llm_store_t *st,
                                           u_char *id, ngx_uint_t from_event,
-                                          size_t from_text,
+                                          size_t from_text, size_t from_meta,
                                           ngx_http_llm_fetch_pt handler,
                                           void *data);
 

@@ -52,6 +52,9 @@ typedef struct {
     ngx_uint_t                     events_cap;
     u_char                        *text;
     size_t                         text_cap;
+    u_char                        *meta;
+    size_t                         meta_cap;
+    u_char                        *pipeline_state;  /* rec's length */
     u_char                        *message;
     int64_t                        expires;
 
@@ -66,8 +69,8 @@ static void ngx_http_llm_mem_save(ngx_http_llm_store_t *st,
 static void ngx_http_llm_mem_release(ngx_http_llm_store_t *st,
     ngx_http_llm_snapshot_t *snap);
 static ngx_int_t ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
-    ngx_uint_t from_event, size_t from_text, ngx_http_llm_fetch_pt handler,
-    void *data);
+    ngx_uint_t from_event, size_t from_text, size_t from_meta,
+    ngx_http_llm_fetch_pt handler, void *data);
 static ngx_int_t ngx_http_llm_mem_cancel(ngx_http_llm_store_t *st,
     u_char *id);
 static ngx_http_llm_mem_job_t *ngx_http_llm_mem_lookup(ngx_http_llm_mem_t *m,
@@ -254,6 +257,8 @@ ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_snapshot_t *snap,
 
         snap->saved_events = 0;
         snap->saved_text = 0;
+        snap->saved_meta = 0;
+        snap->saved_state = 0;
     }
 
     if (mj->truncated) {
@@ -262,6 +267,8 @@ ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_snapshot_t *snap,
     } else if (ngx_http_llm_mem_copy(m, mj, snap) == NGX_OK) {
         res->saved_events = snap->nevents;
         res->saved_text = snap->text_len;
+        res->saved_meta = snap->meta_len;
+        res->saved_state = snap->state_version;
 
     } else {
         mj->truncated = 1;
@@ -324,24 +331,28 @@ ngx_http_llm_mem_release(ngx_http_llm_store_t *st,
 
 static ngx_int_t
 ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
-    ngx_uint_t from_event, size_t from_text, ngx_http_llm_fetch_pt handler,
-    void *data)
+    ngx_uint_t from_event, size_t from_text, size_t from_meta,
+    ngx_http_llm_fetch_pt handler, void *data)
 {
     ngx_http_llm_mem_t *m = st->data;
 
-    size_t                   n, nev, ntext, nmsg;
+    size_t                   n, nev, ntext, nmeta, nstate, nmsg;
     int64_t                  now;
     ngx_uint_t               tries;
     ngx_http_llm_record_t    rec;
     ngx_http_llm_event_t    *events;
-    u_char                  *text, *msg;
+    u_char                  *text, *meta, *state, *msg;
     ngx_http_llm_mem_job_t  *mj;
 
     events = NULL;
     text = NULL;
+    meta = NULL;
+    state = NULL;
     msg = NULL;
     nev = 0;
     ntext = 0;
+    nmeta = 0;
+    nstate = 0;
     nmsg = 0;
 
     for (tries = 0; /* void */; tries++) {
@@ -356,6 +367,8 @@ ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
             ngx_shmtx_unlock(&m->shpool->mutex);
             free(events);
             free(text);
+            free(meta);
+            free(state);
             free(msg);
             handler(data, NGX_DECLINED, NULL);
             return NGX_OK;
@@ -370,12 +383,16 @@ ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
 
         if (mj->rec.nevents > mj->events_cap
             || mj->rec.text_len > mj->text_cap
+            || mj->rec.meta_len > mj->meta_cap
+            || (mj->rec.pipeline_state_len && mj->pipeline_state == NULL)
             || (mj->rec.outcome.message_len && mj->message == NULL)
             || mj->rec.state > NGX_HTTP_LLM_CANCELLED)
         {
             ngx_shmtx_unlock(&m->shpool->mutex);
             free(events);
             free(text);
+            free(meta);
+            free(state);
             free(msg);
 
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
@@ -388,9 +405,12 @@ ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
 
         from_event = ngx_min(from_event, mj->rec.nevents);
         from_text = ngx_min(from_text, mj->rec.text_len);
+        from_meta = ngx_min(from_meta, mj->rec.meta_len);
 
         if (mj->rec.nevents - from_event <= nev
             && mj->rec.text_len - from_text <= ntext
+            && mj->rec.meta_len - from_meta <= nmeta
+            && mj->rec.pipeline_state_len <= nstate
             && mj->rec.outcome.message_len <= nmsg)
         {
             break;
@@ -398,25 +418,34 @@ ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
 
         nev = mj->rec.nevents - from_event;
         ntext = mj->rec.text_len - from_text;
+        nmeta = mj->rec.meta_len - from_meta;
+        nstate = mj->rec.pipeline_state_len;
         nmsg = mj->rec.outcome.message_len;
 
         ngx_shmtx_unlock(&m->shpool->mutex);
 
         free(events);
         free(text);
+        free(meta);
+        free(state);
         free(msg);
 
         /* a job that grows faster than it can be read: not now */
 
         events = (tries < 4 && nev) ? malloc(nev * sizeof(*events)) : NULL;
         text = (tries < 4 && ntext) ? malloc(ntext) : NULL;
+        meta = (tries < 4 && nmeta) ? malloc(nmeta) : NULL;
+        state = (tries < 4 && nstate) ? malloc(nstate) : NULL;
         msg = (tries < 4 && nmsg) ? malloc(nmsg) : NULL;
 
         if (tries == 4 || (nev && events == NULL)
-            || (ntext && text == NULL) || (nmsg && msg == NULL))
+            || (ntext && text == NULL) || (nmeta && meta == NULL)
+            || (nstate && state == NULL) || (nmsg && msg == NULL))
         {
             free(events);
             free(text);
+            free(meta);
+            free(state);
             free(msg);
             handler(data, NGX_ERROR, NULL);
             return NGX_OK;
@@ -428,8 +457,11 @@ ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
     rec = mj->rec;
     rec.from_event = from_event;
     rec.from_text = from_text;
+    rec.from_meta = from_meta;
     rec.events = events;
     rec.text = text;
+    rec.meta = meta;
+    rec.pipeline_state = state;
     rec.outcome.message = msg;
 
     n = rec.nevents - from_event;
@@ -443,6 +475,17 @@ ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
 
     if (n) {
         ngx_memcpy(rec.text, mj->text + from_text, n);
+    }
+
+    n = rec.meta_len - from_meta;
+
+    if (n) {
+        ngx_memcpy(rec.meta, mj->meta + from_meta, n);
+    }
+
+    if (rec.pipeline_state_len) {
+        ngx_memcpy(rec.pipeline_state, mj->pipeline_state,
+                   rec.pipeline_state_len);
     }
 
     if (rec.outcome.message_len) {
@@ -602,6 +645,42 @@ ngx_http_llm_mem_copy(ngx_http_llm_mem_t *m, ngx_http_llm_mem_job_t *mj,
         mj->text_cap = cap;
     }
 
+    if (snap->meta_len > mj->meta_cap) {
+        cap = ngx_max(mj->meta_cap * 2, snap->meta_len);
+        cap = ngx_max(cap, 1024);
+
+        p = ngx_http_llm_mem_alloc(m, cap);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (mj->meta) {
+            ngx_memcpy(p, mj->meta, mj->rec.meta_len);
+            ngx_slab_free_locked(m->shpool, mj->meta);
+        }
+
+        mj->meta = p;
+        mj->meta_cap = cap;
+    }
+
+    /* the pipeline's state is replaced whole when it changed */
+
+    if (snap->pipeline_state && snap->state_version != snap->saved_state) {
+        p = ngx_http_llm_mem_alloc(m, ngx_max(snap->pipeline_state_len, 1));
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        if (mj->pipeline_state) {
+            ngx_slab_free_locked(m->shpool, mj->pipeline_state);
+        }
+
+        ngx_memcpy(p, snap->pipeline_state, snap->pipeline_state_len);
+        mj->pipeline_state = p;
+        mj->rec.pipeline_state_len = snap->pipeline_state_len;
+        mj->rec.state_version = snap->state_version;
+    }
+
     if (oc->message_len && mj->message == NULL) {
         mj->message = ngx_http_llm_mem_alloc(m, oc->message_len);
         if (mj->message == NULL) {
@@ -618,9 +697,12 @@ ngx_http_llm_mem_copy(ngx_http_llm_mem_t *m, ngx_http_llm_mem_job_t *mj,
                * sizeof(ngx_http_llm_event_t));
     ngx_memcpy(mj->text + snap->saved_text, snap->text + snap->saved_text,
                snap->text_len - snap->saved_text);
+    ngx_memcpy(mj->meta + snap->saved_meta, snap->meta + snap->saved_meta,
+               snap->meta_len - snap->saved_meta);
 
     mj->rec.nevents = snap->nevents;
     mj->rec.text_len = snap->text_len;
+    mj->rec.meta_len = snap->meta_len;
 
     mj->rec.state = snap->state;
     mj->rec.updated = snap->updated;
@@ -706,6 +788,14 @@ ngx_http_llm_mem_free(ngx_http_llm_mem_t *m, ngx_http_llm_mem_job_t *mj)
 
     if (mj->text) {
         ngx_slab_free_locked(m->shpool, mj->text);
+    }
+
+    if (mj->meta) {
+        ngx_slab_free_locked(m->shpool, mj->meta);
+    }
+
+    if (mj->pipeline_state) {
+        ngx_slab_free_locked(m->shpool, mj->pipeline_state);
     }
 
     if (mj->message) {

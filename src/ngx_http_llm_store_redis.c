@@ -78,7 +78,7 @@ static void ngx_http_llm_redis_save(ngx_http_llm_store_t *st,
 static void ngx_http_llm_redis_release(ngx_http_llm_store_t *st,
     ngx_http_llm_snapshot_t *snap);
 static ngx_int_t ngx_http_llm_redis_fetch(ngx_http_llm_store_t *st,
-    u_char *id, ngx_uint_t from_event, size_t from_text,
+    u_char *id, ngx_uint_t from_event, size_t from_text, size_t from_meta,
     ngx_http_llm_fetch_pt handler, void *data);
 static ngx_int_t ngx_http_llm_redis_cancel(ngx_http_llm_store_t *st,
     u_char *id);
@@ -86,7 +86,8 @@ static ngx_http_llm_redis_op_t *ngx_http_llm_redis_op_new(
     ngx_http_llm_store_t *st, ngx_http_llm_redis_op_e type, u_char *id);
 
 static ngx_http_llm_redis_write_t *ngx_http_llm_redis_write_new(
-    ngx_http_llm_snapshot_t *snap, ngx_uint_t from_event, size_t from_text);
+    ngx_http_llm_snapshot_t *snap, ngx_uint_t from_event, size_t from_text,
+    size_t from_meta, ngx_uint_t state);
 static void ngx_http_llm_redis_write_free(ngx_http_llm_redis_write_t *w);
 static void ngx_http_llm_redis_dirty(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_job_t *rj);
@@ -674,9 +675,12 @@ ngx_http_llm_redis_release(ngx_http_llm_store_t *st,
     if (!rj->refused
         && (rj->dirty || rj->write || rj->rewrite
             || snap->saved_events < snap->nevents
-            || snap->saved_text < snap->text_len))
+            || snap->saved_text < snap->text_len
+            || snap->saved_meta < snap->meta_len
+            || snap->saved_state != snap->state_version))
     {
         size = snap->text_len + snap->outcome->message_len
+               + snap->meta_len + snap->pipeline_state_len
                + snap->nevents * sizeof(ngx_http_llm_event_t);
 
         w = NULL;
@@ -688,7 +692,8 @@ ngx_http_llm_redis_release(ngx_http_llm_store_t *st,
                           "unsaved=%uz", snap->id, &rc->name, rc->unsaved);
 
         } else {
-            w = ngx_http_llm_redis_write_new(snap, 0, 0);
+            /* the state goes with it: writing it again changes nothing */
+            w = ngx_http_llm_redis_write_new(snap, 0, 0, 0, 1);
 
             if (w == NULL) {
                 ngx_log_error(NGX_LOG_ERR, rd->log, 0,
@@ -702,6 +707,7 @@ ngx_http_llm_redis_release(ngx_http_llm_store_t *st,
 
             w->from_event = snap->saved_events;
             w->from_text = snap->saved_text;
+            w->from_meta = snap->saved_meta;
             w->known = rj->known;
             w->rewrite = rj->rewrite || rj->rewriting;
 
@@ -731,8 +737,8 @@ ngx_http_llm_redis_release(ngx_http_llm_store_t *st,
 
 static ngx_int_t
 ngx_http_llm_redis_fetch(ngx_http_llm_store_t *st, u_char *id,
-    ngx_uint_t from_event, size_t from_text, ngx_http_llm_fetch_pt handler,
-    void *data)
+    ngx_uint_t from_event, size_t from_text, size_t from_meta,
+    ngx_http_llm_fetch_pt handler, void *data)
 {
     ngx_http_llm_redis_op_t  *op;
 
@@ -743,6 +749,7 @@ ngx_http_llm_redis_fetch(ngx_http_llm_store_t *st, u_char *id,
 
     op->from_event = from_event;
     op->from_text = from_text;
+    op->from_meta = from_meta;
     op->now = ngx_http_llm_now_ms();
     op->handler = handler;
     op->data = data;
@@ -803,11 +810,15 @@ ngx_http_llm_redis_op_new(ngx_http_llm_store_t *st,
 }
 
 
-/* a copy of the job from an event and a text offset on, in heap memory */
+/*
+ * A copy of the job from an event, a text and a meta offset on, and its
+ * pipeline state if "state" says so, in heap memory.
+ */
 
 static ngx_http_llm_redis_write_t *
 ngx_http_llm_redis_write_new(ngx_http_llm_snapshot_t *snap,
-    ngx_uint_t from_event, size_t from_text)
+    ngx_uint_t from_event, size_t from_text, size_t from_meta,
+    ngx_uint_t state)
 {
     ngx_uint_t                   n;
     ngx_log_t                   *log;
@@ -826,6 +837,7 @@ ngx_http_llm_redis_write_new(ngx_http_llm_snapshot_t *snap,
     ngx_memcpy(w->id, snap->id, NGX_HTTP_LLM_JOB_ID_LEN);
     w->from_event = from_event;
     w->from_text = from_text;
+    w->from_meta = from_meta;
 
     rec = &w->rec;
 
@@ -847,6 +859,9 @@ ngx_http_llm_redis_write_new(ngx_http_llm_snapshot_t *snap,
     rec->from_event = from_event;
     rec->text_len = snap->text_len;
     rec->from_text = from_text;
+    rec->meta_len = snap->meta_len;
+    rec->from_meta = from_meta;
+    rec->state_version = snap->state_version;
 
     if (oc->message_len) {
         rec->outcome.message = ngx_alloc(oc->message_len, log);
@@ -879,6 +894,29 @@ ngx_http_llm_redis_write_new(ngx_http_llm_snapshot_t *snap,
         }
 
         ngx_memcpy(rec->text, snap->text + from_text, n);
+    }
+
+    n = snap->meta_len - from_meta;
+
+    if (n) {
+        rec->meta = ngx_alloc(n, log);
+        if (rec->meta == NULL) {
+            goto failed;
+        }
+
+        ngx_memcpy(rec->meta, snap->meta + from_meta, n);
+    }
+
+    if (state && snap->pipeline_state) {
+        rec->pipeline_state = ngx_alloc(ngx_max(snap->pipeline_state_len, 1),
+                                        log);
+        if (rec->pipeline_state == NULL) {
+            goto failed;
+        }
+
+        ngx_memcpy(rec->pipeline_state, snap->pipeline_state,
+                   snap->pipeline_state_len);
+        rec->pipeline_state_len = snap->pipeline_state_len;
     }
 
     return w;
@@ -965,7 +1003,9 @@ ngx_http_llm_redis_flush(ngx_event_t *ev)
         rj->snapshot(rj->data, &snap);
 
         w = ngx_http_llm_redis_write_new(&snap, snap.saved_events,
-                                         snap.saved_text);
+                                         snap.saved_text, snap.saved_meta,
+                                         snap.state_version
+                                         != snap.saved_state);
         if (w == NULL) {
             ngx_http_llm_redis_arm(rd);
             break;
@@ -1125,12 +1165,19 @@ ngx_http_llm_redis_job_written(ngx_http_llm_redis_t *rd,
             rj->rewrite = 1;
             res.saved_events = 0;
             res.saved_text = 0;
+            res.saved_meta = 0;
+            res.saved_state = 0;
             ngx_http_llm_redis_dirty(rd, rj);
 
         } else {
             rj->known = 1;
             res.saved_events = ngx_max(snap.saved_events, w->rec.nevents);
             res.saved_text = ngx_max(snap.saved_text, w->rec.text_len);
+            res.saved_meta = ngx_max(snap.saved_meta, w->rec.meta_len);
+
+            if (w->rec.pipeline_state) {
+                res.saved_state = w->rec.state_version;
+            }
             res.watched = w->watched;
             res.cancel = w->cancel;
         }
@@ -1170,6 +1217,7 @@ ngx_http_llm_redis_orphan_lost(ngx_http_llm_redis_t *rd,
             o->rewrite = 1;
             o->from_event = 0;
             o->from_text = 0;
+            o->from_meta = 0;
         }
     }
 }
@@ -1245,6 +1293,7 @@ ngx_http_llm_redis_orphan_written(ngx_http_llm_redis_t *rd,
         w->rewrite = 1;
         w->from_event = 0;
         w->from_text = 0;
+        w->from_meta = 0;
 
     } else if (ngx_http_llm_now_ms() - w->rec.updated
                >= (int64_t) rd->conf->ttl)
@@ -1271,6 +1320,7 @@ static size_t
 ngx_http_llm_redis_write_size(ngx_http_llm_redis_write_t *w)
 {
     return w->rec.text_len - w->rec.from_text + w->rec.outcome.message_len
+           + w->rec.meta_len - w->rec.from_meta + w->rec.pipeline_state_len
            + (w->rec.nevents - w->rec.from_event)
              * sizeof(ngx_http_llm_event_t);
 }

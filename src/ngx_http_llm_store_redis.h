@@ -29,8 +29,8 @@
 
 #define NGX_HTTP_LLM_REDIS_BACKOFF_MAX 5000
 
-/* the longest command is the job's HSET: 28 arguments, about 300 bytes */
-#define NGX_HTTP_LLM_REDIS_ARGS        28
+/* the longest command is the job's HSET: 32 arguments, about 350 bytes */
+#define NGX_HTTP_LLM_REDIS_ARGS        32
 #define NGX_HTTP_LLM_REDIS_BUF         1024
 
 
@@ -64,10 +64,15 @@ struct ngx_http_llm_redis_write_s {
     ngx_http_llm_redis_job_t      *rj;          /* NULL: job released */
     u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN];
 
-    /* rec.events and rec.text start at rec.from_event and rec.from_text */
+    /*
+     * rec.events, rec.text and rec.meta start at rec.from_event,
+     * rec.from_text and rec.from_meta; rec.pipeline_state, when set, is
+     * written whole
+     */
     ngx_http_llm_record_t          rec;
     ngx_uint_t                     from_event;
     size_t                         from_text;
+    size_t                         from_meta;
 
     unsigned                       known:1;
     unsigned                       rewrite:1;   /* delete, write anew */
@@ -112,6 +117,7 @@ struct ngx_http_llm_redis_op_s {
     u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN];
     ngx_uint_t                     from_event;
     size_t                         from_text;
+    size_t                         from_meta;
     int64_t                        now;
     ngx_http_llm_fetch_pt          handler;
     void                          *data;

@@ -813,3 +813,84 @@ Content-Type: application/json
 --- must_die
 --- error_log
 "llm_prompt" is required where "llm_pass" is set, unless "llm_format openai" is
+
+
+
+=== TEST 34: nginx -t: a pipeline's kinds and variables are accepted
+--- http_config
+    llm_format pipe {
+        start      '{"t": "start"}';
+        step_start event=step_start '{"step": $llm_step, "i": $llm_step_index, "of": $llm_steps_total, "note": "Running $llm_step ($llm_attempt)", "it": $llm_iteration, "its": $llm_iterations, "item": $llm_item, "x": ${llm_item.id}}';
+        progress   event=progress '{"p": $llm_progress, "stage": $llm_stage, "msg": $llm_message, "done": $llm_completed, "eta": $llm_eta}';
+        step       '{"out": $llm_output, "title": ${llm_output.title}, "d": $llm_duration, "pre": $llm_preview}';
+        step       '{"e": $llm_event, "u": ${llm_event.usage.output_tokens}}';
+        check      off;
+        complete   '{"outputs": $llm_outputs, "a": ${llm_outputs.outline.title}, "steps": $llm_steps, "stopped": $llm_stopped_at, "passed": $llm_passed}';
+        error      '{"e": $llm_error_code, "outputs": $llm_outputs}';
+        response   '{"outputs": $llm_outputs, "steps": $llm_steps}';
+    }
+--- config
+    location = /t {
+        llm_format pipe;
+        return 200 "ok\n";
+    }
+--- request
+GET /t
+--- response_body
+ok
+
+
+
+=== TEST 35: nginx -t: a payload field that is no object has no fields
+--- http_config
+    llm_format bad {
+        step     '{"x": ${llm_step.a}}';
+        complete '{}';
+        error    '{}';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: "step" template: "$llm_step" has no fields
+
+
+
+=== TEST 36: nginx -t: the state's steps are an array, without fields
+--- http_config
+    llm_format bad {
+        complete '{"x": ${llm_steps.a}}';
+        error    '{}';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: "complete" template: "$llm_steps" has no fields
+
+
+
+=== TEST 37: nginx -t: an unknown pipeline variable
+--- http_config
+    llm_format bad {
+        progress '{"x": $llm_percent}';
+        complete '{}';
+        error    '{}';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: "progress" template: unknown variable "$llm_percent"
+
+
+
+=== TEST 38: nginx -t: a payload kind that is off takes no template after
+--- http_config
+    llm_format bad {
+        check    off;
+        check    '{"x": $llm_passed}';
+        complete '{}';
+        error    '{}';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: "check" is duplicate (it is "off")
