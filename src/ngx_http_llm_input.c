@@ -161,7 +161,7 @@ ngx_http_llm_input_json(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
         } else {
             /* numbers, booleans, arrays and objects as their JSON text */
-            s = json_dumps(v, JSON_COMPACT|JSON_ENCODE_ANY);
+            s = json_dumps(v, NGX_HTTP_LLM_JSON_DUMP | JSON_ENCODE_ANY);
             if (s == NULL) {
                 goto nomem;
             }

@@ -120,7 +120,7 @@ ngx_http_llm_json_dump(json_t *root, size_t *len)
 {
     char  *text;
 
-    text = json_dumps(root, JSON_COMPACT);
+    text = json_dumps(root, NGX_HTTP_LLM_JSON_DUMP);
 
     json_decref(root);
 

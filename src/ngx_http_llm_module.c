@@ -241,6 +241,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       0,
       NULL },
 
+    { ngx_string("step"),
+      NGX_HTTP_LLM_PIPELINE_CONF|NGX_CONF_BLOCK|NGX_CONF_TAKE1,
+      ngx_http_llm_pipeline_step,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("llm_pipeline"),
       NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_http_llm_pipeline_choose,

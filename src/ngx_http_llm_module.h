@@ -91,6 +91,7 @@ typedef struct {
     ngx_http_llm_store_t          *default_store;
     ngx_array_t                   *formats;     /* of format pointers */
     ngx_array_t                   *pipelines;   /* of pipeline pointers */
+    void                          *pipeline_parse;  /* the one being read */
 } ngx_http_llm_main_conf_t;
 
 

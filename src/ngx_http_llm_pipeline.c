@@ -76,7 +76,8 @@ static ngx_int_t ngx_http_llm_run_state(ngx_http_llm_run_t *run,
 static void ngx_http_llm_run_end(ngx_http_llm_run_t *run,
     ngx_http_llm_state_e state, const char *code, const char *fmt, ...);
 static void ngx_http_llm_run_delayed(ngx_event_t *ev);
-static ngx_int_t ngx_http_llm_run_progress(ngx_http_llm_run_t *run);
+static ngx_int_t ngx_http_llm_run_progress(ngx_http_llm_run_t *run,
+    json_t *message);
 static json_t *ngx_http_llm_run_usage(ngx_int_t in, ngx_int_t out);
 static json_t *ngx_http_llm_json_path(json_t *j, ngx_str_t *path);
 static ngx_int_t ngx_http_llm_str_dup(ngx_str_t *dst, ngx_str_t *src);
@@ -310,7 +311,8 @@ ngx_http_llm_run_step(ngx_http_llm_run_t *run)
 {
     size_t                     len;
     u_char                    *p;
-    json_t                    *payload, *items;
+    json_t                    *payload, *items, *message;
+    ngx_int_t                  rc;
     ngx_str_t                  err;
     ngx_http_llm_spec_t        spec;
     ngx_http_llm_step_conf_t  *step;
@@ -388,16 +390,27 @@ ngx_http_llm_run_step(ngx_http_llm_run_t *run)
                             json_integer(run->env.count));
     }
 
-    if (payload && step->message) {
+    message = NULL;
+
+    if (step->message) {
         p = ngx_http_llm_run_render(run, step->message, &len);
-        json_object_set_new(payload, "message",
-                            p ? json_stringn((char *) p, len) : json_null());
+        message = p ? json_stringn((char *) p, len) : NULL;
         ngx_free(p);
     }
 
-    if (ngx_http_llm_run_event(run, NGX_HTTP_LLM_EV_STEP_START, payload)
-        != NGX_OK
-        || ngx_http_llm_run_progress(run) != NGX_OK
+    if (payload && message) {
+        json_object_set(payload, "message", message);
+    }
+
+    rc = ngx_http_llm_run_event(run, NGX_HTTP_LLM_EV_STEP_START, payload);
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_llm_run_progress(run, message);
+    }
+
+    json_decref(message);
+
+    if (rc != NGX_OK
         || ngx_http_llm_run_state(run, "running", NULL) != NGX_OK)
     {
         return;
@@ -1030,7 +1043,7 @@ ngx_http_llm_run_event(ngx_http_llm_run_t *run,
     char       *s;
     ngx_int_t   rc;
 
-    s = payload ? json_dumps(payload, JSON_COMPACT | JSON_ENSURE_ASCII)
+    s = payload ? json_dumps(payload, NGX_HTTP_LLM_JSON_DUMP | JSON_ENSURE_ASCII)
                 : NULL;
     json_decref(payload);
 
@@ -1061,7 +1074,7 @@ ngx_http_llm_run_event(ngx_http_llm_run_t *run,
  */
 
 static ngx_int_t
-ngx_http_llm_run_progress(ngx_http_llm_run_t *run)
+ngx_http_llm_run_progress(ngx_http_llm_run_t *run, json_t *message)
 {
     double                     pct, next, total, before, elapsed;
     json_t                    *payload;
@@ -1107,6 +1120,7 @@ ngx_http_llm_run_progress(ngx_http_llm_run_t *run)
                         "elapsed", elapsed);
 
     if (payload) {
+        json_object_set(payload, "message", message ? message : json_null());
         json_object_set_new(payload, "eta",
                             pct >= 1 ? json_integer((json_int_t)
                                            (elapsed * (100 - pct) / pct))
@@ -1156,7 +1170,7 @@ ngx_http_llm_run_state(ngx_http_llm_run_t *run, const char *step_state,
         }
     }
 
-    s = json_dumps(run->state, JSON_COMPACT | JSON_ENSURE_ASCII);
+    s = json_dumps(run->state, NGX_HTTP_LLM_JSON_DUMP | JSON_ENSURE_ASCII);
 
     if (s == NULL) {
         ngx_http_llm_run_end(run, NGX_HTTP_LLM_FAILED,

@@ -23,6 +23,10 @@
  */
 
 
+/* the lines of an llm_pipeline block: a context of its own */
+#define NGX_HTTP_LLM_PIPELINE_CONF    0x00800000
+
+
 /* what a failed check does */
 #define NGX_HTTP_LLM_ON_FAIL_FAIL     -1    /* the pipeline fails */
 #define NGX_HTTP_LLM_ON_FAIL_STOP     -2    /* it ends well, stopped early */
@@ -159,6 +163,8 @@ void ngx_http_llm_pipeline_free(ngx_http_llm_run_t *run);
 
 /* ngx_http_llm_pipeline_conf.c */
 char *ngx_http_llm_pipeline_block(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_llm_pipeline_step(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 char *ngx_http_llm_pipeline_choose(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);

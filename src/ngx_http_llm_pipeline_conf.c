@@ -40,8 +40,6 @@ typedef struct {
 } ngx_http_llm_step_cmd_t;
 
 
-static char *ngx_http_llm_pipeline_line(ngx_conf_t *cf, ngx_command_t *dummy,
-    void *conf);
 static char *ngx_http_llm_step_line(ngx_conf_t *cf, ngx_command_t *dummy,
     void *conf);
 static char *ngx_http_llm_step_str(ngx_conf_t *cf,
@@ -160,12 +158,19 @@ ngx_http_llm_pipeline_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     pp.pl = *pl;
     pp.step = NULL;
 
+    /*
+     * Its lines are directives of a context of their own, so that "step"
+     * may have a block (a custom handler's lines cannot) and nothing
+     * else is allowed there.
+     */
+
     save = *cf;
-    cf->handler = ngx_http_llm_pipeline_line;
-    cf->handler_conf = (char *) &pp;
+    cf->cmd_type = NGX_HTTP_LLM_PIPELINE_CONF;
+    lmcf->pipeline_parse = &pp;
 
     rv = ngx_conf_parse(cf, NULL);
 
+    lmcf->pipeline_parse = NULL;
     *cf = save;
 
     if (rv != NGX_CONF_OK) {
@@ -182,28 +187,21 @@ ngx_http_llm_pipeline_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* step NAME { ... } */
+/* step NAME { ... }: inside llm_pipeline only */
 
-static char *
-ngx_http_llm_pipeline_line(ngx_conf_t *cf, ngx_command_t *dummy, void *conf)
+char *
+ngx_http_llm_pipeline_step(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    ngx_http_llm_pl_parse_t *pp = (ngx_http_llm_pl_parse_t *) conf;
+    ngx_http_llm_main_conf_t *lmcf = conf;
 
     char                      *rv;
     ngx_str_t                 *value;
     ngx_conf_t                 save;
+    ngx_http_llm_pl_parse_t   *pp;
     ngx_http_llm_step_conf_t  *step;
 
     value = cf->args->elts;
-
-    if (cf->args->nelts != 2
-        || value[0].len != 4 || ngx_strncmp(value[0].data, "step", 4) != 0)
-    {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "llm_pipeline: \"step NAME { ... }\" expected, "
-                           "not \"%V\"", &value[0]);
-        return NGX_CONF_ERROR;
-    }
+    pp = lmcf->pipeline_parse;
 
     if (ngx_http_llm_step_find(pp->pl, &value[1])) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,

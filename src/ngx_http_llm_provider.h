@@ -159,6 +159,13 @@ extern const ngx_http_llm_provider_t  ngx_http_llm_openai;
 extern const ngx_http_llm_provider_t  ngx_http_llm_anthropic;
 
 
+/*
+ * How JSON is written: compact, and numbers with 15 digits, so that a
+ * model's 0.9 stays 0.9 (jansson writes 17 by default: 0.90000000000000002)
+ */
+#define NGX_HTTP_LLM_JSON_DUMP   (JSON_COMPACT | JSON_REAL_PRECISION(15))
+
+
 /* helpers shared by the providers, ngx_http_llm_json.c */
 
 #define ngx_http_llm_str_is(p, n, lit)                                      \

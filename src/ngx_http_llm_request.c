@@ -163,7 +163,7 @@ ngx_http_llm_send_json(ngx_http_request_t *r, ngx_uint_t status, json_t *o)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    json = json_dumps(o, JSON_COMPACT);
+    json = json_dumps(o, NGX_HTTP_LLM_JSON_DUMP);
     json_decref(o);
 
     if (json == NULL) {

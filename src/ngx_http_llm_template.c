@@ -15,6 +15,7 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
+#include "ngx_http_llm_provider.h"
 #include "ngx_http_llm_template.h"
 
 
@@ -415,7 +416,7 @@ ngx_http_llm_render_value(ngx_http_llm_render_t *w, ngx_http_llm_value_t *v,
             break;
         }
 
-        s = json_dumps(v->json, JSON_COMPACT | JSON_ENCODE_ANY);
+        s = json_dumps(v->json, NGX_HTTP_LLM_JSON_DUMP | JSON_ENCODE_ANY);
 
         if (s == NULL) {
             if (!quoted) {
@@ -463,7 +464,7 @@ ngx_http_llm_render_text(ngx_http_llm_render_t *w, ngx_http_llm_value_t *v)
             break;
         }
 
-        s = json_dumps(v->json, JSON_COMPACT | JSON_ENCODE_ANY);
+        s = json_dumps(v->json, NGX_HTTP_LLM_JSON_DUMP | JSON_ENCODE_ANY);
 
         if (s) {
             ngx_http_llm_render_raw(w, s, ngx_strlen(s));

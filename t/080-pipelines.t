@@ -54,7 +54,7 @@ data: \{[^\n]*"step":"outline","index":1,"total":3,"stage":"planning","attempt":
 
 id: \1:3
 event: progress
-data: \{"progress":0,"stage":"planning","step":"outline","index":1,"total":3,"completed":0,[^\n]*\}
+data: \{"progress":0,"stage":"planning","step":"outline","index":1,"total":3,"completed":0,[^\n]*"message":"Planning the article"[^\n]*\}
 
 id: \1:4
 event: step
