@@ -239,33 +239,7 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return;
     }
 
-    ngx_memcpy(ctx->id, job->id, NGX_HTTP_LLM_JOB_ID_LEN + 1);
-
-    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                  "llm: job %s started%s", job->id,
-                  job->background ? " in the background" : "");
-
-    if (job->background) {
-        ngx_http_finalize_request(r, ngx_http_llm_send_accepted(r, job));
-        return;
-    }
-
-    ngx_http_llm_job_subscribe(job, ctx);
-
-    if (ctx->openai ? !ctx->stream : !ngx_http_llm_accepts_stream(r)) {
-        /* a blocking client: the whole job as JSON when it is over */
-        ctx->wake = ngx_http_llm_wait_wake;
-        r->read_event_handler = ngx_http_test_reading;
-        return;
-    }
-
-    ctx->wake = ngx_http_llm_sse_wake;
-
-    rc = ngx_http_llm_sse_start(r, ctx);
-
-    if (rc != NGX_OK) {
-        ngx_http_finalize_request(r, rc);
-    }
+    ngx_http_llm_answer(r, ctx, job);
 }
 
 

@@ -20,13 +20,15 @@
 
 #include "ngx_http_llm_module.h"
 #include "ngx_http_llm_format.h"
+#include "ngx_http_llm_pipeline.h"
 #include "ngx_http_llm_store.h"
 
 
 typedef enum {
     NGX_HTTP_LLM_WANT_STREAM = 0,
     NGX_HTTP_LLM_WANT_JSON,
-    NGX_HTTP_LLM_WANT_CANCEL
+    NGX_HTTP_LLM_WANT_CANCEL,
+    NGX_HTTP_LLM_WANT_CONTINUE
 } ngx_http_llm_want_e;
 
 
@@ -45,6 +47,8 @@ static ngx_int_t ngx_http_llm_lookup(ngx_http_request_t *r,
 static void ngx_http_llm_looked_up(void *data, ngx_int_t rc,
     ngx_http_llm_job_t *job);
 static void ngx_http_llm_lookup_cleanup(void *data);
+static void ngx_http_llm_continue(ngx_http_request_t *r,
+    ngx_http_llm_ctx_t *ctx, ngx_http_llm_job_t *job);
 
 
 ngx_int_t
@@ -58,7 +62,7 @@ ngx_http_llm_job_handler(ngx_http_request_t *r)
     ngx_http_llm_want_e       want;
     ngx_http_llm_loc_conf_t  *llcf;
 
-    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_DELETE))) {
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_POST|NGX_HTTP_DELETE))) {
         h = ngx_list_push(&r->headers_out.headers);
         if (h == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
@@ -66,9 +70,9 @@ ngx_http_llm_job_handler(ngx_http_request_t *r)
 
         h->hash = 1;
         ngx_str_set(&h->key, "Allow");
-        ngx_str_set(&h->value, "GET, DELETE");
+        ngx_str_set(&h->value, "GET, POST, DELETE");
 
-        ngx_str_set(&msg, "use GET or DELETE");
+        ngx_str_set(&msg, "use GET, POST or DELETE");
         return ngx_http_llm_send_json_error(r, NGX_HTTP_NOT_ALLOWED,
                                             "method_not_allowed", &msg);
     }
@@ -94,6 +98,9 @@ ngx_http_llm_job_handler(ngx_http_request_t *r)
 
     if (r->method == NGX_HTTP_DELETE) {
         want = NGX_HTTP_LLM_WANT_CANCEL;
+
+    } else if (r->method == NGX_HTTP_POST) {
+        want = NGX_HTTP_LLM_WANT_CONTINUE;
 
     } else if (ngx_http_llm_asks_stream(r)) {
         want = NGX_HTTP_LLM_WANT_STREAM;
@@ -279,6 +286,10 @@ ngx_http_llm_looked_up(void *data, ngx_int_t rc, ngx_http_llm_job_t *job)
                                                            NGX_HTTP_OK));
         break;
 
+    case NGX_HTTP_LLM_WANT_CONTINUE:
+        ngx_http_llm_continue(r, ctx, job);
+        break;
+
     default: /* NGX_HTTP_LLM_WANT_STREAM */
 
         if (job->state != NGX_HTTP_LLM_RUNNING && lk->from >= job->nevents) {
@@ -308,6 +319,172 @@ done:
 
     ngx_free(lk);
     ngx_http_run_posted_requests(c);
+}
+
+
+/*
+ * A new job answers its request: 202 for one in the background, the
+ * whole job as JSON when it is over for a blocking client, else the
+ * stream.
+ */
+
+void
+ngx_http_llm_answer(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_job_t *job)
+{
+    ngx_int_t  rc;
+
+    ngx_memcpy(ctx->id, job->id, NGX_HTTP_LLM_JOB_ID_LEN + 1);
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "llm: job %s started%s", job->id,
+                  job->background ? " in the background" : "");
+
+    if (job->background) {
+        ngx_http_finalize_request(r, ngx_http_llm_send_accepted(r, job));
+        return;
+    }
+
+    ngx_http_llm_job_subscribe(job, ctx);
+
+    if (ctx->openai ? !ctx->stream : !ngx_http_llm_accepts_stream(r)) {
+        ctx->wake = ngx_http_llm_wait_wake;
+        r->read_event_handler = ngx_http_test_reading;
+        return;
+    }
+
+    ctx->wake = ngx_http_llm_sse_wake;
+
+    rc = ngx_http_llm_sse_start(r, ctx);
+
+    if (rc != NGX_OK) {
+        ngx_http_finalize_request(r, rc);
+    }
+}
+
+
+/*
+ * POST on a failed or cancelled pipeline's job: a new job that goes on
+ * from its first unfinished step, reusing every stored output, with what
+ * this location says for what the steps do not set.
+ */
+
+static void
+ngx_http_llm_continue(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_job_t *job)
+{
+    json_t                         *state;
+    ngx_str_t                       msg, name;
+    ngx_uint_t                      i;
+    ngx_http_llm_run_t             *run;
+    ngx_http_llm_job_t             *next;
+    ngx_http_llm_job_opts_t         opts;
+    ngx_http_llm_run_conf_t         rc;
+    ngx_http_llm_loc_conf_t        *llcf;
+    ngx_http_llm_main_conf_t       *lmcf;
+    ngx_http_llm_pipeline_conf_t  **pl, *conf;
+
+    if (job->pipeline_state == NULL
+        || (job->state != NGX_HTTP_LLM_FAILED
+            && job->state != NGX_HTTP_LLM_CANCELLED))
+    {
+        ngx_str_set(&msg, "only a failed or cancelled pipeline can be "
+                          "continued");
+        ngx_http_finalize_request(r,
+                        ngx_http_llm_send_json_error(r, NGX_HTTP_CONFLICT,
+                                                     "cannot_continue",
+                                                     &msg));
+        return;
+    }
+
+    state = json_loadb((char *) job->pipeline_state, job->pipeline_state_len,
+                       0, NULL);
+
+    name.data = (u_char *) json_string_value(json_object_get(state,
+                                                             "pipeline"));
+    name.len = name.data ? ngx_strlen(name.data) : 0;
+
+    lmcf = ngx_http_get_module_main_conf(r, ngx_http_llm_module);
+    conf = NULL;
+    pl = lmcf->pipelines ? lmcf->pipelines->elts : NULL;
+
+    for (i = 0; pl && i < lmcf->pipelines->nelts; i++) {
+        if (pl[i]->name.len == name.len
+            && ngx_strncmp(pl[i]->name.data, name.data, name.len) == 0)
+        {
+            conf = pl[i];
+            break;
+        }
+    }
+
+    if (conf == NULL) {
+        json_decref(state);
+        ngx_str_set(&msg, "the job's pipeline is not configured here");
+        ngx_http_finalize_request(r,
+                        ngx_http_llm_send_json_error(r, NGX_HTTP_CONFLICT,
+                                                     "cannot_continue",
+                                                     &msg));
+        return;
+    }
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    ngx_memzero(&rc, sizeof(ngx_http_llm_run_conf_t));
+
+    if ((llcf->pass && ngx_http_complex_value(r, llcf->pass, &rc.pass)
+                       != NGX_OK)
+        || (llcf->model && ngx_http_complex_value(r, llcf->model, &rc.model)
+                           != NGX_OK)
+        || (llcf->system
+            && ngx_http_complex_value(r, llcf->system, &rc.system) != NGX_OK)
+        || (llcf->api_key
+            && ngx_http_complex_value(r, llcf->api_key, &rc.api_key)
+               != NGX_OK))
+    {
+        json_decref(state);
+        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
+        return;
+    }
+
+    rc.pool = llcf->thread_pool;
+    rc.provider = llcf->provider;
+    rc.max_tokens = llcf->max_tokens;
+    rc.connect_timeout = llcf->connect_timeout;
+    rc.first_token_timeout = llcf->first_token_timeout;
+    rc.idle_timeout = llcf->idle_timeout;
+    rc.timeout = llcf->timeout;
+    rc.ssl_verify = llcf->ssl_verify;
+
+    run = ngx_http_llm_pipeline_continue(conf, &rc, state, ngx_cycle->log);
+
+    json_decref(state);
+
+    ngx_memzero(&opts, sizeof(ngx_http_llm_job_opts_t));
+
+    opts.pool = llcf->thread_pool;
+    opts.store = llcf->store;
+    opts.grace = llcf->grace;
+    opts.max_events = llcf->max_events;
+    opts.max_text = llcf->max_text;
+    opts.owner = job->has_owner ? job->owner : NULL;
+    opts.background = ngx_http_llm_prefers_async(r);
+
+    next = run ? ngx_http_llm_job_start_run(run, &opts, r->connection->log)
+               : NULL;
+
+    if (next == NULL) {
+        ngx_str_set(&msg, "cannot start the generation");
+        ngx_http_finalize_request(r,
+                        ngx_http_llm_send_json_error(r,
+                                  NGX_HTTP_SERVICE_UNAVAILABLE,
+                                  "unavailable", &msg));
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  "llm: job %s continues job %s", next->id, job->id);
+
+    ngx_http_llm_answer(r, ctx, next);
 }
 
 

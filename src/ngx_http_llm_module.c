@@ -429,7 +429,8 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
 
     if (conf->pass == NULL) {
-        return NGX_CONF_OK;
+        /* a job location may continue pipelines, on its thread pool */
+        goto pool;
     }
 
     if (conf->model == NULL) {

@@ -392,6 +392,8 @@ ngx_http_llm_job_t *ngx_http_llm_job_start_run(ngx_http_llm_run_t *run,
 
 /* ngx_http_llm_jobapi.c */
 ngx_int_t ngx_http_llm_job_handler(ngx_http_request_t *r);
+void ngx_http_llm_answer(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_job_t *job);
 ngx_int_t ngx_http_llm_resume(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_str_t *id, ngx_uint_t from);
 ngx_int_t ngx_http_llm_send_accepted(ngx_http_request_t *r,

@@ -145,9 +145,9 @@ like($body, qr/"code":"job_not_found"/, 'job_not_found');
 ($st) = http_get($port, 'GET', '/jobs/short');
 is($st, 404, 'not an id: 404');
 
-($st, $h) = http_get($port, 'POST', "/jobs/$id");
-is($st, 405, 'POST on a job: 405');
-like($h, qr/^Allow: GET, DELETE/mi, 'Allow');
+($st, $h) = http_get($port, 'PUT', "/jobs/$id");
+is($st, 405, 'PUT on a job: 405');
+like($h, qr/^Allow: GET, POST, DELETE/mi, 'Allow');
 
 # DELETE: the upstream stops, the attached stream gets its final event
 
