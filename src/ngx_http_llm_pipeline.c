@@ -1123,7 +1123,8 @@ ngx_http_llm_run_progress(ngx_http_llm_run_t *run, json_t *message)
         json_object_set(payload, "message", message ? message : json_null());
         json_object_set_new(payload, "eta",
                             pct >= 1 ? json_integer((json_int_t)
-                                           (elapsed * (100 - pct) / pct))
+                                           (elapsed * (100 - pct) / pct
+                                            + 0.5))
                                      : json_null());
     }
 

@@ -35,8 +35,15 @@ cp -r "$src" "$prefix/conf"
 pids=()
 cleanup() {
     trap - EXIT INT TERM
+    local pid _
     if [ -f "$prefix/logs/nginx.pid" ]; then
-        kill -QUIT "$(cat "$prefix/logs/nginx.pid")" 2>/dev/null || true
+        pid=$(cat "$prefix/logs/nginx.pid")
+        kill -QUIT "$pid" 2>/dev/null || true
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
     fi
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
