@@ -26,10 +26,16 @@
 #include "ngx_http_llm_format.h"
 
 
-/* one SSE event of a kind: its name and its data */
+/*
+ * One SSE event of a kind: its name and its data; for a pipeline's kinds,
+ * only for one step (step=) or one outcome of a check (when=), or "off".
+ */
 typedef struct {
     ngx_str_t                      event;       /* SSE name, or empty */
     ngx_http_llm_tpl_t             tpl;
+    ngx_str_t                      step;        /* empty: any step */
+    ngx_int_t                      when;        /* -1 any, 1 passed, 0 not */
+    unsigned                       off:1;
 } ngx_http_llm_frame_t;
 
 
@@ -37,6 +43,11 @@ static char *ngx_http_llm_format_line(ngx_conf_t *cf, ngx_command_t *dummy,
     void *conf);
 static char *ngx_http_llm_format_coalesce(ngx_conf_t *cf,
     ngx_http_llm_format_t *fmt);
+static ngx_uint_t ngx_http_llm_frame_applies(ngx_http_llm_frame_t *fr,
+    ngx_uint_t specific, const char *step, ngx_int_t passed);
+static ngx_uint_t ngx_http_llm_frames_off(ngx_array_t *a, ngx_str_t *step,
+    ngx_int_t when, ngx_uint_t off);
+static ngx_uint_t ngx_http_llm_kind_of_step(ngx_uint_t k);
 static ngx_http_llm_kind_e ngx_http_llm_event_kind(ngx_http_llm_format_t *fmt,
     ngx_http_llm_job_t *job, ngx_uint_t first);
 static ngx_uint_t ngx_http_llm_default_event(ngx_http_llm_format_t *fmt,
@@ -162,8 +173,9 @@ ngx_http_llm_format_line(ngx_conf_t *cf, ngx_command_t *dummy, void *conf)
     ngx_http_llm_format_t *fmt = (ngx_http_llm_format_t *) conf;
 
     u_char                *p, *what;
-    ngx_str_t             *value, event;
-    ngx_uint_t             k;
+    ngx_int_t              when;
+    ngx_str_t             *value, event, step;
+    ngx_uint_t             k, i, last, off;
     ngx_array_t           *a;
     ngx_http_llm_frame_t  *fr;
 
@@ -191,47 +203,71 @@ ngx_http_llm_format_line(ngx_conf_t *cf, ngx_command_t *dummy, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    if (cf->args->nelts < 2 || cf->args->nelts > 3) {
+    ngx_str_null(&event);
+    ngx_str_null(&step);
+    when = -1;
+    off = 0;
+    last = cf->args->nelts - 1;
+
+    if (last == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "llm_format: \"%V\" takes [event=NAME] and a "
-                           "template, or \"off\"", &value[0]);
+                           "llm_format: \"%V\" takes a template, or "
+                           "\"off\"", &value[0]);
         return NGX_CONF_ERROR;
     }
 
-    a = fmt->tpls[k];
-
-    if (cf->args->nelts == 2
-        && value[1].len == 3 && ngx_strncmp(value[1].data, "off", 3) == 0)
+    if (value[last].len == 3 && ngx_strncmp(value[last].data, "off", 3) == 0)
     {
-        if (a != NULL || k == NGX_HTTP_LLM_K_COMPLETE
-            || k == NGX_HTTP_LLM_K_ERROR)
-        {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "llm_format: \"%V\" cannot be \"off\" %s",
-                               &value[0], a ? "after a template"
-                                            : "(a stream ends with it)");
-            return NGX_CONF_ERROR;
-        }
-
-        fmt->tpls[k] = ngx_array_create(cf->pool, 1,
-                                        sizeof(ngx_http_llm_frame_t));
-        return fmt->tpls[k] ? NGX_CONF_OK : NGX_CONF_ERROR;
+        off = 1;
     }
 
-    ngx_str_null(&event);
+    for (i = 1; i < last; i++) {
 
-    if (cf->args->nelts == 3) {
-        if (value[1].len <= sizeof("event=") - 1
-            || ngx_strncmp(value[1].data, "event=", sizeof("event=") - 1)
-               != 0)
+        if (value[i].len > 6 && ngx_strncmp(value[i].data, "event=", 6) == 0
+            && k < NGX_HTTP_LLM_K_RESPONSE && !off)
         {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "llm_format: invalid parameter \"%V\"",
-                               &value[1]);
-            return NGX_CONF_ERROR;
+            event.data = value[i].data + 6;
+            event.len = value[i].len - 6;
+
+            /* one SSE field value: no line breaks, no ':' */
+
+            for (p = event.data; p < event.data + event.len; p++) {
+                if (*p <= 0x20 || *p == ':' || *p == 0x7f) {
+                    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                       "llm_format: invalid event name "
+                                       "\"%V\"", &event);
+                    return NGX_CONF_ERROR;
+                }
+            }
+
+            continue;
         }
 
-        if (k >= NGX_HTTP_LLM_K_RESPONSE) {
+        if (value[i].len > 5 && ngx_strncmp(value[i].data, "step=", 5) == 0
+            && ngx_http_llm_kind_of_step(k))
+        {
+            step.data = value[i].data + 5;
+            step.len = value[i].len - 5;
+            continue;
+        }
+
+        if (k == NGX_HTTP_LLM_K_CHECK && ngx_strcmp(value[i].data,
+                                                    "when=passed") == 0)
+        {
+            when = 1;
+            continue;
+        }
+
+        if (k == NGX_HTTP_LLM_K_CHECK && ngx_strcmp(value[i].data,
+                                                    "when=failed") == 0)
+        {
+            when = 0;
+            continue;
+        }
+
+        if (k >= NGX_HTTP_LLM_K_RESPONSE
+            && ngx_strncmp(value[i].data, "event=", 6) == 0)
+        {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "llm_format: \"%V\" is a JSON answer, not "
                                "an event: it takes no event name",
@@ -239,20 +275,22 @@ ngx_http_llm_format_line(ngx_conf_t *cf, ngx_command_t *dummy, void *conf)
             return NGX_CONF_ERROR;
         }
 
-        event.data = value[1].data + sizeof("event=") - 1;
-        event.len = value[1].len - (sizeof("event=") - 1);
-
-        /* an event name is one SSE field value: no line breaks, no ':' */
-
-        for (p = event.data; p < event.data + event.len; p++) {
-            if (*p <= 0x20 || *p == ':' || *p == 0x7f) {
-                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                                   "llm_format: invalid event name \"%V\"",
-                                   &event);
-                return NGX_CONF_ERROR;
-            }
-        }
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "llm_format: invalid parameter \"%V\" of \"%V\"",
+                           &value[i], &value[0]);
+        return NGX_CONF_ERROR;
     }
+
+    if (off && (k == NGX_HTTP_LLM_K_COMPLETE || k == NGX_HTTP_LLM_K_ERROR
+                || k == NGX_HTTP_LLM_K_SHUTDOWN))
+    {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "llm_format: \"%V\" cannot be \"off\" (a stream "
+                           "ends with it)", &value[0]);
+        return NGX_CONF_ERROR;
+    }
+
+    a = fmt->tpls[k];
 
     if (a == NULL) {
         a = ngx_array_create(cf->pool, 1, sizeof(ngx_http_llm_frame_t));
@@ -262,10 +300,12 @@ ngx_http_llm_format_line(ngx_conf_t *cf, ngx_command_t *dummy, void *conf)
 
         fmt->tpls[k] = a;
 
-    } else if (a->nelts == 0 || k >= NGX_HTTP_LLM_K_RESPONSE) {
+    } else if (k >= NGX_HTTP_LLM_K_RESPONSE
+               || ngx_http_llm_frames_off(a, &step, when, off))
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "llm_format: \"%V\" is duplicate%s", &value[0],
-                           a->nelts ? "" : " (it is \"off\")");
+                           "llm_format: \"%V\" is duplicate, or \"off\" "
+                           "and a template for the same events", &value[0]);
         return NGX_CONF_ERROR;
     }
 
@@ -274,7 +314,16 @@ ngx_http_llm_format_line(ngx_conf_t *cf, ngx_command_t *dummy, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    ngx_memzero(fr, sizeof(ngx_http_llm_frame_t));
+
     fr->event = event;
+    fr->step = step;
+    fr->when = when;
+    fr->off = off;
+
+    if (off) {
+        return NGX_CONF_OK;
+    }
 
     what = ngx_pnalloc(cf->pool,
                        value[0].len + sizeof("llm_format: \"\" template"));
@@ -284,7 +333,7 @@ ngx_http_llm_format_line(ngx_conf_t *cf, ngx_command_t *dummy, void *conf)
 
     ngx_sprintf(what, "llm_format: \"%V\" template%Z", &value[0]);
 
-    return ngx_http_llm_tpl_compile(cf, &fr->tpl, &value[cf->args->nelts - 1],
+    return ngx_http_llm_tpl_compile(cf, &fr->tpl, &value[last],
                                     ngx_http_llm_format_vars,
                                     NGX_HTTP_LLM_TPL_JSON
                                     | NGX_HTTP_LLM_TPL_NGINX,
@@ -417,7 +466,10 @@ ngx_uint_t
 ngx_http_llm_format_event(ngx_http_llm_format_t *fmt,
     ngx_http_llm_fmt_ctx_t *fc, ngx_http_llm_render_t *w)
 {
-    ngx_uint_t             i;
+    json_t                *payload;
+    ngx_int_t              passed;
+    ngx_uint_t             i, last, specific;
+    const char            *step;
     ngx_array_t           *a;
     ngx_http_llm_frame_t  *fr;
 
@@ -434,14 +486,57 @@ ngx_http_llm_format_event(ngx_http_llm_format_t *fmt,
     }
 
     fr = a->elts;
-
-    /*
-     * Several templates for one kind are several SSE events; the id goes
-     * on the last, so a client that resumes has seen all of them.
-     */
+    payload = NULL;
+    step = NULL;
+    passed = -1;
+    specific = 0;
 
     for (i = 0; i < a->nelts; i++) {
-        if (i == a->nelts - 1) {
+        if (fr[i].step.len == 0 && fr[i].when == -1) {
+            continue;
+        }
+
+        if (payload == NULL) {
+            payload = ngx_http_llm_format_payload(fc);
+            step = json_string_value(json_object_get(payload, "step"));
+            passed = json_is_boolean(json_object_get(payload, "passed"))
+                     ? json_is_true(json_object_get(payload, "passed"))
+                     : -1;
+        }
+
+        if (fr[i].step.len && step
+            && ngx_strlen(step) == fr[i].step.len
+            && ngx_strncmp(step, fr[i].step.data, fr[i].step.len) == 0)
+        {
+            specific = 1;
+        }
+    }
+
+    /*
+     * The frames for this event: those of its step when it has some,
+     * else those for any step; then those of its check's outcome.
+     * Several are several SSE events; the id goes on the last, so a
+     * client that resumes has seen all of them.
+     */
+
+    last = a->nelts;
+
+    for (i = 0; i < a->nelts; i++) {
+        if (ngx_http_llm_frame_applies(&fr[i], specific, step, passed)
+            && !fr[i].off)
+        {
+            last = i;
+        }
+    }
+
+    for (i = 0; i < a->nelts; i++) {
+        if (!ngx_http_llm_frame_applies(&fr[i], specific, step, passed)
+            || fr[i].off)
+        {
+            continue;
+        }
+
+        if (i == last) {
             ngx_http_llm_render_id(w, fc->job, fc->last + 1);
         }
 
@@ -456,7 +551,61 @@ ngx_http_llm_format_event(ngx_http_llm_format_t *fmt,
         ngx_http_llm_render_raw(w, "\n\n", 2);
     }
 
+    json_decref(payload);
+
     return 1;
+}
+
+
+static ngx_uint_t
+ngx_http_llm_frame_applies(ngx_http_llm_frame_t *fr, ngx_uint_t specific,
+    const char *step, ngx_int_t passed)
+{
+    if (specific) {
+        if (fr->step.len == 0 || ngx_strlen(step) != fr->step.len
+            || ngx_strncmp(step, fr->step.data, fr->step.len) != 0)
+        {
+            return 0;
+        }
+
+    } else if (fr->step.len) {
+        return 0;
+    }
+
+    return fr->when == -1 || fr->when == passed;
+}
+
+
+/* a frame for a selection (step, outcome) that another is "off" for */
+
+static ngx_uint_t
+ngx_http_llm_frames_off(ngx_array_t *a, ngx_str_t *step, ngx_int_t when,
+    ngx_uint_t off)
+{
+    ngx_uint_t             i;
+    ngx_http_llm_frame_t  *fr;
+
+    fr = a->elts;
+
+    for (i = 0; i < a->nelts; i++) {
+        if ((fr[i].off || off)
+            && fr[i].step.len == step->len
+            && ngx_strncmp(fr[i].step.data, step->data, step->len) == 0
+            && fr[i].when == when)
+        {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+static ngx_uint_t
+ngx_http_llm_kind_of_step(ngx_uint_t k)
+{
+    return k == NGX_HTTP_LLM_K_STEP_START || k == NGX_HTTP_LLM_K_STEP
+           || k == NGX_HTTP_LLM_K_CHECK || k == NGX_HTTP_LLM_K_PROGRESS;
 }
 
 
@@ -472,12 +621,12 @@ ngx_http_llm_format_body(ngx_http_llm_format_t *fmt, ngx_http_llm_kind_e kind,
     }
 
     a = fmt->tpls[kind];
+    fr = a ? a->elts : NULL;
 
-    if (a == NULL || a->nelts == 0) {
+    if (fr == NULL || a->nelts == 0 || fr->off) {
         return NGX_DECLINED;
     }
 
-    fr = a->elts;
     ngx_http_llm_tpl_render(&fr->tpl, fc, fc->request, w);
 
     return NGX_OK;

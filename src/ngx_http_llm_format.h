@@ -118,6 +118,8 @@ ngx_int_t ngx_http_llm_send_formatted(ngx_http_request_t *r,
 /* ngx_http_llm_format_vars.c */
 extern ngx_http_llm_var_t  ngx_http_llm_format_vars[];
 
+json_t *ngx_http_llm_format_payload(ngx_http_llm_fmt_ctx_t *fc);
+
 /* ngx_http_llm_format_openai.c */
 extern ngx_http_llm_format_t  ngx_http_llm_format_openai;
 

@@ -553,23 +553,11 @@ static void
 ngx_http_llm_var_payload(ngx_http_llm_fmt_ctx_t *fc, const char *field,
     ngx_http_llm_value_t *v)
 {
-    json_t                *o, *f;
-    ngx_http_llm_event_t  *ev;
+    json_t  *o, *f;
 
-    if (fc->job == NULL) {
-        return;
-    }
+    o = ngx_http_llm_format_payload(fc);
 
-    ev = &fc->job->events[fc->first];
-
-    if (!ngx_http_llm_event_payload(ev->type)) {
-        return;
-    }
-
-    o = json_loadb((char *) fc->job->meta + ev->off, ev->len, 0, NULL);
-
-    if (!json_is_object(o)) {
-        json_decref(o);
+    if (o == NULL) {
         return;
     }
 
@@ -587,6 +575,35 @@ ngx_http_llm_var_payload(ngx_http_llm_fmt_ctx_t *fc, const char *field,
     }
 
     json_decref(o);
+}
+
+
+/* the payload of the event rendered, parsed; NULL without one */
+
+json_t *
+ngx_http_llm_format_payload(ngx_http_llm_fmt_ctx_t *fc)
+{
+    json_t                *o;
+    ngx_http_llm_event_t  *ev;
+
+    if (fc->job == NULL) {
+        return NULL;
+    }
+
+    ev = &fc->job->events[fc->first];
+
+    if (!ngx_http_llm_event_payload(ev->type)) {
+        return NULL;
+    }
+
+    o = json_loadb((char *) fc->job->meta + ev->off, ev->len, 0, NULL);
+
+    if (!json_is_object(o)) {
+        json_decref(o);
+        return NULL;
+    }
+
+    return o;
 }
 
 

@@ -893,4 +893,4 @@ llm_format: "progress" template: unknown variable "$llm_percent"
 --- config
 --- must_die
 --- error_log
-llm_format: "check" is duplicate (it is "off")
+llm_format: "check" is duplicate, or "off" and a template for the same events

@@ -608,3 +608,89 @@ llm_pipeline: cannot open "/nonexistent/prompt.txt"
 --- must_die
 --- error_log
 unknown llm_pipeline "nope" (a pipeline is defined before it is used)
+
+
+
+=== TEST 22: templates for one step (step=) and one outcome of a check (when=)
+--- http_config
+    llm_format story {
+        start      off;
+        step_start '{"type": "node", "node": $llm_step, "status": "started"}';
+        step_start step=safety_check off;
+        step       '{"type": "node", "node": $llm_step, "status": "completed"}';
+        step       step=safety_check off;
+        progress   off;
+        delta      '{"type": "content", "chunk": $llm_delta}';
+        check      step=safety_check when=passed '{"type": "safety_check", "status": "approved", "score": ${llm_event.actual}}';
+        check      step=safety_check when=failed '{"type": "safety_check", "status": "rejected", "score": ${llm_event.actual}}';
+        complete   '{"type": "complete", "story": {"success": true, "story_content": ${llm_outputs.generate_content}}}';
+        error      '{"type": "error", "message": $llm_error_message, "error_code": $llm_error_code}';
+    }
+    llm_pipeline story {
+        step generate_content {
+            pass    "http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tps=0&ttft=0&reply=Once%20upon%20a%20time.";
+            prompt  "A $llm_input_theme story";
+            stream  on;
+        }
+        step safety_check {
+            pass    "http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tps=0&ttft=0&reply=%7B%22score%22%3A1.0%7D";
+            prompt  "Score: $llm_step_generate_content";
+            output  json;
+            check   score >= 0.8 else=fail;
+        }
+    }
+--- config
+    location = /api/v1/stories/generate/stream {
+        llm_model    m;
+        llm_pipeline story;
+        llm_format   story;
+    }
+--- request
+GET /api/v1/stories/generate/stream?theme=adventure
+--- response_body_like eval
+qr{\Aretry: 3000
+
+id: ([A-Za-z0-9_-]{22}):2
+data: \{"type":"node","node":"generate_content","status":"started"\}
+
+(?:id: \1:\d+
+data: \{"type":"content","chunk":"[^"]+"\}
+
+)+id: \1:\d+
+data: \{"type":"node","node":"generate_content","status":"completed"\}
+
+id: \1:\d+
+data: \{"type":"safety_check","status":"approved","score":1\.0\}
+
+id: \1:\d+
+data: \{"type":"complete","story":\{"success":true,"story_content":"Once upon a time\."\}\}
+
+\z}
+
+
+
+=== TEST 23: nginx -t: step= is for a pipeline's kinds, when= for checks
+--- http_config
+    llm_format f {
+        complete step=a '{}';
+        error    '{}';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: invalid parameter "step=a" of "complete"
+
+
+
+=== TEST 24: nginx -t: "off" and a template for the same events
+--- http_config
+    llm_format f {
+        check    step=a when=failed off;
+        check    step=a when=failed '{}';
+        complete '{}';
+        error    '{}';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: "check" is duplicate, or "off" and a template for the same events
