@@ -48,6 +48,18 @@
     "return redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) end "              \
     "return -1"
 
+/*
+ * The hash of a job that Redis has had: its fields are set only if it is
+ * still there (-1 if not), so that a write from the job's marks never
+ * makes a record of the part of the job it carries when Redis has lost
+ * the rest (a restart without persistence); the job is written again
+ * whole instead.
+ */
+#define NGX_HTTP_LLM_REDIS_HSETKNOWN                                         \
+    "if redis.call('exists', KEYS[1]) == 1 then "                            \
+    "return redis.call('hset', KEYS[1], unpack(ARGV)) end "                  \
+    "return -1"
+
 
 static ngx_int_t ngx_http_llm_redis_reply(ngx_http_llm_redis_t *rd,
     redisReply **reply);
@@ -157,7 +169,9 @@ ngx_http_llm_redis_refusal(ngx_http_llm_redis_t *rd,
  *     [SETRANGE meta OFFSET NEW_META]           new payloads
  *     [SET pstate STATE]                        a new pipeline state
  *     [XADD events MAXLEN ~ N SEQ-0 t T o O l L]...  one per new event
- *     HSET job state .. created .. (15 fields)
+ *     HSET job state .. created .. (15 fields), or, when Redis has had
+ *         the job, EVAL HSETKNOWN 1 job state .. (12 fields, not the
+ *         created, owner and background that do not change)
  *     [HSETNX job cancel 0, HSETNX job watched 0]    first write
  *     PEXPIRE job|text|events TTL               3 commands
  *     [PEXPIRE meta TTL] [PEXPIRE pstate TTL]   a pipeline's job
@@ -257,20 +271,36 @@ ngx_http_llm_redis_send_write(ngx_http_llm_redis_t *rd,
         ngx_hex_dump(hex, rec->owner, NGX_HTTP_LLM_OWNER_LEN);
     }
 
-    ngx_http_llm_redis_cmd(&cmd, "HSET");
-    ngx_http_llm_redis_key(rd, &cmd, w->id, "job");
+    /*
+     * A job Redis has had may be gone (a restart): its hash is not made
+     * again from this write, which holds only what the job gained since
+     * the last one; readers would take that part for the job.  The
+     * answer says so and the whole job is written next.
+     */
+
+    if (w->known && !w->rewrite) {
+        ngx_http_llm_redis_cmd(&cmd, "EVAL");
+        ngx_http_llm_redis_lit(&cmd, NGX_HTTP_LLM_REDIS_HSETKNOWN);
+        ngx_http_llm_redis_lit(&cmd, "1");
+        ngx_http_llm_redis_key(rd, &cmd, w->id, "job");
+
+    } else {
+        ngx_http_llm_redis_cmd(&cmd, "HSET");
+        ngx_http_llm_redis_key(rd, &cmd, w->id, "job");
+        ngx_http_llm_redis_lit(&cmd, "created");
+        ngx_http_llm_redis_argf(&cmd, "%L", rec->created);
+        ngx_http_llm_redis_lit(&cmd, "owner");
+        ngx_http_llm_redis_arg(&cmd, hex, rec->has_owner ? sizeof(hex) : 0);
+        ngx_http_llm_redis_lit(&cmd, "background");
+        ngx_http_llm_redis_argf(&cmd, "%d", rec->background ? 1 : 0);
+    }
+
     ngx_http_llm_redis_lit(&cmd, "state");
     ngx_http_llm_redis_lit(&cmd, ngx_http_llm_redis_states[rec->state]);
-    ngx_http_llm_redis_lit(&cmd, "created");
-    ngx_http_llm_redis_argf(&cmd, "%L", rec->created);
     ngx_http_llm_redis_lit(&cmd, "updated");
     ngx_http_llm_redis_argf(&cmd, "%L", rec->updated);
     ngx_http_llm_redis_lit(&cmd, "finished");
     ngx_http_llm_redis_argf(&cmd, "%L", rec->finished);
-    ngx_http_llm_redis_lit(&cmd, "owner");
-    ngx_http_llm_redis_arg(&cmd, hex, rec->has_owner ? sizeof(hex) : 0);
-    ngx_http_llm_redis_lit(&cmd, "background");
-    ngx_http_llm_redis_argf(&cmd, "%d", rec->background ? 1 : 0);
     ngx_http_llm_redis_lit(&cmd, "finish");
     ngx_http_llm_redis_arg(&cmd, rec->outcome.finish, rec->outcome.finish_len);
     ngx_http_llm_redis_lit(&cmd, "in");
@@ -427,12 +457,15 @@ ngx_http_llm_redis_check_write(ngx_http_llm_redis_t *rd,
         return NGX_ERROR;
     }
 
-    /* every field was there before unless Redis lost the job */
+    /*
+     * No hash (-1), or fields that were not there: Redis lost the job
+     * (what this write set beside the hash goes with the rewrite's DEL)
+     */
 
     r = exec->element[w->hset];
 
     if (w->known && !w->rewrite
-        && r->type == REDIS_REPLY_INTEGER && r->integer > 0)
+        && r->type == REDIS_REPLY_INTEGER && r->integer != 0)
     {
         w->lost = 1;
     }
