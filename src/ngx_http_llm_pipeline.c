@@ -18,68 +18,20 @@
 #include <ngx_core.h>
 #include <ngx_http.h>
 
-#include "ngx_http_llm_module.h"
-#include "ngx_http_llm_pipeline.h"
-#include "ngx_http_llm_store.h"
-
-
-#define NGX_HTTP_LLM_STEP_TEXT_MAX   (4 * 1024 * 1024)
-
-
-struct ngx_http_llm_run_s {
-    ngx_http_llm_pipeline_conf_t  *conf;
-    ngx_http_llm_run_conf_t        rc;
-    ngx_http_llm_pipeline_up_t     up;
-    ngx_log_t                     *log;
-
-    ngx_http_llm_step_env_t        env;
-    json_t                        *state;       /* handed up as JSON */
-    json_t                        *items;       /* of the step's foreach */
-    json_t                        *outputs;     /* of its iterations */
-    ngx_uint_t                    *attempts;    /* runs of each step */
-
-    ngx_uint_t                     step;
-    ngx_uint_t                     iteration;   /* 0-based */
-
-    ngx_http_llm_xfer_t           *xfer;        /* the step's transfer */
-    u_char                        *text;        /* the step's output */
-    size_t                         text_len;
-    size_t                         text_cap;
-
-    int64_t                        started;     /* ms since the epoch */
-    int64_t                        step_started;
-    ngx_int_t                      input_tokens;
-    ngx_int_t                      output_tokens;
-    ngx_event_t                    delay;       /* between iterations */
-
-    unsigned                       running:1;   /* started, not ended */
-};
+#include "ngx_http_llm_pipeline_run.h"
 
 
 static void ngx_http_llm_run_step(ngx_http_llm_run_t *run);
 static void ngx_http_llm_run_output(void *data, ngx_http_llm_output_t *out);
 static void ngx_http_llm_run_step_done(ngx_http_llm_run_t *run,
     ngx_http_llm_outcome_t *oc);
-static ngx_int_t ngx_http_llm_run_check(ngx_http_llm_run_t *run,
-    ngx_http_llm_step_conf_t *step, json_t *output, json_t *result);
-static ngx_int_t ngx_http_llm_run_next(ngx_http_llm_run_t *run);
+static void ngx_http_llm_run_next(ngx_http_llm_run_t *run);
 static ngx_int_t ngx_http_llm_run_spec(ngx_http_llm_run_t *run,
     ngx_http_llm_step_conf_t *step, ngx_http_llm_spec_t *spec,
     ngx_str_t *err);
 static u_char *ngx_http_llm_run_render(ngx_http_llm_run_t *run,
     ngx_http_llm_tpl_t *tpl, size_t *len);
-static json_t *ngx_http_llm_run_json(u_char *text, size_t len);
-static ngx_int_t ngx_http_llm_run_event(ngx_http_llm_run_t *run,
-    ngx_http_llm_event_type_e type, json_t *payload);
-static ngx_int_t ngx_http_llm_run_state(ngx_http_llm_run_t *run,
-    const char *step_state, json_t *output);
-static void ngx_http_llm_run_end(ngx_http_llm_run_t *run,
-    ngx_http_llm_state_e state, const char *code, const char *fmt, ...);
 static void ngx_http_llm_run_delayed(ngx_event_t *ev);
-static ngx_int_t ngx_http_llm_run_progress(ngx_http_llm_run_t *run,
-    json_t *message);
-static json_t *ngx_http_llm_run_usage(ngx_int_t in, ngx_int_t out);
-static json_t *ngx_http_llm_json_path(json_t *j, ngx_str_t *path);
 static ngx_int_t ngx_http_llm_str_dup(ngx_str_t *dst, ngx_str_t *src);
 
 
@@ -693,181 +645,14 @@ finished:
 
     json_decref(output);
 
-    if (ngx_http_llm_run_next(run) == NGX_OK) {
-        ngx_http_llm_run_step(run);
-    }
+    ngx_http_llm_run_next(run);
+    ngx_http_llm_run_step(run);
 }
 
 
-/*
- * The step's checks against its output (NULL: not JSON, "result" is that
- * check's payload).  NGX_OK: all passed.  NGX_DONE: go on with
- * ngx_http_llm_run_step() (a retry or a step back, set up here).
- * NGX_DECLINED: no attempts left and the caller ends the run.  NGX_ERROR
- * and NGX_ABORT: the run has ended.
- */
+/* the step after this one, from its start */
 
-static ngx_int_t
-ngx_http_llm_run_check(ngx_http_llm_run_t *run,
-    ngx_http_llm_step_conf_t *step, json_t *output, json_t *result)
-{
-    double                     a, e;
-    json_t                    *actual, *payload, *next;
-    ngx_int_t                  on_fail;
-    ngx_uint_t                 i, passed, attempts;
-    ngx_http_llm_check_t      *ck;
-    ngx_http_llm_step_conf_t  *to;
-
-    ck = step->checks.elts;
-    payload = result;
-    on_fail = step->index;
-    attempts = step->checks.nelts ? ck[0].attempts : 2;
-
-    for (i = 0; output && i < step->checks.nelts; i++) {
-
-        actual = ngx_http_llm_json_path(output, &ck[i].field);
-
-        if (ck[i].cmp <= NGX_HTTP_LLM_CMP_NE) {
-            passed = (actual && json_equal(actual, ck[i].value));
-
-            if (ck[i].cmp == NGX_HTTP_LLM_CMP_NE) {
-                passed = !passed;
-            }
-
-        } else if (json_is_number(actual)) {
-            a = json_number_value(actual);
-            e = json_number_value(ck[i].value);
-
-            passed = (ck[i].cmp == NGX_HTTP_LLM_CMP_GE) ? a >= e
-                     : (ck[i].cmp == NGX_HTTP_LLM_CMP_GT) ? a > e
-                     : (ck[i].cmp == NGX_HTTP_LLM_CMP_LE) ? a <= e
-                     : a < e;
-
-        } else {
-            passed = 0;
-        }
-
-        payload = json_pack("{s:s%,s:b,s:s%,s:O,s:O?,s:i}",
-                            "step", step->name.data, step->name.len,
-                            "passed", (int) passed,
-                            "field", ck[i].field.data, ck[i].field.len,
-                            "expected", ck[i].value,
-                            "actual", actual,
-                            "attempt", (json_int_t) run->env.attempt);
-
-        if (passed) {
-            json_object_set_new(payload, "next", json_null());
-
-            if (ngx_http_llm_run_event(run, NGX_HTTP_LLM_EV_CHECK, payload)
-                != NGX_OK)
-            {
-                return NGX_ERROR;
-            }
-
-            payload = NULL;
-            continue;
-        }
-
-        on_fail = ck[i].on_fail;
-        attempts = ck[i].attempts;
-        break;
-    }
-
-    if (payload == NULL) {
-        return NGX_OK;
-    }
-
-    /* failed: where to, if attempts are left */
-
-    if (on_fail == NGX_HTTP_LLM_ON_FAIL_STOP) {
-        next = json_string("stop");
-
-    } else if (on_fail == NGX_HTTP_LLM_ON_FAIL_FAIL
-               || run->attempts[on_fail] >= attempts)
-    {
-        next = json_string("fail");
-
-    } else {
-        to = (ngx_http_llm_step_conf_t *) run->conf->steps.elts + on_fail;
-        next = json_stringn((char *) to->name.data, to->name.len);
-    }
-
-    json_object_set_new(payload, "next", next);
-
-    if (ngx_http_llm_run_event(run, NGX_HTTP_LLM_EV_CHECK, payload)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
-
-    if (on_fail == NGX_HTTP_LLM_ON_FAIL_STOP) {
-        /* a success that stopped early, with what it has */
-
-        if (output) {
-            json_object_setn(run->env.outputs,
-                             (const char *) step->name.data, step->name.len,
-                             json_incref(output));
-        }
-
-        json_object_set_new(run->state, "stopped_at",
-                            json_stringn((char *) step->name.data,
-                                         step->name.len));
-
-        if (ngx_http_llm_run_state(run, "done", output) == NGX_OK) {
-            ngx_http_llm_run_end(run, NGX_HTTP_LLM_COMPLETED, NULL, NULL);
-        }
-
-        return NGX_ABORT;
-    }
-
-    if (on_fail == NGX_HTTP_LLM_ON_FAIL_FAIL
-        || run->attempts[on_fail] >= attempts)
-    {
-        if (output == NULL) {
-            return NGX_DECLINED;
-        }
-
-        (void) ngx_http_llm_run_state(run, "failed", output);
-
-        ngx_http_llm_run_end(run, NGX_HTTP_LLM_FAILED,
-                             NGX_HTTP_LLM_E_CHECK,
-                             "step \"%V\": check \"%V\" failed after %ui "
-                             "attempts", &step->name, &ck[i].field,
-                             run->attempts[on_fail]);
-        return NGX_ABORT;
-    }
-
-    /* again, from the step gone to, with this output as its feedback */
-
-    json_decref(run->env.feedback);
-    run->env.feedback = output ? json_incref(output)
-                               : json_stringn((char *) run->text,
-                                              run->text_len);
-
-    if (ngx_http_llm_run_state(run, "failed", output) != NGX_OK) {
-        return NGX_ERROR;
-    }
-
-    run->env.attempt = 0;
-
-    if ((ngx_uint_t) on_fail != run->step) {
-        /* a step back starts it over, its iterations too */
-        run->step = on_fail;
-        run->iteration = 0;
-
-        json_decref(run->items);
-        json_decref(run->outputs);
-        run->items = NULL;
-        run->outputs = NULL;
-    }
-
-    return NGX_DONE;
-}
-
-
-/* the step after this one: NGX_OK to run it */
-
-static ngx_int_t
+static void
 ngx_http_llm_run_next(ngx_http_llm_run_t *run)
 {
     json_decref(run->items);
@@ -877,8 +662,6 @@ ngx_http_llm_run_next(ngx_http_llm_run_t *run)
     run->iteration = 0;
     run->env.attempt = 0;
     run->step++;
-
-    return NGX_OK;
 }
 
 
@@ -1000,199 +783,7 @@ ngx_http_llm_run_render(ngx_http_llm_run_t *run, ngx_http_llm_tpl_t *tpl,
 }
 
 
-/*
- * A model's JSON answer: the value itself, or the first object or array
- * in it (models wrap JSON in prose or ``` fences).
- */
-
-static json_t *
-ngx_http_llm_run_json(u_char *text, size_t len)
-{
-    u_char  *p, *q, *last;
-    json_t  *j;
-
-    j = json_loadb((char *) text, len, JSON_DECODE_ANY, NULL);
-    if (j) {
-        return j;
-    }
-
-    last = text + len;
-
-    for (p = text; p < last && *p != '{' && *p != '['; p++) {
-        /* void */
-    }
-
-    for (q = last; q > p && q[-1] != '}' && q[-1] != ']'; q--) {
-        /* void */
-    }
-
-    if (q <= p) {
-        return NULL;
-    }
-
-    return json_loadb((char *) p, q - p, 0, NULL);
-}
-
-
-/* an event up: its payload (taken) as one line of JSON */
-
-static ngx_int_t
-ngx_http_llm_run_event(ngx_http_llm_run_t *run,
-    ngx_http_llm_event_type_e type, json_t *payload)
-{
-    char       *s;
-    ngx_int_t   rc;
-
-    s = payload ? json_dumps(payload, NGX_HTTP_LLM_JSON_DUMP | JSON_ENSURE_ASCII)
-                : NULL;
-    json_decref(payload);
-
-    if (s == NULL) {
-        ngx_http_llm_run_end(run, NGX_HTTP_LLM_FAILED,
-                             NGX_HTTP_LLM_E_INTERNAL, "out of memory");
-        return NGX_ERROR;
-    }
-
-    rc = run->up.event(run->up.data, type, (u_char *) s, ngx_strlen(s));
-
-    free(s);
-
-    if (rc != NGX_OK) {
-        /* the job failed itself */
-        ngx_http_llm_pipeline_cancel(run);
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
-}
-
-
-/*
- * Progress as the step starts: its declared percentage, else what the
- * weights of the steps before it give, advanced evenly by iterations;
- * the time left from the time so far.
- */
-
-static ngx_int_t
-ngx_http_llm_run_progress(ngx_http_llm_run_t *run, json_t *message)
-{
-    double                     pct, next, total, before, elapsed;
-    json_t                    *payload;
-    ngx_uint_t                 i, n;
-    ngx_http_llm_step_conf_t  *step, *s;
-
-    step = run->conf->steps.elts;
-    n = run->conf->steps.nelts;
-    s = &step[run->step];
-
-    total = 0;
-    before = 0;
-
-    for (i = 0; i < n; i++) {
-        total += step[i].weight;
-
-        if (i < run->step) {
-            before += step[i].weight;
-        }
-    }
-
-    pct = (s->progress >= 0) ? s->progress : before * 100 / total;
-    next = (run->step + 1 < n && step[run->step + 1].progress >= 0)
-           ? step[run->step + 1].progress
-           : (before + s->weight) * 100 / total;
-
-    if (run->items && run->env.count) {
-        pct += (next - pct) * run->iteration / run->env.count;
-    }
-
-    elapsed = (double) (ngx_http_llm_now_ms() - run->started) / 1000;
-
-    payload = json_pack("{s:i,s:s%,s:s%,s:i,s:i,s:i,s:f}",
-                        "progress", (json_int_t) pct,
-                        "stage",
-                        s->stage.len ? s->stage.data : s->name.data,
-                        s->stage.len ? s->stage.len : s->name.len,
-                        "step", s->name.data, s->name.len,
-                        "index", (json_int_t) run->step + 1,
-                        "total", (json_int_t) n,
-                        "completed",
-                        (json_int_t) run->step + run->iteration,
-                        "elapsed", elapsed);
-
-    if (payload) {
-        json_object_set(payload, "message", message ? message : json_null());
-        json_object_set_new(payload, "eta",
-                            pct >= 1 ? json_integer((json_int_t)
-                                           (elapsed * (100 - pct) / pct
-                                            + 0.5))
-                                     : json_null());
-    }
-
-    return ngx_http_llm_run_event(run, NGX_HTTP_LLM_EV_PROGRESS, payload);
-}
-
-
-/*
- * The run's state up to the job (and so to the store): the current
- * step's new state and output when given.
- */
-
-static ngx_int_t
-ngx_http_llm_run_state(ngx_http_llm_run_t *run, const char *step_state,
-    json_t *output)
-{
-    char       *s;
-    json_t     *st;
-    ngx_int_t   rc;
-
-    json_object_set_new(run->state, "step", json_integer(run->step));
-
-    if (step_state && run->step < run->conf->steps.nelts) {
-        st = json_array_get(json_object_get(run->state, "steps"),
-                            run->step);
-
-        json_object_set_new(st, "state", json_string(step_state));
-        json_object_set_new(st, "attempts",
-                            json_integer(run->attempts[run->step]));
-
-        if (ngx_strcmp(step_state, "running") == 0) {
-            if (run->iteration == 0) {
-                json_object_set_new(st, "started",
-                                    json_integer(run->step_started));
-            }
-
-        } else {
-            json_object_set_new(st, "finished",
-                                json_integer(ngx_http_llm_now_ms()));
-        }
-
-        if (output) {
-            json_object_set(st, "output", output);
-        }
-    }
-
-    s = json_dumps(run->state, NGX_HTTP_LLM_JSON_DUMP | JSON_ENSURE_ASCII);
-
-    if (s == NULL) {
-        ngx_http_llm_run_end(run, NGX_HTTP_LLM_FAILED,
-                             NGX_HTTP_LLM_E_INTERNAL, "out of memory");
-        return NGX_ERROR;
-    }
-
-    rc = run->up.state(run->up.data, (u_char *) s, ngx_strlen(s));
-
-    free(s);
-
-    if (rc != NGX_OK) {
-        ngx_http_llm_pipeline_cancel(run);
-        return NGX_ERROR;
-    }
-
-    return NGX_OK;
-}
-
-
-static void
+void
 ngx_http_llm_run_end(ngx_http_llm_run_t *run, ngx_http_llm_state_e state,
     const char *code, const char *fmt, ...)
 {
@@ -1228,62 +819,6 @@ ngx_http_llm_run_end(ngx_http_llm_run_t *run, ngx_http_llm_state_e state,
     ngx_http_llm_pipeline_cancel(run);
 
     run->up.end(run->up.data, state, &oc);
-}
-
-
-static json_t *
-ngx_http_llm_run_usage(ngx_int_t in, ngx_int_t out)
-{
-    json_t  *u;
-
-    if (in < 0 && out < 0) {
-        return json_null();
-    }
-
-    u = json_object();
-
-    if (in >= 0) {
-        json_object_set_new(u, "input_tokens", json_integer(in));
-    }
-
-    if (out >= 0) {
-        json_object_set_new(u, "output_tokens", json_integer(out));
-    }
-
-    return u;
-}
-
-
-/* the value at "a.b.c" in objects (a number picks an array element) */
-
-static json_t *
-ngx_http_llm_json_path(json_t *j, ngx_str_t *path)
-{
-    u_char     *p, *dot, *last;
-    ngx_int_t   n;
-
-    p = path->data;
-    last = p + path->len;
-
-    while (j && p < last) {
-        dot = ngx_strlchr(p, last, '.');
-
-        if (dot == NULL) {
-            dot = last;
-        }
-
-        if (json_is_array(j)) {
-            n = ngx_atoi(p, dot - p);
-            j = (n == NGX_ERROR) ? NULL : json_array_get(j, n);
-
-        } else {
-            j = json_object_getn(j, (const char *) p, dot - p);
-        }
-
-        p = dot + 1;
-    }
-
-    return j;
 }
 
 

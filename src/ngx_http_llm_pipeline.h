@@ -95,7 +95,7 @@ struct ngx_http_llm_pipeline_conf_s {
 typedef struct {
     json_t                        *inputs;      /* the request's, an object */
     json_t                        *outputs;     /* step name: its output */
-    json_t                        *feedback;    /* the output a check sent back */
+    json_t                        *feedback;    /* what a check sent back */
     json_t                        *item;        /* of a "foreach" */
     ngx_uint_t                     index;       /* 1-based */
     ngx_uint_t                     count;
