@@ -1,9 +1,10 @@
 # Pipeline jobs beyond one connection: a DELETE that stops the running
-# step at once; resuming with Last-Event-ID in the middle of a pipeline
-# from the other worker (memory store) and from another nginx instance
-# (Redis store), the resumed stream being exactly the rest of the
-# uninterrupted one; Redis restarted empty between two steps; the job's
-# JSON with its pipeline and steps.
+# step at once (on the worker that runs the job, on the other one, on
+# another instance through Redis); resuming with Last-Event-ID in the
+# middle of a pipeline from the other worker (memory store) and from
+# another nginx instance (Redis store), the resumed stream being exactly
+# the rest of the uninterrupted one; Redis restarted empty during a step;
+# the job's JSON with its pipeline and steps.
 #
 # Each step has its own upstream, the mock, whose URL says what it
 # answers (reply=, URL-encoded JSON for "output json" steps) and how fast
@@ -26,6 +27,17 @@ plan skip_all => 'TEST_NGINX_MOCK_PORT is not set (run with make test)'
 
 my $slow = $ENV{TEST_NGINX_USE_VALGRIND} ? 5 : 1;
 my $run = $$;
+my $redis_pid;
+
+# waitpid() would make the child's status the test's
+END {
+    local $?;
+
+    if ($redis_pid) {
+        kill 'KILL', $redis_pid;
+        waitpid $redis_pid, 0;
+    }
+}
 my $up = "http://127.0.0.1:$mock/v1/chat/completions";
 
 my $outline = '{"sections":["intro","body"]}';
@@ -123,6 +135,44 @@ sub body_of { (split /\r\n\r\n/, $_[0]{got}, 2)[1] // '' }
 sub worker_of { (head_of($_[0]) =~ /^X-Worker: (\d+)/mi)[0] // '' }
 
 
+# A DELETE on a worker that "want" accepts (given its pid): a GET on a
+# kept-alive connection says which worker it reached, the DELETE follows
+# on it.  Returns (status, body, worker), or nothing.
+
+sub delete_on {
+    my ($port, $uri, $want) = @_;
+
+    for (1 .. 40) {
+        my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port") or next;
+        my $st = { sock => $s, got => '' };
+
+        syswrite($s, "GET $uri HTTP/1.1\r\nHost: localhost\r\n"
+                     . "Accept: application/json\r\n\r\n");
+
+        stream_read($st, qr/\r\n\r\n/);
+        my ($len) = head_of($st) =~ /^Content-Length: (\d+)/mi;
+        my $w = worker_of($st);
+
+        if (!defined $len || !$want->($w)) {
+            close $s;
+            next;
+        }
+
+        stream_read($st, qr/\r\n\r\n[\s\S]{$len}/);
+        $st->{got} = '';
+        syswrite($s, "DELETE $uri HTTP/1.1\r\nHost: localhost\r\n"
+                     . "Connection: close\r\n\r\n");
+
+        my $body = stream_rest($st);
+        my ($status) = head_of($st) =~ m{^HTTP/1\.1 (\d+)};
+
+        return ($status, $body, $w);
+    }
+
+    return;
+}
+
+
 # The complete events of an SSE body, each with its bytes ("raw"); heart
 # beats are skipped.  A whole body (strict) must be nothing else after
 # its retry line.
@@ -133,7 +183,10 @@ sub frames {
 
     $body =~ s/\Aretry: \d+\n\n// or $strict && return;
 
-    while ($body =~ s/\A(?::[^\n]*\n\n|(id: ([^\n]+)\nevent: (\w+)\ndata: ([^\n]*)\n\n))//) {
+    while ($body =~ s/\A(?: :[^\n]*\n\n
+                           | (id:\ ([^\n]+)\n event:\ (\w+)\n
+                              data:\ ([^\n]*)\n\n) )//x)
+    {
         next unless defined $1;
         push @ev, { raw => $1, id => $2, event => $3, data => $4 };
     }
@@ -192,7 +245,7 @@ sub kinds { my %k; $k{$_->{event}}++ for @_; return \%k }
 
 my $port = free_port();
 
-my $cancel_conf = pipeline('pc', 400);
+my $cancel_conf = pipeline('pc', 400) . pipeline('px', 400);
 my $p_conf = pipeline('pm', 60);
 
 my $mem = start_nginx('pipejobs',
@@ -205,9 +258,13 @@ $p_conf
         listen 127.0.0.1:$port reuseport;
         add_header X-Worker \$pid always;
 
-        location = /cancel {
+        location = /cancel/pc {
             llm_model    m;
             llm_pipeline pc;
+        }
+        location = /cancel/px {
+            llm_model    m;
+            llm_pipeline px;
         }
         location = /p {
             llm_model    m;
@@ -220,58 +277,70 @@ $p_conf
 HTTP
 
 
-# 1. DELETE while a slow step runs
+# 1. DELETE while a slow step runs, on the worker that runs the job (it
+#    cancels it at once) and on the other one (through the store)
 
-my $st = stream_open($port, '/cancel?topic=cats');
-ok(stream_read($st, qr/"step":"draft".*\nevent: delta\n/s),
-   'cancel: the slow step streams');
+for my $c (['pc', 'the running worker', 1], ['px', 'the other worker', 0]) {
+    my ($name, $where, $same) = @$c;
 
-my ($job) = body_of($st) =~ /^id: ([\w-]{22}):1$/m;
-ok($job, '  a job id');
+    my $st = stream_open($port, "/cancel/$name?topic=cats");
+    ok(stream_read($st, qr/"step":"draft".*\nevent: delta\n/s),
+       "$name: the slow step streams");
 
-my ($s, $h, $b) = http_get($port, 'DELETE', "/jobs/$job");
-like($s, qr/^20[02]$/, 'DELETE on the job location');
+    my ($job) = body_of($st) =~ /^id: ([\w-]{22}):1$/m;
+    my $origin = worker_of($st);
 
-my @ev = frames(stream_rest($st), 1);
-is($ev[-1]{event}, 'error', 'the stream ends with an error event');
-like($ev[-1]{data}, qr/"code":"cancelled"/, '  cancelled');
+    my ($s, $b, $w) = delete_on($port, "/jobs/$job",
+                                sub { ($_[0] eq $origin) == $same });
 
-ok(wait_for(sub { stats('pcd')->{active} == 0 }, 5),
-   'the upstream request of the step is over');
-is(stats('pcd')->{streams_aborted}, 1, '  aborted (it had 20 s to go)');
-is(stats('pcd')->{streams_completed}, 0, '  not completed');
-is(stats('pcr')->{requests}, 0, 'the next step never ran');
+    SKIP: {
+        skip "no connection reached $where", 1 unless $s;
+        is($s, $same ? 200 : 202, "DELETE on $where: $s");
+    }
 
-($s, $h, $b) = http_get($port, 'GET', "/jobs/$job",
-                        headers => { Accept => 'application/json' });
-my $j = eval { decode_json($b) } || {};
+    my @ev = frames(stream_rest($st), 1);
+    is($ev[-1]{event}, 'error', '  the stream ends with an error event');
+    like($ev[-1]{data}, qr/"code":"cancelled"/, '  cancelled');
 
-is($s, 200, 'the job as JSON');
-is($j->{state}, 'cancelled', '  cancelled');
-is($j->{error}{code}, 'cancelled', '  its error');
-is($j->{pipeline}, 'pc', '  its pipeline');
-is_deeply([map { $_->{name} } @{ $j->{steps} || [] }],
-          [qw(outline draft review)], '  its steps');
+    ok(wait_for(sub { stats("${name}d")->{active} == 0 }, 5),
+       '  the upstream request of the step is over');
+    is(stats("${name}d")->{streams_aborted}, 1,
+       '  aborted (it had 20 s to go)');
+    is(stats("${name}d")->{streams_completed}, 0, '  not completed');
+    is(stats("${name}r")->{requests}, 0, '  the next step never ran');
 
-my ($o, $d, $r) = @{ $j->{steps} || [] };
-is($o->{state}, 'done', '  the first step: done');
-is_deeply($o->{output}, decode_json($outline), '    with its output');
-is($o->{attempts}, 1, '    in one attempt');
-ok($d->{state} && $d->{state} ne 'done', "  the cancelled step: not done "
-                                         . "($d->{state})");
-is($d->{output}, undef, '    no output');
-is($r->{state}, 'pending', '  the last step: pending');
+    my $h;
+    ($s, $h, $b) = http_get($port, 'GET', "/jobs/$job",
+                            headers => { Accept => 'application/json' });
+    my $j = eval { decode_json($b) } || {};
+
+    is($s, 200, '  the job as JSON');
+    is($j->{state}, 'cancelled', '  cancelled');
+    is($j->{error}{code}, 'cancelled', '  its error');
+    is($j->{pipeline}, $name, '  its pipeline');
+    is_deeply([map { $_->{name} } @{ $j->{steps} || [] }],
+              [qw(outline draft review)], '  its steps');
+
+    my ($o, $d, $r) = map { $_ || {} } @{ $j->{steps} || [] };
+    is($o->{state}, 'done', '  the first step: done');
+    is_deeply($o->{output}, decode_json($outline), '    with its output');
+    is($o->{attempts}, 1, '    in one attempt');
+    ok($d->{state} && $d->{state} ne 'done',
+       '  the cancelled step: not done (' . ($d->{state} // '') . ')');
+    is($d->{output}, undef, '    no output');
+    is($r->{state}, 'pending', '  the last step: pending');
+}
 
 
 # 2. resume in the middle of the pipeline from the other worker
 
-$st = stream_open($port, '/p?topic=cats');
+my $st = stream_open($port, '/p?topic=cats');
 ok(stream_read($st, qr/"step":"draft".*(\nevent: delta\n.*){2}\n\n/s),
    'a pipeline streams its second step');
 
 my @head = frames(body_of($st));
 my $origin = worker_of($st);
-($job) = $head[0]{id} =~ /^([\w-]{22}):1$/;
+my ($job) = $head[0]{id} =~ /^([\w-]{22}):1$/;
 my $n = seq_of($head[-1]);
 
 ok($job && $n > 6, "resume after event $n");
@@ -327,11 +396,11 @@ for my $i (1 .. 2) {
 }
 
 
-# 4. the job of a finished pipeline as JSON
+# 3. the job of a finished pipeline as JSON
 
-($s, $h, $b) = http_get($port, 'GET', "/jobs/$job",
+my ($s, $h, $b) = http_get($port, 'GET', "/jobs/$job",
                         headers => { Accept => 'application/json' });
-$j = eval { decode_json($b) } || {};
+my $j = eval { decode_json($b) } || {};
 my $text = decode_json($all[-1]{data})->{text};
 
 is($s, 200, 'a finished pipeline as JSON');
@@ -359,7 +428,6 @@ SKIP: {
                     split /:/, $ENV{PATH};
 
     my $rport = free_port();
-    my $redis_pid;
 
     my $redis_start = sub {
         $redis_pid = fork() // die "fork: $!";
@@ -436,7 +504,7 @@ SKIP: {
 
     $redis_start->();
 
-    my $rconf = pipeline('pr', 60) . pipeline('pk', 40);
+    my $rconf = pipeline('pr', 60) . pipeline('pk', 40) . pipeline('pz', 400);
 
     my $http = sub {
         my ($p) = @_;
@@ -454,6 +522,10 @@ $rconf
             llm_model    m;
             llm_pipeline pk;
         }
+        location = /z {
+            llm_model    m;
+            llm_pipeline pz;
+        }
         location ~ "^/jobs/(?<job>[A-Za-z0-9_-]{22})\$" {
             llm_job \$job;
         }
@@ -468,7 +540,7 @@ HTTP
     my $rb = start_nginx('pipejobs_b', $main, $http->($pb));
 
 
-    # 2. resume on B in the middle of a pipeline that A runs
+    # 4. resume on B in the middle of a pipeline that A runs
 
     $st = stream_open($pa, '/p?topic=cats');
     ok(stream_read($st, qr/"step":"draft".*(\nevent: delta\n.*){2}\n\n/s),
@@ -511,7 +583,37 @@ HTTP
        'B replays the finished job: the same stream');
 
 
-    # 3. Redis restarted empty while the first step of a pipeline runs
+    # 5. a DELETE on B stops the step that A runs
+
+    $st = stream_open($pa, '/z?topic=cats');
+    ok(stream_read($st, qr/"step":"draft".*\nevent: delta\n/s),
+       'A runs a slow step');
+    ($job) = body_of($st) =~ /^id: ([\w-]{22}):1$/m;
+
+    wait_for(sub { ($hash->($job)->{state} // '') eq 'running' }, 2);
+
+    my ($s) = http_get($pb, 'DELETE', "/jobs/$job");
+    is($s, 202, 'DELETE on B: passed on through Redis');
+
+    @all = frames(stream_rest($st), 1);
+    like($all[-1]{data}, qr/"code":"cancelled"/,
+         'the stream on A ends: cancelled');
+    ok(wait_for(sub { stats('pzd')->{active} == 0 }, 5),
+       '  the upstream request of the step is over');
+    is(stats('pzd')->{streams_aborted}, 1, '  aborted');
+    is(stats('pzr')->{requests}, 0, '  the next step never ran');
+
+    ok(wait_for(sub { ($hash->($job)->{state} // '') eq 'cancelled' }, 3),
+       'cancelled in Redis');
+
+    my $j = eval { decode_json((http_get($pb, 'GET', "/jobs/$job",
+                       headers => { Accept => 'application/json' }))[2]) }
+            || {};
+    is_deeply([map { $_->{state} } @{ $j->{steps} || [] }],
+              [qw(done running pending)], '  B shows its steps');
+
+
+    # 6. Redis restarted empty while a step of a pipeline runs
 
     $st = stream_open($pa, '/k?topic=dogs');
     ok(stream_read($st, qr/"step":"draft".*\nevent: delta\n/s),
@@ -520,8 +622,8 @@ HTTP
     @head = frames(body_of($st));
     ($job) = $head[0]{id} =~ /^([\w-]{22}):1$/;
 
-    ok(wait_for(sub { ($hash->($job)->{sv} // 0) >= 2 }, 2),
-       'its job and state are in Redis');
+    ok(wait_for(sub { ($hash->($job)->{nevents} // 0) >= @head }, 2),
+       'Redis has the job up to the step');
 
     $redis_stop->();
     $redis_start->();
@@ -548,7 +650,8 @@ HTTP
     is(length($rec->[2] // ''), $rh{textlen} // -1, '  its text');
     unlike($rec->[2] // '', qr/\0/, '  (not a part of it)');
     is(length($rec->[3] // ''), $rh{metalen} // -1, '  its meta');
-    ok(($rh{sv} // 0) > 0 && defined $rec->[4], "  its state (sv $rh{sv})");
+    ok(($rh{sv} // 0) > 0 && defined $rec->[4],
+       '  its state (sv ' . ($rh{sv} // '') . ')');
 
     @all = frames(stream_rest($st), 1);
     is($all[-1]{event}, 'complete', 'the pipeline went on to its end');
@@ -582,9 +685,8 @@ HTTP
     is(same_events(\@rest, \@all), '',
        'B resumes the job from its start: the whole stream');
 
-    ($s, $h, $b) = http_get($pb, 'GET', "/jobs/$job",
-                            headers => { Accept => 'application/json' });
-    $j = eval { decode_json($b) } || {};
+    $j = eval { decode_json((http_get($pb, 'GET', "/jobs/$job",
+                   headers => { Accept => 'application/json' }))[2]) } || {};
 
     is($j->{pipeline}, 'pk', 'B: the job as JSON, with its pipeline');
     is_deeply([map { [$_->{name}, $_->{state}, $_->{attempts}] }
