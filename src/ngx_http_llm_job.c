@@ -26,6 +26,7 @@
 #include <sys/random.h>
 
 #include "ngx_http_llm_module.h"
+#include "ngx_http_llm_pipeline.h"
 #include "ngx_http_llm_store.h"
 
 
@@ -1372,8 +1373,8 @@ ngx_http_llm_jobs_exit_process(void)
             ngx_delete_posted_event(&job->cancel_ev);
         }
 
-        if (job->run_free) {
-            job->run_free(job->run);
+        if (job->run) {
+            ngx_http_llm_pipeline_exit(job->run);
         }
 
         free(job->events);

@@ -182,7 +182,7 @@ ngx_http_llm_pipeline_continue(ngx_http_llm_pipeline_conf_t *conf,
                                                               "attempts"));
 
         json_object_setn(run->env.outputs, (const char *) step[k].name.data,
-                         step[k].name.len, json_incref(output));
+                         step[k].name.len, output);
 
         st = json_array_get(json_object_get(run->state, "steps"), k);
         json_object_set_new(st, "state", json_string("done"));
@@ -231,6 +231,16 @@ ngx_http_llm_pipeline_cancel(ngx_http_llm_run_t *run)
     if (run->delay.timer_set) {
         ngx_del_timer(&run->delay);
     }
+}
+
+
+/* at worker exit: the engine has freed its transfers, the run lets go */
+
+void
+ngx_http_llm_pipeline_exit(ngx_http_llm_run_t *run)
+{
+    run->xfer = NULL;
+    ngx_http_llm_pipeline_free(run);
 }
 
 
@@ -633,7 +643,7 @@ finished:
     }
 
     json_object_setn(run->env.outputs, (const char *) step->name.data,
-                     step->name.len, json_incref(output));
+                     step->name.len, output);
 
     json_decref(run->env.feedback);
     run->env.feedback = NULL;

@@ -124,7 +124,7 @@ ngx_http_llm_run_check(ngx_http_llm_run_t *run,
         if (output) {
             json_object_setn(run->env.outputs,
                              (const char *) step->name.data, step->name.len,
-                             json_incref(output));
+                             output);
         }
 
         json_object_set_new(run->state, "stopped_at",
