@@ -33,6 +33,19 @@
  * tokens (--tps), or a p99 latency above the floor's p99 at that level
  * (--floor, from a run straight against the mock) plus MS.
  *
+ * Streams that end during the hold ("event: complete", "data: [DONE]")
+ * give their duration, from connect.
+ *
+ * A pipeline's events (docs/pipelines.md) are read too: each "event:
+ * step" carries the step's "duration" (seconds, as the module measured
+ * it).  For every pipeline of two steps or more that completes during the
+ * hold the client keeps its time between steps: (receive time of its
+ * last "step" event - receive time of its first "step_start" event - the
+ * sum of its steps' durations) / (steps - 1); and, when the steps'
+ * outputs are the mock's stamps, the time from one step's first token to
+ * the next's at the mock: (the last step's first stamp - the first's) /
+ * (steps - 1).
+ *
  * With --redis (a Redis server that the relay uses as its store) the
  * client reads INFO all from that server just before and just after each
  * hold, over a connection of its own, and prints the differences: commands
@@ -70,11 +83,13 @@
 #define LOAD_MAX_LINE       (8 * 1024 * 1024)
 #define LOAD_REDIS_CMDS     48
 #define LOAD_REDIS_MAX      (1024 * 1024)
+#define LOAD_GAP_ZERO       100000000   /* gaps may be negative */
 
 
 enum { P_SSE, P_OPENAI };
 enum { C_CONNECTING, C_HEAD, C_BODY };
-enum { E_NONE, E_DELTA, E_COMPLETE, E_ERROR, E_OTHER };
+enum { E_NONE, E_DELTA, E_COMPLETE, E_ERROR, E_STEP_START, E_STEP,
+       E_OTHER };
 enum { PH_RAMP, PH_SETTLE, PH_HOLD };
 
 
@@ -89,6 +104,13 @@ struct conn_s {
     int                  got_event;
     int                  got_token;
     uint64_t             t_start;    /* wall clock, us */
+    uint64_t             t_steps;    /* the first step_start received */
+    uint64_t             t_step;     /* the last step received */
+    double               step_dur;   /* us, the steps' "duration"s */
+    int                  nsteps;
+    uint64_t             stamp0;     /* the first step's first stamp */
+    uint64_t             stamp1;     /* the last step's */
+    int                  nstamps;
     char                *buf;
     size_t               len;
     size_t               cap;
@@ -143,6 +165,15 @@ typedef struct {
     samples_t            lat;         /* us, in the hold */
     samples_t            ttft;        /* us, streams of this level */
     samples_t            ttfe;
+    samples_t            dur;         /* us, streams completed in the hold */
+    samples_t            gap;         /* us + LOAD_GAP_ZERO, between steps */
+    uint64_t             steps;       /* of the pipelines in gap */
+    double               step_dur;    /* us, their durations summed */
+    double               gap_sum;     /* us, their time between steps */
+    uint64_t             gaps;
+    samples_t            cycle;       /* us, step to step at the mock */
+    double               cycle_sum;
+    uint64_t             cycles;
 } stats_t;
 
 
@@ -288,19 +319,53 @@ pct(samples_t *s, double q)
 }
 
 
+static double
+dur_mean(samples_t *s)
+{
+    size_t  i;
+    double  sum;
+
+    if (s->n == 0) {
+        return -1;
+    }
+
+    for (sum = 0, i = 0; i < s->n; i++) {
+        sum += s->v[i];
+    }
+
+    return sum / s->n;
+}
+
+
+/* a percentile of the gaps, stored with LOAD_GAP_ZERO added */
+
+static double
+gap_pct(samples_t *s, double q)
+{
+    return s->n ? pct(s, q) - LOAD_GAP_ZERO : -1;
+}
+
+
 static void
 stats_reset(stats_t *st)
 {
-    samples_t  lat, ttft, ttfe;
+    samples_t  lat, ttft, ttfe, dur, gap, cycle;
 
     lat = st->lat;
     ttft = st->ttft;
     ttfe = st->ttfe;
+    dur = st->dur;
+    gap = st->gap;
+    cycle = st->cycle;
     memset(st, 0, sizeof(stats_t));
     st->lat = lat;
     st->ttft = ttft;
     st->ttfe = ttfe;
-    st->lat.n = st->ttft.n = st->ttfe.n = 0;
+    st->dur = dur;
+    st->gap = gap;
+    st->cycle = cycle;
+    st->lat.n = st->ttft.n = st->ttfe.n = st->dur.n = st->gap.n = 0;
+    st->cycle.n = 0;
 }
 
 
@@ -847,6 +912,11 @@ conn_open(void)
     c->state = C_CONNECTING;
     c->event = E_NONE;
     c->done = c->failed = c->got_event = c->got_token = 0;
+    c->t_steps = c->t_step = 0;
+    c->step_dur = 0;
+    c->nsteps = 0;
+    c->stamp0 = c->stamp1 = 0;
+    c->nstamps = 0;
     c->len = c->sent = 0;
     c->t_start = wall_us();
     c->next_free = NULL;
@@ -945,6 +1015,50 @@ json_str(const char *p, const char *end, const char *key, size_t klen)
 }
 
 
+/* the JSON number value of a key, "key": N; -1 if there is none */
+
+static double
+json_num(const char *p, const char *end, const char *key, size_t klen)
+{
+    char         num[40];
+    size_t       n;
+    const char  *k;
+
+    while ((k = memmem(p, end - p, key, klen)) != NULL) {
+        p = k + klen;
+
+        while (p < end && *p == ' ') {
+            p++;
+        }
+
+        if (p == end || *p != ':') {
+            continue;
+        }
+
+        p++;
+
+        while (p < end && *p == ' ') {
+            p++;
+        }
+
+        for (n = 0; p + n < end && n < sizeof(num) - 1
+                    && strchr("0123456789.eE+-", p[n]); n++)
+        {
+            num[n] = p[n];
+        }
+
+        if (n == 0) {
+            return -1;
+        }
+
+        num[n] = '\0';
+        return strtod(num, NULL);
+    }
+
+    return -1;
+}
+
+
 /* the stamps in a delta's "text" (or "content") string; their count */
 
 static int
@@ -1005,6 +1119,42 @@ saw_event(conn_t *c, uint64_t now)
 }
 
 
+/* "event: complete": the stream's duration and its time between steps */
+
+static void
+stream_done(conn_t *c, uint64_t now)
+{
+    double  gap;
+
+    if (g_phase != PH_HOLD) {
+        return;
+    }
+
+    samples_add(&g_st.dur, now - c->t_start);
+
+    if (c->nstamps >= 2 && c->stamp1 >= c->stamp0) {
+        samples_add(&g_st.cycle, (c->stamp1 - c->stamp0) / (c->nstamps - 1));
+        g_st.cycle_sum += c->stamp1 - c->stamp0;
+        g_st.cycles += c->nstamps - 1;
+    }
+
+    if (c->nsteps < 2 || c->t_steps == 0 || c->t_step < c->t_steps) {
+        return;
+    }
+
+    gap = ((double) (c->t_step - c->t_steps) - c->step_dur)
+          / (c->nsteps - 1);
+
+    g_st.steps += c->nsteps;
+    g_st.step_dur += c->step_dur;
+    g_st.gap_sum += gap * (c->nsteps - 1);
+    g_st.gaps += c->nsteps - 1;
+
+    gap += LOAD_GAP_ZERO;
+    samples_add(&g_st.gap, gap > 0 ? (uint64_t) (gap + 0.5) : 0);
+}
+
+
 /* one line of the body, without its end of line; returns -1 to close */
 
 static int
@@ -1012,13 +1162,17 @@ conn_line(conn_t *c, char *p, size_t len, uint64_t now)
 {
     int          n;
     char        *end;
+    double       d;
+    uint64_t     v;
+    const char  *s;
 
     end = p + len;
 
     if (len == 0) {
         /* the end of a frame */
-        if (c->event == E_COMPLETE) {
+        if (c->event == E_COMPLETE && !c->done) {
             c->done = 1;
+            stream_done(c, now);
         }
         c->event = E_NONE;
         return 0;
@@ -1034,6 +1188,12 @@ conn_line(conn_t *c, char *p, size_t len, uint64_t now)
 
         } else if (len == 8 && memcmp(p, "complete", 8) == 0) {
             c->event = E_COMPLETE;
+
+        } else if (len == 10 && memcmp(p, "step_start", 10) == 0) {
+            c->event = E_STEP_START;
+
+        } else if (len == 4 && memcmp(p, "step", 4) == 0) {
+            c->event = E_STEP;
 
         } else if (len == 5 && memcmp(p, "error", 5) == 0) {
             c->event = E_ERROR;
@@ -1060,7 +1220,10 @@ conn_line(conn_t *c, char *p, size_t len, uint64_t now)
         saw_event(c, now);
 
         if (end - p == 6 && memcmp(p, "[DONE]", 6) == 0) {
-            c->done = 1;
+            if (!c->done) {
+                c->done = 1;
+                stream_done(c, now);
+            }
             return 0;
         }
 
@@ -1071,6 +1234,35 @@ conn_line(conn_t *c, char *p, size_t len, uint64_t now)
             }
             return 0;
         }
+
+    } else if (c->event == E_STEP_START) {
+        if (c->t_steps == 0) {
+            c->t_steps = now;
+        }
+        return 0;
+
+    } else if (c->event == E_STEP) {
+        d = json_num(p, end, "\"duration\"", 10);
+        if (d >= 0) {
+            c->step_dur += d * 1e6;
+            c->nsteps++;
+            c->t_step = now;
+        }
+
+        /* the first stamp of its output, if it is the mock's */
+        s = json_str(p, end, "\"output\"", 8);
+        for (v = 0; s && s < end && *s >= '0' && *s <= '9'; s++) {
+            v = v * 10 + (*s - '0');
+        }
+
+        if (v > 1000000000000000ULL) {
+            if (c->nstamps++ == 0) {
+                c->stamp0 = v;
+            }
+            c->stamp1 = v;
+        }
+
+        return 0;
 
     } else if (c->event != E_DELTA) {
         return 0;
@@ -1534,6 +1726,9 @@ report_level(long level, double secs, double client_cpu, long long m0[3])
     qsort(g_st.lat.v, g_st.lat.n, sizeof(uint32_t), cmp_u32);
     qsort(g_st.ttft.v, g_st.ttft.n, sizeof(uint32_t), cmp_u32);
     qsort(g_st.ttfe.v, g_st.ttfe.n, sizeof(uint32_t), cmp_u32);
+    qsort(g_st.dur.v, g_st.dur.n, sizeof(uint32_t), cmp_u32);
+    qsort(g_st.gap.v, g_st.gap.n, sizeof(uint32_t), cmp_u32);
+    qsort(g_st.cycle.v, g_st.cycle.n, sizeof(uint32_t), cmp_u32);
 
     errors = g_st.err_connect + g_st.err_http + g_st.err_sse + g_st.err_io;
     expected = cfg.tps * level * secs;
@@ -1633,6 +1828,26 @@ report_level(long level, double secs, double client_cpu, long long m0[3])
            (double) (m1[1] - m0[1]) / tck / secs,
            (double) (m1[2] - m0[2]) / tck / secs,
            tasks > ours ? tasks - ours : 0);
+
+    /* streams completed in the hold; pipelines: the time between steps */
+    printf("\"dur_n\":%zu,\"dur_mean\":%.0f,\"dur_p50\":%.0f,"
+           "\"dur_p99\":%.0f,\"dur_max\":%.0f,"
+           "\"pipelines\":%zu,\"steps\":%llu,\"step_dur_mean\":%.0f,"
+           "\"gap_n\":%llu,\"gap_mean\":%.1f,\"gap_p50\":%.0f,"
+           "\"gap_p90\":%.0f,\"gap_p99\":%.0f,"
+           "\"cycle_n\":%llu,\"cycle_mean\":%.1f,\"cycle_p50\":%.0f,"
+           "\"cycle_p99\":%.0f,",
+           g_st.dur.n, dur_mean(&g_st.dur), pct(&g_st.dur, 0.5),
+           pct(&g_st.dur, 0.99), pct(&g_st.dur, 1.0), g_st.gap.n,
+           (unsigned long long) g_st.steps,
+           g_st.steps ? g_st.step_dur / g_st.steps : -1,
+           (unsigned long long) g_st.gaps,
+           g_st.gaps ? g_st.gap_sum / g_st.gaps : -1,
+           gap_pct(&g_st.gap, 0.5), gap_pct(&g_st.gap, 0.9),
+           gap_pct(&g_st.gap, 0.99),
+           (unsigned long long) g_st.cycles,
+           g_st.cycles ? g_st.cycle_sum / g_st.cycles : -1,
+           pct(&g_st.cycle, 0.5), pct(&g_st.cycle, 0.99));
 
     if (cfg.redis) {
         redis_json(&g_redis0, &g_redis1);

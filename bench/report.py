@@ -249,6 +249,32 @@ def format_cost(r):
     return out
 
 
+def us(v, fmt="%.2f"):
+    """Microseconds as milliseconds, signed (the time between steps may
+    come out below zero); n/a for None."""
+    return "n/a" if v is None else fmt % (v / 1000.0)
+
+
+def pipeline_cost(r, steps):
+    """Scenario 7 b): the 7-step pipeline against one prompt of the same
+    tokens; None unless both ran."""
+    f, one, seven = r["s7-floor"], r["s7-one"], r["s7-seven"]
+    if not (one and seven):
+        return None
+    o, s = one[0], seven[0]
+    out = {}
+    if f and o["lat_p99"] >= 0 and s["lat_p99"] >= 0:
+        oa = o["lat_p99"] - f[0]["lat_p99"]
+        sa = s["lat_p99"] - f[0]["lat_p99"]
+        out["p99"] = (oa, sa, ratio(sa, oa))
+    out["cpu"] = (cpu_per_mtok(o), cpu_per_mtok(s),
+                  ratio(cpu_per_mtok(s), cpu_per_mtok(o)))
+    od, sd = o.get("dur_mean", -1), s.get("dur_mean", -1)
+    if od > 0 and sd > 0:
+        out["dur"] = (od, sd, ratio(sd, od), (sd - od) / max(steps - 1, 1))
+    return out
+
+
 def main():
     work, out_md, out_png = sys.argv[1], sys.argv[2], sys.argv[3]
     meta = load_obj(work, "meta.json")
@@ -266,7 +292,9 @@ def main():
                  "s4-floor", "s4-module", "s4-baseline",
                  "s5-floor", "s5-memory", "s5-redis",
                  "s6-floor", "s6-default", "s6-story",
-                 "s6-cpu-default", "s6-cpu-story"):
+                 "s6-cpu-default", "s6-cpu-story",
+                 "s7-steps-floor", "s7-steps", "s7-floor", "s7-one",
+                 "s7-seven"):
         r[name] = load(work, name)
 
     L = []
@@ -750,6 +778,199 @@ def main():
           "more than 10% between two runs of the same build: read the "
           "p99 ratio together with the absolute difference, and rerun "
           "before calling a miss.")
+    else:
+        w("Not run.")
+    w("")
+
+    # --- 7. pipelines
+    w("## 7. Pipelines: the module's time between steps, 7 steps against "
+      "one prompt")
+    w("")
+    s7s, s7f, s7o, s7v = (r["s7-steps"], r["s7-floor"], r["s7-one"],
+                          r["s7-seven"])
+    s7meta = load_obj(work, "s7-meta.json")
+    nsteps = s7meta.get("steps", 7)
+    per = s7meta.get("tokens_per_step")
+    if s7s or s7o or s7v:
+        w("Two pipelines of %d steps defined at the http level, run by "
+          "`llm_pipeline NAME;` in /generate, each step taking the "
+          "location's `llm_pass` (so the client's query paces every step) "
+          "and the previous step's output in its prompt; the default "
+          "(memory) job store, a fresh nginx for each run." % nsteps)
+        w("")
+        w("**a) Time between two steps.**  %d non-streamed steps of one "
+          "token each, the mock answering at once (`tokens=1&ttft=0&"
+          "tps=0`: a model that takes no time), 1 then 50 pipelines at a "
+          "time, each replaced as it completes; the same request straight "
+          "from the load client to the mock, one at a time, just before "
+          "(the floor); %s s measured per level after a settle.  For "
+          "every pipeline completed in the hold:" % (
+              nsteps, num(s7s[0]["secs"]) if s7s else "?"))
+        w("")
+        w("- *step to step* = (the last step's output - the first's) / "
+          "%d: each step's output is the mock's stamp, the microsecond "
+          "it sent the step's token, so this is one step's whole cycle "
+          "at the mock: the end of the answer, the module taking it, "
+          "its work between the steps (the `step` event, the state "
+          "written to the job, the next `step_start` and `progress`, "
+          "the next prompt and request), a new loopback connection and "
+          "the request to the mock.  The model's own time is zero." % (
+              nsteps - 1))
+        w("- *request to the mock* = the floor's duration, connect to "
+          "`[DONE]`, of the same request: the upstream's share of that "
+          "cycle.  **The module's own time per step** = step to step - "
+          "request to the mock, at 1 pipeline at a time (the floor "
+          "runs one request at a time; at 50 the cycle is mostly "
+          "queueing).")
+        w("- *events' formula* = (receive time of the last `step` event "
+          "- receive time of the first `step_start` - the sum of the "
+          "steps' `duration`) / %d.  The module computes a step's "
+          "`duration` and starts the next step in the same call, on "
+          "nginx's cached millisecond clock, so this is zero by "
+          "construction within that clock's resolution: it shows that "
+          "nothing waits between two steps (no timer, no store round "
+          "trip), not how long the work takes." % (nsteps - 1))
+        w("")
+        if s7s:
+            sf = r["s7-steps-floor"]
+            fdur = sf[0].get("dur_mean", -1) if sf else -1
+            w("| pipelines at a time | pipelines completed | steps/s "
+              "| pipeline duration mean | p99 | **step to step mean** | p50 "
+              "| p99 | request to the mock | **module's own time per "
+              "step** | events' formula mean | p50 | p99 | nginx CPU "
+              "| **nginx CPU per step** | errors | other CPU |")
+            w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---"
+              "|---|---|---|")
+            for x in s7s:
+                gn, cn = x.get("gap_n", 0), x.get("cycle_n", 0)
+                steps = x.get("steps", 0)
+                own = x["cycle_mean"] - fdur if cn and fdur > 0 \
+                    and x["level"] == 1 else None
+                w("| %d | %d | %.0f | %s | %s | **%s** | %s | %s | %s "
+                  "| **%s** | %s | %s | %s | %.2f | **%s** | %d | %.2f |" % (
+                      x["level"], x.get("pipelines", 0),
+                      steps / x["secs"],
+                      ms(x.get("dur_mean")), ms(x.get("dur_p99")),
+                      ms(x["cycle_mean"]) if cn else "n/a",
+                      ms(x["cycle_p50"]) if cn else "n/a",
+                      ms(x["cycle_p99"]) if cn else "n/a",
+                      ms(fdur) if x["level"] == 1 else "-",
+                      us(own) if own is not None else "-",
+                      us(x["gap_mean"]) if gn else "n/a",
+                      us(x["gap_p50"]) if gn else "n/a",
+                      us(x["gap_p99"]) if gn else "n/a",
+                      relay_cpu(x) / x["secs"],
+                      "%.3f" % (relay_cpu(x) / steps * 1000)
+                      if steps else "n/a",
+                      x["errors"] + x["incomplete"],
+                      x.get("other_cpu", 0)))
+            w("")
+            w("Milliseconds, except nginx CPU (cores).  *nginx CPU per "
+              "step* is the workers' CPU time (all threads) over the hold "
+              "divided by the steps of the pipelines completed in it (it "
+              "carries each pipeline's client request, job and stream, "
+              "once for %d steps).  *Request to the mock*: the floor, "
+              "%s requests, %s at p99." % (
+                  nsteps, sf[0].get("dur_n", 0) if sf else 0,
+                  ms(sf[0].get("dur_p99")) if sf else "n/a"))
+            w("")
+            one = [x for x in s7s if x["level"] == 1 and x.get("cycle_n")
+                   and x.get("steps")]
+            if one and fdur > 0:
+                x = one[0]
+                own = x["cycle_mean"] - fdur
+                cpu = relay_cpu(x) / x["steps"] * 1e6
+                line = ("At 1 pipeline at a time a step takes the module "
+                        "%s ms of its own (%s ms step to step less %s ms "
+                        "for the request to the mock) and %.0f us of "
+                        "nginx CPU" %
+                        (us(own), ms(x["cycle_mean"]), ms(fdur), cpu))
+                o = r["s7-one"]
+                if o and cpu_per_mtok(o[0]):
+                    line += (", as much as relaying %.0f tokens in one "
+                             "stream (b, below)" % (
+                                 cpu / cpu_per_mtok(o[0])))
+                w(line + ".")
+                w("")
+            if any(not x.get("cycle_n") for x in s7s):
+                w("**No pipeline completed in a level's hold, or the "
+                  "load client read no stamp in the `step` events' "
+                  "outputs: no step to step figure there.**")
+                w("")
+        else:
+            w("Not run.")
+            w("")
+        w("**b) %d streamed steps against one prompt of the same tokens"
+          ".**  The pipeline's %d steps stream %s tokens each "
+          "(`stream on;`), against /generate with one prompt of %s "
+          "tokens, both at 50 tokens/s with the first token after one "
+          "token's interval (20 ms: N tokens take the mock N / 50 s, so "
+          "the model's time is the same for both), 100 at a time "
+          "(scenario 1's load), each replaced as it completes, the "
+          "floor (the load client on the long stream straight from the "
+          "mock) just before; %s s measured after a settle.  Latency in "
+          "ms; *duration* is connect to `complete` (or `[DONE]`) of the "
+          "streams completed in the hold." % (
+              nsteps, nsteps, num(per), num(per and per * nsteps),
+              num((s7v or s7o or s7f)[0]["secs"])
+              if (s7v or s7o or s7f) else "?"))
+        w("")
+        w("| | p50 | p99 | max | added p99 | tokens/s | events/s "
+          "| completed | errors | nginx CPU | CPU s/Mtok | duration mean "
+          "| duration p99 | other CPU |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        f = s7f[0] if s7f else None
+        for label, rows in (
+                ("floor (mock), 1 x %s tokens" % num(per and per * nsteps),
+                 s7f),
+                ("module, one prompt of %s tokens" %
+                 num(per and per * nsteps), s7o),
+                ("module, pipeline of %d x %s tokens" % (nsteps, num(per)),
+                 s7v)):
+            if not rows:
+                w("| %s | not run |||||||||||||" % label)
+                continue
+            x = rows[0]
+            is_floor = rows is s7f
+            w("| %s | %s | %s | %s | %s | %.0f | %.0f | %d | %d | %s | %s "
+              "| %s | %s | %.2f |" % (
+                  label, ms(x["lat_p50"]), ms(x["lat_p99"]),
+                  ms(x["lat_max"]),
+                  "-" if is_floor or not f else
+                  ms(x["lat_p99"] - f["lat_p99"]),
+                  x["tokps"], x["eps"], x["completed"],
+                  x["errors"] + x["incomplete"],
+                  "-" if is_floor else "%.2f" % (relay_cpu(x) / x["secs"]),
+                  "-" if is_floor else num(cpu_per_mtok(x), "%.1f"),
+                  ms(x.get("dur_mean")), ms(x.get("dur_p99")),
+                  x.get("other_cpu", 0)))
+        w("")
+        pc = pipeline_cost(r, nsteps)
+        if pc:
+            parts = []
+            if "p99" in pc:
+                oa, sa, k = pc["p99"]
+                parts.append("p99 added %s (%s / %s ms)" % (
+                    "%.2fx" % k if k is not None else "n/a (the one "
+                    "prompt's is not above the floor)", ms(sa), ms(oa)))
+            a, b, k = pc["cpu"]
+            parts.append("CPU per million tokens %s (%s / %s s)" % (
+                "%.2fx" % k if k is not None else "n/a",
+                num(b, "%.1f"), num(a, "%.1f")))
+            if "dur" in pc:
+                od, sd, k, step = pc["dur"]
+                parts.append("duration %.3fx (%s / %s ms, %+.1f ms: %+.2f "
+                             "ms per step after the first)" % (
+                                 k, ms(sd), ms(od), (sd - od) / 1000.0,
+                                 step / 1000.0))
+            w("Pipeline / one prompt: %s." % "; ".join(parts))
+            w("")
+            w("The pipeline's steps start together (the streams of a "
+              "level start together and every step takes the same "
+              "time), so each step boundary is a burst of 100 upstream "
+              "requests; its latency is measured through them.")
+        elif s7o or s7v:
+            w("No ratio: only one of the two module runs ran.")
     else:
         w("Not run.")
     w("")

@@ -4,7 +4,7 @@
 # against the mock itself (the floor), all on one build/llm-mock.
 #
 #   bench/run.sh                 every scenario (make bench: bootstrap and
-#                                build first); 7 to 9 minutes
+#                                build first); 8 to 9 minutes
 #   BENCH_ONLY="1 3" bench/run.sh   some scenarios (the report keeps the
 #                                   missing ones as "not run")
 #   BENCH_QUICK=1 bench/run.sh   shorter holds and lower levels: a smoke
@@ -25,7 +25,8 @@ results=$bench/results
 day=$(date +%Y-%m-%d)
 
 budget=${BENCH_BUDGET:-560}        # seconds for the scenarios
-only=${BENCH_ONLY:-"1 2 3 4 5 6"}
+all="1 2 3 4 5 6 7"
+only=${BENCH_ONLY:-$all}
 quick=${BENCH_QUICK:-}
 python=/usr/bin/python3            # Debian's, which has fastapi/uvicorn
 
@@ -417,10 +418,12 @@ EOF
 
 want() { [[ " $only " == *" $1 "* ]]; }
 
-over_budget() {
-    if [ "$(elapsed)" -ge "$budget" ]; then
-        log "time budget ($budget s) spent: skipping $1"
-        echo "{\"scenario\":\"$1\",\"skipped\":\"time budget spent\"}" \
+over_budget() {  # over_budget NAME [SECONDS]: the SECONDS it needs
+    if [ "$(( $(elapsed) + ${2:-0} ))" -ge "$budget" ]; then
+        local why="time budget spent"
+        [ -n "${2:-}" ] && why="it would end past the time budget"
+        log "time budget ($budget s): skipping $1 ($why)"
+        echo "{\"scenario\":\"$1\",\"skipped\":\"$why\"}" \
             >> "$work/skipped.json"
         return 0
     fi
@@ -670,6 +673,75 @@ if want 6 && ! over_budget 6; then
 fi
 
 
+# --- 7. pipelines: the module's time between steps, 7 steps against 1
+#
+# Two pipelines of 7 steps at the http level, each step taking the
+# location's llm_pass (the client's query) and the previous step's output
+# in its prompt; chosen in /generate by `llm_pipeline NAME;` (the
+# location's llm_prompt is then unused).  llm-load reads the step events:
+# the "duration" of each step (as the module measured it) and the receive
+# times, from which the time between steps.
+#  a) short: 7 non-streamed steps of one token each, as fast as the mock
+#     goes, 1 then 50 pipelines at a time: the time from one step's token
+#     to the next's at the mock (their stamps, the steps' outputs), the
+#     events' (last step event - first step_start - sum of the steps'
+#     durations) / 6, nginx CPU per step; and the same request straight
+#     to the mock, one at a time, just before: its duration is the
+#     upstream's share of a step.
+#  b) streamed: 7 streamed steps of N tokens against one prompt of 7 x N
+#     tokens (plain /generate), both at 50 tokens/s and 100 at a time
+#     (scenario 1's load), the floor of the long stream just before: p99
+#     added latency, CPU per million tokens, the streams' durations.
+
+pipeline_steps() {  # pipeline_steps NAME STREAM: 7 steps
+    local i
+    echo "llm_pipeline $1 {"
+    echo "        step s1 { prompt \"Write part 1 of a story.\"; stream $2; }"
+    for i in 2 3 4 5 6 7; do
+        echo "        step s$i { prompt \"Write part $i after: \$llm_step_s$(( i - 1 ))\"; stream $2; }"
+    done
+    echo "    }"
+}
+pipelines="$(pipeline_steps seven_short off)
+    $(pipeline_steps seven_streamed on)"
+
+s7aq="tokens=1&ttft=0&tps=0"
+if [ -n "$quick" ]; then
+    s7n=10          # tokens per step: streams of 1.4 s, done in the hold
+else
+    s7n=50          # 7 s, as scenario 1's 5 s
+fi
+# the first token after one token's interval (20 ms): N tokens take the
+# mock N / 50 s, so the model's time is the same for 7 x N and 1 x 7N
+s7step="tps=50&tokens=$s7n&ttft=20"
+s7one="tps=50&tokens=$(( 7 * s7n ))&ttft=20"
+
+# about 70 s in all (30 s with BENCH_QUICK)
+s7need=$(( 3 * (hold + settle) + 3 * (hold1 + settle) + 10 ))
+
+if want 7 && ! over_budget 7 "$s7need"; then
+    echo "{\"tokens_per_step\":$s7n,\"steps\":7}" > "$work/s7-meta.json"
+    run s7-steps-floor floor "$s7aq" --levels 1 --hold "$hold" \
+        --settle "$settle"
+    mock_idle
+    start_module "$pipelines" "llm_pipeline seven_short;"
+    run s7-steps module "$s7aq" --levels 1,50 --hold "$hold" \
+        --settle "$settle"
+    stop_module
+    run s7-floor floor "$s7one" --levels 100 --tps 50 --hold "$hold1" \
+        --settle "$settle"
+    mock_idle
+    start_module "$pipelines"
+    run s7-one module "$s7one" --levels 100 --tps 50 --hold "$hold1" \
+        --settle "$settle"
+    stop_module
+    start_module "$pipelines" "llm_pipeline seven_streamed;"
+    run s7-seven module "$s7step" --levels 100 --tps 50 --hold "$hold1" \
+        --settle "$settle"
+    stop_module
+fi
+
+
 # --- the report -------------------------------------------------------
 
 printf '{"loadavg_end":"%s","elapsed":%d}\n' \
@@ -677,7 +749,7 @@ printf '{"loadavg_end":"%s","elapsed":%d}\n' \
 
 # a smoke test or a partial run does not replace the day's full results
 name=$day
-[ "$only" != "1 2 3 4 5 6" ] && name=$day-partial
+[ "$only" != "$all" ] && name=$day-partial
 [ -n "$quick" ] && name=$day-quick
 
 $python "$bench/report.py" "$work" "$results/$name.md" "$results/$name.png"
