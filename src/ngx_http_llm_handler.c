@@ -325,25 +325,10 @@ ngx_http_llm_run_make(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     json_t                   *inputs;
     ngx_http_llm_run_conf_t   rc;
 
-    ngx_memzero(&rc, sizeof(ngx_http_llm_run_conf_t));
-
-    if (ngx_http_llm_eval(r, llcf->pass, &rc.pass) != NGX_OK
-        || ngx_http_llm_eval(r, llcf->model, &rc.model) != NGX_OK
-        || ngx_http_llm_eval(r, llcf->system, &rc.system) != NGX_OK
-        || ngx_http_llm_eval(r, llcf->api_key, &rc.api_key) != NGX_OK)
-    {
+    if (ngx_http_llm_run_conf(r, llcf, &rc) != NGX_OK) {
         ngx_str_set(err, "cannot evaluate the configuration");
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    rc.pool = llcf->thread_pool;
-    rc.provider = llcf->provider;
-    rc.max_tokens = llcf->max_tokens;
-    rc.connect_timeout = llcf->connect_timeout;
-    rc.first_token_timeout = llcf->first_token_timeout;
-    rc.idle_timeout = llcf->idle_timeout;
-    rc.timeout = llcf->timeout;
-    rc.ssl_verify = llcf->ssl_verify;
 
     inputs = ngx_http_llm_input_object(r, ctx);
     if (inputs == NULL) {

@@ -323,6 +323,49 @@ done:
 
 
 /*
+ * What a pipeline's run takes from a location (the one that starts it,
+ * or the job location that continues it), evaluated for this request.
+ */
+
+ngx_int_t
+ngx_http_llm_run_conf(ngx_http_request_t *r, ngx_http_llm_loc_conf_t *llcf,
+    ngx_http_llm_run_conf_t *rc)
+{
+    ngx_uint_t                 i;
+    ngx_str_t                 *out[4];
+    ngx_http_complex_value_t  *cv[4];
+
+    ngx_memzero(rc, sizeof(ngx_http_llm_run_conf_t));
+
+    cv[0] = llcf->pass;
+    cv[1] = llcf->model;
+    cv[2] = llcf->system;
+    cv[3] = llcf->api_key;
+    out[0] = &rc->pass;
+    out[1] = &rc->model;
+    out[2] = &rc->system;
+    out[3] = &rc->api_key;
+
+    for (i = 0; i < 4; i++) {
+        if (cv[i] && ngx_http_complex_value(r, cv[i], out[i]) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    rc->pool = llcf->thread_pool;
+    rc->provider = llcf->provider;
+    rc->max_tokens = llcf->max_tokens;
+    rc->connect_timeout = llcf->connect_timeout;
+    rc->first_token_timeout = llcf->first_token_timeout;
+    rc->idle_timeout = llcf->idle_timeout;
+    rc->timeout = llcf->timeout;
+    rc->ssl_verify = llcf->ssl_verify;
+
+    return NGX_OK;
+}
+
+
+/*
  * A new job answers its request: 202 for one in the background, the
  * whole job as JSON when it is over for a blocking client, else the
  * stream.
@@ -429,31 +472,11 @@ ngx_http_llm_continue(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
-    ngx_memzero(&rc, sizeof(ngx_http_llm_run_conf_t));
-
-    if ((llcf->pass && ngx_http_complex_value(r, llcf->pass, &rc.pass)
-                       != NGX_OK)
-        || (llcf->model && ngx_http_complex_value(r, llcf->model, &rc.model)
-                           != NGX_OK)
-        || (llcf->system
-            && ngx_http_complex_value(r, llcf->system, &rc.system) != NGX_OK)
-        || (llcf->api_key
-            && ngx_http_complex_value(r, llcf->api_key, &rc.api_key)
-               != NGX_OK))
-    {
+    if (ngx_http_llm_run_conf(r, llcf, &rc) != NGX_OK) {
         json_decref(state);
         ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
         return;
     }
-
-    rc.pool = llcf->thread_pool;
-    rc.provider = llcf->provider;
-    rc.max_tokens = llcf->max_tokens;
-    rc.connect_timeout = llcf->connect_timeout;
-    rc.first_token_timeout = llcf->first_token_timeout;
-    rc.idle_timeout = llcf->idle_timeout;
-    rc.timeout = llcf->timeout;
-    rc.ssl_verify = llcf->ssl_verify;
 
     run = ngx_http_llm_pipeline_continue(conf, &rc, state, ngx_cycle->log);
 

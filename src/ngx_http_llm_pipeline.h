@@ -148,6 +148,11 @@ typedef struct {
 } ngx_http_llm_run_conf_t;
 
 
+/* ngx_http_llm_jobapi.c */
+ngx_int_t ngx_http_llm_run_conf(ngx_http_request_t *r,
+    ngx_http_llm_loc_conf_t *llcf, ngx_http_llm_run_conf_t *rc);
+
+
 /* ngx_http_llm_pipeline.c */
 ngx_http_llm_run_t *ngx_http_llm_pipeline_run(
     ngx_http_llm_pipeline_conf_t *conf, ngx_http_llm_run_conf_t *rc,
