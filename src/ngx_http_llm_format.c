@@ -686,6 +686,7 @@ ngx_http_llm_default_event(ngx_http_llm_format_t *fmt,
     ngx_http_llm_fmt_ctx_t *fc, ngx_http_llm_render_t *w)
 {
     size_t                   n;
+    ngx_uint_t               i;
     ngx_http_llm_job_t      *job;
     ngx_http_llm_event_t    *ev, *end;
     ngx_http_llm_outcome_t  *oc;
@@ -731,8 +732,12 @@ ngx_http_llm_default_event(ngx_http_llm_format_t *fmt,
 
     n = ngx_min(job->text_len - fc->final, fc->room);
 
-    while (n && fc->final + n < job->text_len
-           && (job->text[fc->final + n] & 0xc0) == 0x80)
+    /* at most 3 bytes back: a character has at most 4 */
+
+    for (i = 0;
+         i < 3 && n && fc->final + n < job->text_len
+         && (job->text[fc->final + n] & 0xc0) == 0x80;
+         i++)
     {
         n--;
     }

@@ -180,7 +180,7 @@ ngx_http_llm_openai_head(ngx_http_llm_fmt_ctx_t *fc, ngx_http_llm_render_t *w,
     const char *object)
 {
     u_char                    num[NGX_INT64_LEN + 32];
-    ngx_str_t                 model;
+    ngx_str_t                 model, v;
     ngx_http_llm_job_t       *job;
     ngx_http_llm_loc_conf_t  *llcf;
 
@@ -202,8 +202,10 @@ ngx_http_llm_openai_head(ngx_http_llm_fmt_ctx_t *fc, ngx_http_llm_render_t *w,
     if (fc->request) {
         llcf = ngx_http_get_module_loc_conf(fc->request, ngx_http_llm_module);
 
-        if (llcf->model) {
-            (void) ngx_http_complex_value(fc->request, llcf->model, &model);
+        if (llcf->model
+            && ngx_http_complex_value(fc->request, llcf->model, &v) == NGX_OK)
+        {
+            model = v;
         }
     }
 

@@ -210,11 +210,12 @@ ngx_http_llm_input_openai(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     json_t *root, ngx_str_t *err)
 {
     size_t               i;
-    json_t              *v, *m, *role, *content;
+    json_t              *v, *m, *role, *content, *temperature;
     json_int_t           n;
     ngx_pool_cleanup_t  *cln;
 
     ctx->openai = 1;
+    temperature = NULL;
 
     v = json_object_get(root, "stream");
 
@@ -256,7 +257,7 @@ ngx_http_llm_input_openai(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
             return NGX_HTTP_BAD_REQUEST;
         }
 
-        ctx->temperature = v;
+        temperature = v;
     }
 
     m = json_object_get(root, "messages");
@@ -287,6 +288,8 @@ ngx_http_llm_input_openai(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ctx->messages = m;
 
 done:
+
+    ctx->temperature = temperature;
 
     if (ctx->messages == NULL && ctx->temperature == NULL) {
         return NGX_OK;
@@ -481,14 +484,11 @@ ngx_http_llm_input_object(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
                 continue;
             }
 
-            if (json_object_setn_new(o, (const char *) in[i].name.data,
-                                     in[i].name.len,
-                                     ngx_http_llm_json_str(&in[i].value))
-                != 0)
-            {
-                json_decref(o);
-                return NULL;
-            }
+            /* a name that is not UTF-8 cannot be a key: left out */
+
+            (void) json_object_setn_new(o, (const char *) in[i].name.data,
+                                        in[i].name.len,
+                                        ngx_http_llm_json_str(&in[i].value));
         }
     }
 

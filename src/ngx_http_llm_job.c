@@ -1092,6 +1092,11 @@ ngx_http_llm_job_set_state(ngx_http_llm_job_t *job, u_char *json, size_t len)
     size_t   max;
     json_t  *o;
 
+    if (job->state != NGX_HTTP_LLM_RUNNING) {
+        /* a job that has ended keeps the state it ended with */
+        return NGX_ERROR;
+    }
+
     /* what the stores' readers accept, or they would refuse the job */
 
     max = NGX_HTTP_LLM_STATE_MAX;

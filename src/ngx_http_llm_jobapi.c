@@ -393,6 +393,9 @@ ngx_http_llm_answer(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     if (ctx->openai ? !ctx->stream : !ngx_http_llm_accepts_stream(r)) {
         ctx->wake = ngx_http_llm_wait_wake;
         r->read_event_handler = ngx_http_test_reading;
+
+        /* a pipeline may have ended before it was answered */
+        ngx_http_llm_wait_wake(ctx);
         return;
     }
 

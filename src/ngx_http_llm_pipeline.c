@@ -81,8 +81,8 @@ ngx_http_llm_pipeline_run(ngx_http_llm_pipeline_conf_t *conf,
     if (json_object_set_new(run->state, "pipeline",
                             json_stringn((char *) conf->name.data,
                                          conf->name.len))
-        || json_object_set(run->state, "inputs",
-                           inputs ? inputs : json_object())
+        || json_object_set_new(run->state, "inputs",
+                               inputs ? json_incref(inputs) : json_object())
         || json_object_set_new(run->state, "step", json_integer(0))
         || json_object_set_new(run->state, "stopped_at", json_null())
         || json_object_set_new(run->state, "steps", json_array()))
@@ -332,7 +332,7 @@ ngx_http_llm_run_step(ngx_http_llm_run_t *run)
     run->step_started = ngx_http_llm_now_ms();
     run->text_len = 0;
 
-    payload = json_pack("{s:s%,s:i,s:i,s:s%,s:i,s:O?,s:I}",
+    payload = json_pack("{s:s%,s:I,s:I,s:s%,s:I,s:O?,s:I}",
                         "step", step->name.data, step->name.len,
                         "index", (json_int_t) run->step + 1,
                         "total", (json_int_t) run->conf->steps.nelts,
@@ -393,6 +393,9 @@ ngx_http_llm_run_step(ngx_http_llm_run_t *run)
                                            run->log);
 
     if (run->xfer == NULL) {
+        /* not taken: the spec holds the prompt and the key */
+        ngx_http_llm_spec_free(&spec);
+
         ngx_http_llm_run_end(run, NGX_HTTP_LLM_FAILED,
                              NGX_HTTP_LLM_E_INTERNAL,
                              "step \"%V\": cannot start the request",
@@ -409,7 +412,7 @@ ngx_http_llm_run_output(void *data, ngx_http_llm_output_t *out)
     ngx_http_llm_run_t *run = data;
 
     size_t                     cap;
-    u_char                    *p;
+    u_char                    *p, code[sizeof(out->outcome.code) + 1];
     ngx_http_llm_step_conf_t  *step;
 
     if (out->done) {
@@ -477,8 +480,10 @@ ngx_http_llm_run_output(void *data, ngx_http_llm_output_t *out)
          * fails, and with it the pipeline, keeping what it made.
          */
 
-        ngx_http_llm_run_end(run, NGX_HTTP_LLM_FAILED,
-                             (const char *) out->outcome.code,
+        ngx_cpystrn(code, out->outcome.code,
+                    ngx_min(out->outcome.code_len + 1, sizeof(code)));
+
+        ngx_http_llm_run_end(run, NGX_HTTP_LLM_FAILED, (const char *) code,
                              "step \"%V\": %*s", &step->name,
                              out->outcome.message_len, out->outcome.message);
         return;
@@ -524,10 +529,17 @@ ngx_http_llm_run_step_done(ngx_http_llm_run_t *run,
 
         if (output == NULL) {
             /* not JSON: a failure of the step, retried like a check */
-            payload = json_pack("{s:s%,s:b,s:s,s:i}",
+            payload = json_pack("{s:s%,s:b,s:s,s:I}",
                                 "step", step->name.data, step->name.len,
                                 "passed", 0, "field", "(json)",
                                 "attempt", (json_int_t) run->env.attempt);
+
+            if (payload == NULL) {
+                ngx_http_llm_run_end(run, NGX_HTTP_LLM_FAILED,
+                                     NGX_HTTP_LLM_E_INTERNAL,
+                                     "out of memory");
+                return;
+            }
 
             rc = ngx_http_llm_run_check(run, step, NULL, payload);
 
@@ -545,7 +557,8 @@ ngx_http_llm_run_step_done(ngx_http_llm_run_t *run,
         }
 
     } else {
-        output = json_stringn((char *) run->text, run->text_len);
+        output = json_stringn(run->text ? (char *) run->text : "",
+                              run->text_len);
     }
 
     if (output == NULL) {
@@ -564,13 +577,14 @@ ngx_http_llm_run_step_done(ngx_http_llm_run_t *run,
         preview--;
     }
 
-    payload = json_pack("{s:s%,s:i,s:i,s:i,s:O,s:s%,s:f,s:o}",
+    payload = json_pack("{s:s%,s:I,s:I,s:I,s:O,s:s%,s:f,s:o}",
                         "step", step->name.data, step->name.len,
                         "index", (json_int_t) run->step + 1,
                         "total", (json_int_t) run->conf->steps.nelts,
                         "attempt", (json_int_t) run->env.attempt,
                         "output", output,
-                        "preview", run->text, preview,
+                        "preview", run->text ? (char *) run->text : "",
+                        preview,
                         "duration",
                         (double) (ngx_http_llm_now_ms() - run->step_started)
                         / 1000,

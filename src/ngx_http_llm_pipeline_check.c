@@ -65,13 +65,19 @@ ngx_http_llm_run_check(ngx_http_llm_run_t *run,
             passed = 0;
         }
 
-        payload = json_pack("{s:s%,s:b,s:s%,s:O,s:O?,s:i}",
+        payload = json_pack("{s:s%,s:b,s:s%,s:O,s:O?,s:I}",
                             "step", step->name.data, step->name.len,
                             "passed", (int) passed,
                             "field", ck[i].field.data, ck[i].field.len,
                             "expected", ck[i].value,
                             "actual", actual,
                             "attempt", (json_int_t) run->env.attempt);
+
+        if (payload == NULL) {
+            ngx_http_llm_run_end(run, NGX_HTTP_LLM_FAILED,
+                                 NGX_HTTP_LLM_E_INTERNAL, "out of memory");
+            return NGX_ABORT;
+        }
 
         if (passed) {
             json_object_set_new(payload, "next", json_null());
@@ -159,7 +165,8 @@ ngx_http_llm_run_check(ngx_http_llm_run_t *run,
 
     json_decref(run->env.feedback);
     run->env.feedback = output ? json_incref(output)
-                               : json_stringn((char *) run->text,
+                               : json_stringn(run->text ? (char *) run->text
+                                                        : "",
                                               run->text_len);
 
     if (ngx_http_llm_run_state(run, "failed", output) != NGX_OK) {
@@ -214,37 +221,4 @@ ngx_http_llm_run_json(u_char *text, size_t len)
     }
 
     return json_loadb((char *) p, q - p, 0, NULL);
-}
-
-
-/* the value at "a.b.c" in objects (a number picks an array element) */
-
-json_t *
-ngx_http_llm_json_path(json_t *j, ngx_str_t *path)
-{
-    u_char     *p, *dot, *last;
-    ngx_int_t   n;
-
-    p = path->data;
-    last = p + path->len;
-
-    while (j && p < last) {
-        dot = ngx_strlchr(p, last, '.');
-
-        if (dot == NULL) {
-            dot = last;
-        }
-
-        if (json_is_array(j)) {
-            n = ngx_atoi(p, dot - p);
-            j = (n == NGX_ERROR) ? NULL : json_array_get(j, n);
-
-        } else {
-            j = json_object_getn(j, (const char *) p, dot - p);
-        }
-
-        p = dot + 1;
-    }
-
-    return j;
 }

@@ -91,7 +91,7 @@ ngx_http_llm_run_progress(ngx_http_llm_run_t *run, json_t *message)
 
     elapsed = (double) (ngx_http_llm_now_ms() - run->started) / 1000;
 
-    payload = json_pack("{s:i,s:s%,s:s%,s:i,s:i,s:i,s:f}",
+    payload = json_pack("{s:I,s:s%,s:s%,s:I,s:I,s:I,s:f}",
                         "progress", (json_int_t) pct,
                         "stage",
                         s->stage.len ? s->stage.data : s->name.data,

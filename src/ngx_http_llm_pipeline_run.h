@@ -61,7 +61,6 @@ void ngx_http_llm_run_end(ngx_http_llm_run_t *run, ngx_http_llm_state_e state,
 ngx_int_t ngx_http_llm_run_check(ngx_http_llm_run_t *run,
     ngx_http_llm_step_conf_t *step, json_t *output, json_t *result);
 json_t *ngx_http_llm_run_json(u_char *text, size_t len);
-json_t *ngx_http_llm_json_path(json_t *j, ngx_str_t *path);
 
 /* ngx_http_llm_pipeline_report.c */
 ngx_int_t ngx_http_llm_run_event(ngx_http_llm_run_t *run,

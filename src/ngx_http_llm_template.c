@@ -42,6 +42,7 @@ static void ngx_http_llm_render_value(ngx_http_llm_render_t *w,
     ngx_http_llm_value_t *v, ngx_uint_t quoted);
 static void ngx_http_llm_render_text(ngx_http_llm_render_t *w,
     ngx_http_llm_value_t *v);
+static u_char *ngx_http_llm_utf8_next(u_char *p, u_char *last);
 
 
 /*
@@ -69,10 +70,13 @@ ngx_http_llm_tpl_compile(ngx_conf_t *cf, ngx_http_llm_tpl_t *tpl,
 
     tpl->json = (flags & NGX_HTTP_LLM_TPL_JSON) ? 1 : 0;
 
-    /* a literal is never longer than the source, nor is the check */
+    /*
+     * A literal is never longer than the source; the check at most twice
+     * as long ("$x" becomes "null").
+     */
 
     lit = ngx_pnalloc(cf->pool, src->len + 1);
-    check = ngx_pnalloc(cf->pool, src->len + 1);
+    check = ngx_pnalloc(cf->pool, 2 * src->len + 1);
     if (lit == NULL || check == NULL) {
         return NGX_CONF_ERROR;
     }
@@ -87,6 +91,14 @@ ngx_http_llm_tpl_compile(ngx_conf_t *cf, ngx_http_llm_tpl_t *tpl,
 
     while (p < last) {
         c = *p;
+
+        if (c == '$' && p + 1 < last && p[1] == '$') {
+            /* "$$" is a "$" */
+            *l++ = c;
+            *ck++ = c;
+            p += 2;
+            continue;
+        }
 
         if (c == '$' && !esc && p + 1 < last
             && (p[1] == '{' || (ngx_http_llm_isname(p[1])
@@ -119,8 +131,10 @@ ngx_http_llm_tpl_compile(ngx_conf_t *cf, ngx_http_llm_tpl_t *tpl,
                 return NGX_CONF_ERROR;
             }
 
+            /* a value stands alone: "[1 $x]" and "-$x" are not JSON */
+
             if (!in_str) {
-                *ck++ = '0';
+                ck = ngx_cpymem(ck, "null", 4);
             }
 
             continue;
@@ -143,6 +157,11 @@ ngx_http_llm_tpl_compile(ngx_conf_t *cf, ngx_http_llm_tpl_t *tpl,
             }
 
         } else if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
+            /* not in the output, but it still separates in the check */
+            if (ck > check && ck[-1] != ' ') {
+                *ck++ = ' ';
+            }
+
             continue;
 
         } else if (c == '"') {
@@ -308,7 +327,6 @@ void
 ngx_http_llm_tpl_render(ngx_http_llm_tpl_t *tpl, void *data,
     ngx_http_request_t *r, ngx_http_llm_render_t *w)
 {
-    u_char                     *p, *last;
     json_t                     *j;
     ngx_uint_t                  i;
     ngx_http_llm_value_t        v;
@@ -342,24 +360,7 @@ ngx_http_llm_tpl_render(ngx_http_llm_tpl_t *tpl, void *data,
         /* ${name.a.b}: walk the object; a missing field is null */
 
         if (op[i].path.len && v.type == NGX_HTTP_LLM_VAL_JSON) {
-            j = v.json;
-            p = op[i].path.data;
-            last = p + op[i].path.len;
-
-            while (j && p < last) {
-                u_char  *dot = ngx_strlchr(p, last, '.');
-
-                if (dot == NULL) {
-                    dot = last;
-                }
-
-                j = json_is_object(j)
-                    ? json_object_getn(j, (const char *) p, dot - p)
-                    : NULL;
-                p = dot + 1;
-            }
-
-            j = json_incref(j);
+            j = json_incref(ngx_http_llm_json_path(v.json, &op[i].path));
             json_decref(v.json);
             v.json = j;
 
@@ -485,6 +486,39 @@ ngx_http_llm_value_number(ngx_http_llm_value_t *v, int64_t n)
 }
 
 
+/* the value at "a.b.0" in objects and arrays, borrowed; NULL if none */
+
+json_t *
+ngx_http_llm_json_path(json_t *j, ngx_str_t *path)
+{
+    u_char     *p, *dot, *last;
+    ngx_int_t   n;
+
+    p = path->data;
+    last = p + path->len;
+
+    while (j && p < last) {
+        dot = ngx_strlchr(p, last, '.');
+
+        if (dot == NULL) {
+            dot = last;
+        }
+
+        if (json_is_array(j)) {
+            n = ngx_atoi(p, dot - p);
+            j = (n == NGX_ERROR) ? NULL : json_array_get(j, n);
+
+        } else {
+            j = json_object_getn(j, (const char *) p, dot - p);
+        }
+
+        p = dot + 1;
+    }
+
+    return j;
+}
+
+
 void
 ngx_http_llm_render_raw(ngx_http_llm_render_t *w, const void *s, size_t len)
 {
@@ -493,6 +527,57 @@ ngx_http_llm_render_raw(ngx_http_llm_render_t *w, const void *s, size_t len)
     }
 
     w->n += len;
+}
+
+
+/*
+ * The end of the UTF-8 character at p (a byte >= 0x80), or NULL when it
+ * is not one: a bad lead byte, a missing or bad continuation, an overlong
+ * form, a surrogate or a value past U+10FFFF.
+ */
+
+static u_char *
+ngx_http_llm_utf8_next(u_char *p, u_char *last)
+{
+    size_t    n, i;
+    uint32_t  u, min;
+
+    if (*p >= 0xc2 && *p <= 0xdf) {
+        n = 1;
+        u = *p & 0x1f;
+        min = 0x80;
+
+    } else if (*p >= 0xe0 && *p <= 0xef) {
+        n = 2;
+        u = *p & 0x0f;
+        min = 0x800;
+
+    } else if (*p >= 0xf0 && *p <= 0xf4) {
+        n = 3;
+        u = *p & 0x07;
+        min = 0x10000;
+
+    } else {
+        return NULL;
+    }
+
+    if ((size_t) (last - p) <= n) {
+        return NULL;
+    }
+
+    for (i = 1; i <= n; i++) {
+        if ((p[i] & 0xc0) != 0x80) {
+            return NULL;
+        }
+
+        u = (u << 6) | (p[i] & 0x3f);
+    }
+
+    if (u < min || u > 0x10ffff || (u >= 0xd800 && u <= 0xdfff)) {
+        return NULL;
+    }
+
+    return p + n + 1;
 }
 
 
@@ -507,7 +592,6 @@ ngx_http_llm_render_str(ngx_http_llm_render_t *w, u_char *s, size_t len,
 {
     u_char         c, *p, *q, *last;
     size_t         n;
-    uint32_t       u;
     static u_char  hex[] = "0123456789abcdef";
 
     n = quotes ? 2 : 0;
@@ -525,10 +609,9 @@ ngx_http_llm_render_str(ngx_http_llm_render_t *w, u_char *s, size_t len,
             continue;
         }
 
-        q = p;
-        u = ngx_utf8_decode(&q, last - p);
+        q = ngx_http_llm_utf8_next(p, last);
 
-        if (u > 0x10ffff || (u >= 0xd800 && u <= 0xdfff)) {
+        if (q == NULL) {
             n += 6;
             p++;
 
@@ -554,10 +637,9 @@ ngx_http_llm_render_str(ngx_http_llm_render_t *w, u_char *s, size_t len,
         c = *s;
 
         if (c >= 0x80) {
-            q = s;
-            u = ngx_utf8_decode(&q, last - s);
+            q = ngx_http_llm_utf8_next(s, last);
 
-            if (u > 0x10ffff || (u >= 0xd800 && u <= 0xdfff)) {
+            if (q == NULL) {
                 p = ngx_cpymem(p, "\\ufffd", 6);
                 s++;
 

@@ -86,6 +86,7 @@ ngx_int_t ngx_http_llm_tpl_args(ngx_http_llm_tpl_t *tpl,
 void ngx_http_llm_tpl_render(ngx_http_llm_tpl_t *tpl, void *data,
     ngx_http_request_t *r, ngx_http_llm_render_t *w);
 
+json_t *ngx_http_llm_json_path(json_t *j, ngx_str_t *path);
 void ngx_http_llm_render_raw(ngx_http_llm_render_t *w, const void *s,
     size_t len);
 void ngx_http_llm_render_str(ngx_http_llm_render_t *w, u_char *s,
