@@ -442,7 +442,9 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     /* an OpenAI-compatible location may take its messages from clients */
 
-    if (conf->prompt == NULL && conf->format != &ngx_http_llm_format_openai) {
+    if (conf->prompt == NULL && conf->job == NULL
+        && conf->format != &ngx_http_llm_format_openai)
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "\"llm_prompt\" is required where \"llm_pass\" "
                            "is set, unless \"llm_format openai\" is");
@@ -474,14 +476,13 @@ ngx_http_llm_pass(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "is duplicate";
     }
 
-    if (llcf->job) {
-        return "cannot be used together with \"llm_job\"";
-    }
-
     value = cf->args->elts;
     url = value[1];
 
-    llcf->pass = ngx_http_llm_content(cf, ngx_http_llm_handler);
+    /* in a job location, the upstream of the pipelines it continues */
+
+    llcf->pass = ngx_http_llm_content(cf, llcf->job ? NULL
+                                                    : ngx_http_llm_handler);
     if (llcf->pass == NULL) {
         return NGX_CONF_ERROR;
     }
@@ -625,8 +626,8 @@ ngx_http_llm_job(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "is duplicate";
     }
 
-    if (llcf->pass) {
-        return "cannot be used together with \"llm_pass\"";
+    if (llcf->pipeline) {
+        return "cannot be used together with \"llm_pipeline\"";
     }
 
     llcf->job = ngx_http_llm_content(cf, ngx_http_llm_job_handler);
@@ -662,8 +663,10 @@ ngx_http_llm_content(ngx_conf_t *cf, ngx_http_handler_pt handler)
         return NULL;
     }
 
-    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
-    clcf->handler = handler;
+    if (handler) {
+        clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+        clcf->handler = handler;
+    }
 
     return cv;
 }

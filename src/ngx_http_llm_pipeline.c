@@ -168,6 +168,11 @@ ngx_http_llm_pipeline_continue(ngx_http_llm_pipeline_conf_t *conf,
             || ngx_strcmp(json_string_value(json_object_get(s, "state")),
                           "done") != 0)
         {
+            if (k < first && s && step[k].foreach) {
+                /* the outputs of the elements it had done */
+                run->resume = json_incref(json_object_get(s, "output"));
+            }
+
             first = ngx_min(first, k);
             continue;
         }
@@ -255,6 +260,7 @@ ngx_http_llm_pipeline_free(ngx_http_llm_run_t *run)
     json_decref(run->state);
     json_decref(run->items);
     json_decref(run->outputs);
+    json_decref(run->resume);
 
     ngx_free(run->rc.pass.data);
     ngx_free(run->rc.model.data);
@@ -303,8 +309,22 @@ ngx_http_llm_run_step(ngx_http_llm_run_t *run)
         }
 
         run->items = items;
-        run->outputs = json_array();
         run->iteration = 0;
+
+        /* a continued run goes on after the elements already done */
+
+        if (json_is_array(run->resume)
+            && json_array_size(run->resume) <= json_array_size(items))
+        {
+            run->outputs = json_deep_copy(run->resume);
+            run->iteration = json_array_size(run->resume);
+
+        } else {
+            run->outputs = json_array();
+        }
+
+        json_decref(run->resume);
+        run->resume = NULL;
 
         if (run->outputs == NULL) {
             ngx_http_llm_run_end(run, NGX_HTTP_LLM_FAILED,
@@ -312,8 +332,8 @@ ngx_http_llm_run_step(ngx_http_llm_run_t *run)
             return;
         }
 
-        if (json_array_size(items) == 0) {
-            /* nothing to repeat: done, with no outputs */
+        if (run->iteration == json_array_size(items)) {
+            /* nothing (more) to repeat: done, with the outputs it has */
             ngx_http_llm_run_step_done(run, NULL);
             return;
         }
@@ -510,8 +530,8 @@ ngx_http_llm_run_step_done(ngx_http_llm_run_t *run,
     step = (ngx_http_llm_step_conf_t *) run->conf->steps.elts + run->step;
 
     if (oc == NULL) {
-        /* an empty foreach */
-        output = json_array();
+        /* a foreach with nothing (more) to do */
+        output = json_incref(run->outputs);
         goto finished;
     }
 
@@ -811,7 +831,9 @@ void
 ngx_http_llm_run_end(ngx_http_llm_run_t *run, ngx_http_llm_state_e state,
     const char *code, const char *fmt, ...)
 {
+    char                    *s;
     u_char                  *p, msg[512];
+    json_t                  *st;
     va_list                  args;
     ngx_http_llm_outcome_t   oc;
 
@@ -838,6 +860,25 @@ ngx_http_llm_run_end(ngx_http_llm_run_t *run, ngx_http_llm_state_e state,
 
         oc.message = msg;
         oc.message_len = p - msg;
+
+        /* the step it failed in says so in the state the job keeps */
+
+        st = json_array_get(json_object_get(run->state, "steps"), run->step);
+
+        if (st) {
+            json_object_set_new(st, "state", json_string("failed"));
+            json_object_set_new(st, "finished",
+                                json_integer(ngx_http_llm_now_ms()));
+
+            s = json_dumps(run->state,
+                           NGX_HTTP_LLM_JSON_DUMP | JSON_ENSURE_ASCII);
+
+            if (s) {
+                (void) run->up.state(run->up.data, (u_char *) s,
+                                     ngx_strlen(s));
+                free(s);
+            }
+        }
     }
 
     ngx_http_llm_pipeline_cancel(run);

@@ -907,6 +907,10 @@ ngx_http_llm_pipeline_choose(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return "is duplicate";
     }
 
+    if (llcf->job) {
+        return "cannot be used together with \"llm_job\"";
+    }
+
     value = cf->args->elts;
     lmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_llm_module);
 

@@ -103,6 +103,14 @@ ngx_http_llm_run_progress(ngx_http_llm_run_t *run, json_t *message)
                         (json_int_t) run->step + run->iteration,
                         "elapsed", elapsed);
 
+    if (payload && run->items) {
+        json_object_set_new(payload, "iteration",
+                            json_integer(run->env.index));
+        json_object_set_new(payload, "iterations",
+                            json_integer(run->env.count));
+        json_object_set(payload, "item", run->env.item);
+    }
+
     if (payload) {
         json_object_set(payload, "message", message ? message : json_null());
         json_object_set_new(payload, "eta",

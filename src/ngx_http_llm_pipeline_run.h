@@ -33,6 +33,7 @@ struct ngx_http_llm_run_s {
     json_t                        *state;       /* handed up as JSON */
     json_t                        *items;       /* of the step's foreach */
     json_t                        *outputs;     /* of its iterations */
+    json_t                        *resume;      /* outputs done before */
     ngx_uint_t                    *attempts;    /* runs of each step */
 
     ngx_uint_t                     step;

@@ -222,17 +222,19 @@ invalid time "soon" in "llm_on_disconnect"
 
 
 
-=== TEST 18: llm_job and llm_pass do not mix
+=== TEST 18: llm_pass in a job location is for the pipelines it continues
 --- config
     location /j {
         llm_pass   http://127.0.0.1/a;
         llm_model  m;
-        llm_prompt "hi";
         llm_job    $arg_id;
     }
---- must_die
---- error_log
-"llm_job" directive cannot be used together with "llm_pass"
+    location = /ok { return 200 "up\n"; }
+--- request
+GET /j?id=AAAAAAAAAAAAAAAAAAAAAA
+--- error_code: 404
+--- response_body_like chomp
+"code":"job_not_found"
 
 
 

@@ -42,8 +42,21 @@ my $root = start_nginx('continue', "daemon on;\nmaster_process off;",
         }
     }
 
+    llm_pipeline modules {
+        step each {
+            pass    "$up&tag=$run-each&status_3=500&reply=done";
+            prompt  "module \$llm_item";
+            foreach \$llm_input_list;
+        }
+    }
+
     server {
         listen 127.0.0.1:$port;
+
+        location = /modules {
+            llm_model    m;
+            llm_pipeline modules;
+        }
 
         location = /generate {
             llm_model    m;
@@ -102,6 +115,27 @@ like($ev[-1]{data}, qr/"text":"two\|one\+two\+tea"/,
      'with the stored output and the inputs of the first run');
 is(calls('first'), 1, 'the finished step was not asked again');
 is(calls('second'), 2, 'the failed step was');
+
+# a repeated step goes on after the elements it had done
+
+($status, undef, $body) = http_get($port, 'GET',
+                                   '/modules?list=%5B%22a%22%2C%22b%22%2C%22c%22%5D');
+@ev = sse_events($body);
+($job) = ($ev[0]{id} // '') =~ /^([\w-]+):/;
+is($ev[-1]{event}, 'error', 'the third element fails');
+
+($status, undef, $body) = http_get($port, 'POST', "/jobs/$job");
+@ev = sse_events($body);
+my @items = map { decode_json($_->{data})->{item} }
+            grep { $_->{event} eq 'step_start' } @ev;
+is_deeply(\@items, ['c'], 'the continued run asks for the third only');
+($next) = ($ev[0]{id} // '') =~ /^([\w-]+):/;
+(undef, undef, $body) = http_get($port, 'GET', "/jobs/$next",
+                                 headers => { Accept => 'application/json' });
+$j = eval { decode_json($body) } || {};
+is_deeply($j->{steps}[0]{output}, ['done', 'done', 'done'],
+          'and its output has all three');
+is(calls('each'), 4, 'four calls in all');
 
 # what cannot be continued
 
