@@ -304,7 +304,12 @@ ngx_http_llm_looked_up(void *data, ngx_int_t rc, ngx_http_llm_job_t *job)
             break;
         }
 
-        ctx->sent = ngx_min(lk->from, job->nevents);
+        /*
+         * Not bounded by what this copy has: a job followed from another
+         * worker may not have the events the client saw yet (the store's
+         * flush interval), and they must not be sent again when they come.
+         */
+        ctx->sent = lk->from;
         ctx->wake = ngx_http_llm_sse_wake;
         ngx_http_llm_job_subscribe(job, ctx);
 
