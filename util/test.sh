@@ -132,9 +132,10 @@ fi
 
 # --------------------------------------------------------------- services
 
-# real npm clients: eventsource for t/046, openai for t/047 (each file
-# skips when its package could not be installed)
-for pkg in eventsource@2 openai@5; do
+# real npm clients: eventsource for t/046, openai for t/047, puppeteer-core
+# to drive Chromium for t/091 (each file skips when its package could not
+# be installed)
+for pkg in eventsource@2 openai@5 puppeteer-core@24; do
     if command -v npm > /dev/null \
        && [ ! -d "$build/npm/node_modules/${pkg%@*}" ]
     then
