@@ -9,20 +9,17 @@ use Test::More;
 use JSON::PP;
 use FindBin;
 use lib "$FindBin::Bin/lib";
-use LLM::TestServer qw(free_port http_get sse_events);
+use LLM::TestServer qw(sse_events);
+use LLM::Example qw(example_ports run_example);
 
 my $top = "$FindBin::Bin/..";
 
 plan skip_all => 'build/llm-mock is not built' unless -x "$top/build/llm-mock";
 
 # three ports in a row: nginx, the mock, a Redis the example does not use
-my $port;
-for (1 .. 20) {
-    $port = free_port();
-    last if $port < 65000;
-}
+my $port = example_ports();
 
-my $out = `cd $top && DEMO_PORT=$port EXAMPLE_ONCE=1 timeout 60 util/example.sh pipeline 2>&1`;
+my $out = run_example('pipeline', $port);
 my @ev = sse_events($out);
 
 my @steps = map { decode_json($_->{data})->{step} . '#'

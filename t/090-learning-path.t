@@ -13,13 +13,14 @@ use strict;
 use warnings;
 use Test::More;
 use JSON::PP;
-use IO::Socket::INET;
 use File::Path qw(make_path remove_tree);
 use Time::HiRes qw(sleep time);
 use Cwd ();
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use LLM::TestServer qw(free_port http_get);
+use LLM::Example qw(example_ports start_example wait_example slurp events
+                    mock_requests read_job);
 
 my $top = Cwd::abs_path("$FindBin::Bin/..");
 
@@ -27,51 +28,15 @@ plan skip_all => 'build/llm-mock is not built' unless -x "$top/build/llm-mock";
 plan skip_all => 'redis-server is not installed'
     unless grep { -x "$_/redis-server" } split /:/, $ENV{PATH};
 
-sub port_free {
-    my ($p) = @_;
-    my $l = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-                                  LocalPort => $p, ReuseAddr => 1);
-    return 0 unless $l;
-    close $l;
-    return 1;
-}
-
 # example.sh takes three ports in a row: nginx, the mock, Redis
-my $port;
-for (1 .. 50) {
-    $port = free_port();
-    last if $port < 65000 && port_free($port + 1) && port_free($port + 2);
-}
-my $mock = $port + 1;
+my $port = example_ports();
 
 my $prefix = "$top/build/example-learning-path";
-my $log = "$top/build/example-learning-path.log";
 
 # --- util/example.sh learning-path, until the end of the test
 
-unlink $log;
-my $ex = fork // die "fork: $!";
-if ($ex == 0) {
-    chdir $top or die;
-    $ENV{DEMO_PORT} = $port;
-    delete @ENV{qw(OPENAI_API_KEY ANTHROPIC_API_KEY EXAMPLE_UPSTREAM
-                   EXAMPLE_ONCE)};
-    open STDOUT, '>', $log or die;
-    open STDERR, '>&', \*STDOUT or die;
-    exec 'util/example.sh', 'learning-path' or die;
-}
-
-sub slurp {
-    my ($f) = @_;
-    open my $fh, '<', $f or return '';
-    local $/;
-    return <$fh>;
-}
-
-my $t0 = time;
-sleep 0.1 until slurp($log) =~ /serving on/ || time - $t0 > 30
-                || waitpid($ex, 1) > 0;
-my $out = slurp($log);
+my $ex = start_example('learning-path', $port);
+my $out = wait_example($ex);
 
 unless ($out =~ /serving on/) {
     diag($out);
@@ -85,19 +50,6 @@ END {
     if ($B && open my $f, '<', "$B/logs/nginx.pid") {
         my $p = <$f>;
         kill 'QUIT', $p + 0 if $p;
-    }
-    if ($ex) {
-        # example.sh waits in `sleep 3600`: TERM it, and end that sleep so
-        # that its trap runs and stops nginx, the mock and Redis
-        kill 'TERM', $ex;
-        for (1 .. 20) {
-            my $kids = slurp("/proc/$ex/task/$ex/children");
-            my @sleep = grep { slurp("/proc/$_/cmdline") =~ /^sleep/ }
-                        split ' ', $kids;
-            if (@sleep) { kill 'TERM', @sleep; last; }
-            sleep 0.1;
-        }
-        waitpid($ex, 0);
     }
 }
 
@@ -114,19 +66,6 @@ sub urlencode {
 }
 
 sub form { my %f = @_; join '&', map { "$_=" . urlencode($f{$_}) } sort keys %f }
-
-# the data-only events of an SSE body: [{id, event, data}]
-sub events {
-    my ($body) = @_;
-    my @ev;
-    for my $block (split /\n\n/, $body // '') {
-        my ($data) = $block =~ /^data: (.*)$/m or next;
-        my ($id) = $block =~ /^id: (\S+)$/m;
-        my ($name) = $block =~ /^event: (.*)$/m;
-        push @ev, { id => $id, event => $name, data => decode_json($data) };
-    }
-    return @ev;
-}
 
 sub post_stream {
     my ($p, $uri, %o) = @_;
@@ -146,21 +85,8 @@ sub header {
 # the job as JSON, once the store's copy is no longer running
 sub job_json {
     my ($p, $id, $auth) = @_;
-    my $j;
-    for (1 .. 50) {
-        my ($st, undef, $body) = http_get($p, 'GET', "/jobs/$id",
-                                          headers => { Authorization => $auth // $A });
-        return { status => $st } unless $st == 200;
-        $j = decode_json($body);
-        last if $j->{state} ne 'running';
-        sleep 0.1;
-    }
-    return $j;
-}
-
-sub mock_requests {
-    my (undef, undef, $body) = http_get($mock, 'GET', '/stats');
-    return decode_json($body)->{requests};
+    return read_job($p, "/jobs/$id",
+                    headers => { Authorization => $auth // $A });
 }
 
 my @stages = (

@@ -17,13 +17,13 @@ use strict;
 use warnings;
 use Test::More;
 use JSON::PP;
-use IO::Socket::INET;
 use File::Temp qw(tempdir);
 use Time::HiRes qw(sleep time);
 use Cwd ();
 use FindBin;
 use lib "$FindBin::Bin/lib";
-use LLM::TestServer qw(free_port http_get);
+use LLM::TestServer qw(http_get);
+use LLM::Example qw(example_ports start_example wait_example);
 
 my $top = Cwd::abs_path("$FindBin::Bin/..");
 
@@ -45,64 +45,14 @@ plan skip_all => 'puppeteer-core is not installed '
                  . '(npm install --prefix build/npm puppeteer-core@24)'
     unless -d $pptr;
 
-sub port_free {
-    my ($p) = @_;
-    my $l = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-                                  LocalPort => $p, ReuseAddr => 1);
-    return 0 unless $l;
-    close $l;
-    return 1;
-}
-
-sub slurp {
-    my ($f) = @_;
-    open my $fh, '<', $f or return '';
-    local $/;
-    return <$fh>;
-}
-
-my $port;
-for (1 .. 50) {
-    $port = free_port();
-    last if $port < 65000 && port_free($port + 1) && port_free($port + 2);
-}
+my $port = example_ports();
 
 # --- util/example.sh learning-path, until the end of the test
 
-my $log = "$top/build/example-learning-path.log";
-unlink $log;
-
-my $ex = fork // die "fork: $!";
-if ($ex == 0) {
-    chdir $top or die;
-    $ENV{DEMO_PORT} = $port;
-    delete @ENV{qw(OPENAI_API_KEY ANTHROPIC_API_KEY EXAMPLE_UPSTREAM
-                   EXAMPLE_ONCE)};
-    open STDOUT, '>', $log or die;
-    open STDERR, '>&', \*STDOUT or die;
-    exec 'util/example.sh', 'learning-path' or die;
-}
-
-END {
-    local $?;
-    if ($ex) {
-        # example.sh waits in `sleep 3600`: TERM it and end that sleep
-        kill 'TERM', $ex;
-        for (1 .. 20) {
-            my @sleep = grep { slurp("/proc/$_/cmdline") =~ /^sleep/ }
-                        split ' ', slurp("/proc/$ex/task/$ex/children");
-            if (@sleep) { kill 'TERM', @sleep; last; }
-            sleep 0.1;
-        }
-        waitpid($ex, 0);
-    }
-}
-
-my $t0 = time;
-sleep 0.1 until slurp($log) =~ /serving on/ || time - $t0 > 30
-                || waitpid($ex, 1) > 0;
-unless (slurp($log) =~ /serving on/) {
-    diag(slurp($log));
+my $ex = start_example('learning-path', $port);
+my $run = wait_example($ex);
+unless ($run =~ /serving on/) {
+    diag($run);
     BAIL_OUT('util/example.sh learning-path did not start');
 }
 

@@ -22,6 +22,8 @@ use Cwd ();
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use LLM::TestServer qw(free_port http_get);
+use LLM::Example qw(example_ports start_example wait_example slurp events
+                    mock_requests read_job);
 
 my $top = Cwd::abs_path("$FindBin::Bin/..");
 
@@ -29,46 +31,14 @@ plan skip_all => 'build/llm-mock is not built' unless -x "$top/build/llm-mock";
 plan skip_all => 'redis-server is not installed'
     unless grep { -x "$_/redis-server" } split /:/, $ENV{PATH};
 
-sub port_free {
-    my ($p) = @_;
-    my $l = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-                                  LocalPort => $p, ReuseAddr => 1);
-    return 0 unless $l;
-    close $l;
-    return 1;
-}
-
-sub slurp {
-    my ($f) = @_;
-    open my $fh, '<', $f or return '';
-    local $/;
-    return <$fh>;
-}
-
 # example.sh takes three ports in a row: nginx, the mock, Redis
-my $port;
-for (1 .. 50) {
-    $port = free_port();
-    last if $port < 65000 && port_free($port + 1) && port_free($port + 2);
-}
-my $mock = $port + 1;
+my $port = example_ports();
 
 my $prefix = "$top/build/example-story";
-my $log = "$top/build/example-story.log";
-unlink $log;
 
 # --- util/example.sh story, until the end of the test
 
-my $ex = fork // die "fork: $!";
-if ($ex == 0) {
-    chdir $top or die;
-    $ENV{DEMO_PORT} = $port;
-    delete @ENV{qw(OPENAI_API_KEY ANTHROPIC_API_KEY EXAMPLE_UPSTREAM
-                   EXAMPLE_ONCE)};
-    open STDOUT, '>', $log or die;
-    open STDERR, '>&', \*STDOUT or die;
-    exec 'util/example.sh', 'story' or die;
-}
+my $ex = start_example('story', $port);
 
 my $B;       # the second instance's prefix
 
@@ -78,39 +48,12 @@ END {
         my $p = <$f>;
         kill 'QUIT', $p + 0 if $p;
     }
-    if ($ex) {
-        # example.sh waits in `sleep 3600`: TERM it and end that sleep
-        kill 'TERM', $ex;
-        for (1 .. 20) {
-            my @sleep = grep { slurp("/proc/$_/cmdline") =~ /^sleep/ }
-                        split ' ', slurp("/proc/$ex/task/$ex/children");
-            if (@sleep) { kill 'TERM', @sleep; last; }
-            sleep 0.1;
-        }
-        waitpid($ex, 0);
-    }
 }
 
-my $t0 = time;
-sleep 0.1 until slurp($log) =~ /serving on/ || time - $t0 > 30
-                || waitpid($ex, 1) > 0;
-my $out = slurp($log);
+my $out = wait_example($ex);
 unless ($out =~ /serving on/) {
     diag($out);
     BAIL_OUT('util/example.sh story did not start');
-}
-
-# the data-only events of an SSE body: [{id, event, data}]
-sub events {
-    my ($body) = @_;
-    my @ev;
-    for my $block (split /\n\n/, $body // '') {
-        my ($data) = $block =~ /^data: (.*)$/m or next;
-        my ($id) = $block =~ /^id: (\S+)$/m;
-        my ($name) = $block =~ /^event: (.*)$/m;
-        push @ev, { id => $id, event => $name, data => decode_json($data) };
-    }
-    return @ev;
 }
 
 sub header {
@@ -158,24 +101,11 @@ sub flow {
 
 sub text_of { join '', map { $_->{data}{chunk} } grep { $_->{data}{type} eq 'content' } @_ }
 
-sub mock_requests {
-    my (undef, undef, $body) = http_get($mock, 'GET', '/stats');
-    return decode_json($body)->{requests};
-}
-
 # the job as JSON once the store's copy is no longer running
 sub job_json {
     my ($p, $id, $token) = @_;
-    my $j;
-    for (1 .. 50) {
-        my ($st, undef, $body) = http_get($p, 'GET', "/api/v1/stories/jobs/$id",
-            headers => { Authorization => 'Bearer ' . ($token // 'demo-token') });
-        return { status => $st } unless $st == 200;
-        $j = decode_json($body);
-        last if $j->{state} ne 'running';
-        sleep 0.1;
-    }
-    return $j;
+    return read_job($p, "/api/v1/stories/jobs/$id",
+        headers => { Authorization => 'Bearer ' . ($token // 'demo-token') });
 }
 
 my $story = 'Once upon a time, in a magical forest where the trees hummed softly, '

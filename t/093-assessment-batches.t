@@ -13,10 +13,11 @@ use warnings;
 use Test::More;
 use JSON::PP;
 use FindBin;
-use POSIX ':sys_wait_h';
 use Time::HiRes qw(sleep time);
 use lib "$FindBin::Bin/lib";
-use LLM::TestServer qw(free_port http_get);
+use LLM::TestServer qw(http_get);
+use LLM::Example qw(example_ports start_example wait_example stop_example
+                    slurp events json_of mock_requests read_job);
 
 my $top = "$FindBin::Bin/..";
 
@@ -25,12 +26,7 @@ plan skip_all => 'redis-server is not installed'
     unless grep { -x "$_/redis-server" } split /:/, $ENV{PATH};
 
 # three ports in a row: nginx, the mock, Redis
-my $port;
-for (1 .. 20) {
-    $port = free_port();
-    last if $port < 65000;
-}
-my $mock = $port + 1;
+my $port = example_ports();
 
 my $big = '6756a0c0f1e2d3c4b5a69781';     # 6 modules, 13 batches
 my $small = '6756a0c0f1e2d3c4b5a69782';   # 2 modules, its summative fails once
@@ -42,102 +38,22 @@ my @types = ('MCQ', 'SJT', 'Case', 'Essay', 'Practical');
 my %auth = (Authorization => 'Bearer demo-token');
 
 # the example, serving after its request.sh run; its output in a file
-my $out = "$top/build/093-assessment-batches.out";
 my $t0 = time;
-my $pid = fork() // die "fork: $!";
-
-if ($pid == 0) {
-    open STDOUT, '>', $out or die $!;
-    open STDERR, '>&', \*STDOUT or die $!;
-    chdir $top or die $!;
-    $ENV{DEMO_PORT} = $port;
-    delete @ENV{qw(OPENAI_API_KEY ANTHROPIC_API_KEY EXAMPLE_UPSTREAM EXAMPLE_ONCE)};
-    exec 'util/example.sh', 'assessment-batches' or die "exec: $!";
-}
-
-sub output {
-    open my $f, '<', $out or return '';
-    local $/;
-    return <$f>;
-}
-
-# the example stops (and stops nginx, the mock, Redis) when its final
-# sleep ends: end that sleep, by its pid
-sub stop_example {
-    return unless $pid;
-    for my $child (split ' ', `pgrep -P $pid -x sleep`) {
-        kill 'TERM', $child;
-    }
-    for (1 .. 100) {
-        last if waitpid($pid, WNOHANG) == $pid;
-        sleep 0.1;
-    }
-    $pid = 0;
-}
-
-END { stop_example() }
-
-for (1 .. 300) {
-    last if output() =~ /example: serving on/;
-    last if waitpid($pid, WNOHANG) == $pid;
-    sleep 0.1;
-}
-
-my $run = output();
+my $pid = start_example('assessment-batches', $port,
+                        log => "$top/build/093-assessment-batches.out");
+my $run = wait_example($pid);
 like($run, qr/example: serving on/, 'the example runs') or do {
     diag($run);
     done_testing();
     exit;
 };
 
-# every event of an SSE body: { id, event, data } (data parsed)
-sub events {
-    my ($body) = @_;
-    my @ev;
-
-    for my $block (split /\n\n/, $body) {
-        my %e;
-        for my $line (split /\n/, $block) {
-            $e{id} = $1 if $line =~ /^id: (.*)/;
-            $e{event} = $1 if $line =~ /^event: (.*)/;
-            $e{raw} = $1 if $line =~ /^data: (.*)/;
-        }
-        next unless defined $e{raw};
-        $e{data} = eval { decode_json($e{raw}) } // { unparsed => $e{raw} };
-        push @ev, \%e;
-    }
-
-    return @ev;
-}
-
-sub json_of {
-    my ($body) = @_;
-    return eval { decode_json($body) } // {};
-}
-
-sub job_of {
-    my ($id) = @_;
-    my (undef, undef, $body) = http_get($port, 'GET', "/api/v3/step7/jobs/$id",
-                                        headers => \%auth);
-    return json_of($body);
-}
-
 # a job read through another worker is as recent as Redis' copy: wait
 # for the state the stream already told
 sub job_when {
     my ($id, $state) = @_;
-    my $j;
-    for (1 .. 50) {
-        $j = job_of($id);
-        last if ($j->{state} // '') eq $state;
-        sleep 0.1;
-    }
-    return $j;
-}
-
-sub mock_requests {
-    my (undef, undef, $body) = http_get($mock, 'GET', '/stats');
-    return json_of($body)->{requests} // -1;
+    return read_job($port, "/api/v3/step7/jobs/$id", headers => \%auth,
+                    state => $state);
 }
 
 sub progress_of { map { $_->{data}{progress} } grep { $_->{data}{type} eq 'progress' } @_ }
@@ -373,15 +289,11 @@ cmp_ok(scalar @{ $j->{steps}[0]{output} // [] }, '>=', 1,
        'keeping the formative batches made before');
 
 my $took = time - $t0;
-stop_example();
+stop_example($pid);
 ok(!-e "$top/build/example-assessment-batches/logs/nginx.pid",
    'the example stops what it started');
 
-my $log = do {
-    open my $fh, '<', "$top/build/example-assessment-batches/logs/error.log";
-    local $/;
-    $fh ? <$fh> : '';
-};
+my $log = slurp("$top/build/example-assessment-batches/logs/error.log");
 unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alerts in the error log');
 diag(sprintf 'took %.1f s', $took) if $ENV{TEST_VERBOSE};
 

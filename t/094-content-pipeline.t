@@ -13,10 +13,11 @@ use warnings;
 use Test::More;
 use JSON::PP;
 use FindBin;
-use POSIX ':sys_wait_h';
 use Time::HiRes qw(sleep time);
 use lib "$FindBin::Bin/lib";
-use LLM::TestServer qw(free_port http_get);
+use LLM::TestServer qw(http_get);
+use LLM::Example qw(example_ports start_example wait_example stop_example
+                    slurp events json_of mock_requests read_job);
 
 my $top = "$FindBin::Bin/..";
 
@@ -25,12 +26,7 @@ plan skip_all => 'redis-server is not installed'
     unless grep { -x "$_/redis-server" } split /:/, $ENV{PATH};
 
 # three ports in a row: nginx, the mock, Redis
-my $port;
-for (1 .. 20) {
-    $port = free_port();
-    last if $port < 65000;
-}
-my $mock = $port + 1;
+my $port = example_ports();
 
 my %auth = (Authorization => 'Bearer demo-token');
 my %json = (%auth, 'Content-Type' => 'application/json');
@@ -44,72 +40,14 @@ sub params {
 }
 
 # the example, serving after its request.sh run; its output in a file
-my $out = "$top/build/094-content-pipeline.out";
-my $pid = fork() // die "fork: $!";
-
-if ($pid == 0) {
-    open STDOUT, '>', $out or die $!;
-    open STDERR, '>&', \*STDOUT or die $!;
-    chdir $top or die $!;
-    $ENV{DEMO_PORT} = $port;
-    delete @ENV{qw(OPENAI_API_KEY ANTHROPIC_API_KEY EXAMPLE_UPSTREAM EXAMPLE_ONCE)};
-    exec 'util/example.sh', 'content-pipeline' or die "exec: $!";
-}
-
-sub output {
-    open my $f, '<', $out or return '';
-    local $/;
-    return <$f>;
-}
-
-# the example stops (and stops nginx, the mock, Redis) when its final
-# sleep ends: end that sleep, by its pid
-sub stop_example {
-    return unless $pid;
-    for my $child (split ' ', `pgrep -P $pid -x sleep`) {
-        kill 'TERM', $child;
-    }
-    for (1 .. 100) {
-        last if waitpid($pid, WNOHANG) == $pid;
-        sleep 0.1;
-    }
-    $pid = 0;
-}
-
-END { stop_example() }
-
-for (1 .. 300) {
-    last if output() =~ /example: serving on/;
-    last if waitpid($pid, WNOHANG) == $pid;
-    sleep 0.1;
-}
-
-my $run = output();
+my $pid = start_example('content-pipeline', $port,
+                        log => "$top/build/094-content-pipeline.out");
+my $run = wait_example($pid);
 like($run, qr/example: serving on/, 'the example runs') or do {
     diag($run);
     done_testing();
     exit;
 };
-
-# every event of an SSE body: { id, event, data } (data parsed)
-sub events {
-    my ($body) = @_;
-    my @ev;
-
-    for my $block (split /\n\n/, $body) {
-        my %e;
-        for my $line (split /\n/, $block) {
-            $e{id} = $1 if $line =~ /^id: (.*)/;
-            $e{event} = $1 if $line =~ /^event: (.*)/;
-            $e{raw} = $1 if $line =~ /^data: (.*)/;
-        }
-        next unless defined $e{raw};
-        $e{data} = eval { decode_json($e{raw}) } // { unparsed => $e{raw} };
-        push @ev, \%e;
-    }
-
-    return @ev;
-}
 
 # "event stage progress" of each event, as the panel shows them
 sub shape {
@@ -118,11 +56,6 @@ sub shape {
                   ($_->{event} // '') =~ /^(progress|draft)$/
                       ? ($_->{data}{stage}, $_->{data}{progress}) : ()
     } @_;
-}
-
-sub json_of {
-    my ($body) = @_;
-    return eval { decode_json($body) } // {};
 }
 
 sub job_id_of {
@@ -135,20 +68,8 @@ sub job_id_of {
 # for the state the stream already told
 sub job_when {
     my ($id, $state) = @_;
-    my $j;
-    for (1 .. 50) {
-        my (undef, undef, $body) = http_get($port, 'GET', "/run/jobs/$id",
-                                            headers => \%auth);
-        $j = json_of($body);
-        last if ($j->{state} // '') eq $state;
-        sleep 0.1;
-    }
-    return $j;
-}
-
-sub mock_requests {
-    my (undef, undef, $body) = http_get($mock, 'GET', '/stats');
-    return json_of($body)->{requests} // -1;
+    return read_job($port, "/run/jobs/$id", headers => \%auth,
+                    state => $state);
 }
 
 # --- 1. request.sh's run: the validator sends the first draft back
@@ -345,15 +266,11 @@ is_deeply([map { $_->{state} } @{ $j->{steps} // [] }[0, 1]], ['done', 'done'],
 is($ev[-1]{event}, 'error', 'its stream ends with error');
 like($ev[-1]{data}{error}, qr/cancelled/, 'cancelled');
 
-stop_example();
+stop_example($pid);
 ok(!-e "$top/build/example-content-pipeline/logs/nginx.pid",
    'the example stops what it started');
 
-my $log = do {
-    open my $fh, '<', "$top/build/example-content-pipeline/logs/error.log";
-    local $/;
-    $fh ? <$fh> : '';
-};
+my $log = slurp("$top/build/example-content-pipeline/logs/error.log");
 unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alerts in the error log');
 
 done_testing();

@@ -15,7 +15,9 @@ use Test::More;
 use JSON::PP;
 use FindBin;
 use lib "$FindBin::Bin/lib";
-use LLM::TestServer qw(free_port http_get);
+use LLM::TestServer qw(http_get);
+use LLM::Example qw(example_ports start_example wait_example stop_example
+                    slurp mock_requests read_job);
 use IO::Socket::INET;
 use File::Temp qw(tempfile);
 use Time::HiRes qw(sleep time);
@@ -28,62 +30,20 @@ plan skip_all => 'redis-server is not installed'
     unless grep { -x "$_/redis-server" } split /:/, $ENV{PATH};
 
 # three free ports in a row: nginx, the mock, Redis (util/example.sh)
-sub can_bind {
-    return IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
-                                 LocalPort => $_[0], ReuseAddr => 1);
-}
-
-my $port;
-for (1 .. 50) {
-    $port = free_port();
-    last if $port < 65000 && can_bind($port + 1) && can_bind($port + 2);
-}
-
+my $port = example_ports();
 my $mock = $port + 1;
 my (undef, $out) = tempfile('t095-XXXXXX', TMPDIR => 1, UNLINK => 1);
 
-my $pid = fork() // die "fork: $!";
-
-if ($pid == 0) {
-    chdir $top or die;
-    open STDOUT, '>', $out or die;
-    open STDERR, '>&', \*STDOUT or die;
-    $ENV{DEMO_PORT} = $port;
-    delete @ENV{qw(OPENAI_API_KEY ANTHROPIC_API_KEY EXAMPLE_UPSTREAM
-                   EXAMPLE_ONCE)};
-    exec 'timeout', '90', 'util/example.sh', $name or die "exec: $!";
-}
-
-sub output {
-    open my $f, '<', $out or return '';
-    local $/;
-    return <$f>;
-}
+my $pid = start_example($name, $port, log => $out, timeout => 90);
 
 # example.sh runs request.sh's command first, then serves
-my $deadline = time + 40;
-sleep 0.2 until output() =~ /example: serving on/ || time > $deadline;
-
-my $all = output();
+my $all = wait_example($pid);
 
 # the events of an SSE body: id (when there is one), event, data, json
 sub events {
-    my ($body) = @_;
-    my @ev;
-
-    for my $block (split /\r?\n\r?\n/, $body // '') {
-        my %e;
-        for (split /\r?\n/, $block) {
-            $e{id} = $1 if /^id: (.*)/;
-            $e{event} = $1 if /^event: (.*)/;
-            $e{data} = $1 if /^data: (.*)/;
-        }
-        next unless defined $e{data};
-        $e{json} = eval { decode_json($e{data}) } // {};
-        push @ev, \%e;
-    }
-
-    return @ev;
+    return map { +{ id => $_->{id}, event => $_->{event}, data => $_->{raw},
+                    json => eval { decode_json($_->{raw}) } // {} } }
+           LLM::Example::events(@_);
 }
 
 # "start step1 ... final done": the sequence as the front-end dispatches it
@@ -281,13 +241,7 @@ my $failed = job_of($ev[0]{id});
 # to a flush interval (100 ms) behind
 sub job_json {
     my ($id) = @_;
-    my ($j, $end) = ({}, time + 5);
-    do {
-        my (undef, undef, $b) = http_get($port, 'GET', "/api/jobs/$id");
-        $j = eval { decode_json($b) } || {};
-    } while (($j->{state} // 'running') eq 'running' && time < $end
-             && sleep 0.1);
-    return $j;
+    return read_job($port, "/api/jobs/$id");
 }
 
 $j = job_json($failed);
@@ -301,11 +255,6 @@ ok(($j->{steps}[0]{output}{subtopic} // '') ne ''
    && ($j->{steps}[2]{output}{challenge} // '') ne '',
    'and kept: the subtopic, the error catalog, the question');
 isnt($j->{steps}[3]{state}, 'done', 'step 4 is not done');
-
-sub mock_requests {
-    my (undef, undef, $b) = http_get($mock, 'GET', '/stats');
-    return (eval { decode_json($b) } || {})->{requests} // -1;
-}
 
 my $before = mock_requests();
 
@@ -426,16 +375,14 @@ like($head, qr{^Location: /api/jobs/[\w-]{22}\r?$}m, 'at its new job URL');
 
 # stop: example.sh stops nginx, the mock and Redis
 
-kill 'TERM', $pid;
-waitpid($pid, 0);
+stop_example($pid);
 
 my $prefix = "$top/build/example-$name";
 my $npid = -e "$prefix/logs/nginx.pid" ? `cat $prefix/logs/nginx.pid` + 0 : 0;
 ok(!$npid || !kill(0, $npid), 'nginx stopped');
 ok(!IO::Socket::INET->new(PeerAddr => "127.0.0.1:$mock"), 'the mock too');
 
-open my $el, '<', "$prefix/logs/error.log";
-my $log = do { local $/; <$el> } // '';
+my $log = slurp("$prefix/logs/error.log");
 unlike($log, qr/\[(alert|crit|emerg)\]/, 'no alerts in the error log');
 
 done_testing();
