@@ -379,6 +379,13 @@ stop_example($pid);
 
 my $prefix = "$top/build/example-$name";
 my $npid = -e "$prefix/logs/nginx.pid" ? `cat $prefix/logs/nginx.pid` + 0 : 0;
+
+# a stopped master may wait a moment to be reaped (by tini under make test)
+for (1 .. 50) {
+    last unless $npid && kill(0, $npid);
+    sleep 0.1;
+}
+
 ok(!$npid || !kill(0, $npid), 'nginx stopped');
 ok(!IO::Socket::INET->new(PeerAddr => "127.0.0.1:$mock"), 'the mock too');
 

@@ -38,12 +38,14 @@ cleanup() {
     local pid _
     if [ -f "$prefix/logs/nginx.pid" ]; then
         pid=$(cat "$prefix/logs/nginx.pid")
-        kill -QUIT "$pid" 2>/dev/null || true
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.1
+        # gracefully, then fast (the master stops its workers), then not
+        for sig in QUIT TERM KILL; do
+            kill -"$sig" "$pid" 2>/dev/null || break
+            for _ in $(seq 30); do
+                kill -0 "$pid" 2>/dev/null || break 2
+                sleep 0.1
+            done
         done
-        kill -KILL "$pid" 2>/dev/null || true
     fi
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
