@@ -61,6 +61,8 @@ ngx_http_llm_pipeline_run(ngx_http_llm_pipeline_conf_t *conf,
     run->env.outputs = json_object();
     run->state = json_object();
     run->attempts = ngx_calloc(conf->steps.nelts * sizeof(ngx_uint_t), log);
+    run->step_input_tokens = ngx_alloc(2 * conf->steps.nelts
+                                       * sizeof(ngx_int_t), log);
 
     ngx_str_null(&run->rc.pass);
     ngx_str_null(&run->rc.model);
@@ -68,7 +70,7 @@ ngx_http_llm_pipeline_run(ngx_http_llm_pipeline_conf_t *conf,
     ngx_str_null(&run->rc.api_key);
 
     if (run->env.outputs == NULL || run->state == NULL
-        || run->attempts == NULL
+        || run->attempts == NULL || run->step_input_tokens == NULL
         || ngx_http_llm_str_dup(&run->rc.pass, &rc->pass) != NGX_OK
         || ngx_http_llm_str_dup(&run->rc.model, &rc->model) != NGX_OK
         || ngx_http_llm_str_dup(&run->rc.system, &rc->system) != NGX_OK
@@ -106,6 +108,14 @@ ngx_http_llm_pipeline_run(ngx_http_llm_pipeline_conf_t *conf,
 
     run->input_tokens = -1;
     run->output_tokens = -1;
+
+    /* each step's token counts, over its attempts and iterations */
+
+    run->step_output_tokens = run->step_input_tokens + conf->steps.nelts;
+
+    for (i = 0; i < 2 * conf->steps.nelts; i++) {
+        run->step_input_tokens[i] = -1;
+    }
 
     run->delay.handler = ngx_http_llm_run_delayed;
     run->delay.data = run;
@@ -189,11 +199,10 @@ ngx_http_llm_pipeline_continue(ngx_http_llm_pipeline_conf_t *conf,
         json_object_setn(run->env.outputs, (const char *) step[k].name.data,
                          step[k].name.len, output);
 
+        /* its record as it was: state, attempts, output, times, usage */
+
         st = json_array_get(json_object_get(run->state, "steps"), k);
-        json_object_set_new(st, "state", json_string("done"));
-        json_object_set_new(st, "attempts",
-                            json_integer(run->attempts[k]));
-        json_object_set(st, "output", output);
+        json_object_update(st, s);
     }
 
     run->step = first;
@@ -267,6 +276,7 @@ ngx_http_llm_pipeline_free(ngx_http_llm_run_t *run)
     ngx_free(run->rc.system.data);
     ngx_free(run->rc.api_key.data);
     ngx_free(run->attempts);
+    ngx_free(run->step_input_tokens);
     ngx_free(run->text);
     ngx_free(run);
 }
@@ -537,11 +547,17 @@ ngx_http_llm_run_step_done(ngx_http_llm_run_t *run,
 
     if (oc->input_tokens >= 0) {
         run->input_tokens = ngx_max(run->input_tokens, 0) + oc->input_tokens;
+        run->step_input_tokens[run->step] =
+                  ngx_max(run->step_input_tokens[run->step], 0)
+                  + oc->input_tokens;
     }
 
     if (oc->output_tokens >= 0) {
         run->output_tokens = ngx_max(run->output_tokens, 0)
                              + oc->output_tokens;
+        run->step_output_tokens[run->step] =
+                  ngx_max(run->step_output_tokens[run->step], 0)
+                  + oc->output_tokens;
     }
 
     if (step->json) {

@@ -135,6 +135,7 @@ ngx_http_llm_run_state(ngx_http_llm_run_t *run, const char *step_state,
 {
     char       *s;
     json_t     *st;
+    int64_t     now, started;
     ngx_int_t   rc;
 
     json_object_set_new(run->state, "step", json_integer(run->step));
@@ -154,8 +155,15 @@ ngx_http_llm_run_state(ngx_http_llm_run_t *run, const char *step_state,
             }
 
         } else {
-            json_object_set_new(st, "finished",
-                                json_integer(ngx_http_llm_now_ms()));
+            now = ngx_http_llm_now_ms();
+            started = json_integer_value(json_object_get(st, "started"));
+
+            json_object_set_new(st, "finished", json_integer(now));
+            json_object_set_new(st, "duration",
+                                json_real((double) (now - started) / 1000));
+            json_object_set_new(st, "usage",
+                  ngx_http_llm_run_usage(run->step_input_tokens[run->step],
+                                         run->step_output_tokens[run->step]));
         }
 
         if (output) {

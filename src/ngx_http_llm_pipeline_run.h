@@ -35,6 +35,8 @@ struct ngx_http_llm_run_s {
     json_t                        *outputs;     /* of its iterations */
     json_t                        *resume;      /* outputs done before */
     ngx_uint_t                    *attempts;    /* runs of each step */
+    ngx_int_t                     *step_input_tokens;   /* -1: unknown */
+    ngx_int_t                     *step_output_tokens;
 
     ngx_uint_t                     step;
     ngx_uint_t                     iteration;   /* 0-based */

@@ -96,6 +96,8 @@ like($ev[-1]{data}, qr/"code":"upstream_status".*"text":"one"/,
 my $j = eval { decode_json($body) } || {};
 is($j->{steps}[0]{state}, 'done', 'the job shows the first step done');
 is($j->{steps}[0]{output}, 'one', 'with its output');
+ok($j->{steps}[0]{usage}{output_tokens} > 0, 'its usage');
+ok(defined $j->{steps}[0]{duration}, 'and its duration');
 isnt($j->{steps}[1]{state}, 'done', 'and the second not done');
 
 # continue: the second step answers now
