@@ -22,9 +22,9 @@
 
 
 typedef struct {
-    ngx_http_llm_main_conf_t      *lmcf;
     ngx_http_llm_pipeline_conf_t  *pl;
     ngx_http_llm_step_conf_t      *step;
+    uint32_t                       seen;        /* the step's directives */
 } ngx_http_llm_pl_parse_t;
 
 
@@ -154,7 +154,6 @@ ngx_http_llm_pipeline_block(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    pp.lmcf = lmcf;
     pp.pl = *pl;
     pp.step = NULL;
 
@@ -235,6 +234,7 @@ ngx_http_llm_pipeline_step(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     pp->step = step;
+    pp->seen = 0;
 
     save = *cf;
     cf->handler = ngx_http_llm_step_line;
@@ -272,6 +272,7 @@ ngx_http_llm_step_line(ngx_conf_t *cf, ngx_command_t *dummy, void *conf)
 {
     ngx_http_llm_pl_parse_t *pp = (ngx_http_llm_pl_parse_t *) conf;
 
+    uint32_t                  bit;
     ngx_str_t                *value;
     ngx_uint_t                n;
     ngx_http_llm_step_cmd_t  *c;
@@ -296,6 +297,19 @@ ngx_http_llm_step_line(ngx_conf_t *cf, ngx_command_t *dummy, void *conf)
                            &value[0]);
         return NGX_CONF_ERROR;
     }
+
+    /* every directive of a step but "check" is given once */
+
+    bit = (uint32_t) 1 << (c - ngx_http_llm_step_cmds);
+
+    if (c->set != ngx_http_llm_step_check && (pp->seen & bit)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "llm_pipeline: \"%V\" is duplicate in step "
+                           "\"%V\"", &value[0], &pp->step->name);
+        return NGX_CONF_ERROR;
+    }
+
+    pp->seen |= bit;
 
     if (n < c->min || n > c->max) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
@@ -329,12 +343,6 @@ ngx_http_llm_step_str(ngx_conf_t *cf, ngx_http_llm_pl_parse_t *pp,
         break;
     }
 
-    if (field->data) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "llm_pipeline: \"%V\" is duplicate", &value[0]);
-        return NGX_CONF_ERROR;
-    }
-
     if (value[1].len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "llm_pipeline: empty \"%V\"", &value[0]);
@@ -351,12 +359,6 @@ static char *
 ngx_http_llm_step_pass(ngx_conf_t *cf, ngx_http_llm_pl_parse_t *pp,
     ngx_str_t *value, ngx_uint_t n)
 {
-    if (pp->step->pass.data) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "llm_pipeline: \"pass\" is duplicate");
-        return NGX_CONF_ERROR;
-    }
-
     if (ngx_http_llm_check_url(&value[1]) != NGX_OK) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "llm_pipeline: invalid URL \"%V\" in \"pass\": "
@@ -423,17 +425,12 @@ ngx_http_llm_step_text(ngx_conf_t *cf, ngx_http_llm_pl_parse_t *pp,
     }
 
     if (*tpl) {
+        /* "prompt" and "prompt_file", or "system" and "system_file" */
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "llm_pipeline: step \"%V\" has its \"%*s\" "
-                           "twice", &pp->step->name,
-                           ngx_strlchr(value[0].data,
-                                       value[0].data + value[0].len, '_')
-                           ? (size_t) (ngx_strlchr(value[0].data,
-                                                   value[0].data
-                                                   + value[0].len, '_')
-                                       - value[0].data)
-                           : value[0].len,
-                           value[0].data);
+                           "llm_pipeline: step \"%V\" has its %s twice",
+                           &pp->step->name,
+                           tpl == &pp->step->system ? "system prompt"
+                                                    : "prompt");
         return NGX_CONF_ERROR;
     }
 
@@ -771,12 +768,6 @@ ngx_http_llm_step_foreach(ngx_conf_t *cf, ngx_http_llm_pl_parse_t *pp,
     ngx_str_t *value, ngx_uint_t n)
 {
     ngx_str_t  s;
-
-    if (pp->step->foreach) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "llm_pipeline: \"foreach\" is duplicate");
-        return NGX_CONF_ERROR;
-    }
 
     if (value[1].len < 2 || value[1].data[0] != '$') {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,

@@ -694,3 +694,36 @@ llm_format: invalid parameter "step=a" of "complete"
 --- must_die
 --- error_log
 llm_format: "check" is duplicate, or "off" and a template for the same events
+
+
+
+=== TEST 25: nginx -t: a step directive given twice
+--- http_config
+    llm_pipeline p {
+        step a {
+            prompt "x";
+            output json;
+            check  ok = true;
+            check  score >= 1;
+            output text;
+        }
+    }
+--- config
+--- must_die
+--- error_log
+llm_pipeline: "output" is duplicate in step "a"
+
+
+
+=== TEST 26: nginx -t: a prompt inline and from a file
+--- http_config
+    llm_pipeline p {
+        step a {
+            prompt      "x";
+            prompt_file /etc/hostname;
+        }
+    }
+--- config
+--- must_die
+--- error_log
+llm_pipeline: step "a" has its prompt twice
