@@ -462,6 +462,43 @@ ngx_http_llm_format_default(ngx_conf_t *cf)
 }
 
 
+/*
+ * The location's model for the request answered: evaluated once per
+ * stream (a variable would otherwise take request pool memory for every
+ * event), NGX_DECLINED without one.
+ */
+
+ngx_int_t
+ngx_http_llm_format_model(ngx_http_llm_fmt_ctx_t *fc, ngx_str_t *model)
+{
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    if (fc->model && fc->model->data) {
+        *model = *fc->model;
+        return NGX_OK;
+    }
+
+    if (fc->request == NULL) {
+        return NGX_DECLINED;
+    }
+
+    llcf = ngx_http_get_module_loc_conf(fc->request, ngx_http_llm_module);
+
+    if (llcf->model == NULL
+        || ngx_http_complex_value(fc->request, llcf->model, model) != NGX_OK
+        || model->data == NULL)
+    {
+        return NGX_DECLINED;
+    }
+
+    if (fc->model) {
+        *fc->model = *model;
+    }
+
+    return NGX_OK;
+}
+
+
 ngx_uint_t
 ngx_http_llm_format_event(ngx_http_llm_format_t *fmt,
     ngx_http_llm_fmt_ctx_t *fc, ngx_http_llm_render_t *w)

@@ -49,6 +49,7 @@ typedef struct {
     ngx_uint_t                     first;       /* events first..last */
     ngx_uint_t                     last;
     unsigned                       include_usage:1;  /* openai */
+    ngx_str_t                     *model;       /* the stream's, or NULL */
 
     /* a final event sent in pieces: its text sent so far, and room now */
     size_t                         final;
@@ -110,6 +111,9 @@ ngx_int_t ngx_http_llm_format_body(ngx_http_llm_format_t *fmt,
 
 void ngx_http_llm_render_id(ngx_http_llm_render_t *w,
     ngx_http_llm_job_t *job, ngx_uint_t seq);
+
+ngx_int_t ngx_http_llm_format_model(ngx_http_llm_fmt_ctx_t *fc,
+    ngx_str_t *model);
 
 /* ngx_http_llm_request.c */
 ngx_int_t ngx_http_llm_send_formatted(ngx_http_request_t *r,

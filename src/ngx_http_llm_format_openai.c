@@ -179,10 +179,9 @@ static void
 ngx_http_llm_openai_head(ngx_http_llm_fmt_ctx_t *fc, ngx_http_llm_render_t *w,
     const char *object)
 {
-    u_char                    num[NGX_INT64_LEN + 32];
-    ngx_str_t                 model, v;
-    ngx_http_llm_job_t       *job;
-    ngx_http_llm_loc_conf_t  *llcf;
+    u_char               num[NGX_INT64_LEN + 32];
+    ngx_str_t            model;
+    ngx_http_llm_job_t  *job;
 
     job = fc->job;
 
@@ -197,16 +196,8 @@ ngx_http_llm_openai_head(ngx_http_llm_fmt_ctx_t *fc, ngx_http_llm_render_t *w,
                                         job->created / 1000)
                             - num);
 
-    ngx_str_set(&model, "");
-
-    if (fc->request) {
-        llcf = ngx_http_get_module_loc_conf(fc->request, ngx_http_llm_module);
-
-        if (llcf->model
-            && ngx_http_complex_value(fc->request, llcf->model, &v) == NGX_OK)
-        {
-            model = v;
-        }
+    if (ngx_http_llm_format_model(fc, &model) != NGX_OK) {
+        ngx_str_set(&model, "");
     }
 
     ngx_http_llm_render_str(w, model.data, model.len, 1);

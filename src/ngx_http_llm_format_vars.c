@@ -522,18 +522,9 @@ ngx_http_llm_var_model(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
     ngx_http_llm_fmt_ctx_t  *fc = data;
 
-    ngx_str_t                 s;
-    ngx_http_llm_loc_conf_t  *llcf;
+    ngx_str_t  s;
 
-    if (fc->request == NULL) {
-        return;
-    }
-
-    llcf = ngx_http_get_module_loc_conf(fc->request, ngx_http_llm_module);
-
-    if (llcf->model == NULL
-        || ngx_http_complex_value(fc->request, llcf->model, &s) != NGX_OK)
-    {
+    if (ngx_http_llm_format_model(fc, &s) != NGX_OK) {
         return;
     }
 

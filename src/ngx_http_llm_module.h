@@ -124,6 +124,7 @@ struct ngx_http_llm_ctx_s {
     ngx_chain_t                   *busy;
     ngx_event_t                    heartbeat;
     ngx_event_t                    coalesce;    /* deltas held back */
+    ngx_str_t                      model;       /* for formats, once */
     ngx_msec_t                     written;     /* last write, for that */
     size_t                         final_sent;  /* of the final event's text */
 

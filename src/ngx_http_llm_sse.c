@@ -324,6 +324,7 @@ ngx_http_llm_sse_frames(ngx_http_llm_ctx_t *ctx, ngx_http_llm_render_t *w,
     fc.request = ctx->request;
     fc.job = job;
     fc.include_usage = ctx->include_usage;
+    fc.model = &ctx->model;
     fc.final = ctx->final_sent;
 
     if (ctx->retry) {
