@@ -17,7 +17,7 @@ use Time::HiRes qw(sleep time);
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use LLM::TestServer qw(start_nginx stop_nginx free_port error_log http_get
-                       sse_events);
+                       sse_events start_redis stop_redis);
 
 my $mock = $ENV{TEST_NGINX_MOCK_PORT};
 
@@ -33,28 +33,11 @@ my $redis_pid;
 my $pass = 'hunter3';
 
 sub redis_start {
-    $redis_pid = fork() // die "fork: $!";
-
-    if ($redis_pid == 0) {
-        open STDOUT, '>', '/dev/null';
-        open STDERR, '>', '/dev/null';
-        exec 'redis-server', '--port', $rport, '--bind', '127.0.0.1',
-             '--save', '', '--appendonly', 'no', '--requirepass', $pass;
-        exit 1;
-    }
-
-    for (1 .. 50) {
-        return if IO::Socket::INET->new(PeerAddr => "127.0.0.1:$rport");
-        sleep 0.1;
-    }
-
-    die "redis-server did not start\n";
+    $redis_pid = start_redis($rport, '--requirepass', $pass);
 }
 
 sub redis_stop {
-    return unless $redis_pid;
-    kill 'KILL', $redis_pid;
-    waitpid $redis_pid, 0;
+    stop_redis($redis_pid);
     undef $redis_pid;
 }
 

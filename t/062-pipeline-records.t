@@ -18,7 +18,7 @@ use Time::HiRes qw(sleep time);
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use LLM::TestServer qw(start_nginx stop_nginx free_port error_log http_get
-                       sse_events);
+                       sse_events start_redis stop_redis);
 
 my $mock = $ENV{TEST_NGINX_MOCK_PORT};
 
@@ -30,28 +30,9 @@ plan skip_all => 'redis-server and redis-cli are needed'
 
 my $slow = $ENV{TEST_NGINX_USE_VALGRIND} ? 5 : 1;
 my $rport = free_port();
-my $redis_pid = fork() // die "fork: $!";
+my $redis_pid = start_redis($rport);
 
-if ($redis_pid == 0) {
-    open STDOUT, '>', '/dev/null';
-    open STDERR, '>', '/dev/null';
-    exec 'redis-server', '--port', $rport, '--bind', '127.0.0.1',
-         '--save', '', '--appendonly', 'no';
-    exit 1;
-}
-
-END {
-    local $?;
-    if ($redis_pid) {
-        kill 'KILL', $redis_pid;
-        waitpid $redis_pid, 0;
-    }
-}
-
-for (1 .. 50) {
-    last if IO::Socket::INET->new(PeerAddr => "127.0.0.1:$rport");
-    sleep 0.1;
-}
+END { local $?; stop_redis($redis_pid) }
 
 sub r {
     open my $fh, '-|', 'redis-cli', '-p', $rport, '-n', 4, '--raw', @_

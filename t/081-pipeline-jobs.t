@@ -18,7 +18,8 @@ use IO::Socket::INET;
 use Time::HiRes qw(sleep);
 use FindBin;
 use lib "$FindBin::Bin/lib";
-use LLM::TestServer qw(start_nginx stop_nginx free_port error_log http_get);
+use LLM::TestServer qw(start_nginx stop_nginx free_port error_log http_get
+                       start_redis stop_redis);
 
 my $mock = $ENV{TEST_NGINX_MOCK_PORT};
 
@@ -30,14 +31,8 @@ my $run = $$;
 my $redis_pid;
 
 # waitpid() would make the child's status the test's
-END {
-    local $?;
+END { local $?; stop_redis($redis_pid) }
 
-    if ($redis_pid) {
-        kill 'KILL', $redis_pid;
-        waitpid $redis_pid, 0;
-    }
-}
 my $up = "http://127.0.0.1:$mock/v1/chat/completions";
 
 my $outline = '{"sections":["intro","body"]}';
@@ -429,31 +424,8 @@ SKIP: {
 
     my $rport = free_port();
 
-    my $redis_start = sub {
-        $redis_pid = fork() // die "fork: $!";
-
-        if ($redis_pid == 0) {
-            open STDOUT, '>', '/dev/null';
-            open STDERR, '>', '/dev/null';
-            exec 'redis-server', '--port', $rport, '--bind', '127.0.0.1',
-                 '--save', '', '--appendonly', 'no';
-            exit 1;
-        }
-
-        for (1 .. 50) {
-            return if IO::Socket::INET->new(PeerAddr => "127.0.0.1:$rport");
-            sleep 0.1;
-        }
-
-        die "redis-server did not start\n";
-    };
-
-    my $redis_stop = sub {
-        return unless $redis_pid;
-        kill 'KILL', $redis_pid;
-        waitpid $redis_pid, 0;
-        undef $redis_pid;
-    };
+    my $redis_start = sub { $redis_pid = start_redis($rport) };
+    my $redis_stop = sub { stop_redis($redis_pid); undef $redis_pid };
 
     my $rcli = sub {
         open my $fh, '-|', 'redis-cli', '-p', $rport, '--raw', @_ or die $!;

@@ -12,7 +12,7 @@ use File::Path qw(make_path remove_tree);
 use Time::HiRes qw(sleep);
 
 our @EXPORT_OK = qw(start_nginx stop_nginx nginx_pid free_port error_log
-                    http_get sse_events);
+                    http_get sse_events start_redis stop_redis);
 
 sub free_port {
     my $l = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
@@ -20,6 +20,37 @@ sub free_port {
     my $p = $l->sockport;
     close $l;
     return $p;
+}
+
+# start_redis(port, extra redis-server arguments): a private redis-server
+# on 127.0.0.1 without persistence, accepting connections; its pid
+sub start_redis {
+    my ($port, @args) = @_;
+
+    my $pid = fork() // die "fork: $!";
+
+    if ($pid == 0) {
+        open STDOUT, '>', '/dev/null';
+        open STDERR, '>', '/dev/null';
+        exec 'redis-server', '--port', $port, '--bind', '127.0.0.1',
+             '--save', '', '--appendonly', 'no', @args;
+        exit 1;
+    }
+
+    for (1 .. 50) {
+        return $pid if IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port");
+        sleep 0.1;
+    }
+
+    die "redis-server did not start\n";
+}
+
+# stop_redis(pid): at once, as a crash would
+sub stop_redis {
+    my ($pid) = @_;
+    return unless $pid;
+    kill 'KILL', $pid;
+    waitpid $pid, 0;
 }
 
 # start_nginx(name, main, http): the server root is t/servroot_NAME;
