@@ -69,6 +69,8 @@ static ngx_str_t  ngx_http_llm_kind_names[] = {
     ngx_string("step"),
     ngx_string("check"),
     ngx_string("progress"),
+    ngx_string("paused"),
+    ngx_string("resumed"),
     ngx_string("response"),
     ngx_string("refusal")
 };
@@ -77,7 +79,7 @@ static ngx_str_t  ngx_http_llm_kind_names[] = {
 /* by event type */
 static const char  *ngx_http_llm_event_names[] = {
     "start", "delta", "complete", "error",
-    "step_start", "step", "check", "progress"
+    "step_start", "step", "check", "progress", "paused", "resumed"
 };
 
 
@@ -642,7 +644,8 @@ static ngx_uint_t
 ngx_http_llm_kind_of_step(ngx_uint_t k)
 {
     return k == NGX_HTTP_LLM_K_STEP_START || k == NGX_HTTP_LLM_K_STEP
-           || k == NGX_HTTP_LLM_K_CHECK || k == NGX_HTTP_LLM_K_PROGRESS;
+           || k == NGX_HTTP_LLM_K_CHECK || k == NGX_HTTP_LLM_K_PROGRESS
+           || k == NGX_HTTP_LLM_K_PAUSED || k == NGX_HTTP_LLM_K_RESUMED;
 }
 
 
@@ -696,6 +699,12 @@ ngx_http_llm_event_kind(ngx_http_llm_format_t *fmt, ngx_http_llm_job_t *job,
 
     case NGX_HTTP_LLM_EV_PROGRESS:
         return NGX_HTTP_LLM_K_PROGRESS;
+
+    case NGX_HTTP_LLM_EV_PAUSED:
+        return NGX_HTTP_LLM_K_PAUSED;
+
+    case NGX_HTTP_LLM_EV_RESUMED:
+        return NGX_HTTP_LLM_K_RESUMED;
 
     default:
         break;

@@ -36,6 +36,8 @@ typedef enum {
     NGX_HTTP_LLM_K_STEP,
     NGX_HTTP_LLM_K_CHECK,
     NGX_HTTP_LLM_K_PROGRESS,
+    NGX_HTTP_LLM_K_PAUSED,
+    NGX_HTTP_LLM_K_RESUMED,
     NGX_HTTP_LLM_K_RESPONSE,        /* the blocking answer's body */
     NGX_HTTP_LLM_K_REFUSAL,         /* a JSON error answer's body */
     NGX_HTTP_LLM_K_N

@@ -63,8 +63,11 @@ static void ngx_http_llm_job_snapshot(void *data,
 static void ngx_http_llm_job_saved(void *data, ngx_http_llm_saved_t *res);
 static void ngx_http_llm_job_wake(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_free(ngx_http_llm_job_t *job);
+static void ngx_http_llm_job_unwatched(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_grace_handler(ngx_event_t *ev);
+static void ngx_http_llm_job_pause_expired(ngx_event_t *ev);
 static void ngx_http_llm_job_cancel_handler(ngx_event_t *ev);
+static void ngx_http_llm_job_pause_handler(ngx_event_t *ev);
 static void ngx_http_llm_job_free_handler(ngx_event_t *ev);
 static ngx_http_llm_job_t *ngx_http_llm_job_local(u_char *id);
 static void ngx_http_llm_job_found(void *data, ngx_int_t rc,
@@ -135,6 +138,7 @@ ngx_http_llm_job_create(ngx_http_llm_job_opts_t *o, ngx_log_t *log)
 
     job->store = o->store;
     job->grace = o->grace;
+    job->pause_timeout = o->pause_timeout;
     job->max_events = o->max_events;
     job->max_text = o->max_text;
     job->background = o->background;
@@ -182,6 +186,9 @@ ngx_http_llm_job_alloc(ngx_log_t *log)
     job->cancel_ev.data = job;
     job->cancel_ev.log = job->log;
     job->cancel_ev.handler = ngx_http_llm_job_cancel_handler;
+    job->pause_ev.data = job;
+    job->pause_ev.log = job->log;
+    job->pause_ev.handler = ngx_http_llm_job_pause_handler;
     job->free_ev.data = job;
     job->free_ev.log = job->log;
     job->free_ev.handler = ngx_http_llm_job_free_handler;
@@ -392,6 +399,9 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
 
         job->state_version = rec->state_version;
     }
+
+    job->pause = rec->pause;
+    job->paused = rec->paused;
 
     /* where the text of the events given starts: at their first delta */
 
@@ -630,7 +640,7 @@ ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
     for (i = 0; i < n; i++) {
         ev = &rec->events[i];
 
-        if (ev->type > NGX_HTTP_LLM_EV_PROGRESS) {
+        if (ev->type > NGX_HTTP_LLM_EV_LAST) {
             return "event type";
         }
 
@@ -817,26 +827,41 @@ ngx_http_llm_job_unsubscribe(ngx_http_llm_ctx_t *ctx)
         return;
     }
 
-    if (job->state == NGX_HTTP_LLM_RUNNING && !job->background) {
-
-        if (job->grace) {
-            job->timer.handler = ngx_http_llm_job_grace_handler;
-            ngx_add_timer(&job->timer, job->grace);
-            return;
-        }
-
-        ngx_log_error(NGX_LOG_INFO, job->log, 0,
-                      "llm: job %s: client gone, upstream request cancelled",
-                      job->id);
-
-        ngx_http_llm_job_end(job, NGX_HTTP_LLM_CANCELLED,
-                             NGX_HTTP_LLM_E_CANCELLED,
-                             (u_char *) "the client went away",
-                             sizeof("the client went away") - 1);
+    if (job->state == NGX_HTTP_LLM_RUNNING) {
+        ngx_http_llm_job_unwatched(job);
         return;
     }
 
     ngx_http_llm_job_free(job);
+}
+
+
+/*
+ * The disconnect policy (llm_on_disconnect) for a job that nobody
+ * follows here any more; a job in the background, or paused, waits.
+ */
+
+static void
+ngx_http_llm_job_unwatched(ngx_http_llm_job_t *job)
+{
+    if (job->background || job->pause) {
+        return;
+    }
+
+    if (job->grace) {
+        job->timer.handler = ngx_http_llm_job_grace_handler;
+        ngx_add_timer(&job->timer, job->grace);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, job->log, 0,
+                  "llm: job %s: client gone, upstream request cancelled",
+                  job->id);
+
+    ngx_http_llm_job_end(job, NGX_HTTP_LLM_CANCELLED,
+                         NGX_HTTP_LLM_E_CANCELLED,
+                         (u_char *) "the client went away",
+                         sizeof("the client went away") - 1);
 }
 
 
@@ -852,7 +877,8 @@ ngx_http_llm_job_grace_handler(ngx_event_t *ev)
                                   - offsetof(ngx_http_llm_job_t, timer));
 
     if (!ngx_queue_empty(&job->subscribers)
-        || job->state != NGX_HTTP_LLM_RUNNING)
+        || job->state != NGX_HTTP_LLM_RUNNING
+        || job->pause)
     {
         ngx_http_llm_job_free(job);
         return;
@@ -1046,7 +1072,7 @@ ngx_http_llm_job_payload(ngx_http_llm_job_t *job,
         return NGX_ERROR;
     }
 
-    if (!ngx_http_llm_event_payload(type) || type > NGX_HTTP_LLM_EV_PROGRESS
+    if (!ngx_http_llm_event_payload(type) || type > NGX_HTTP_LLM_EV_LAST
         || ngx_http_llm_payload_valid(payload, len) != NGX_OK)
     {
         ngx_log_error(NGX_LOG_ALERT, job->log, 0,
@@ -1062,6 +1088,21 @@ ngx_http_llm_job_payload(ngx_http_llm_job_t *job,
         return NGX_ERROR;
     }
 
+    /* the run says when a pause takes effect and when it is over */
+
+    if (type == NGX_HTTP_LLM_EV_PAUSED || type == NGX_HTTP_LLM_EV_RESUMED) {
+        job->paused = (type == NGX_HTTP_LLM_EV_PAUSED);
+
+        if (job->timer.timer_set) {
+            ngx_del_timer(&job->timer);
+        }
+
+        if (job->paused) {
+            job->timer.handler = ngx_http_llm_job_pause_expired;
+            ngx_add_timer(&job->timer, job->pause_timeout);
+        }
+    }
+
     off = job->meta_len;
 
     if (ngx_http_llm_job_append(&job->meta, &job->meta_len, &job->meta_cap,
@@ -1071,6 +1112,18 @@ ngx_http_llm_job_payload(ngx_http_llm_job_t *job,
     {
         ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_INTERNAL, "out of memory");
         return NGX_ERROR;
+    }
+
+    /* a job resumed with nobody watching: the disconnect policy again */
+
+    if (type == NGX_HTTP_LLM_EV_RESUMED
+        && ngx_queue_empty(&job->subscribers))
+    {
+        ngx_http_llm_job_unwatched(job);
+
+        if (job->state != NGX_HTTP_LLM_RUNNING) {
+            return NGX_ERROR;
+        }
     }
 
     ngx_http_llm_job_save(job);
@@ -1261,7 +1314,8 @@ ngx_http_llm_job_cancel(ngx_http_llm_job_t *job)
     }
 
     if (job->mirror) {
-        (void) job->store->ops->cancel(job->store, job->id);
+        (void) job->store->ops->control(job->store, job->id,
+                                        NGX_HTTP_LLM_CTL_CANCEL);
         return;
     }
 
@@ -1272,6 +1326,96 @@ ngx_http_llm_job_cancel(ngx_http_llm_job_t *job)
                          NGX_HTTP_LLM_E_CANCELLED,
                          (u_char *) "the job was cancelled",
                          sizeof("the job was cancelled") - 1);
+}
+
+
+/*
+ * Pause (on) or resume a pipeline's job: a run waits between two steps.
+ * A job run elsewhere gets the request through the store; here the
+ * request goes to the store too, so that every worker and instance sees
+ * the same one.  NGX_DECLINED: the job is over or not a pipeline.
+ */
+
+ngx_int_t
+ngx_http_llm_job_pause(ngx_http_llm_job_t *job, ngx_uint_t on)
+{
+    if (job->state != NGX_HTTP_LLM_RUNNING
+        || (job->run_pause == NULL && job->state_version == 0))
+    {
+        return NGX_DECLINED;
+    }
+
+    if (job->store
+        && job->store->ops->control(job->store, job->id,
+                                    on ? NGX_HTTP_LLM_CTL_PAUSE
+                                       : NGX_HTTP_LLM_CTL_RESUME)
+           != NGX_OK
+        && job->mirror)
+    {
+        return NGX_ERROR;
+    }
+
+    if (job->mirror) {
+        /* shown at once; the store's next read says what is true */
+        job->pause = on;
+        return NGX_OK;
+    }
+
+    if (job->pause == on) {
+        return NGX_OK;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, job->log, 0, "llm: job %s %s", job->id,
+                  on ? "pauses" : "resumes");
+
+    job->pause = on;
+
+    if (!on && !job->paused && ngx_queue_empty(&job->subscribers)
+        && !job->timer.timer_set)
+    {
+        /* a pause that never took effect held the disconnect policy */
+        ngx_http_llm_job_unwatched(job);
+
+        if (job->state != NGX_HTTP_LLM_RUNNING) {
+            return NGX_OK;
+        }
+    }
+
+    job->run_pause(job->run, on);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_job_pause_handler(ngx_event_t *ev)
+{
+    ngx_http_llm_job_t *job = ev->data;
+
+    ngx_http_llm_job_hold(job);
+    (void) ngx_http_llm_job_pause(job, job->store_pause);
+    ngx_http_llm_job_unhold(job);
+}
+
+
+/* nobody resumed the job in time: it ends, to be continued later */
+
+static void
+ngx_http_llm_job_pause_expired(ngx_event_t *ev)
+{
+    ngx_http_llm_job_t  *job;
+
+    job = (ngx_http_llm_job_t *) ((u_char *) ev
+                                  - offsetof(ngx_http_llm_job_t, timer));
+
+    ngx_log_error(NGX_LOG_INFO, job->log, 0,
+                  "llm: job %s: paused for %M ms, cancelled", job->id,
+                  job->pause_timeout);
+
+    ngx_http_llm_job_end(job, NGX_HTTP_LLM_CANCELLED,
+                         NGX_HTTP_LLM_E_PAUSE_TMO,
+                         (u_char *) "the job stayed paused too long",
+                         sizeof("the job stayed paused too long") - 1);
 }
 
 
@@ -1376,6 +1520,10 @@ ngx_http_llm_jobs_exit_process(void)
 
         if (job->cancel_ev.posted) {
             ngx_delete_posted_event(&job->cancel_ev);
+        }
+
+        if (job->pause_ev.posted) {
+            ngx_delete_posted_event(&job->pause_ev);
         }
 
         if (job->run) {
@@ -1573,6 +1721,8 @@ ngx_http_llm_job_snapshot(void *data, ngx_http_llm_snapshot_t *snap)
     snap->owner = job->owner;
     snap->has_owner = job->has_owner;
     snap->background = job->background;
+    snap->paused = job->paused;
+    snap->pause = job->store_pause;
     snap->outcome = &job->outcome;
 
     snap->events = job->events;
@@ -1624,6 +1774,16 @@ ngx_http_llm_job_saved(void *data, ngx_http_llm_saved_t *res)
         && !job->cancel_ev.posted)
     {
         ngx_post_event(&job->cancel_ev, &ngx_posted_events);
+    }
+
+    /* so is a pause or resume request that changed there */
+
+    if (res->pause != job->store_pause) {
+        job->store_pause = res->pause;
+
+        if (job->state == NGX_HTTP_LLM_RUNNING && !job->pause_ev.posted) {
+            ngx_post_event(&job->pause_ev, &ngx_posted_events);
+        }
     }
 }
 
@@ -1678,6 +1838,10 @@ ngx_http_llm_job_free(ngx_http_llm_job_t *job)
 
     if (job->cancel_ev.posted) {
         ngx_delete_posted_event(&job->cancel_ev);
+    }
+
+    if (job->pause_ev.posted) {
+        ngx_delete_posted_event(&job->pause_ev);
     }
 
     if (job->free_ev.posted) {

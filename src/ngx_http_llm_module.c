@@ -181,6 +181,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       0,
       NULL },
 
+    { ngx_string("llm_pause_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, pause_timeout),
+      NULL },
+
     { ngx_string("llm_on_disconnect"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
       ngx_http_llm_on_disconnect,
@@ -356,6 +363,7 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     conf->store = NGX_CONF_UNSET_PTR;
     conf->format = NGX_CONF_UNSET_PTR;
     conf->grace = NGX_CONF_UNSET_MSEC;
+    conf->pause_timeout = NGX_CONF_UNSET_MSEC;
     conf->job_owner = NGX_CONF_UNSET_PTR;
     conf->job_url = NGX_CONF_UNSET_PTR;
     conf->max_tokens = NGX_CONF_UNSET_UINT;
@@ -406,6 +414,8 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_ptr_value(conf->format, prev->format,
                              ngx_http_llm_format_default(cf));
     ngx_conf_merge_msec_value(conf->grace, prev->grace, 30000);
+    ngx_conf_merge_msec_value(conf->pause_timeout, prev->pause_timeout,
+                              3600000);
     ngx_conf_merge_ptr_value(conf->job_owner, prev->job_owner, NULL);
     ngx_conf_merge_ptr_value(conf->job_url, prev->job_url, NULL);
 

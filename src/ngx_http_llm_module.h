@@ -72,6 +72,7 @@ typedef struct {
     ngx_http_llm_format_t         *format;
     ngx_http_llm_pipeline_conf_t  *pipeline;
     ngx_msec_t                     grace;       /* llm_on_disconnect */
+    ngx_msec_t                     pause_timeout;
     ngx_http_complex_value_t      *job_owner;
     ngx_http_complex_value_t      *job_url;
     ngx_http_complex_value_t      *job;         /* llm_job: the id */
@@ -150,8 +151,12 @@ typedef enum {
     NGX_HTTP_LLM_EV_STEP_START,
     NGX_HTTP_LLM_EV_STEP,
     NGX_HTTP_LLM_EV_CHECK,
-    NGX_HTTP_LLM_EV_PROGRESS
+    NGX_HTTP_LLM_EV_PROGRESS,
+    NGX_HTTP_LLM_EV_PAUSED,
+    NGX_HTTP_LLM_EV_RESUMED
 } ngx_http_llm_event_type_e;
+
+#define NGX_HTTP_LLM_EV_LAST         NGX_HTTP_LLM_EV_RESUMED
 
 
 #define ngx_http_llm_event_final(type)                                       \
@@ -245,14 +250,18 @@ struct ngx_http_llm_job_s {
     ngx_http_llm_run_t            *run;
     void                         (*run_cancel)(ngx_http_llm_run_t *run);
     void                         (*run_free)(ngx_http_llm_run_t *run);
+    void                         (*run_pause)(ngx_http_llm_run_t *run,
+                                              ngx_uint_t on);
     ngx_uint_t                     run_calls;   /* its callbacks under way */
 
     ngx_queue_t                    subscribers;
     ngx_queue_t                    queue;       /* in the worker's jobs */
     ngx_event_t                    timer;       /* grace period or poll */
     ngx_event_t                    cancel_ev;   /* a cancel came by store */
+    ngx_event_t                    pause_ev;    /* a pause or resume, too */
     ngx_event_t                    free_ev;     /* a free put off */
     ngx_msec_t                     grace;
+    ngx_msec_t                     pause_timeout;
     ngx_uint_t                     holds;
     ngx_log_t                     *log;
     ngx_uint_t                     max_events;  /* 0: a mirror, unbounded */
@@ -262,6 +271,14 @@ struct ngx_http_llm_job_s {
     unsigned                       background:1;
     unsigned                       mirror:1;    /* run by another worker */
     unsigned                       fetching:1;
+
+    /*
+     * Pause: asked for (here or through the store), and in effect (the
+     * run waits between two steps); the store's request as last seen.
+     */
+    unsigned                       pause:1;
+    unsigned                       paused:1;
+    unsigned                       store_pause:1;
 };
 
 
@@ -310,6 +327,7 @@ typedef struct {
     ngx_http_llm_store_t          *store;
     u_char                        *owner;       /* SHA-1, or NULL */
     ngx_msec_t                     grace;
+    ngx_msec_t                     pause_timeout;
     ngx_uint_t                     max_events;
     size_t                         max_text;    /* of a pipeline's job */
     unsigned                       background:1;
@@ -381,6 +399,7 @@ void ngx_http_llm_job_finish(ngx_http_llm_job_t *job,
 void ngx_http_llm_job_fail(ngx_http_llm_job_t *job, const char *code,
     const char *message);
 void ngx_http_llm_job_cancel(ngx_http_llm_job_t *job);
+ngx_int_t ngx_http_llm_job_pause(ngx_http_llm_job_t *job, ngx_uint_t on);
 void ngx_http_llm_job_hold(ngx_http_llm_job_t *job);
 void ngx_http_llm_job_unhold(ngx_http_llm_job_t *job);
 void ngx_http_llm_job_unhold_later(ngx_http_llm_job_t *job);

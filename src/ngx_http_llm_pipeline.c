@@ -248,6 +248,28 @@ ngx_http_llm_pipeline_cancel(ngx_http_llm_run_t *run)
 }
 
 
+/*
+ * A pause takes effect where the run is between two calls: before the
+ * next step, iteration or attempt; a resume starts that call.
+ */
+
+void
+ngx_http_llm_pipeline_pause(ngx_http_llm_run_t *run, ngx_uint_t on)
+{
+    run->pause = on;
+
+    if (on || !run->paused || !run->running) {
+        return;
+    }
+
+    run->paused = 0;
+
+    if (ngx_http_llm_run_paused(run, NGX_HTTP_LLM_EV_RESUMED) == NGX_OK) {
+        ngx_http_llm_run_step(run);
+    }
+}
+
+
 /* at worker exit: the engine has freed its transfers, the run lets go */
 
 void
@@ -301,6 +323,15 @@ ngx_http_llm_run_step(ngx_http_llm_run_t *run)
     }
 
     step = (ngx_http_llm_step_conf_t *) run->conf->steps.elts + run->step;
+
+    if (run->pause) {
+        if (!run->paused) {
+            run->paused = 1;
+            (void) ngx_http_llm_run_paused(run, NGX_HTTP_LLM_EV_PAUSED);
+        }
+
+        return;
+    }
 
     /* a repeated step: its array, read when the step starts */
 
