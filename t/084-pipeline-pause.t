@@ -171,6 +171,10 @@ sub server {
             llm_model m;
             llm_job   \$id;
         }
+        location ~ ^/shaped/(?<id>[\\w-]+)\$ {
+            llm_format shaped;
+            llm_job    \$id;
+        }
     }
 HTTP
 }
@@ -178,8 +182,17 @@ HTTP
 my $main = "daemon on;\nmaster_process on;\nworker_processes 2;\n"
            . "worker_shutdown_timeout 1s;";
 my $port = free_port();
+my $shaped = <<'FMT';
+    llm_format shaped {
+        paused   event=hold '{"waiting":"$llm_step","at":$llm_step_index}';
+        resumed  event=go '{"go":"$llm_step"}';
+        complete event=end '{"ok":true}';
+        error    event=end '{"ok":false}';
+    }
+FMT
 my $root = start_nginx('pause', $main,
-                       pipeline('pa') . pipeline('pb') . server($port, ''));
+                       $shaped . pipeline('pa') . pipeline('pb')
+                       . server($port, ''));
 
 
 # paused from the other worker (through the store), resumed on its own
@@ -227,6 +240,13 @@ is_deeply([ @$pd{qw(step index total completed)} ], ['second', 2, 3, 1],
 like($ev[-1]{data}, qr/"text":"[^"]+two[^"]*three"/,
      'the final text has every step');
 is(job_json($port, $job)->{pause}, undef, 'a finished job is not pausing');
+
+(undef, undef, $body) = http_get($port, 'GET', "/shaped/$job",
+                                 headers => { Accept => 'text/event-stream' });
+my $hold = 'event: hold\ndata: \{"waiting":"second","at":2\}\n\n';
+my $go = 'event: go\ndata: \{"go":"second"\}\n\n';
+like($body, qr/$hold.*$go.*event: end/s,
+     'a format shapes the paused and resumed events');
 
 
 # a stream sees the pause and the resume, and stays open between them
@@ -332,7 +352,7 @@ SKIP: {
     my $store = "llm_store redis://127.0.0.1:$rport ttl=10m prefix=t084:;";
     my ($pa, $pb) = (free_port(), free_port());
     my $one = "daemon on;\nmaster_process on;\nworker_processes 1;";
-    my $conf = pipeline('pa', 'ra') . pipeline('pb', 'rb');
+    my $conf = $shaped . pipeline('pa', 'ra') . pipeline('pb', 'rb');
     my $ra = start_nginx('pause_a', $one, $conf . server($pa, $store));
     my $rb = start_nginx('pause_b', $one, $conf . server($pb, $store));
 
