@@ -230,6 +230,37 @@ ngx_http_llm_pipeline_start(ngx_http_llm_run_t *run,
 }
 
 
+/*
+ * The job ends the run (a cancel, a shutdown, an expired pause): a step
+ * under way is kept as interrupted, then the run stops.
+ */
+
+void
+ngx_http_llm_pipeline_stop(ngx_http_llm_run_t *run)
+{
+    char        *s;
+    json_t      *st;
+    const char  *state;
+
+    st = json_array_get(json_object_get(run->state, "steps"), run->step);
+    state = json_string_value(json_object_get(st, "state"));
+
+    if (run->running && state && ngx_strcmp(state, "running") == 0) {
+        json_object_set_new(st, "state", json_string("interrupted"));
+
+        s = json_dumps(run->state,
+                       NGX_HTTP_LLM_JSON_DUMP | JSON_ENSURE_ASCII);
+
+        if (s) {
+            (void) run->up.state(run->up.data, (u_char *) s, ngx_strlen(s));
+            free(s);
+        }
+    }
+
+    ngx_http_llm_pipeline_cancel(run);
+}
+
+
 /* stops at once, without a word up: the job ends itself */
 
 void

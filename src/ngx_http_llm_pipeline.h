@@ -164,6 +164,7 @@ ngx_http_llm_run_t *ngx_http_llm_pipeline_continue(
 ngx_int_t ngx_http_llm_pipeline_start(ngx_http_llm_run_t *run,
     ngx_http_llm_pipeline_up_t *up);
 void ngx_http_llm_pipeline_cancel(ngx_http_llm_run_t *run);
+void ngx_http_llm_pipeline_stop(ngx_http_llm_run_t *run);
 void ngx_http_llm_pipeline_pause(ngx_http_llm_run_t *run, ngx_uint_t on);
 void ngx_http_llm_pipeline_free(ngx_http_llm_run_t *run);
 void ngx_http_llm_pipeline_exit(ngx_http_llm_run_t *run);

@@ -321,6 +321,18 @@ ok(state_is($port, $job, 'paused'), 'paused');
 ok(state_is($port, $job, 'cancelled'), 'a paused job is cancelled');
 
 
+# cancelled in the middle of a step: the step is kept as interrupted
+
+($status, $job) = started($port, '/generate');
+ok(wait_for(sub { (job_json($port, $job)->{steps}[0]{state} // '')
+                  eq 'running' }, 5), 'a step runs');
+http_get($port, 'DELETE', "/jobs/$job");
+ok(state_is($port, $job, 'cancelled'), 'the job is cancelled');
+$j = job_json($port, $job);
+is($j->{steps}[0]{state}, 'interrupted', 'its running step: interrupted');
+is($j->{steps}[1]{state}, 'pending', 'the next one: pending');
+
+
 # what cannot be paused
 
 ($status, undef, $body) = http_get($port, 'GET', '/single');
