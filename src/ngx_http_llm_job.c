@@ -31,6 +31,7 @@
 
 
 #define NGX_HTTP_LLM_WATCH_MS   1000
+#define NGX_HTTP_LLM_HOLD_MS    1000
 
 /* a running job whose worker has not saved it for this long is lost */
 #define NGX_HTTP_LLM_LOST_MS    15000
@@ -41,6 +42,7 @@ typedef struct {
     u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN + 1];
     ngx_http_llm_find_pt           handler;
     void                          *data;
+    ngx_event_t                    again;       /* once more, later */
 } ngx_http_llm_find_t;
 
 
@@ -62,6 +64,8 @@ static void ngx_http_llm_job_snapshot(void *data,
     ngx_http_llm_snapshot_t *snap);
 static void ngx_http_llm_job_saved(void *data, ngx_http_llm_saved_t *res);
 static void ngx_http_llm_job_wake(ngx_http_llm_job_t *job);
+static void ngx_http_llm_job_ended(ngx_http_llm_job_t *job);
+static void ngx_http_llm_job_release_final(ngx_event_t *ev);
 static void ngx_http_llm_job_free(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_unwatched(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_grace_handler(ngx_event_t *ev);
@@ -72,6 +76,7 @@ static void ngx_http_llm_job_free_handler(ngx_event_t *ev);
 static ngx_http_llm_job_t *ngx_http_llm_job_local(u_char *id);
 static void ngx_http_llm_job_found(void *data, ngx_int_t rc,
     ngx_http_llm_record_t *rec);
+static void ngx_http_llm_job_find_again(ngx_event_t *ev);
 static ngx_int_t ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
     ngx_http_llm_record_t *rec);
 static const char *ngx_http_llm_record_check(ngx_http_llm_job_t *job,
@@ -228,7 +233,7 @@ ngx_http_llm_job_find(ngx_http_llm_store_t *st, u_char *id,
         return NGX_OK;
     }
 
-    f = ngx_alloc(sizeof(ngx_http_llm_find_t), ngx_cycle->log);
+    f = ngx_calloc(sizeof(ngx_http_llm_find_t), ngx_cycle->log);
     if (f == NULL) {
         return NGX_ERROR;
     }
@@ -247,6 +252,21 @@ ngx_http_llm_job_find(ngx_http_llm_store_t *st, u_char *id,
     }
 
     return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_job_find_again(ngx_event_t *ev)
+{
+    ngx_http_llm_find_t *f = ev->data;
+
+    if (f->store->ops->fetch(f->store, f->id, 0, 0, 0,
+                             ngx_http_llm_job_found, f)
+        != NGX_OK)
+    {
+        f->handler(f->data, NGX_ERROR, NULL);
+        ngx_free(f);
+    }
 }
 
 
@@ -283,6 +303,21 @@ ngx_http_llm_job_found(void *data, ngx_int_t rc, ngx_http_llm_record_t *rec)
     ngx_http_llm_find_t *f = data;
 
     ngx_http_llm_job_t  *job;
+
+    /*
+     * A job just started elsewhere may not be in a store that writes
+     * later yet: an unknown id is asked for once more after the store's
+     * window before it is called unknown.
+     */
+
+    if (rc == NGX_DECLINED && f->store->window && f->again.data == NULL) {
+        f->again.data = f;
+        f->again.log = ngx_cycle->log;
+        f->again.handler = ngx_http_llm_job_find_again;
+        f->again.cancelable = 1;
+        ngx_add_timer(&f->again, f->store->window);
+        return;
+    }
 
     if (rc != NGX_OK) {
         /* a corrupt record is an error to the client, as the store said */
@@ -959,8 +994,7 @@ ngx_http_llm_job_output(void *data, ngx_http_llm_output_t *out)
     job->state = NGX_HTTP_LLM_COMPLETED;
     job->finished = ngx_http_llm_now_ms();
 
-    ngx_http_llm_job_save(job);
-    ngx_http_llm_job_wake(job);
+    ngx_http_llm_job_ended(job);
 }
 
 
@@ -1264,8 +1298,7 @@ ngx_http_llm_job_finish(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
     job->state = NGX_HTTP_LLM_COMPLETED;
     job->finished = ngx_http_llm_now_ms();
 
-    ngx_http_llm_job_save(job);
-    ngx_http_llm_job_wake(job);
+    ngx_http_llm_job_ended(job);
 }
 
 
@@ -1526,6 +1559,10 @@ ngx_http_llm_jobs_exit_process(void)
             ngx_delete_posted_event(&job->pause_ev);
         }
 
+        if (job->timer.posted) {
+            ngx_delete_posted_event(&job->timer);
+        }
+
         if (job->run) {
             ngx_http_llm_pipeline_exit(job->run);
         }
@@ -1677,7 +1714,47 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
                       "llm: job %s: cannot log its final event", job->id);
     }
 
+    ngx_http_llm_job_ended(job);
+}
+
+
+/*
+ * The final event is saved; a store that writes later has it in hand,
+ * and its readers elsewhere would see the job running for a while yet.
+ * This worker's clients get the final event when the store has it (or
+ * after NGX_HTTP_LLM_HOLD_MS without an answer: Redis is down), so that
+ * what a client does next (a GET, a POST to continue, anywhere) finds the
+ * job over.
+ */
+
+static void
+ngx_http_llm_job_ended(ngx_http_llm_job_t *job)
+{
     ngx_http_llm_job_save(job);
+
+    if (job->store && job->saved_events < job->nevents) {
+        job->held = 1;
+        job->timer.handler = ngx_http_llm_job_release_final;
+        ngx_add_timer(&job->timer, NGX_HTTP_LLM_HOLD_MS);
+    }
+
+    ngx_http_llm_job_wake(job);
+}
+
+
+static void
+ngx_http_llm_job_release_final(ngx_event_t *ev)
+{
+    ngx_http_llm_job_t  *job;
+
+    job = (ngx_http_llm_job_t *) ((u_char *) ev
+                                  - offsetof(ngx_http_llm_job_t, timer));
+
+    if (job->timer.timer_set) {
+        ngx_del_timer(&job->timer);
+    }
+
+    job->held = 0;
     ngx_http_llm_job_wake(job);
 }
 
@@ -1758,6 +1835,15 @@ ngx_http_llm_job_saved(void *data, ngx_http_llm_saved_t *res)
         /* the store said why, once: the job is not saved again */
         job->store = NULL;
         job->store_data = NULL;
+
+        if (job->held && !job->timer.posted) {
+            if (job->timer.timer_set) {
+                ngx_del_timer(&job->timer);
+            }
+
+            ngx_post_event(&job->timer, &ngx_posted_events);
+        }
+
         return;
     }
 
@@ -1767,6 +1853,18 @@ ngx_http_llm_job_saved(void *data, ngx_http_llm_saved_t *res)
     job->saved_state = res->saved_state;
     job->store_data = res->store_data;
     job->watched = res->watched;
+
+    /* the held final event goes out when the loop comes back */
+
+    if (job->held && job->saved_events >= job->nevents
+        && !job->timer.posted)
+    {
+        if (job->timer.timer_set) {
+            ngx_del_timer(&job->timer);
+        }
+
+        ngx_post_event(&job->timer, &ngx_posted_events);
+    }
 
     /* a cancel found by a save is acted on outside the store's call */
 
@@ -1834,6 +1932,10 @@ ngx_http_llm_job_free(ngx_http_llm_job_t *job)
 
     if (job->timer.timer_set) {
         ngx_del_timer(&job->timer);
+    }
+
+    if (job->timer.posted) {
+        ngx_delete_posted_event(&job->timer);
     }
 
     if (job->cancel_ev.posted) {

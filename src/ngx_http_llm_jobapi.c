@@ -606,7 +606,7 @@ ngx_http_llm_wait_wake(ngx_http_llm_ctx_t *ctx)
 
     job = ctx->job;
 
-    if (job->state == NGX_HTTP_LLM_RUNNING || ctx->finished) {
+    if (job->state == NGX_HTTP_LLM_RUNNING || job->held || ctx->finished) {
         return;
     }
 

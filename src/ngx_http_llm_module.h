@@ -279,7 +279,13 @@ struct ngx_http_llm_job_s {
     unsigned                       pause:1;
     unsigned                       paused:1;
     unsigned                       store_pause:1;
+
+    /* the final event waits for the store (ngx_http_llm_job_ended()) */
+    unsigned                       held:1;
 };
+
+/* the events a client may have now */
+#define ngx_http_llm_job_shown(job)  ((job)->nevents - (job)->held)
 
 
 /* engine output handed to the event loop, one batch per drain */

@@ -301,6 +301,9 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
     st->data = rc;
     st->poll = ngx_max(rc->flush, NGX_HTTP_LLM_REDIS_POLL_MIN);
 
+    /* a first write goes at once, or after the batch in flight */
+    st->window = 2 * rc->flush + 100;
+
     return NGX_CONF_OK;
 }
 
@@ -638,6 +641,25 @@ ngx_http_llm_redis_save(ngx_http_llm_store_t *st,
     }
 
     ngx_http_llm_redis_dirty(rd, rj);
+
+    /*
+     * A job's first write (its id is out) and its last (its final event
+     * waits for it) go with a batch of their own, now, unless one is in
+     * flight or Redis is failing.
+     */
+
+    if ((snap->state != NGX_HTTP_LLM_RUNNING || !rj->known)
+        && !rd->flushing && !rd->retry)
+    {
+        if (rd->timer.timer_set) {
+            ngx_del_timer(&rd->timer);
+        }
+
+        rd->timer.cancelable = rd->given_up;
+        ngx_add_timer(&rd->timer, 1);
+        return;
+    }
+
     ngx_http_llm_redis_arm(rd);
 }
 
