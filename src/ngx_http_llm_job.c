@@ -128,7 +128,8 @@ ngx_http_llm_job_start(ngx_http_llm_spec_t *spec, ngx_http_llm_job_opts_t *o,
 /*
  * A new running job with its id and start event, not saved yet (what
  * runs it is set first): the engine's, or a pipeline's
- * (ngx_http_llm_job_run.c).  NULL when out of memory.
+ * (ngx_http_llm_job_run.c).  NULL when out of memory.  It takes the
+ * limit slots of "o" in any case.
  */
 
 ngx_http_llm_job_t *
@@ -138,12 +139,18 @@ ngx_http_llm_job_create(ngx_http_llm_job_opts_t *o, ngx_log_t *log)
 
     job = ngx_http_llm_job_alloc(log);
     if (job == NULL) {
+        if (o->limits) {
+            ngx_http_llm_limit_release(o->limits, o->nlimits);
+        }
+
         return NULL;
     }
 
     job->store = o->store;
     job->grace = o->grace;
     job->pause_timeout = o->pause_timeout;
+    job->limits = o->limits;
+    job->nlimits = o->nlimits;
     job->max_events = o->max_events;
     job->max_text = o->max_text;
     job->background = o->background;
@@ -1730,6 +1737,11 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
 static void
 ngx_http_llm_job_ended(ngx_http_llm_job_t *job)
 {
+    if (job->limits) {
+        ngx_http_llm_limit_release(job->limits, job->nlimits);
+        job->limits = NULL;
+    }
+
     ngx_http_llm_job_save(job);
 
     if (job->store && job->saved_events < job->nevents) {
@@ -1957,6 +1969,10 @@ ngx_http_llm_job_free(ngx_http_llm_job_t *job)
 
     if (job->run_free) {
         job->run_free(job->run);
+    }
+
+    if (job->limits) {
+        ngx_http_llm_limit_release(job->limits, job->nlimits);
     }
 
     free(job->events);

@@ -499,7 +499,9 @@ ngx_http_llm_continue(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_job_t *job)
 {
     json_t                         *state;
+    ngx_int_t                       lrc;
     ngx_str_t                       msg, name;
+    ngx_msec_t                      retry_after;
     ngx_uint_t                      i;
     ngx_http_llm_run_t             *run;
     ngx_http_llm_job_t             *next;
@@ -574,6 +576,21 @@ ngx_http_llm_continue(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     opts.max_text = llcf->max_text;
     opts.owner = job->has_owner ? job->owner : NULL;
     opts.background = ngx_http_llm_prefers_async(r);
+
+    /* a continued job counts like a new one */
+
+    if (run) {
+        lrc = ngx_http_llm_limit_acquire(r, llcf->limits, &opts.limits,
+                                         &opts.nlimits, &retry_after);
+
+        if (lrc != NGX_OK) {
+            ngx_http_llm_pipeline_free(run);
+            ngx_http_finalize_request(r, lrc == NGX_BUSY
+                        ? ngx_http_llm_limit_refuse(r, retry_after)
+                        : NGX_HTTP_INTERNAL_SERVER_ERROR);
+            return;
+        }
+    }
 
     next = run ? ngx_http_llm_job_start_run(run, &opts, r->connection->log)
                : NULL;

@@ -181,6 +181,20 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       0,
       NULL },
 
+    { ngx_string("llm_limit_jobs_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2,
+      ngx_http_llm_limit_zone_directive,
+      0,
+      0,
+      NULL },
+
+    { ngx_string("llm_limit_jobs"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE23,
+      ngx_http_llm_limit_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("llm_pause_timeout"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -416,6 +430,14 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->grace, prev->grace, 30000);
     ngx_conf_merge_msec_value(conf->pause_timeout, prev->pause_timeout,
                               3600000);
+
+    if (conf->limits == NULL) {
+        conf->limits = prev->limits;
+    }
+
+    if (ngx_http_llm_limit_check(cf, conf->limits) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
     ngx_conf_merge_ptr_value(conf->job_owner, prev->job_owner, NULL);
     ngx_conf_merge_ptr_value(conf->job_url, prev->job_url, NULL);
 

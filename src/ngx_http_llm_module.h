@@ -73,6 +73,7 @@ typedef struct {
     ngx_http_llm_pipeline_conf_t  *pipeline;
     ngx_msec_t                     grace;       /* llm_on_disconnect */
     ngx_msec_t                     pause_timeout;
+    ngx_array_t                   *limits;      /* llm_limit_jobs */
     ngx_http_complex_value_t      *job_owner;
     ngx_http_complex_value_t      *job_url;
     ngx_http_complex_value_t      *job;         /* llm_job: the id */
@@ -205,6 +206,13 @@ typedef struct {
 } ngx_http_llm_outcome_t;
 
 
+/* a slot a job holds in an llm_limit_jobs zone */
+typedef struct {
+    ngx_shm_zone_t                *zone;
+    ngx_rbtree_node_t             *node;
+} ngx_http_llm_limit_hold_t;
+
+
 /* a generation, owned by the event loop; heap-allocated */
 struct ngx_http_llm_job_s {
     u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN + 1];
@@ -262,6 +270,8 @@ struct ngx_http_llm_job_s {
     ngx_event_t                    free_ev;     /* a free put off */
     ngx_msec_t                     grace;
     ngx_msec_t                     pause_timeout;
+    ngx_http_llm_limit_hold_t     *limits;      /* given back at its end */
+    ngx_uint_t                     nlimits;
     ngx_uint_t                     holds;
     ngx_log_t                     *log;
     ngx_uint_t                     max_events;  /* 0: a mirror, unbounded */
@@ -336,6 +346,8 @@ typedef struct {
     ngx_msec_t                     pause_timeout;
     ngx_uint_t                     max_events;
     size_t                         max_text;    /* of a pipeline's job */
+    ngx_http_llm_limit_hold_t     *limits;      /* taken by the job */
+    ngx_uint_t                     nlimits;
     unsigned                       background:1;
 } ngx_http_llm_job_opts_t;
 
@@ -357,6 +369,20 @@ ngx_int_t ngx_http_llm_input_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 json_t *ngx_http_llm_input_object(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
+
+/* ngx_http_llm_limit.c */
+ngx_int_t ngx_http_llm_limit_acquire(ngx_http_request_t *r,
+    ngx_array_t *limits, ngx_http_llm_limit_hold_t **holds,
+    ngx_uint_t *nholds, ngx_msec_t *retry_after);
+void ngx_http_llm_limit_release(ngx_http_llm_limit_hold_t *holds,
+    ngx_uint_t n);
+ngx_int_t ngx_http_llm_limit_refuse(ngx_http_request_t *r,
+    ngx_msec_t retry_after);
+char *ngx_http_llm_limit_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_llm_limit_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_llm_limit_check(ngx_conf_t *cf, ngx_array_t *limits);
 
 /* ngx_http_llm_handler.c */
 ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);
