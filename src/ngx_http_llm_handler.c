@@ -245,6 +245,7 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     opts.store = llcf->store;
     opts.grace = llcf->grace;
     opts.pause_timeout = llcf->pause_timeout;
+    opts.max_duration = llcf->max_duration;
     opts.max_events = llcf->max_events;
     /* an engine job's text is bounded by its transfer, a pipeline's here */
     opts.max_text = run ? llcf->max_text : 0;

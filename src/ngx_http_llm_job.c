@@ -70,6 +70,7 @@ static void ngx_http_llm_job_free(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_unwatched(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_grace_handler(ngx_event_t *ev);
 static void ngx_http_llm_job_pause_expired(ngx_event_t *ev);
+static void ngx_http_llm_job_deadline(ngx_event_t *ev);
 static void ngx_http_llm_job_cancel_handler(ngx_event_t *ev);
 static void ngx_http_llm_job_pause_handler(ngx_event_t *ev);
 static void ngx_http_llm_job_free_handler(ngx_event_t *ev);
@@ -151,6 +152,14 @@ ngx_http_llm_job_create(ngx_http_llm_job_opts_t *o, ngx_log_t *log)
     job->pause_timeout = o->pause_timeout;
     job->limits = o->limits;
     job->nlimits = o->nlimits;
+
+    if (o->max_duration) {
+        job->deadline.data = job;
+        job->deadline.log = job->log;
+        job->deadline.handler = ngx_http_llm_job_deadline;
+        job->deadline.cancelable = 1;
+        ngx_add_timer(&job->deadline, o->max_duration);
+    }
     job->max_events = o->max_events;
     job->max_text = o->max_text;
     job->background = o->background;
@@ -1459,6 +1468,23 @@ ngx_http_llm_job_pause_expired(ngx_event_t *ev)
 }
 
 
+/* llm_max_duration: the job has run for long enough, paused or not */
+
+static void
+ngx_http_llm_job_deadline(ngx_event_t *ev)
+{
+    ngx_http_llm_job_t *job = ev->data;
+
+    ngx_log_error(NGX_LOG_INFO, job->log, 0,
+                  "llm: job %s failed: it ran longer than llm_max_duration",
+                  job->id);
+
+    ngx_http_llm_job_end(job, NGX_HTTP_LLM_FAILED, NGX_HTTP_LLM_E_DURATION,
+                         (u_char *) "the job ran longer than allowed",
+                         sizeof("the job ran longer than allowed") - 1);
+}
+
+
 /* keep a job allocated across calls that may end it */
 
 void
@@ -1737,6 +1763,10 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
 static void
 ngx_http_llm_job_ended(ngx_http_llm_job_t *job)
 {
+    if (job->deadline.timer_set) {
+        ngx_del_timer(&job->deadline);
+    }
+
     if (job->limits) {
         ngx_http_llm_limit_release(job->limits, job->nlimits);
         job->limits = NULL;
@@ -1948,6 +1978,10 @@ ngx_http_llm_job_free(ngx_http_llm_job_t *job)
 
     if (job->timer.posted) {
         ngx_delete_posted_event(&job->timer);
+    }
+
+    if (job->deadline.timer_set) {
+        ngx_del_timer(&job->deadline);
     }
 
     if (job->cancel_ev.posted) {

@@ -572,6 +572,7 @@ ngx_http_llm_continue(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     opts.store = llcf->store;
     opts.grace = llcf->grace;
     opts.pause_timeout = llcf->pause_timeout;
+    opts.max_duration = llcf->max_duration;
     opts.max_events = llcf->max_events;
     opts.max_text = llcf->max_text;
     opts.owner = job->has_owner ? job->owner : NULL;

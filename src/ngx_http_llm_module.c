@@ -195,6 +195,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       0,
       NULL },
 
+    { ngx_string("llm_max_duration"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, max_duration),
+      NULL },
+
     { ngx_string("llm_pause_timeout"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
       ngx_conf_set_msec_slot,
@@ -378,6 +385,7 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     conf->format = NGX_CONF_UNSET_PTR;
     conf->grace = NGX_CONF_UNSET_MSEC;
     conf->pause_timeout = NGX_CONF_UNSET_MSEC;
+    conf->max_duration = NGX_CONF_UNSET_MSEC;
     conf->job_owner = NGX_CONF_UNSET_PTR;
     conf->job_url = NGX_CONF_UNSET_PTR;
     conf->max_tokens = NGX_CONF_UNSET_UINT;
@@ -430,6 +438,7 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->grace, prev->grace, 30000);
     ngx_conf_merge_msec_value(conf->pause_timeout, prev->pause_timeout,
                               3600000);
+    ngx_conf_merge_msec_value(conf->max_duration, prev->max_duration, 0);
 
     if (conf->limits == NULL) {
         conf->limits = prev->limits;

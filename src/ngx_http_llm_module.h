@@ -73,6 +73,7 @@ typedef struct {
     ngx_http_llm_pipeline_conf_t  *pipeline;
     ngx_msec_t                     grace;       /* llm_on_disconnect */
     ngx_msec_t                     pause_timeout;
+    ngx_msec_t                     max_duration;    /* 0: none */
     ngx_array_t                   *limits;      /* llm_limit_jobs */
     ngx_http_complex_value_t      *job_owner;
     ngx_http_complex_value_t      *job_url;
@@ -267,6 +268,7 @@ struct ngx_http_llm_job_s {
     ngx_event_t                    timer;       /* grace period or poll */
     ngx_event_t                    cancel_ev;   /* a cancel came by store */
     ngx_event_t                    pause_ev;    /* a pause or resume, too */
+    ngx_event_t                    deadline;    /* llm_max_duration */
     ngx_event_t                    free_ev;     /* a free put off */
     ngx_msec_t                     grace;
     ngx_msec_t                     pause_timeout;
@@ -344,6 +346,7 @@ typedef struct {
     u_char                        *owner;       /* SHA-1, or NULL */
     ngx_msec_t                     grace;
     ngx_msec_t                     pause_timeout;
+    ngx_msec_t                     max_duration;    /* 0: none */
     ngx_uint_t                     max_events;
     size_t                         max_text;    /* of a pipeline's job */
     ngx_http_llm_limit_hold_t     *limits;      /* taken by the job */

@@ -396,3 +396,12 @@ invalid parameter "retry_after=soon" in "llm_limit_jobs"
 --- must_die
 --- error_log
 unknown llm_limit_jobs zone "jobs"
+
+
+
+=== TEST 33: llm_max_duration needs a time
+--- config
+    llm_max_duration soon;
+--- must_die
+--- error_log
+"llm_max_duration" directive invalid value

@@ -1,10 +1,11 @@
-# llm_limit_jobs: running jobs per key (a location with limits of its own
+# Caps on jobs.  llm_limit_jobs: running jobs per key (a location with limits of its own
 # does not inherit the server's, as with limit_conn), counted by every worker of the
 # instance, from the job's start to its end (a background job, a stream
 # whose client left during the grace period), refused before any stream
 # with 429, Retry-After and a JSON error; slots come back when a job
 # completes or is cancelled; an empty key is not counted; a continued
-# pipeline counts like a new job.
+# pipeline counts like a new job.  llm_max_duration: a job that runs
+# longer fails with max_duration, keeping its text.
 
 use strict;
 use warnings;
@@ -60,6 +61,12 @@ my $root = start_nginx('limits',
             llm_pass   "$up?tps=0&ttft=0&reply=done";
             llm_model  m;
             llm_prompt "hi";
+        }
+        location = /capped {
+            llm_pass         "$up?tokens=400&tps=20&ttft=0";
+            llm_model        m;
+            llm_prompt       "hi";
+            llm_max_duration 1s;
         }
         location = /once {
             llm_model    m;
@@ -204,6 +211,14 @@ ok(wait_for(sub { state_of($ja) eq 'cancelled' }, 5), 'a slot freed');
 ($s, undef, $b) = http_get($port, 'POST', "/jobs/$jp?user=e");
 is($s, 200, 'then it continues');
 like($b, qr/event: complete/, 'to the end');
+
+# llm_max_duration: the job fails when it has run that long
+
+(undef, undef, $b) = http_get($port, 'GET', '/capped', timeout => 10 * $slow);
+my @ev = sse_events($b);
+is($ev[-1]{event}, 'error', 'a job longer than llm_max_duration fails');
+like($ev[-1]{data}, qr/"code":"max_duration"/, 'with max_duration');
+like($ev[-1]{data}, qr/"text":"\w/, 'keeping its text');
 
 unlike(error_log($root), qr/\[(?:alert|crit|emerg)\]|signal \d+/,
        'no worker crashed');
