@@ -44,6 +44,11 @@ typedef enum {
 } ngx_http_llm_kind_e;
 
 
+/* when= of a pipeline's complete (a check's: 1 passed, 0 failed) */
+#define NGX_HTTP_LLM_WHEN_STOPPED     2
+#define NGX_HTTP_LLM_WHEN_FINISHED    3
+
+
 /* what one rendering is about */
 typedef struct {
     ngx_http_request_t            *request;
@@ -125,6 +130,7 @@ ngx_int_t ngx_http_llm_send_formatted(ngx_http_request_t *r,
 extern ngx_http_llm_var_t  ngx_http_llm_format_vars[];
 
 json_t *ngx_http_llm_format_payload(ngx_http_llm_fmt_ctx_t *fc);
+ngx_uint_t ngx_http_llm_format_stopped(ngx_http_llm_fmt_ctx_t *fc);
 
 /* ngx_http_llm_format_openai.c */
 extern ngx_http_llm_format_t  ngx_http_llm_format_openai;

@@ -48,6 +48,7 @@ typedef struct {
     json_t                        *value;
     ngx_int_t                      on_fail;
     ngx_uint_t                     attempts;    /* of the step gone to */
+    unsigned                       exhausted_stop:1;  /* then: a success */
 } ngx_http_llm_check_t;
 
 
