@@ -86,15 +86,17 @@ ngx_http_llm_handler(ngx_http_request_t *r)
 
         if (!ngx_http_llm_content_type_is(r, "application/json")
             && !ngx_http_llm_content_type_is(r,
-                                     "application/x-www-form-urlencoded"))
+                                     "application/x-www-form-urlencoded")
+            && !ngx_http_llm_content_type_is(r, "multipart/form-data"))
         {
             rc = ngx_http_discard_request_body(r);
             if (rc != NGX_OK) {
                 return rc;
             }
 
-            ngx_str_set(&msg, "the body must be application/json or "
-                              "application/x-www-form-urlencoded");
+            ngx_str_set(&msg, "the body must be application/json, "
+                              "application/x-www-form-urlencoded or "
+                              "multipart/form-data");
             return ngx_http_llm_send_json_error(r,
                                          NGX_HTTP_UNSUPPORTED_MEDIA_TYPE,
                                          "unsupported_media_type", &msg);

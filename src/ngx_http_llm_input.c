@@ -5,9 +5,11 @@
 
 
 /*
- * Request inputs: the fields of a JSON object or form body, and the query
- * arguments, seen through the $llm_input_NAME variables, so that one
- * configuration serves EventSource (GET) and fetch (POST) clients alike.
+ * Request inputs: the fields of a JSON object or form body (URL-encoded
+ * or multipart), and the query arguments, seen through the
+ * $llm_input_NAME variables, so that one configuration serves
+ * EventSource (GET) and fetch (POST) clients alike; before them all, the
+ * inputs the location sets itself (llm_input NAME VALUE).
  */
 
 
@@ -28,8 +30,11 @@ static ngx_int_t ngx_http_llm_input_openai(ngx_http_request_t *r,
 static void ngx_http_llm_input_cleanup(void *data);
 static ngx_int_t ngx_http_llm_input_form(ngx_http_request_t *r,
     ngx_array_t *inputs, u_char *p, size_t len, ngx_str_t *err);
+static ngx_int_t ngx_http_llm_input_multipart(ngx_http_request_t *r,
+    ngx_array_t *inputs, u_char *p, size_t len, ngx_str_t *err);
 static ngx_int_t ngx_http_llm_input_unescape(ngx_pool_t *pool,
     u_char *p, size_t len, ngx_str_t *out);
+
 
 
 ngx_int_t
@@ -90,7 +95,128 @@ ngx_http_llm_input_parse(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         return ngx_http_llm_input_json(r, ctx, p, len, err);
     }
 
+    if (ngx_http_llm_content_type_is(r, "multipart/form-data")) {
+        return ngx_http_llm_input_multipart(r, ctx->inputs, p, len, err);
+    }
+
     return ngx_http_llm_input_form(r, ctx->inputs, p, len, err);
+}
+
+
+/*
+ * multipart/form-data (a browser's FormData): each part's field name and
+ * content; files (parts with a filename) are left out.
+ *
+ *     --BOUNDARY CRLF headers CRLF CRLF content CRLF --BOUNDARY ... --
+ */
+
+static ngx_int_t
+ngx_http_llm_input_multipart(ngx_http_request_t *r, ngx_array_t *inputs,
+    u_char *p, size_t len, ngx_str_t *err)
+{
+    u_char                *last, *next, *h, *eol;
+    ngx_str_t              boundary, delim, params, name, file;
+    ngx_http_llm_input_t  *in;
+
+    if (ngx_http_llm_content_type_param(r, "boundary", &boundary) != NGX_OK
+        || boundary.len == 0 || boundary.len > 70)
+    {
+        ngx_str_set(err, "a multipart body needs a boundary");
+        return NGX_HTTP_BAD_REQUEST;
+    }
+
+    /* "CRLF--BOUNDARY": the first one may come without its CRLF */
+
+    delim.len = boundary.len + 4;
+    delim.data = ngx_pnalloc(r->pool, delim.len);
+    if (delim.data == NULL) {
+        ngx_str_set(err, "out of memory");
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memcpy(ngx_cpymem(delim.data, "\r\n--", 4), boundary.data,
+               boundary.len);
+
+    last = p + len;
+
+    p = ngx_strlcasestrn(p, last, delim.data + 2, delim.len - 3);
+    if (p == NULL) {
+        goto malformed;
+    }
+
+    p += delim.len - 2;
+
+    for ( ;; ) {
+        if (last - p >= 2 && p[0] == '-' && p[1] == '-') {
+            return NGX_OK;
+        }
+
+        if (last - p < 2 || p[0] != '\r' || p[1] != '\n') {
+            goto malformed;
+        }
+
+        p += 2;
+
+        /* the part's headers: its name and whether it is a file */
+
+        ngx_str_null(&name);
+        ngx_str_null(&file);
+
+        for ( ;; ) {
+            eol = ngx_strlcasestrn(p, last, (u_char *) "\r\n", 1);
+            if (eol == NULL) {
+                goto malformed;
+            }
+
+            if (eol == p) {
+                p += 2;
+                break;
+            }
+
+            h = p;
+            p = eol + 2;
+
+            if (eol - h > 20
+                && ngx_strncasecmp(h, (u_char *) "Content-Disposition:", 20)
+                   == 0)
+            {
+                params.data = ngx_strlchr(h, eol, ';');
+
+                if (params.data == NULL) {
+                    continue;
+                }
+
+                params.len = eol - params.data;
+
+                (void) ngx_http_llm_param(&params, "name", &name);
+                (void) ngx_http_llm_param(&params, "filename", &file);
+            }
+        }
+
+        next = ngx_strlcasestrn(p, last, delim.data, delim.len - 1);
+        if (next == NULL) {
+            goto malformed;
+        }
+
+        if (name.len && file.data == NULL) {
+            in = ngx_array_push(inputs);
+            if (in == NULL) {
+                ngx_str_set(err, "out of memory");
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            in->name = name;
+            in->value.data = p;
+            in->value.len = next - p;
+        }
+
+        p = next + delim.len;
+    }
+
+malformed:
+
+    ngx_str_set(err, "malformed multipart body");
+    return NGX_HTTP_BAD_REQUEST;
 }
 
 
@@ -400,13 +526,32 @@ ngx_http_llm_input_variable(ngx_http_request_t *r,
 {
     ngx_str_t *var = (ngx_str_t *) data;
 
-    ngx_str_t              name, value, arg;
-    ngx_uint_t             i;
-    ngx_http_llm_ctx_t    *ctx;
-    ngx_http_llm_input_t  *in;
+    ngx_str_t                     name, value, arg;
+    ngx_uint_t                    i;
+    ngx_http_llm_ctx_t           *ctx;
+    ngx_http_llm_input_t         *in;
+    ngx_http_llm_loc_conf_t      *llcf;
+    ngx_http_llm_conf_input_t    *ci;
 
     name.data = var->data + sizeof("llm_input_") - 1;
     name.len = var->len - (sizeof("llm_input_") - 1);
+
+    /* what the location sets comes before what the client sends */
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+    ci = llcf->inputs ? llcf->inputs->elts : NULL;
+
+    for (i = 0; ci && i < llcf->inputs->nelts; i++) {
+        if (ci[i].name.len == name.len
+            && ngx_strncasecmp(ci[i].name.data, name.data, name.len) == 0)
+        {
+            if (ngx_http_complex_value(r, &ci[i].value, &value) != NGX_OK) {
+                return NGX_ERROR;
+            }
+
+            goto found;
+        }
+    }
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
 
@@ -448,22 +593,28 @@ found:
 
 /*
  * All the inputs as one JSON object of strings, as $llm_input_NAME sees
- * them: the body's fields, then the query's arguments not in the body.
+ * them: the location's (llm_input), the body's fields, then the query's
+ * arguments, each name the first time it comes.
  */
 
 json_t *
 ngx_http_llm_input_object(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
 {
-    json_t                *o;
-    ngx_str_t              err;
-    ngx_uint_t             i, k;
-    ngx_array_t           *args, *lists[2];
-    ngx_http_llm_input_t  *in;
+    json_t                     *o;
+    ngx_str_t                   err;
+    ngx_uint_t                  i, k;
+    ngx_array_t                *args, *set, *lists[3];
+    ngx_http_llm_input_t       *in;
+    ngx_http_llm_loc_conf_t    *llcf;
+    ngx_http_llm_conf_input_t  *ci;
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
     args = ngx_array_create(r->pool, 4, sizeof(ngx_http_llm_input_t));
+    set = ngx_array_create(r->pool, 4, sizeof(ngx_http_llm_input_t));
     o = json_object();
 
-    if (args == NULL || o == NULL
+    if (args == NULL || set == NULL || o == NULL
         || ngx_http_llm_input_form(r, args, r->args.data, r->args.len, &err)
            != NGX_OK)
     {
@@ -471,10 +622,28 @@ ngx_http_llm_input_object(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return NULL;
     }
 
-    lists[0] = ctx->inputs;
-    lists[1] = args;
+    /* the location's own inputs, evaluated now: the job's start */
 
-    for (k = 0; k < 2; k++) {
+    ci = llcf->inputs ? llcf->inputs->elts : NULL;
+
+    for (i = 0; ci && i < llcf->inputs->nelts; i++) {
+        in = ngx_array_push(set);
+
+        if (in == NULL
+            || ngx_http_complex_value(r, &ci[i].value, &in->value) != NGX_OK)
+        {
+            json_decref(o);
+            return NULL;
+        }
+
+        in->name = ci[i].name;
+    }
+
+    lists[0] = set;
+    lists[1] = ctx->inputs;
+    lists[2] = args;
+
+    for (k = 0; k < 3; k++) {
         in = lists[k] ? lists[k]->elts : NULL;
 
         for (i = 0; in && i < lists[k]->nelts; i++) {
@@ -493,4 +662,75 @@ ngx_http_llm_input_object(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     }
 
     return o;
+}
+
+
+/* llm_input NAME VALUE: an input the client cannot set */
+
+char *
+ngx_http_llm_input_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_loc_conf_t *llcf = conf;
+
+    u_char                             c;
+    ngx_str_t                         *value;
+    ngx_uint_t                         i;
+    ngx_http_llm_conf_input_t         *ci;
+    ngx_http_compile_complex_value_t   ccv;
+
+    value = cf->args->elts;
+
+    for (i = 0; i < value[1].len; i++) {
+        c = value[1].data[i];
+
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z')
+              || (c >= '0' && c <= '9') || c == '_'))
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid input name \"%V\" in \"llm_input\" "
+                               "(letters, digits and _)", &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    if (llcf->inputs == NULL) {
+        llcf->inputs = ngx_array_create(cf->pool, 2,
+                                        sizeof(ngx_http_llm_conf_input_t));
+        if (llcf->inputs == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    ci = llcf->inputs->elts;
+
+    for (i = 0; i < llcf->inputs->nelts; i++) {
+        if (ci[i].name.len == value[1].len
+            && ngx_strncasecmp(ci[i].name.data, value[1].data,
+                               value[1].len) == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "duplicate input \"%V\" in \"llm_input\"",
+                               &value[1]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    ci = ngx_array_push(llcf->inputs);
+    if (ci == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ci->name = value[1];
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+
+    ccv.cf = cf;
+    ccv.value = &value[2];
+    ccv.complex_value = &ci->value;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    return NGX_CONF_OK;
 }

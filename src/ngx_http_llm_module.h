@@ -75,6 +75,7 @@ typedef struct {
     ngx_msec_t                     pause_timeout;
     ngx_msec_t                     max_duration;    /* 0: none */
     ngx_array_t                   *limits;      /* llm_limit_jobs */
+    ngx_array_t                   *inputs;      /* llm_input */
     ngx_http_complex_value_t      *job_owner;
     ngx_http_complex_value_t      *job_url;
     ngx_http_complex_value_t      *job;         /* llm_job: the id */
@@ -103,6 +104,13 @@ typedef struct {
     ngx_str_t                      name;
     ngx_str_t                      value;
 } ngx_http_llm_input_t;
+
+
+/* llm_input NAME VALUE */
+typedef struct {
+    ngx_str_t                      name;
+    ngx_http_complex_value_t       value;
+} ngx_http_llm_conf_input_t;
 
 
 /* the request's side of a stream; lives in the request pool */
@@ -372,6 +380,8 @@ ngx_int_t ngx_http_llm_input_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 json_t *ngx_http_llm_input_object(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
+char *ngx_http_llm_input_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
 
 /* ngx_http_llm_limit.c */
 ngx_int_t ngx_http_llm_limit_acquire(ngx_http_request_t *r,
@@ -404,6 +414,10 @@ ngx_uint_t ngx_http_llm_valid_id(ngx_str_t *id);
 ngx_uint_t ngx_http_llm_accepts_stream(ngx_http_request_t *r);
 ngx_uint_t ngx_http_llm_asks_stream(ngx_http_request_t *r);
 ngx_uint_t ngx_http_llm_prefers_async(ngx_http_request_t *r);
+ngx_int_t ngx_http_llm_content_type_param(ngx_http_request_t *r,
+    const char *param, ngx_str_t *value);
+ngx_int_t ngx_http_llm_param(ngx_str_t *params, const char *param,
+    ngx_str_t *value);
 ngx_uint_t ngx_http_llm_content_type_is(ngx_http_request_t *r,
     const char *type);
 

@@ -410,6 +410,96 @@ ngx_http_llm_content_type_is(ngx_http_request_t *r, const char *type)
 }
 
 
+/* a parameter of the body's media type (boundary=...), unquoted */
+
+ngx_int_t
+ngx_http_llm_content_type_param(ngx_http_request_t *r, const char *param,
+    ngx_str_t *value)
+{
+    u_char     *p, *end;
+    ngx_str_t   name, params;
+
+    if (r->headers_in.content_type == NULL) {
+        return NGX_DECLINED;
+    }
+
+    p = r->headers_in.content_type->value.data;
+    end = p + r->headers_in.content_type->value.len;
+
+    if (ngx_http_llm_list_next(&p, end, &name, &params) != NGX_OK) {
+        return NGX_DECLINED;
+    }
+
+    return ngx_http_llm_param(&params, param, value);
+}
+
+
+/*
+ * A parameter in "; a=b; c="d"" (a media type's, a Content-Disposition's):
+ * its value, quotes and backslashes taken off in place of a copy (the
+ * value then points into the pool).  NGX_DECLINED: not there.
+ */
+
+ngx_int_t
+ngx_http_llm_param(ngx_str_t *params, const char *param, ngx_str_t *value)
+{
+    u_char  *p, *end, *start, *q;
+    size_t   len;
+
+    p = params->data;
+    end = p + params->len;
+    len = ngx_strlen(param);
+
+    while (p < end) {
+        while (p < end && (*p == ' ' || *p == '\t' || *p == ';')) {
+            p++;
+        }
+
+        start = p;
+
+        while (p < end && *p != '=' && *p != ';') {
+            p++;
+        }
+
+        if (p < end && *p == '=' && (size_t) (p - start) == len
+            && ngx_strncasecmp(start, (u_char *) param, len) == 0)
+        {
+            p++;
+
+            if (p < end && *p == '"') {
+                value->data = ++p;
+
+                for (q = p; p < end && *p != '"'; p++) {
+                    if (*p == '\\' && p + 1 < end) {
+                        p++;
+                    }
+
+                    *q++ = *p;
+                }
+
+                value->len = q - value->data;
+                return NGX_OK;
+            }
+
+            value->data = p;
+
+            while (p < end && *p != ';' && *p != ' ' && *p != '\t') {
+                p++;
+            }
+
+            value->len = p - value->data;
+            return NGX_OK;
+        }
+
+        while (p < end && *p != ';') {
+            p = (*p == '"') ? ngx_http_llm_skip_quoted(p, end) : p + 1;
+        }
+    }
+
+    return NGX_DECLINED;
+}
+
+
 /* Accept names the media type with a weight above 0 */
 
 static ngx_uint_t

@@ -229,7 +229,7 @@ hello
 Content-Type: text/plain
 --- error_code: 415
 --- response_body
-{"error":{"code":"unsupported_media_type","message":"the body must be application/json or application/x-www-form-urlencoded"}}
+{"error":{"code":"unsupported_media_type","message":"the body must be application/json, application/x-www-form-urlencoded or multipart/form-data"}}
 
 
 

@@ -240,7 +240,7 @@ POST /g
 Content-Type: application/jsonfoo
 --- error_code: 415
 --- response_body
-{"error":{"code":"unsupported_media_type","message":"the body must be application/json or application/x-www-form-urlencoded"}}
+{"error":{"code":"unsupported_media_type","message":"the body must be application/json, application/x-www-form-urlencoded or multipart/form-data"}}
 --- no_error_log
 [alert]
 
@@ -287,6 +287,6 @@ a=b
 Content-Type: application/x-www-form-urlencodedx
 --- error_code: 415
 --- response_body
-{"error":{"code":"unsupported_media_type","message":"the body must be application/json or application/x-www-form-urlencoded"}}
+{"error":{"code":"unsupported_media_type","message":"the body must be application/json, application/x-www-form-urlencoded or multipart/form-data"}}
 --- no_error_log
 [alert]
