@@ -8,7 +8,7 @@
 #   - the pipeline read with EventSource, dropped in the middle of the
 #     draft, resumed with ?last_event_id=; its steps, the review sending
 #     the draft back, the progress bar at 100%;
-#   - Cancel during the pipeline's draft: DELETE on the job.
+#   - Cancel during the pipeline's first step: DELETE on the job.
 #
 # Each stream's events are compared with the job as nginx stored it (its
 # JSON and its whole stream, read again from the job location): every
@@ -22,34 +22,18 @@
 use strict;
 use warnings;
 use Test::More;
-use JSON::PP;
-use File::Temp qw(tempdir);
 use Cwd ();
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use LLM::TestServer qw(http_get);
-use LLM::Example qw(example_ports start_example wait_example events json_of
-                    read_job);
+use LLM::Example qw(example_ports start_example wait_example events read_job);
+use LLM::Browser qw(need_browser run_browser);
 
 my $top = Cwd::abs_path("$FindBin::Bin/..");
-
-sub which {
-    my ($name) = @_;
-    my ($p) = grep { -x "$_/$name" } split /:/, $ENV{PATH};
-    return $p ? "$p/$name" : undef;
-}
-
-my $chromium = $ENV{CHROMIUM} || which('chromium');
-my $pptr = "$top/build/npm/node_modules/puppeteer-core";
 my $shot = Cwd::abs_path($ENV{DEMO_SCREENSHOT} || "$top/build/demo.png");
 
 plan skip_all => 'build/llm-mock is not built' unless -x "$top/build/llm-mock";
-plan skip_all => 'chromium is not installed (apt-get install -y chromium)'
-    unless $chromium && -x $chromium;
-plan skip_all => 'node is not installed' unless which('node');
-plan skip_all => 'puppeteer-core is not installed '
-                 . '(npm install --prefix build/npm puppeteer-core@24)'
-    unless -d $pptr;
+need_browser();
 
 my $port = example_ports();
 
@@ -60,10 +44,7 @@ unless ($run =~ /^demo: open /m) {
     BAIL_OUT('util/demo.sh did not start');
 }
 
-my $dir = tempdir(CLEANUP => 1);
-open my $js, '>', "$dir/drive.js" or die;
-print $js <<'JS';
-const puppeteer = require(process.env.PPTR);
+my ($out, $got) = run_browser(<<'JS', args => [$port], env => { SHOT => $shot }, timeout => 120);
 const port = +process.argv[2];
 
 async function newPage(browser, out, name) {
@@ -105,9 +86,7 @@ async function over(page, log) {
 
 (async () => {
   const out = {};
-  const browser = await puppeteer.launch({
-    executablePath: process.env.CHROMIUM, headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
+  const browser = await launch();
   try {
     /* 1. one prompt, fetch, dropped after the first delta */
     let page = await newPage(browser, out, 'fetch');
@@ -129,11 +108,10 @@ async function over(page, log) {
     await page.screenshot({ path: process.env.SHOT, fullPage: true });
     await page.close();
 
-    /* 3. Cancel as the draft starts */
+    /* 3. Cancel as the outline starts */
     page = await newPage(browser, out, 'cancel');
     await generate(page, 'pipeline', 'fetch');
-    await until(page, () => window.demo.events.filter((e) => e.type === 'step_start')
-                                              .length === 2);
+    await until(page, () => window.demo.events.some((e) => e.type === 'step_start'));
     await page.click('#cancel');
     await over(page, out.cancel);
     await page.close();
@@ -144,12 +122,7 @@ async function over(page, log) {
   console.log(JSON.stringify(out));
 })();
 JS
-close $js;
-
-my $json = `PPTR='$pptr' CHROMIUM='$chromium' SHOT='$shot' timeout 120 node '$dir/drive.js' $port 2>&1`;
-my ($line) = $json =~ /^(\{.*\})$/m;
-my $out = eval { decode_json($line // '') };
-ok($out && !$out->{failure}, 'the browser ran the three scenarios') or diag($json);
+ok($out && !$out->{failure}, 'the browser ran the three scenarios') or diag($got);
 $out ||= {};
 
 # the page's events against the job's: its JSON, and its whole stream

@@ -19,33 +19,18 @@
 use strict;
 use warnings;
 use Test::More;
-use JSON::PP;
-use File::Temp qw(tempdir);
 use Cwd ();
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use LLM::TestServer qw(start_nginx stop_nginx free_port);
 use LLM::Example qw(slurp read_job);
+use LLM::Browser qw(need_browser run_browser);
 
 my $top = Cwd::abs_path("$FindBin::Bin/..");
-
-sub which {
-    my ($name) = @_;
-    my ($p) = grep { -x "$_/$name" } split /:/, $ENV{PATH};
-    return $p ? "$p/$name" : undef;
-}
-
-my $chromium = $ENV{CHROMIUM} || which('chromium');
-my $pptr = "$top/build/npm/node_modules/puppeteer-core";
 my $mock = $ENV{TEST_NGINX_MOCK_PORT};
 
 plan skip_all => 'TEST_NGINX_MOCK_PORT is unset (util/test.sh starts the mock)' unless $mock;
-plan skip_all => 'chromium is not installed (apt-get install -y chromium)'
-    unless $chromium && -x $chromium;
-plan skip_all => 'node is not installed' unless which('node');
-plan skip_all => 'puppeteer-core is not installed '
-                 . '(npm install --prefix build/npm puppeteer-core@24)'
-    unless -d $pptr;
+need_browser();
 
 my $cors = slurp("$top/examples/cors.conf");
 my ($body) = $cors =~ /^(add_header.*)\z/ms;
@@ -94,11 +79,8 @@ HTTP
 
 END { stop_nginx($root) if $root }
 
-my $dir = tempdir(CLEANUP => 1);
-open my $js, '>', "$dir/drive.js" or die;
-print $js <<'JS';
+my ($out, $got) = run_browser(<<'JS', args => [$api, $page, $other], timeout => 120);
 const http = require('http');
-const puppeteer = require(process.env.PPTR);
 const [api, page, other] = process.argv.slice(2).map(Number);
 const B = `http://127.0.0.1:${api}`;
 
@@ -161,9 +143,7 @@ function calls(B) {
   await serve(page);
   await serve(other);
   const out = {};
-  const browser = await puppeteer.launch({
-    executablePath: process.env.CHROMIUM, headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
+  const browser = await launch();
   try {
     const tab = await browser.newPage();
     await tab.goto(`http://127.0.0.1:${page}/`);
@@ -195,12 +175,7 @@ function calls(B) {
   process.exit(0);
 })();
 JS
-close $js;
-
-my $json = `PPTR='$pptr' CHROMIUM='$chromium' timeout 120 node '$dir/drive.js' $api $page $other 2>&1`;
-my ($line) = $json =~ /^(\{.*\})$/m;
-my $out = eval { decode_json($line // '') };
-ok($out && !$out->{failure}, 'the browser made its calls') or diag($json);
+ok($out && !$out->{failure}, 'the browser made its calls') or diag($got);
 $out ||= {};
 
 my $A = "http://127.0.0.1:$page";
