@@ -8,7 +8,15 @@
 # (debian:bookworm, debian:bookworm-slim) are not in the engine's store and
 # cannot be pulled: util/debian-image.sh makes them from Debian's mirror.
 # Containers use the host's network (--network host): the machine needs no
-# container networking, and the ports are the test's free ports.
+# container networking, and the ports are the test's free ports.  Where
+# podman's defaults cannot run a container (the development VM: cgroups v1
+# and v2 mixed, which crun refuses; no CAP_SYS_RESOURCE, so no limits
+# above the hard ones), /etc/containers/containers.conf sets
+#
+#   [containers]
+#   default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+#   [engine]
+#   runtime = "runc"
 
 use strict;
 use warnings;
