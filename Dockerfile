@@ -7,7 +7,9 @@
 #
 # then: curl -N 'http://127.0.0.1:8080/generate?theme=a+lighthouse+keeper'
 # and the demo page at http://127.0.0.1:8080/.  The entry point and its
-# environment variables: examples/docker-entrypoint.sh.
+# environment variables: examples/docker-entrypoint.sh.  podman builds and
+# runs it the same way; t/098-docker.t does, with util/debian-image.sh
+# making the base images where no registry is reachable.
 
 # ---------------------------------------------------------------- build
 FROM debian:bookworm AS build
@@ -26,13 +28,16 @@ RUN printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d \
 WORKDIR /src
 COPY . .
 
-# build/ngx_http_llm_module.so (util/build.sh) and build/llm-mock
-RUN make module && make build/llm-mock
+# build/ngx_http_llm_module.so (util/build.sh) packaged as Debian packages
+# its nginx modules (util/deb.sh), and build/llm-mock
+RUN make deb && make build/llm-mock
 
 # -------------------------------------------------------------- runtime
 FROM debian:bookworm-slim
 
-# policy-rc.d: the package must not try to start nginx during the build
+# policy-rc.d: the package must not try to start nginx during the build.
+# nginx and the libraries the module's package depends on, in a layer of
+# their own that a new build of the module does not invalidate
 RUN printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d \
     && chmod +x /usr/sbin/policy-rc.d \
     && apt-get update \
@@ -40,16 +45,18 @@ RUN printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d \
         nginx-core libcurl4 libjansson4 libhiredis0.14 ca-certificates \
     && rm -rf /var/lib/apt/lists/*
 
-COPY --from=build /src/build/ngx_http_llm_module.so /usr/lib/nginx/modules/
+# the package: the module in /usr/lib/nginx/modules, enabled in the system
+# configuration (dpkg fails here if a dependency is missing)
+COPY --from=build /src/build/libnginx-mod-http-llm_*.deb /tmp/
+RUN dpkg -i /tmp/libnginx-mod-http-llm_*.deb && rm /tmp/libnginx-mod-http-llm_*.deb
+
 COPY --from=build /src/build/llm-mock /usr/local/bin/
 COPY examples/ /usr/share/ngx_http_llm_module/examples/
 
 # fail the build, not the first start, when the module does not load
-# (an nginx of another version, a missing library)
-RUN printf 'load_module /usr/lib/nginx/modules/ngx_http_llm_module.so;\nevents {}\n' \
-        > /tmp/check.conf \
-    && nginx -t -q -e stderr -c /tmp/check.conf \
-    && rm /tmp/check.conf \
+# (an nginx of another version, a missing library): the system
+# configuration loads it through /etc/nginx/modules-enabled
+RUN nginx -t -q \
     && chmod +x /usr/share/ngx_http_llm_module/examples/docker-entrypoint.sh
 
 EXPOSE 8080

@@ -7,9 +7,13 @@
 #   make demo                 nginx + the example config + the mock model
 #   make example NAME=N       examples/N/ (util/example.sh): DEMO_PORT,
 #                             EXAMPLE_UPSTREAM, OPENAI/ANTHROPIC_API_KEY
+#   make deb                  build/libnginx-mod-http-llm_<version>_<arch>.deb
+#                             for Debian's nginx (util/deb.sh)
 #   make bootstrap            install every Debian package needed (root)
 #   make bench                the benchmark (bench/README.md): writes
 #                             bench/results/<date>.md and <date>.png
+
+VERSION = 0.1.0
 
 BUILD   = build
 MOCK    = $(BUILD)/llm-mock
@@ -28,7 +32,7 @@ UNIT_SRCS = t/unit/llm_unit.c src/ngx_http_llm_upstream_sse.c \
             src/ngx_http_llm_json.c \
             src/ngx_http_llm_openai.c src/ngx_http_llm_anthropic.c
 
-.PHONY: all module test valgrind demo example bootstrap bench clean
+.PHONY: all module test valgrind demo example deb bootstrap bench clean
 
 all: module $(MOCK) $(UNIT)
 
@@ -64,6 +68,9 @@ example:
 	util/bootstrap.sh
 	$(MAKE) all
 	util/example.sh $(NAME)
+
+deb: module
+	util/deb.sh $(VERSION)
 
 bootstrap:
 	util/bootstrap.sh

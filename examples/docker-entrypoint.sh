@@ -11,6 +11,9 @@
 #                           LLM_API_KEY is sent if set
 #   none of them:           the mock model server (llm-mock) on 127.0.0.1
 #
+# /pipeline runs examples/pipeline/'s article.conf with its prompts/ (and,
+# with the mock, its mock.json), read from pipeline/ beside this script.
+#
 # Everything else can be overridden, which also lets the script run outside
 # Docker:
 #
@@ -71,7 +74,9 @@ else
     model="mock-model"
     key=
     command -v "$mock" > /dev/null || die "no API key given and $mock is missing"
-    "$mock" --listen "127.0.0.1:$mock_port" --quiet &
+    # the pipeline's steps answered from examples/pipeline/mock.json
+    "$mock" --listen "127.0.0.1:$mock_port" --quiet \
+        --script "$here/pipeline/mock.json" &
     mock_pid=$!
     say "no OPENAI_API_KEY, ANTHROPIC_API_KEY or LLM_UPSTREAM: using the" \
         "mock model server on 127.0.0.1:$mock_port"
@@ -114,6 +119,8 @@ esac
 
 mkdir -p "$prefix/html" "$prefix/tmp"
 [ -f "$html" ] && cp "$html" "$prefix/html/index.html"
+# /pipeline: examples/pipeline/article.conf and its prompts
+cp -r "$here/pipeline/article.conf" "$here/pipeline/prompts" "$prefix/"
 
 # sed replacement text: escape \, & and the | delimiter
 esc() { printf '%s' "$1" | sed -e 's/[\\&|]/\\&/g'; }
@@ -144,7 +151,8 @@ if [ -n "$mock_pid" ]; then
     done
 fi
 
-say "nginx on $listen_at: GET /generate?theme=..., the demo page at /"
+say "nginx on $listen_at: GET /generate?theme=..., /pipeline?topic=...," \
+    "the demo page at /"
 
 # nginx replaces this shell: it gets the container's signals (STOPSIGNAL
 # SIGQUIT: a graceful stop, open streams end with a "shutdown" event)

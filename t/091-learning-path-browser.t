@@ -17,33 +17,19 @@ use strict;
 use warnings;
 use Test::More;
 use JSON::PP;
-use File::Temp qw(tempdir);
 use Time::HiRes qw(sleep time);
 use Cwd ();
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use LLM::TestServer qw(http_get);
 use LLM::Example qw(example_ports start_example wait_example);
+use LLM::Browser qw(which need_browser run_browser);
 
 my $top = Cwd::abs_path("$FindBin::Bin/..");
 
-sub which {
-    my ($name) = @_;
-    my ($p) = grep { -x "$_/$name" } split /:/, $ENV{PATH};
-    return $p ? "$p/$name" : undef;
-}
-
-my $chromium = $ENV{CHROMIUM} || which('chromium');
-my $pptr = "$top/build/npm/node_modules/puppeteer-core";
-
 plan skip_all => 'build/llm-mock is not built' unless -x "$top/build/llm-mock";
 plan skip_all => 'redis-server is not installed' unless which('redis-server');
-plan skip_all => 'chromium is not installed (apt-get install -y chromium)'
-    unless $chromium && -x $chromium;
-plan skip_all => 'node is not installed' unless which('node');
-plan skip_all => 'puppeteer-core is not installed '
-                 . '(npm install --prefix build/npm puppeteer-core@24)'
-    unless -d $pptr;
+need_browser();
 
 my $port = example_ports();
 
@@ -58,11 +44,9 @@ unless ($run =~ /serving on/) {
 
 # --- the browser, through a proxy that drops the connection once
 
-my $dir = tempdir(CLEANUP => 1);
-open my $js, '>', "$dir/drive.js" or die;
-print $js <<'JS';
+my $t1 = time;
+my ($out, $got) = run_browser(<<'JS', args => [$port]);
 const net = require('net');
-const puppeteer = require(process.env.PPTR);
 const target = +process.argv[2];
 
 /* a network between the page and nginx that fails once: the chunk that
@@ -115,9 +99,7 @@ async function result(page, log) {
 proxy.listen(0, '127.0.0.1', async () => {
   const via = proxy.address().port;
   const out = {};
-  const browser = await puppeteer.launch({
-    executablePath: process.env.CHROMIUM, headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-dev-shm-usage'] });
+  const browser = await launch();
   try {
     /* 1. generate, with a drop in the middle */
     let page = await newPage(browser, out, 'stream');
@@ -158,14 +140,8 @@ proxy.listen(0, '127.0.0.1', async () => {
   process.exit(0);
 });
 JS
-close $js;
-
-my $t1 = time;
-my $json = `PPTR='$pptr' CHROMIUM='$chromium' timeout 60 node '$dir/drive.js' $port 2>&1`;
-my ($line) = $json =~ /^(\{.*\})$/m;
-my $out = eval { decode_json($line // '') };
 ok($out && !$out->{failure}, sprintf 'the browser ran the three scenarios (%.1f s)', time - $t1)
-    or diag($json);
+    or diag($got);
 $out ||= {};
 
 my $s = $out->{stream} || {};

@@ -7,7 +7,9 @@
 #   neither:                the project's mock model server (build/llm-mock),
 #                           which paces tokens like a real model
 #
-# Streams one generation with curl, then keeps serving the HTML page until
+# Serves /generate (one prompt), /pipeline (examples/pipeline/'s outline,
+# draft and review), /jobs/ID and the demo page (examples/index.html).
+# Streams one generation with curl, then keeps serving the page until
 # Ctrl-C.  DEMO_ONCE=1 stops after the curl.  DEMO_PORT picks the port.
 set -euo pipefail
 
@@ -17,6 +19,9 @@ mock_port=$((port + 1))
 prefix=$top/build/demo
 mkdir -p "$prefix/conf" "$prefix/logs" "$prefix/html"
 cp "$top/examples/index.html" "$prefix/html/"
+# the pipeline of /pipeline: examples/pipeline/article.conf and its prompts
+cp -r "$top/examples/pipeline/article.conf" "$top/examples/pipeline/prompts" \
+    "$prefix/conf/"
 
 pids=()
 cleanup() {
@@ -40,7 +45,10 @@ else
     upstream=http://127.0.0.1:$mock_port/v1/chat/completions
     model=mock-model
     key=
-    "$top/build/llm-mock" --listen "127.0.0.1:$mock_port" --quiet &
+    # the pipeline's steps are answered from examples/pipeline/mock.json,
+    # a single prompt with the mock's own story
+    "$top/build/llm-mock" --listen "127.0.0.1:$mock_port" --quiet \
+        --script "$top/examples/pipeline/mock.json" &
     pids+=($!)
     echo "demo: no OPENAI_API_KEY or ANTHROPIC_API_KEY: using the mock model" \
          "server (build/llm-mock) on port $mock_port"

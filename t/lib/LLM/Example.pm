@@ -57,8 +57,9 @@ sub example_ports {
 # forks util/example.sh NAME with DEMO_PORT=port and without the provider
 # variables (so the mock answers), its output in "log" (by default
 # build/example-NAME.log), under timeout(1) when "timeout" is given, with
-# EXAMPLE_ONCE=1 when "once" is.  Returns its pid; stop_example stops it,
-# at the latest when the test ends.
+# EXAMPLE_ONCE=1 when "once" is.  The name "demo" runs util/demo.sh, the
+# demo of `make demo`.  Returns its pid; stop_example stops it, at the
+# latest when the test ends.
 sub start_example {
     my ($name, $port, %o) = @_;
 
@@ -71,13 +72,13 @@ sub start_example {
         chdir $top or die "chdir $top: $!";
         $ENV{DEMO_PORT} = $port;
         delete @ENV{qw(OPENAI_API_KEY ANTHROPIC_API_KEY EXAMPLE_UPSTREAM
-                       EXAMPLE_ONCE)};
-        $ENV{EXAMPLE_ONCE} = 1 if $o{once};
+                       EXAMPLE_ONCE DEMO_ONCE)};
+        $ENV{EXAMPLE_ONCE} = $ENV{DEMO_ONCE} = 1 if $o{once};
         open STDOUT, '>', $log or die "$log: $!";
         open STDERR, '>&', \*STDOUT or die "dup: $!";
-        { exec(($o{timeout} ? ('timeout', $o{timeout}) : ()),
-               'util/example.sh', $name) }
-        print STDERR "exec util/example.sh: $!\n";
+        my @run = $name eq 'demo' ? ('util/demo.sh') : ('util/example.sh', $name);
+        { exec(($o{timeout} ? ('timeout', $o{timeout}) : ()), @run) }
+        print STDERR "exec @run: $!\n";
         POSIX::_exit(127);
     }
 
@@ -88,7 +89,8 @@ sub start_example {
 }
 
 # wait_example(pid, seconds): waits (40 s at most by default) until the
-# example says "example: serving on", or exits; returns its output so far
+# example says "example: serving on" (the demo: "demo: open"), or exits;
+# returns its output so far
 sub wait_example {
     my ($pid, $secs) = @_;
     my $log = $log{$pid};
@@ -96,7 +98,8 @@ sub wait_example {
 
     while (1) {
         my $out = slurp($log);
-        return $out if $out =~ /example: serving on/ || time > $end;
+        return $out if $out =~ /^(example: serving on|demo: open) /m
+                       || time > $end;
         if (waitpid($pid, WNOHANG) == $pid) {
             delete $running{$pid};
             return slurp($log);
