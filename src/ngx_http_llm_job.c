@@ -152,6 +152,8 @@ ngx_http_llm_job_create(ngx_http_llm_job_opts_t *o, ngx_log_t *log)
         return NULL;
     }
 
+    ngx_http_llm_metrics_job_start(job, o);
+
     return job;
 }
 
@@ -829,6 +831,8 @@ ngx_http_llm_job_unsubscribe(ngx_http_llm_ctx_t *ctx)
                       "llm: job %s: client gone, upstream request cancelled",
                       job->id);
 
+        ngx_http_llm_metrics_abandon(job);
+
         ngx_http_llm_job_end(job, NGX_HTTP_LLM_CANCELLED,
                              NGX_HTTP_LLM_E_CANCELLED,
                              (u_char *) "the client went away",
@@ -869,6 +873,8 @@ ngx_http_llm_job_grace_handler(ngx_event_t *ev)
                   "llm: job %s: nobody came back within %M ms, upstream "
                   "request cancelled", job->id, job->grace);
 
+    ngx_http_llm_metrics_abandon(job);
+
     ngx_http_llm_job_end(job, NGX_HTTP_LLM_CANCELLED,
                          NGX_HTTP_LLM_E_CANCELLED,
                          (u_char *) "the client went away",
@@ -882,6 +888,8 @@ static void
 ngx_http_llm_job_output(void *data, ngx_http_llm_output_t *out)
 {
     ngx_http_llm_job_t *job = data;
+
+    ngx_http_llm_metrics_output(job, out);
 
     if (out->done) {
         /* the engine let go of the transfer with its final output */
@@ -932,6 +940,7 @@ ngx_http_llm_job_output(void *data, ngx_http_llm_output_t *out)
 
     job->state = NGX_HTTP_LLM_COMPLETED;
     job->finished = ngx_http_llm_now_ms();
+    ngx_http_llm_metrics_job_end(job);
 
     ngx_http_llm_job_save(job);
     ngx_http_llm_job_wake(job);
@@ -960,6 +969,8 @@ ngx_http_llm_job_delta(ngx_http_llm_job_t *job, u_char *p, size_t len)
         ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_INTERNAL, "out of memory");
         return NGX_ERROR;
     }
+
+    ngx_http_llm_metrics_delta(job);
 
     return NGX_OK;
 }
@@ -1210,6 +1221,7 @@ ngx_http_llm_job_finish(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
 
     job->state = NGX_HTTP_LLM_COMPLETED;
     job->finished = ngx_http_llm_now_ms();
+    ngx_http_llm_metrics_job_end(job);
 
     ngx_http_llm_job_save(job);
     ngx_http_llm_job_wake(job);
@@ -1510,6 +1522,7 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
 
     job->state = state;
     job->finished = ngx_http_llm_now_ms();
+    ngx_http_llm_metrics_job_end(job);
 
     job->outcome.code_len = ngx_min(ngx_strlen(code),
                                     sizeof(job->outcome.code));
