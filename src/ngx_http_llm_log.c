@@ -148,7 +148,9 @@ ngx_http_llm_log_provider(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
-    if (ctx == NULL || llcf->provider == NULL) {
+    /* a location that generates, or continues pipelines */
+
+    if (ctx == NULL || (llcf->pass == NULL && llcf->pipeline == NULL)) {
         v->not_found = 1;
         return NGX_OK;
     }
@@ -234,7 +236,9 @@ ngx_http_llm_log_job(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         break;
 
     case NGX_HTTP_LLM_LOG_ATTEMPTS:
-        n = job->mirror ? -1 : (ngx_int_t) job->stats.attempts;
+        /* an engine job makes one upstream request, a pipeline one a try */
+        n = job->mirror ? -1 : job->run ? (ngx_int_t) job->stats.attempts
+                                        : 1;
         break;
 
     default: /* NGX_HTTP_LLM_LOG_STEPS */
@@ -267,7 +271,9 @@ ngx_http_llm_log_job(ngx_http_request_t *r, ngx_http_variable_value_t *v,
 
 /*
  * completed, failed:CODE, cancelled; disconnected: the client left while
- * the job ran; accepted: a background job, running after the answer.
+ * the job ran; accepted: a background job, running after the answer (a
+ * POST answered 202 without following its job).  Nothing for the other
+ * requests of a job location (JSON, DELETE).
  */
 
 static ngx_int_t
@@ -280,6 +286,13 @@ ngx_http_llm_log_outcome(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     job = ctx->job;
 
     if (job == NULL) {
+        if (r->method != NGX_HTTP_POST
+            || r->headers_out.status != NGX_HTTP_ACCEPTED)
+        {
+            v->not_found = 1;
+            return NGX_OK;
+        }
+
         return ngx_http_llm_log_set(r, v, (u_char *) "accepted",
                                     sizeof("accepted") - 1);
     }

@@ -543,7 +543,7 @@ ngx_http_llm_metrics_delta(ngx_http_llm_job_t *job)
 }
 
 
-/* an engine job's output: its last batch ends an upstream request */
+/* an engine job's output: its last batch has the upstream's status */
 
 void
 ngx_http_llm_metrics_output(ngx_http_llm_job_t *job,
@@ -551,7 +551,6 @@ ngx_http_llm_metrics_output(ngx_http_llm_job_t *job,
 {
     if (out->done) {
         job->stats.status = out->status;
-        job->stats.attempts++;
     }
 }
 

@@ -211,7 +211,7 @@ typedef struct {
     ngx_uint_t                     label;       /* its location's slot */
     int64_t                        first;       /* first text, ms; 0: none */
     ngx_uint_t                     status;      /* last upstream status */
-    ngx_uint_t                     attempts;    /* upstream requests */
+    ngx_uint_t                     attempts;    /* a pipeline's tries */
     ngx_uint_t                     steps;       /* pipeline steps done */
     unsigned                       counted:1;   /* running in the metrics */
     unsigned                       abandoned:1; /* by llm_on_disconnect */
