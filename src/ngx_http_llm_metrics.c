@@ -179,6 +179,83 @@ static const char  *ngx_http_llm_m_stores[] = {
 };
 
 
+/* a series with one value: where it is in the zone, a label or a model */
+typedef struct {
+    const char                    *name;
+    const char                    *type;
+    const char                    *help;
+    size_t                         offset;
+} ngx_http_llm_m_series_t;
+
+
+static ngx_http_llm_m_series_t  ngx_http_llm_m_global_series[] = {
+
+    { "llm_streams_open", "gauge", "Event streams open now.",
+      offsetof(ngx_http_llm_m_sh_t, streams) },
+
+    { "llm_resumes_total", "counter",
+      "Streams that followed a job they did not start.",
+      offsetof(ngx_http_llm_m_sh_t, resumes) },
+
+    { "llm_cancels_total", "counter",
+      "Jobs cancelled on request (DELETE).",
+      offsetof(ngx_http_llm_m_sh_t, cancels) },
+
+    { "llm_client_disconnects_total", "counter",
+      "Requests whose client left a running job.",
+      offsetof(ngx_http_llm_m_sh_t, disconnects) },
+
+    { "llm_disconnect_cancels_total", "counter",
+      "Jobs ended by llm_on_disconnect.",
+      offsetof(ngx_http_llm_m_sh_t, abandoned) },
+
+    { "llm_store_orphans_total", "counter",
+      "Jobs freed before Redis had them, written later.",
+      offsetof(ngx_http_llm_m_sh_t, orphans) },
+
+    { NULL, NULL, NULL, 0 }
+};
+
+
+static ngx_http_llm_m_series_t  ngx_http_llm_m_label_series[] = {
+
+    { "llm_jobs_running", "gauge", "Jobs running now, by location.",
+      offsetof(ngx_http_llm_m_label_t, running) },
+
+    { "llm_pipeline_step_attempts_total", "counter",
+      "Pipeline steps started, retries included.",
+      offsetof(ngx_http_llm_m_label_t, attempts) },
+
+    { "llm_pipeline_retries_total", "counter",
+      "Pipeline steps started again after a failure.",
+      offsetof(ngx_http_llm_m_label_t, retries) },
+
+    { "llm_pipeline_check_failures_total", "counter",
+      "Pipeline step checks that failed.",
+      offsetof(ngx_http_llm_m_label_t, check_failures) },
+
+    { "llm_limit_refusals_total", "counter",
+      "Jobs refused by a job limit of their location.",
+      offsetof(ngx_http_llm_m_label_t, limit_refusals) },
+
+    { NULL, NULL, NULL, 0 }
+};
+
+
+static ngx_http_llm_m_series_t  ngx_http_llm_m_model_series[] = {
+
+    { "llm_input_tokens_total", "counter",
+      "Prompt tokens the upstream reported, by model.",
+      offsetof(ngx_http_llm_m_model_t, input_tokens) },
+
+    { "llm_output_tokens_total", "counter",
+      "Generated tokens the upstream reported, by model.",
+      offsetof(ngx_http_llm_m_model_t, output_tokens) },
+
+    { NULL, NULL, NULL, 0 }
+};
+
+
 /*
  * A location of the module: its label registered, the zone added.  The
  * label is llm_metrics_label, else the pipeline's name, else the
@@ -829,7 +906,8 @@ ngx_http_llm_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 
     if (llcf->serve) {
         return llcf->serve == NGX_HTTP_LLM_SERVE_METRICS
-               ? "is duplicate" : "cannot be used together with \"llm_status\"";
+               ? "is duplicate"
+               : "cannot be used together with \"llm_status\"";
     }
 
     if (ngx_http_llm_metrics_conf(cf) == NULL) {
@@ -848,15 +926,17 @@ ngx_http_llm_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,
 static ngx_int_t
 ngx_http_llm_metrics_handler(ngx_http_request_t *r)
 {
-    size_t                   size;
-    ngx_int_t                rc;
-    ngx_buf_t               *b;
-    ngx_uint_t               i, j, nl, nm;
-    ngx_chain_t              out;
-    ngx_http_llm_m_sh_t     *sh;
-    ngx_http_llm_m_out_t     o;
-    ngx_http_llm_m_label_t  *lb;
-    ngx_http_llm_m_model_t  *m;
+    size_t                    size;
+    ngx_int_t                 rc;
+    ngx_buf_t                *b;
+    ngx_uint_t                i, j, nl, nm;
+    ngx_chain_t               out;
+    ngx_atomic_t             *a;
+    ngx_http_llm_m_sh_t      *sh;
+    ngx_http_llm_m_out_t      o;
+    ngx_http_llm_m_label_t   *lb;
+    ngx_http_llm_m_model_t   *m;
+    ngx_http_llm_m_series_t  *se;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
         return NGX_HTTP_NOT_ALLOWED;
@@ -884,18 +964,32 @@ ngx_http_llm_metrics_handler(ngx_http_request_t *r)
     o.pos = b->pos;
     o.last = b->end;
 
-    ngx_http_llm_m_head(&o, "llm_streams_open", "gauge",
-                        "Event streams open now.");
-    ngx_http_llm_m_value(&o, "llm_streams_open", NULL, NULL, 0, NULL, NULL,
-                         sh->streams);
+    for (se = ngx_http_llm_m_global_series; se->name; se++) {
+        a = (ngx_atomic_t *) ((u_char *) sh + se->offset);
+        ngx_http_llm_m_head(&o, se->name, se->type, se->help);
+        ngx_http_llm_m_value(&o, se->name, NULL, NULL, 0, NULL, NULL, *a);
+    }
 
-    ngx_http_llm_m_head(&o, "llm_jobs_running", "gauge",
-                        "Jobs running now, by location.");
+    for (se = ngx_http_llm_m_label_series; se->name; se++) {
+        ngx_http_llm_m_head(&o, se->name, se->type, se->help);
 
-    for (i = 0; i < nl; i++) {
-        lb = &sh->labels[i];
-        ngx_http_llm_m_value(&o, "llm_jobs_running", "location", lb->name,
-                             lb->len, NULL, NULL, lb->running);
+        for (i = 0; i < nl; i++) {
+            lb = &sh->labels[i];
+            a = (ngx_atomic_t *) ((u_char *) lb + se->offset);
+            ngx_http_llm_m_value(&o, se->name, "location", lb->name, lb->len,
+                                 NULL, NULL, *a);
+        }
+    }
+
+    for (se = ngx_http_llm_m_model_series; se->name; se++) {
+        ngx_http_llm_m_head(&o, se->name, se->type, se->help);
+
+        for (i = 0; i < nm; i++) {
+            m = &sh->models[i];
+            a = (ngx_atomic_t *) ((u_char *) m + se->offset);
+            ngx_http_llm_m_value(&o, se->name, "model", m->name, m->len,
+                                 NULL, NULL, *a);
+        }
     }
 
     ngx_http_llm_m_head(&o, "llm_jobs_total", "counter",
@@ -931,63 +1025,6 @@ ngx_http_llm_metrics_handler(ngx_http_request_t *r)
                             ngx_http_llm_m_duration_bounds);
     }
 
-    ngx_http_llm_m_head(&o, "llm_pipeline_step_attempts_total", "counter",
-                        "Pipeline steps started, retries included.");
-
-    for (i = 0; i < nl; i++) {
-        lb = &sh->labels[i];
-        ngx_http_llm_m_value(&o, "llm_pipeline_step_attempts_total",
-                             "location", lb->name, lb->len, NULL, NULL,
-                             lb->attempts);
-    }
-
-    ngx_http_llm_m_head(&o, "llm_pipeline_retries_total", "counter",
-                        "Pipeline steps started again after a failure.");
-
-    for (i = 0; i < nl; i++) {
-        lb = &sh->labels[i];
-        ngx_http_llm_m_value(&o, "llm_pipeline_retries_total", "location",
-                             lb->name, lb->len, NULL, NULL, lb->retries);
-    }
-
-    ngx_http_llm_m_head(&o, "llm_pipeline_check_failures_total", "counter",
-                        "Pipeline step checks that failed.");
-
-    for (i = 0; i < nl; i++) {
-        lb = &sh->labels[i];
-        ngx_http_llm_m_value(&o, "llm_pipeline_check_failures_total",
-                             "location", lb->name, lb->len, NULL, NULL,
-                             lb->check_failures);
-    }
-
-    ngx_http_llm_m_head(&o, "llm_limit_refusals_total", "counter",
-                        "Jobs refused by a job limit of their location.");
-
-    for (i = 0; i < nl; i++) {
-        lb = &sh->labels[i];
-        ngx_http_llm_m_value(&o, "llm_limit_refusals_total", "location",
-                             lb->name, lb->len, NULL, NULL,
-                             lb->limit_refusals);
-    }
-
-    ngx_http_llm_m_head(&o, "llm_input_tokens_total", "counter",
-                        "Prompt tokens the upstream reported, by model.");
-
-    for (i = 0; i < nm; i++) {
-        m = &sh->models[i];
-        ngx_http_llm_m_value(&o, "llm_input_tokens_total", "model", m->name,
-                             m->len, NULL, NULL, m->input_tokens);
-    }
-
-    ngx_http_llm_m_head(&o, "llm_output_tokens_total", "counter",
-                        "Generated tokens the upstream reported, by model.");
-
-    for (i = 0; i < nm; i++) {
-        m = &sh->models[i];
-        ngx_http_llm_m_value(&o, "llm_output_tokens_total", "model", m->name,
-                             m->len, NULL, NULL, m->output_tokens);
-    }
-
     ngx_http_llm_m_head(&o, "llm_upstream_failures_total", "counter",
                         "Upstream requests that failed, by error code.");
 
@@ -997,26 +1034,6 @@ ngx_http_llm_metrics_handler(ngx_http_request_t *r)
                              ngx_strlen(ngx_http_llm_m_codes[i]), NULL, NULL,
                              sh->failures[i]);
     }
-
-    ngx_http_llm_m_head(&o, "llm_resumes_total", "counter",
-                        "Streams that followed a job they did not start.");
-    ngx_http_llm_m_value(&o, "llm_resumes_total", NULL, NULL, 0, NULL, NULL,
-                         sh->resumes);
-
-    ngx_http_llm_m_head(&o, "llm_cancels_total", "counter",
-                        "Jobs cancelled on request (DELETE).");
-    ngx_http_llm_m_value(&o, "llm_cancels_total", NULL, NULL, 0, NULL, NULL,
-                         sh->cancels);
-
-    ngx_http_llm_m_head(&o, "llm_client_disconnects_total", "counter",
-                        "Requests whose client left a running job.");
-    ngx_http_llm_m_value(&o, "llm_client_disconnects_total", NULL, NULL, 0,
-                         NULL, NULL, sh->disconnects);
-
-    ngx_http_llm_m_head(&o, "llm_disconnect_cancels_total", "counter",
-                        "Jobs ended by llm_on_disconnect.");
-    ngx_http_llm_m_value(&o, "llm_disconnect_cancels_total", NULL, NULL, 0,
-                         NULL, NULL, sh->abandoned);
 
     ngx_http_llm_m_head(&o, "llm_store_writes_total", "counter",
                         "Job writes a store made, by store.");
@@ -1049,11 +1066,6 @@ ngx_http_llm_metrics_handler(ngx_http_request_t *r)
                         "Time a batch took to be written to Redis.");
     ngx_http_llm_m_hist(&o, "llm_store_flush_seconds", NULL, NULL, 0,
                         &sh->flush, ngx_http_llm_m_flush_bounds);
-
-    ngx_http_llm_m_head(&o, "llm_store_orphans_total", "counter",
-                        "Jobs freed before Redis had them, written later.");
-    ngx_http_llm_m_value(&o, "llm_store_orphans_total", NULL, NULL, 0, NULL,
-                         NULL, sh->orphans);
 
     b->last = o.pos;
     b->last_buf = (r == r->main) ? 1 : 0;
