@@ -33,6 +33,7 @@
 #define NGX_HTTP_LLM_M_MODELS      32      /* the last one is "other" */
 #define NGX_HTTP_LLM_M_NAME        64
 #define NGX_HTTP_LLM_M_BUCKETS     12
+#define NGX_HTTP_LLM_M_CODES       16      /* room for the codes below */
 #define NGX_HTTP_LLM_M_ZONE_SIZE   (256 * 1024)
 
 #define NGX_HTTP_LLM_M_ZONE        "llm_metrics"
@@ -44,9 +45,15 @@ typedef struct {
 } ngx_http_llm_hist_t;
 
 
+/* a label's or a model's name; len 0: the slot is free */
 typedef struct {
-    u_char                         name[NGX_HTTP_LLM_M_NAME];
+    u_char                         data[NGX_HTTP_LLM_M_NAME];
     size_t                         len;
+} ngx_http_llm_m_name_t;
+
+
+typedef struct {
+    ngx_http_llm_m_name_t          name;
     ngx_atomic_t                   running;
     ngx_atomic_t                   jobs[3];     /* completed, failed, ... */
     ngx_atomic_t                   attempts;
@@ -59,8 +66,7 @@ typedef struct {
 
 
 typedef struct {
-    u_char                         name[NGX_HTTP_LLM_M_NAME];
-    size_t                         len;
+    ngx_http_llm_m_name_t          name;
     ngx_atomic_t                   input_tokens;
     ngx_atomic_t                   output_tokens;
 } ngx_http_llm_m_model_t;
@@ -77,7 +83,7 @@ typedef struct {
     ngx_atomic_t                   cancels;
     ngx_atomic_t                   disconnects;
     ngx_atomic_t                   abandoned;
-    ngx_atomic_t                   failures[16];
+    ngx_atomic_t                   failures[NGX_HTTP_LLM_M_CODES];
     ngx_atomic_t                   store_writes[2];
     ngx_atomic_t                   store_failures[2];
     ngx_atomic_t                   orphans;
@@ -102,6 +108,21 @@ typedef struct {
 } ngx_http_llm_m_conf_t;
 
 
+/*
+ * The labels or the models: slots 0 to count - 1 named in order, the last
+ * slot "other", named when first used.
+ */
+typedef struct {
+    u_char                        *slots;
+    size_t                         stride;
+    ngx_uint_t                     size;
+    ngx_atomic_t                  *count;
+} ngx_http_llm_m_table_t;
+
+#define ngx_http_llm_m_slot_name(t, i)                                       \
+    ((ngx_http_llm_m_name_t *) ((t)->slots + (i) * (t)->stride))
+
+
 typedef struct {
     u_char                        *pos;
     u_char                        *last;
@@ -111,10 +132,15 @@ typedef struct {
 static ngx_int_t ngx_http_llm_metrics_init_zone(ngx_shm_zone_t *zone,
     void *data);
 static size_t ngx_http_llm_metrics_cut(u_char *name, size_t len);
-static ngx_uint_t ngx_http_llm_metrics_find(ngx_http_llm_m_sh_t *sh,
-    ngx_uint_t models, u_char *name, size_t len);
-static ngx_uint_t ngx_http_llm_metrics_add(ngx_http_llm_m_sh_t *sh,
-    ngx_uint_t models, u_char *name, size_t len);
+static void ngx_http_llm_metrics_table(ngx_http_llm_m_sh_t *sh,
+    ngx_uint_t models, ngx_http_llm_m_table_t *t);
+static ngx_uint_t ngx_http_llm_metrics_find(ngx_http_llm_m_table_t *t,
+    u_char *name, size_t len);
+static ngx_uint_t ngx_http_llm_metrics_add(ngx_http_llm_m_table_t *t,
+    u_char *name, size_t len);
+static ngx_uint_t ngx_http_llm_metrics_other(ngx_http_llm_m_table_t *t);
+static ngx_uint_t ngx_http_llm_metrics_shown(ngx_http_llm_m_table_t *t,
+    ngx_uint_t i);
 static void ngx_http_llm_metrics_observe(ngx_http_llm_hist_t *h,
     const ngx_msec_t *bounds, int64_t ms);
 static ngx_int_t ngx_http_llm_metrics_handler(ngx_http_request_t *r);
@@ -382,6 +408,7 @@ ngx_http_llm_metrics_init_zone(ngx_shm_zone_t *zone, void *data)
     ngx_http_llm_m_conf_t *old = data;
 
     ngx_uint_t                    i;
+    ngx_http_llm_m_table_t        t;
     ngx_http_llm_m_conf_t        *mc;
     ngx_http_llm_m_conf_label_t **lbs;
 
@@ -409,12 +436,12 @@ ngx_http_llm_metrics_init_zone(ngx_shm_zone_t *zone, void *data)
     }
 
     lbs = mc->labels.elts;
+    ngx_http_llm_metrics_table(mc->sh, 0, &t);
 
     ngx_shmtx_lock(&mc->shpool->mutex);
 
     for (i = 0; i < mc->labels.nelts; i++) {
-        lbs[i]->slot = ngx_http_llm_metrics_add(mc->sh, 0,
-                                                lbs[i]->name.data,
+        lbs[i]->slot = ngx_http_llm_metrics_add(&t, lbs[i]->name.data,
                                                 lbs[i]->name.len);
     }
 
@@ -446,75 +473,123 @@ ngx_http_llm_metrics_cut(u_char *name, size_t len)
 }
 
 
-/* a name's slot among the labels or models, or the table's size */
+static void
+ngx_http_llm_metrics_table(ngx_http_llm_m_sh_t *sh, ngx_uint_t models,
+    ngx_http_llm_m_table_t *t)
+{
+    if (models) {
+        t->slots = (u_char *) sh->models;
+        t->stride = sizeof(ngx_http_llm_m_model_t);
+        t->size = NGX_HTTP_LLM_M_MODELS;
+        t->count = &sh->nmodels;
+
+    } else {
+        t->slots = (u_char *) sh->labels;
+        t->stride = sizeof(ngx_http_llm_m_label_t);
+        t->size = NGX_HTTP_LLM_M_LABELS;
+        t->count = &sh->nlabels;
+    }
+}
+
+
+/* a name's slot, or the table's size; "other" and "" are "other" */
 
 static ngx_uint_t
-ngx_http_llm_metrics_find(ngx_http_llm_m_sh_t *sh, ngx_uint_t models,
-    u_char *name, size_t len)
+ngx_http_llm_metrics_find(ngx_http_llm_m_table_t *t, u_char *name,
+    size_t len)
 {
-    size_t      *lp;
-    u_char      *np;
-    ngx_uint_t   i, n, size;
+    ngx_uint_t              i, n;
+    ngx_http_llm_m_name_t  *nm;
 
-    n = models ? sh->nmodels : sh->nlabels;
-    size = models ? NGX_HTTP_LLM_M_MODELS : NGX_HTTP_LLM_M_LABELS;
+    if (len == 0 || ngx_http_llm_str_is(name, len, "other")) {
+        return ngx_http_llm_metrics_other(t);
+    }
+
+    n = ngx_min(*t->count, t->size - 1);
 
     /* the names are written before the count that shows them */
     ngx_memory_barrier();
 
-    for (i = 0; i < n && i < size; i++) {
-        np = models ? sh->models[i].name : sh->labels[i].name;
-        lp = models ? &sh->models[i].len : &sh->labels[i].len;
+    for (i = 0; i < n; i++) {
+        nm = ngx_http_llm_m_slot_name(t, i);
 
-        if (*lp == len && ngx_memcmp(np, name, len) == 0) {
+        if (nm->len == len && ngx_memcmp(nm->data, name, len) == 0) {
             return i;
         }
     }
 
-    return size;
+    return t->size;
 }
 
 
 /* under the zone's mutex: a slot for the name, "other" when full */
 
 static ngx_uint_t
-ngx_http_llm_metrics_add(ngx_http_llm_m_sh_t *sh, ngx_uint_t models,
-    u_char *name, size_t len)
+ngx_http_llm_metrics_add(ngx_http_llm_m_table_t *t, u_char *name,
+    size_t len)
 {
-    size_t        *lp;
-    u_char        *np;
-    ngx_uint_t     i, size;
-    ngx_atomic_t  *n;
+    ngx_uint_t              i;
+    ngx_http_llm_m_name_t  *nm;
 
-    size = models ? NGX_HTTP_LLM_M_MODELS : NGX_HTTP_LLM_M_LABELS;
     len = ngx_http_llm_metrics_cut(name, len);
 
-    i = ngx_http_llm_metrics_find(sh, models, name, len);
+    i = ngx_http_llm_metrics_find(t, name, len);
 
-    if (i < size) {
+    if (i < t->size) {
         return i;
     }
 
-    n = models ? &sh->nmodels : &sh->nlabels;
-    i = (*n < size - 1) ? *n : size - 1;
+    i = *t->count;
 
-    np = models ? sh->models[i].name : sh->labels[i].name;
-    lp = models ? &sh->models[i].len : &sh->labels[i].len;
-
-    if (i == size - 1) {
-        name = (u_char *) "other";
-        len = sizeof("other") - 1;
+    if (i >= t->size - 1) {
+        return ngx_http_llm_metrics_other(t);
     }
 
-    if (*n < size) {
-        ngx_memcpy(np, name, len);
-        *lp = len;
+    nm = ngx_http_llm_m_slot_name(t, i);
+    ngx_memcpy(nm->data, name, len);
+    nm->len = len;
 
-        ngx_memory_barrier();
-        (*n)++;
-    }
+    ngx_memory_barrier();
+    (*t->count)++;
 
     return i;
+}
+
+
+/*
+ * The last slot, named when it is first used; by several workers at once
+ * at worst, who write the same bytes.
+ */
+
+static ngx_uint_t
+ngx_http_llm_metrics_other(ngx_http_llm_m_table_t *t)
+{
+    ngx_http_llm_m_name_t  *nm;
+
+    nm = ngx_http_llm_m_slot_name(t, t->size - 1);
+
+    if (nm->len == 0) {
+        ngx_memcpy(nm->data, "other", sizeof("other") - 1);
+        ngx_memory_barrier();
+        nm->len = sizeof("other") - 1;
+    }
+
+    return t->size - 1;
+}
+
+
+/* whether slot i has a name to be shown with */
+
+static ngx_uint_t
+ngx_http_llm_metrics_shown(ngx_http_llm_m_table_t *t, ngx_uint_t i)
+{
+    ngx_uint_t  n;
+
+    n = *t->count;
+    ngx_memory_barrier();
+
+    return (i < n && i < t->size - 1)
+           || (i == t->size - 1 && ngx_http_llm_m_slot_name(t, i)->len);
 }
 
 
@@ -536,13 +611,16 @@ ngx_http_llm_metrics_label(ngx_http_llm_loc_conf_t *llcf)
 ngx_uint_t
 ngx_http_llm_metrics_model(ngx_str_t *model)
 {
-    ngx_uint_t  i;
+    ngx_uint_t              i;
+    ngx_http_llm_m_table_t  t;
 
     if (ngx_http_llm_m_sh == NULL) {
         return NGX_HTTP_LLM_M_MODELS;
     }
 
-    i = ngx_http_llm_metrics_find(ngx_http_llm_m_sh, 1, model->data,
+    ngx_http_llm_metrics_table(ngx_http_llm_m_sh, 1, &t);
+
+    i = ngx_http_llm_metrics_find(&t, model->data,
                                   ngx_http_llm_metrics_cut(model->data,
                                                            model->len));
 
@@ -553,8 +631,7 @@ ngx_http_llm_metrics_model(ngx_str_t *model)
     /* a new model: once per model name, not per token */
 
     ngx_shmtx_lock(&ngx_http_llm_m_shpool->mutex);
-    i = ngx_http_llm_metrics_add(ngx_http_llm_m_sh, 1, model->data,
-                                 model->len);
+    i = ngx_http_llm_metrics_add(&t, model->data, model->len);
     ngx_shmtx_unlock(&ngx_http_llm_m_shpool->mutex);
 
     return i;
@@ -876,17 +953,16 @@ ngx_http_llm_metrics_limit_refused(ngx_uint_t label)
 ngx_int_t
 ngx_http_llm_metrics_running(void)
 {
-    ngx_uint_t  i, n;
     ngx_int_t   running;
+    ngx_uint_t  i;
 
     if (ngx_http_llm_m_sh == NULL) {
         return -1;
     }
 
     running = 0;
-    n = ngx_min(ngx_http_llm_m_sh->nlabels, NGX_HTTP_LLM_M_LABELS);
 
-    for (i = 0; i < n; i++) {
+    for (i = 0; i < NGX_HTTP_LLM_M_LABELS; i++) {
         running += (ngx_atomic_int_t) ngx_http_llm_m_sh->labels[i].running;
     }
 
@@ -929,13 +1005,14 @@ ngx_http_llm_metrics_handler(ngx_http_request_t *r)
     size_t                    size;
     ngx_int_t                 rc;
     ngx_buf_t                *b;
-    ngx_uint_t                i, j, nl, nm;
+    ngx_uint_t                i, j;
     ngx_chain_t               out;
     ngx_atomic_t             *a;
     ngx_http_llm_m_sh_t      *sh;
     ngx_http_llm_m_out_t      o;
     ngx_http_llm_m_label_t   *lb;
     ngx_http_llm_m_model_t   *m;
+    ngx_http_llm_m_table_t    lt, mt;
     ngx_http_llm_m_series_t  *se;
 
     if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
@@ -949,12 +1026,15 @@ ngx_http_llm_metrics_handler(ngx_http_request_t *r)
 
     sh = ngx_http_llm_m_sh;
 
-    nl = ngx_min(sh->nlabels, NGX_HTTP_LLM_M_LABELS);
-    nm = ngx_min(sh->nmodels, NGX_HTTP_LLM_M_MODELS);
+    ngx_http_llm_metrics_table(sh, 0, &lt);
+    ngx_http_llm_metrics_table(sh, 1, &mt);
 
-    /* every line of a label or model, its value escaped at worst */
-    size = 16384 + nl * 48 * (2 * NGX_HTTP_LLM_M_NAME + 128)
-           + nm * 2 * (2 * NGX_HTTP_LLM_M_NAME + 128);
+    /* every line of every slot shown ("other" too), names escaped */
+    size = 16384
+           + (ngx_min(*lt.count, lt.size - 1) + 1) * 48
+             * (2 * NGX_HTTP_LLM_M_NAME + 128)
+           + (ngx_min(*mt.count, mt.size - 1) + 1) * 2
+             * (2 * NGX_HTTP_LLM_M_NAME + 128);
 
     b = ngx_create_temp_buf(r->pool, size);
     if (b == NULL) {
@@ -973,55 +1053,75 @@ ngx_http_llm_metrics_handler(ngx_http_request_t *r)
     for (se = ngx_http_llm_m_label_series; se->name; se++) {
         ngx_http_llm_m_head(&o, se->name, se->type, se->help);
 
-        for (i = 0; i < nl; i++) {
+        for (i = 0; i < NGX_HTTP_LLM_M_LABELS; i++) {
+            if (!ngx_http_llm_metrics_shown(&lt, i)) {
+                continue;
+            }
+
             lb = &sh->labels[i];
             a = (ngx_atomic_t *) ((u_char *) lb + se->offset);
-            ngx_http_llm_m_value(&o, se->name, "location", lb->name, lb->len,
-                                 NULL, NULL, *a);
+            ngx_http_llm_m_value(&o, se->name, "location", lb->name.data,
+                                 lb->name.len, NULL, NULL, *a);
         }
     }
 
     for (se = ngx_http_llm_m_model_series; se->name; se++) {
         ngx_http_llm_m_head(&o, se->name, se->type, se->help);
 
-        for (i = 0; i < nm; i++) {
+        for (i = 0; i < NGX_HTTP_LLM_M_MODELS; i++) {
+            if (!ngx_http_llm_metrics_shown(&mt, i)) {
+                continue;
+            }
+
             m = &sh->models[i];
             a = (ngx_atomic_t *) ((u_char *) m + se->offset);
-            ngx_http_llm_m_value(&o, se->name, "model", m->name, m->len,
-                                 NULL, NULL, *a);
+            ngx_http_llm_m_value(&o, se->name, "model", m->name.data,
+                                 m->name.len, NULL, NULL, *a);
         }
     }
 
     ngx_http_llm_m_head(&o, "llm_jobs_total", "counter",
                         "Jobs ended, by location and state.");
 
-    for (i = 0; i < nl; i++) {
+    for (i = 0; i < NGX_HTTP_LLM_M_LABELS; i++) {
+        if (!ngx_http_llm_metrics_shown(&lt, i)) {
+            continue;
+        }
+
         lb = &sh->labels[i];
 
         for (j = 0; j < 3; j++) {
-            ngx_http_llm_m_value(&o, "llm_jobs_total", "location", lb->name,
-                                 lb->len, "state", ngx_http_llm_m_states[j],
-                                 lb->jobs[j]);
+            ngx_http_llm_m_value(&o, "llm_jobs_total", "location",
+                                 lb->name.data, lb->name.len, "state",
+                                 ngx_http_llm_m_states[j], lb->jobs[j]);
         }
     }
 
     ngx_http_llm_m_head(&o, "llm_time_to_first_token_seconds", "histogram",
                         "Time from a job's start to its first text.");
 
-    for (i = 0; i < nl; i++) {
+    for (i = 0; i < NGX_HTTP_LLM_M_LABELS; i++) {
+        if (!ngx_http_llm_metrics_shown(&lt, i)) {
+            continue;
+        }
+
         lb = &sh->labels[i];
         ngx_http_llm_m_hist(&o, "llm_time_to_first_token_seconds",
-                            "location", lb->name, lb->len, &lb->ttft,
+                            "location", lb->name.data, lb->name.len, &lb->ttft,
                             ngx_http_llm_m_ttft_bounds);
     }
 
     ngx_http_llm_m_head(&o, "llm_job_duration_seconds", "histogram",
                         "Time from a job's start to its end.");
 
-    for (i = 0; i < nl; i++) {
+    for (i = 0; i < NGX_HTTP_LLM_M_LABELS; i++) {
+        if (!ngx_http_llm_metrics_shown(&lt, i)) {
+            continue;
+        }
+
         lb = &sh->labels[i];
         ngx_http_llm_m_hist(&o, "llm_job_duration_seconds", "location",
-                            lb->name, lb->len, &lb->duration,
+                            lb->name.data, lb->name.len, &lb->duration,
                             ngx_http_llm_m_duration_bounds);
     }
 

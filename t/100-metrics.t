@@ -218,10 +218,13 @@ is($ev[-1]{event}, 'complete', 'to the end of the job');
                             until => qr/event: delta\n/);
 like($body, qr/event: delta/, 'the stream has started when the client goes');
 
-# 7. more models than labels: the first 31 named, the rest "other"
+# 7. more models than slots: the first 31 named, the rest "other"
 
 my (%out_x, $out_other);
-$out_other = 0;
+
+# a model named "other" is counted as "other", not as a second series
+($st, $h, $body) = http_get($port, 'GET', '/any?m=other');
+$out_other = complete_usage($body)->{output_tokens};
 
 for my $i (1 .. 33) {
     ($st, $h, $body) = http_get($port, 'GET', "/any?m=x$i");
@@ -305,7 +308,7 @@ my %want = (
     'llm_jobs_total{location="judge",state="completed"}' => 1,
     'llm_jobs_total{location="slow "one"",state="cancelled"}' => 1,
     'llm_jobs_total{location="/cancel",state="cancelled"}' => 1,
-    'llm_jobs_total{location="/any",state="completed"}' => 33,
+    'llm_jobs_total{location="/any",state="completed"}' => 34,
     'llm_jobs_running{location="/g"}' => 0,
     'llm_jobs_running{location="slow "one""}' => 0,
     'llm_jobs_running{location="/cancel"}' => 0,
