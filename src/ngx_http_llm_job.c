@@ -1685,6 +1685,9 @@ ngx_http_llm_job_free(ngx_http_llm_job_t *job)
         return;
     }
 
+    /* a job that could not start ends here */
+    ngx_http_llm_metrics_job_end(job);
+
     if (job->timer.timer_set) {
         ngx_del_timer(&job->timer);
     }

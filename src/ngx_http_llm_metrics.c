@@ -936,11 +936,19 @@ ngx_http_llm_metrics_orphan(void)
 }
 
 
-/* a job refused by a limit of its location (llm_limit_jobs) */
+/*
+ * A job that a limit of its location refused to start: for the coming
+ * llm_limit_jobs, which calls it where it refuses; until then the series
+ * stays at 0.
+ */
 
 void
-ngx_http_llm_metrics_limit_refused(ngx_uint_t label)
+ngx_http_llm_metrics_limit_refused(ngx_http_llm_loc_conf_t *llcf)
 {
+    ngx_uint_t  label;
+
+    label = ngx_http_llm_metrics_label(llcf);
+
     if (ngx_http_llm_m_sh && label < NGX_HTTP_LLM_M_LABELS) {
         (void) ngx_atomic_fetch_add(&ngx_http_llm_m_sh->labels[label]
                                     .limit_refusals, 1);

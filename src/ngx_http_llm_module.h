@@ -478,7 +478,7 @@ void ngx_http_llm_metrics_request_end(ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_metrics_store_write(ngx_uint_t store, ngx_uint_t ok);
 void ngx_http_llm_metrics_flush(ngx_uint_t ok, ngx_msec_t ms);
 void ngx_http_llm_metrics_orphan(void);
-void ngx_http_llm_metrics_limit_refused(ngx_uint_t label);
+void ngx_http_llm_metrics_limit_refused(ngx_http_llm_loc_conf_t *llcf);
 ngx_int_t ngx_http_llm_metrics_running(void);
 
 /* ngx_http_llm_status.c */
