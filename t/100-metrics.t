@@ -14,7 +14,8 @@ use Time::HiRes qw(sleep);
 use File::Temp qw(tempfile);
 use FindBin;
 use lib "$FindBin::Bin/lib";
-use LLM::TestServer qw(start_nginx stop_nginx free_port http_get sse_events);
+use LLM::TestServer qw(start_nginx stop_nginx nginx_pid free_port http_get
+                       sse_events);
 
 my $mock = $ENV{TEST_NGINX_MOCK_PORT};
 
@@ -61,6 +62,10 @@ my $root = start_nginx('metrics',
         location = /fail {
             llm_model m3;
             llm_pass  $up?status=503;
+        }
+        location = /cut {
+            llm_model m3;
+            llm_pass  $up?mode=cut&after=2&tps=0&ttft=0;
         }
         location = /p {
             llm_model    m4;
@@ -164,16 +169,25 @@ is(scalar keys %workers, 2, "the streams ran on both workers ($n_ok)");
 
 # 2. streams that fail with upstream_status
 
+my ($st, $h, $body, @ev);
+
 for (1 .. 3) {
-    my ($st, $h, $body) = http_get($port, 'GET', '/fail');
-    my @ev = sse_events($body);
+    ($st, $h, $body) = http_get($port, 'GET', '/fail');
+    @ev = sse_events($body);
     like($ev[-1]{data} // '', qr/"code":"upstream_status"/,
          "failed stream $_: upstream_status");
 }
 
+# and one that the upstream cuts short
+
+($st, $h, $body) = http_get($port, 'GET', '/cut');
+@ev = sse_events($body);
+like($ev[-1]{data} // '', qr/"code":"upstream_truncated"/,
+     'a stream cut short: upstream_truncated');
+
 # 3. a pipeline whose step passes its check at the second attempt
 
-my ($st, $h, $body) = http_get($port, 'GET', '/p');
+($st, $h, $body) = http_get($port, 'GET', '/p');
 my $u_p = complete_usage($body);
 ok($u_p, 'the pipeline completes');
 
@@ -199,7 +213,7 @@ is($state, 'cancelled', 'the background job is cancelled');
 # 5. a resume: a stream that follows a finished job from its first event
 
 ($st, $h, $body) = http_get($port, 'GET', '/g');
-my @ev = sse_events($body);
+@ev = sse_events($body);
 my ($job) = $ev[0]{id} =~ /^([\w-]+):1$/;
 $out_m1 += complete_usage($body)->{output_tokens};
 $in_m1 += complete_usage($body)->{input_tokens};
@@ -319,7 +333,8 @@ my %want = (
     'llm_job_duration_seconds_count{location="/fail"}' => 3,
     'llm_job_duration_seconds_count{location="judge"}' => 1,
     'llm_upstream_failures_total{code="upstream_status"}' => 3,
-    'llm_upstream_failures_total{code="upstream_truncated"}' => 0,
+    'llm_upstream_failures_total{code="upstream_truncated"}' => 1,
+    'llm_jobs_total{location="/cut",state="failed"}' => 1,
     'llm_upstream_failures_total{code="other"}' => 0,
     'llm_pipeline_step_attempts_total{location="judge"}' => 2,
     'llm_pipeline_retries_total{location="judge"}' => 1,
@@ -359,5 +374,26 @@ my @b = map { $v->{"llm_job_duration_seconds_bucket{le=\"$_\",location=\"/g\"}"}
 my $mono = 1;
 for (1 .. $#b) { $mono = 0 unless defined $b[$_] && $b[$_] >= $b[$_ - 1] }
 ok($mono, 'duration buckets are cumulative');
+
+# 8. a reload with the same configuration keeps the zone and its counts
+
+my %old = %by_worker;
+kill 'HUP', nginx_pid($root);
+
+my $after;
+for (1 .. 100) {
+    my ($s, $hh, $text, $w) = scrape();
+    if ($w && !exists $old{$w}) {
+        $after = parse_metrics($text);
+        last;
+    }
+    sleep 0.1;
+}
+
+ok($after, 'a new worker answers after the reload');
+is($after->{v}{'llm_jobs_total{location="/g",state="completed"}'}, $n_ok,
+   'the counts are kept over the reload');
+is($after->{v}{'llm_output_tokens_total{model="m1"}'}, $out_m1,
+   'and the models keep their slots');
 
 done_testing();
