@@ -711,7 +711,8 @@ ngx_http_llm_metrics_output(ngx_http_llm_job_t *job,
 
 /*
  * A pipeline's event: attempts, retries, checks that failed, and how far
- * the run got (the number of the last step that ended).
+ * the run got (the number of the last step started).  The "step" events,
+ * which carry the outputs, are not read again.
  */
 
 void
@@ -722,25 +723,21 @@ ngx_http_llm_metrics_run_event(ngx_http_llm_job_t *job,
     json_int_t               index;
     ngx_http_llm_m_label_t  *lb;
 
-    if (type == NGX_HTTP_LLM_EV_PROGRESS) {
+    if (type != NGX_HTTP_LLM_EV_STEP_START && type != NGX_HTTP_LLM_EV_CHECK)
+    {
         return;
     }
 
     o = json_loadb((char *) payload, len, 0, NULL);
 
-    if (type == NGX_HTTP_LLM_EV_STEP) {
+    if (type == NGX_HTTP_LLM_EV_STEP_START) {
+        job->stats.attempts++;
+
         index = json_integer_value(json_object_get(o, "index"));
 
         if (index > 0) {
             job->stats.steps = (ngx_uint_t) index;
         }
-
-        json_decref(o);
-        return;
-    }
-
-    if (type == NGX_HTTP_LLM_EV_STEP_START) {
-        job->stats.attempts++;
     }
 
     if (o == NULL || !job->stats.counted) {

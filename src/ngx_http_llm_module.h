@@ -212,7 +212,7 @@ typedef struct {
     int64_t                        first;       /* first text, ms; 0: none */
     ngx_uint_t                     status;      /* last upstream status */
     ngx_uint_t                     attempts;    /* a pipeline's tries */
-    ngx_uint_t                     steps;       /* pipeline steps done */
+    ngx_uint_t                     steps;       /* last step started */
     unsigned                       counted:1;   /* running in the metrics */
     unsigned                       abandoned:1; /* by llm_on_disconnect */
 } ngx_http_llm_jstats_t;

@@ -48,6 +48,18 @@ my $root = start_nginx('alog', "daemon on;\nmaster_process off;", <<"HTTP");
         }
     }
 
+    llm_pipeline two {
+        step a {
+            pass   "$up?tps=0&ttft=0&reply=%7B%22ok%22%3Atrue%7D";
+            prompt "a";
+            output json;
+        }
+        step b {
+            pass   "$up?status=503";
+            prompt "b";
+        }
+    }
+
     server {
         listen 127.0.0.1:$port;
         access_log logs/llm.log llm;
@@ -68,6 +80,10 @@ my $root = start_nginx('alog', "daemon on;\nmaster_process off;", <<"HTTP");
         location = /p {
             llm_model    m4;
             llm_pipeline judge;
+        }
+        location = /two {
+            llm_model    m5;
+            llm_pipeline two;
         }
         location = /slow {
             llm_model m2;
@@ -156,6 +172,14 @@ is($l->{outcome}, 'completed', 'pipeline: completed');
 is($l->{attempts}, '2', 'pipeline: two upstream requests');
 is($l->{steps}, '1', 'pipeline: one step');
 is($l->{model}, 'm4', 'pipeline: the location\'s model');
+
+# a pipeline that fails in its second step
+
+($st, $h, $body) = http_get($port, 'GET', '/two');
+$l = line_for('/two');
+like($l->{outcome}, qr/^failed:\w+$/, 'pipeline failed: failed:CODE');
+is($l->{steps}, '2', 'pipeline failed: in its second step');
+is($l->{attempts}, '2', 'pipeline failed: two upstream requests');
 
 # 5. a background job: accepted, its id
 
