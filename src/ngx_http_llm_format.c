@@ -34,7 +34,8 @@ typedef struct {
     ngx_str_t                      event;       /* SSE name, or empty */
     ngx_http_llm_tpl_t             tpl;
     ngx_str_t                      step;        /* empty: any step */
-    ngx_int_t                      when;        /* -1 any, 1 passed, 0 not */
+    ngx_int_t                      when;        /* -1 any, 1 passed, 0 not,
+                                                   or NGX_HTTP_LLM_WHEN_ */
     unsigned                       off:1;
 } ngx_http_llm_frame_t;
 
@@ -69,6 +70,8 @@ static ngx_str_t  ngx_http_llm_kind_names[] = {
     ngx_string("step"),
     ngx_string("check"),
     ngx_string("progress"),
+    ngx_string("paused"),
+    ngx_string("resumed"),
     ngx_string("response"),
     ngx_string("refusal")
 };
@@ -77,7 +80,7 @@ static ngx_str_t  ngx_http_llm_kind_names[] = {
 /* by event type */
 static const char  *ngx_http_llm_event_names[] = {
     "start", "delta", "complete", "error",
-    "step_start", "step", "check", "progress"
+    "step_start", "step", "check", "progress", "paused", "resumed"
 };
 
 
@@ -262,6 +265,22 @@ ngx_http_llm_format_line(ngx_conf_t *cf, ngx_command_t *dummy, void *conf)
                                                     "when=failed") == 0)
         {
             when = 0;
+            continue;
+        }
+
+        /* a pipeline's complete: it stopped early, or ran to its end */
+
+        if (k == NGX_HTTP_LLM_K_COMPLETE
+            && ngx_strcmp(value[i].data, "when=stopped") == 0)
+        {
+            when = NGX_HTTP_LLM_WHEN_STOPPED;
+            continue;
+        }
+
+        if (k == NGX_HTTP_LLM_K_COMPLETE
+            && ngx_strcmp(value[i].data, "when=finished") == 0)
+        {
+            when = NGX_HTTP_LLM_WHEN_FINISHED;
             continue;
         }
 
@@ -505,9 +524,10 @@ ngx_http_llm_format_event(ngx_http_llm_format_t *fmt,
 {
     json_t                *payload;
     ngx_int_t              passed;
-    ngx_uint_t             i, last, specific;
+    ngx_uint_t             i, last, specific, looked;
     const char            *step;
     ngx_array_t           *a;
+    ngx_http_llm_kind_e    kind;
     ngx_http_llm_frame_t  *fr;
 
     if (fmt->event) {
@@ -516,7 +536,8 @@ ngx_http_llm_format_event(ngx_http_llm_format_t *fmt,
 
     /* a template's event is rendered whole, its values being anywhere */
 
-    a = fmt->tpls[ngx_http_llm_event_kind(fmt, fc->job, fc->first)];
+    kind = ngx_http_llm_event_kind(fmt, fc->job, fc->first);
+    a = fmt->tpls[kind];
 
     if (a == NULL) {
         return 1;
@@ -527,13 +548,19 @@ ngx_http_llm_format_event(ngx_http_llm_format_t *fmt,
     step = NULL;
     passed = -1;
     specific = 0;
+    looked = 0;
 
     for (i = 0; i < a->nelts; i++) {
         if (fr[i].step.len == 0 && fr[i].when == -1) {
             continue;
         }
 
-        if (payload == NULL) {
+        if (kind == NGX_HTTP_LLM_K_COMPLETE && !looked) {
+            looked = 1;
+            passed = ngx_http_llm_format_stopped(fc)
+                     ? NGX_HTTP_LLM_WHEN_STOPPED : NGX_HTTP_LLM_WHEN_FINISHED;
+
+        } else if (payload == NULL && kind != NGX_HTTP_LLM_K_COMPLETE) {
             payload = ngx_http_llm_format_payload(fc);
             step = json_string_value(json_object_get(payload, "step"));
             passed = json_is_boolean(json_object_get(payload, "passed"))
@@ -642,7 +669,8 @@ static ngx_uint_t
 ngx_http_llm_kind_of_step(ngx_uint_t k)
 {
     return k == NGX_HTTP_LLM_K_STEP_START || k == NGX_HTTP_LLM_K_STEP
-           || k == NGX_HTTP_LLM_K_CHECK || k == NGX_HTTP_LLM_K_PROGRESS;
+           || k == NGX_HTTP_LLM_K_CHECK || k == NGX_HTTP_LLM_K_PROGRESS
+           || k == NGX_HTTP_LLM_K_PAUSED || k == NGX_HTTP_LLM_K_RESUMED;
 }
 
 
@@ -696,6 +724,12 @@ ngx_http_llm_event_kind(ngx_http_llm_format_t *fmt, ngx_http_llm_job_t *job,
 
     case NGX_HTTP_LLM_EV_PROGRESS:
         return NGX_HTTP_LLM_K_PROGRESS;
+
+    case NGX_HTTP_LLM_EV_PAUSED:
+        return NGX_HTTP_LLM_K_PAUSED;
+
+    case NGX_HTTP_LLM_EV_RESUMED:
+        return NGX_HTTP_LLM_K_RESUMED;
 
     default:
         break;

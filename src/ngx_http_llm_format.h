@@ -36,10 +36,17 @@ typedef enum {
     NGX_HTTP_LLM_K_STEP,
     NGX_HTTP_LLM_K_CHECK,
     NGX_HTTP_LLM_K_PROGRESS,
+    NGX_HTTP_LLM_K_PAUSED,
+    NGX_HTTP_LLM_K_RESUMED,
     NGX_HTTP_LLM_K_RESPONSE,        /* the blocking answer's body */
     NGX_HTTP_LLM_K_REFUSAL,         /* a JSON error answer's body */
     NGX_HTTP_LLM_K_N
 } ngx_http_llm_kind_e;
+
+
+/* when= of a pipeline's complete (a check's: 1 passed, 0 failed) */
+#define NGX_HTTP_LLM_WHEN_STOPPED     2
+#define NGX_HTTP_LLM_WHEN_FINISHED    3
 
 
 /* what one rendering is about */
@@ -123,6 +130,7 @@ ngx_int_t ngx_http_llm_send_formatted(ngx_http_request_t *r,
 extern ngx_http_llm_var_t  ngx_http_llm_format_vars[];
 
 json_t *ngx_http_llm_format_payload(ngx_http_llm_fmt_ctx_t *fc);
+ngx_uint_t ngx_http_llm_format_stopped(ngx_http_llm_fmt_ctx_t *fc);
 
 /* ngx_http_llm_format_openai.c */
 extern ngx_http_llm_format_t  ngx_http_llm_format_openai;

@@ -63,6 +63,10 @@ static void ngx_http_llm_var_payload(ngx_http_llm_fmt_ctx_t *fc,
 static json_t *ngx_http_llm_var_state_json(ngx_http_llm_fmt_ctx_t *fc);
 static void ngx_http_llm_var_outputs(void *data,
     ngx_str_t *arg, ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_attempts(void *data,
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_by_step(ngx_http_llm_fmt_ctx_t *fc,
+    const char *field, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_steps(void *data,
     ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_stopped_at(void *data,
@@ -140,6 +144,7 @@ ngx_http_llm_var_t  ngx_http_llm_format_vars[] = {
     { ngx_string("llm_iterations"), ngx_http_llm_var_iterations, 0, 0 },
     { ngx_string("llm_item"), ngx_http_llm_var_item, 1, 0 },
     { ngx_string("llm_outputs"), ngx_http_llm_var_outputs, 1, 0 },
+    { ngx_string("llm_attempts"), ngx_http_llm_var_attempts, 1, 0 },
     { ngx_string("llm_steps"), ngx_http_llm_var_steps, 0, 0 },
     { ngx_string("llm_stopped_at"), ngx_http_llm_var_stopped_at, 0, 0 },
 
@@ -626,8 +631,24 @@ ngx_http_llm_var_state_json(ngx_http_llm_fmt_ctx_t *fc)
 static void
 ngx_http_llm_var_outputs(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
 {
-    ngx_http_llm_fmt_ctx_t  *fc = data;
+    ngx_http_llm_var_by_step(data, "output", v);
+}
 
+
+static void
+ngx_http_llm_var_attempts(void *data, ngx_str_t *arg,
+    ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_var_by_step(data, "attempts", v);
+}
+
+
+/* one field of every step that has it, as an object by step name */
+
+static void
+ngx_http_llm_var_by_step(ngx_http_llm_fmt_ctx_t *fc, const char *field,
+    ngx_http_llm_value_t *v)
+{
     size_t   i;
     json_t  *st, *steps, *step, *name, *out, *o;
 
@@ -642,7 +663,7 @@ ngx_http_llm_var_outputs(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
     for (i = 0; o && i < json_array_size(steps); i++) {
         step = json_array_get(steps, i);
         name = json_object_get(step, "name");
-        out = json_object_get(step, "output");
+        out = json_object_get(step, field);
 
         if (json_is_string(name) && out && !json_is_null(out)) {
             json_object_set(o, json_string_value(name), out);
@@ -678,6 +699,22 @@ ngx_http_llm_var_steps(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
     }
 
     json_decref(st);
+}
+
+
+/* a pipeline that ended well but early (a check's "stop") */
+
+ngx_uint_t
+ngx_http_llm_format_stopped(ngx_http_llm_fmt_ctx_t *fc)
+{
+    json_t      *st;
+    ngx_uint_t   stopped;
+
+    st = ngx_http_llm_var_state_json(fc);
+    stopped = json_is_string(json_object_get(st, "stopped_at"));
+    json_decref(st);
+
+    return stopped;
 }
 
 

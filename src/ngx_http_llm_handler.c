@@ -148,6 +148,7 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     u_char                    owner[NGX_HTTP_LLM_OWNER_LEN];
     ngx_int_t                 rc;
     ngx_str_t                 err, id;
+    ngx_msec_t                retry_after;
     ngx_uint_t                seq;
     ngx_http_llm_run_t       *run;
     ngx_http_llm_job_t       *job;
@@ -203,6 +204,28 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    if (rc == NGX_OK) {
+        rc = ngx_http_llm_limit_acquire(r, llcf->limits, &opts.limits,
+                                        &opts.nlimits, &retry_after);
+
+        if (rc == NGX_BUSY) {
+            ngx_http_llm_spec_free(&spec);
+
+            if (run) {
+                ngx_http_llm_pipeline_free(run);
+            }
+
+            ngx_http_finalize_request(r,
+                                ngx_http_llm_limit_refuse(r, retry_after));
+            return;
+        }
+
+        if (rc == NGX_ERROR) {
+            ngx_str_set(&err, "cannot evaluate llm_limit_jobs");
+            rc = NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
     if (rc != NGX_OK) {
         ngx_http_llm_spec_free(&spec);
 
@@ -221,6 +244,8 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     opts.pool = llcf->thread_pool;
     opts.store = llcf->store;
     opts.grace = llcf->grace;
+    opts.pause_timeout = llcf->pause_timeout;
+    opts.max_duration = llcf->max_duration;
     opts.max_events = llcf->max_events;
     opts.label = ngx_http_llm_metrics_label(llcf);
     /* an engine job's text is bounded by its transfer, a pipeline's here */

@@ -31,6 +31,7 @@
 
 
 #define NGX_HTTP_LLM_WATCH_MS   1000
+#define NGX_HTTP_LLM_HOLD_MS    1000
 
 /* a running job whose worker has not saved it for this long is lost */
 #define NGX_HTTP_LLM_LOST_MS    15000
@@ -41,6 +42,7 @@ typedef struct {
     u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN + 1];
     ngx_http_llm_find_pt           handler;
     void                          *data;
+    ngx_event_t                    again;       /* once more, later */
 } ngx_http_llm_find_t;
 
 
@@ -62,13 +64,20 @@ static void ngx_http_llm_job_snapshot(void *data,
     ngx_http_llm_snapshot_t *snap);
 static void ngx_http_llm_job_saved(void *data, ngx_http_llm_saved_t *res);
 static void ngx_http_llm_job_wake(ngx_http_llm_job_t *job);
+static void ngx_http_llm_job_ended(ngx_http_llm_job_t *job);
+static void ngx_http_llm_job_release_final(ngx_event_t *ev);
 static void ngx_http_llm_job_free(ngx_http_llm_job_t *job);
+static void ngx_http_llm_job_unwatched(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_grace_handler(ngx_event_t *ev);
+static void ngx_http_llm_job_pause_expired(ngx_event_t *ev);
+static void ngx_http_llm_job_deadline(ngx_event_t *ev);
 static void ngx_http_llm_job_cancel_handler(ngx_event_t *ev);
+static void ngx_http_llm_job_pause_handler(ngx_event_t *ev);
 static void ngx_http_llm_job_free_handler(ngx_event_t *ev);
 static ngx_http_llm_job_t *ngx_http_llm_job_local(u_char *id);
 static void ngx_http_llm_job_found(void *data, ngx_int_t rc,
     ngx_http_llm_record_t *rec);
+static void ngx_http_llm_job_find_again(ngx_event_t *ev);
 static ngx_int_t ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
     ngx_http_llm_record_t *rec);
 static const char *ngx_http_llm_record_check(ngx_http_llm_job_t *job,
@@ -120,7 +129,8 @@ ngx_http_llm_job_start(ngx_http_llm_spec_t *spec, ngx_http_llm_job_opts_t *o,
 /*
  * A new running job with its id and start event, not saved yet (what
  * runs it is set first): the engine's, or a pipeline's
- * (ngx_http_llm_job_run.c).  NULL when out of memory.
+ * (ngx_http_llm_job_run.c).  NULL when out of memory.  It takes the
+ * limit slots of "o" in any case.
  */
 
 ngx_http_llm_job_t *
@@ -130,11 +140,26 @@ ngx_http_llm_job_create(ngx_http_llm_job_opts_t *o, ngx_log_t *log)
 
     job = ngx_http_llm_job_alloc(log);
     if (job == NULL) {
+        if (o->limits) {
+            ngx_http_llm_limit_release(o->limits, o->nlimits);
+        }
+
         return NULL;
     }
 
     job->store = o->store;
     job->grace = o->grace;
+    job->pause_timeout = o->pause_timeout;
+    job->limits = o->limits;
+    job->nlimits = o->nlimits;
+
+    if (o->max_duration) {
+        job->deadline.data = job;
+        job->deadline.log = job->log;
+        job->deadline.handler = ngx_http_llm_job_deadline;
+        job->deadline.cancelable = 1;
+        ngx_add_timer(&job->deadline, o->max_duration);
+    }
     job->max_events = o->max_events;
     job->max_text = o->max_text;
     job->background = o->background;
@@ -184,6 +209,9 @@ ngx_http_llm_job_alloc(ngx_log_t *log)
     job->cancel_ev.data = job;
     job->cancel_ev.log = job->log;
     job->cancel_ev.handler = ngx_http_llm_job_cancel_handler;
+    job->pause_ev.data = job;
+    job->pause_ev.log = job->log;
+    job->pause_ev.handler = ngx_http_llm_job_pause_handler;
     job->free_ev.data = job;
     job->free_ev.log = job->log;
     job->free_ev.handler = ngx_http_llm_job_free_handler;
@@ -223,7 +251,7 @@ ngx_http_llm_job_find(ngx_http_llm_store_t *st, u_char *id,
         return NGX_OK;
     }
 
-    f = ngx_alloc(sizeof(ngx_http_llm_find_t), ngx_cycle->log);
+    f = ngx_calloc(sizeof(ngx_http_llm_find_t), ngx_cycle->log);
     if (f == NULL) {
         return NGX_ERROR;
     }
@@ -242,6 +270,21 @@ ngx_http_llm_job_find(ngx_http_llm_store_t *st, u_char *id,
     }
 
     return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_job_find_again(ngx_event_t *ev)
+{
+    ngx_http_llm_find_t *f = ev->data;
+
+    if (f->store->ops->fetch(f->store, f->id, 0, 0, 0,
+                             ngx_http_llm_job_found, f)
+        != NGX_OK)
+    {
+        f->handler(f->data, NGX_ERROR, NULL);
+        ngx_free(f);
+    }
 }
 
 
@@ -278,6 +321,21 @@ ngx_http_llm_job_found(void *data, ngx_int_t rc, ngx_http_llm_record_t *rec)
     ngx_http_llm_find_t *f = data;
 
     ngx_http_llm_job_t  *job;
+
+    /*
+     * A job just started elsewhere may not be in a store that writes
+     * later yet: an unknown id is asked for once more after the store's
+     * window before it is called unknown.
+     */
+
+    if (rc == NGX_DECLINED && f->store->window && f->again.data == NULL) {
+        f->again.data = f;
+        f->again.log = ngx_cycle->log;
+        f->again.handler = ngx_http_llm_job_find_again;
+        f->again.cancelable = 1;
+        ngx_add_timer(&f->again, f->store->window);
+        return;
+    }
 
     if (rc != NGX_OK) {
         /* a corrupt record is an error to the client, as the store said */
@@ -394,6 +452,9 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
 
         job->state_version = rec->state_version;
     }
+
+    job->pause = rec->pause;
+    job->paused = rec->paused;
 
     /* where the text of the events given starts: at their first delta */
 
@@ -632,7 +693,7 @@ ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
     for (i = 0; i < n; i++) {
         ev = &rec->events[i];
 
-        if (ev->type > NGX_HTTP_LLM_EV_PROGRESS) {
+        if (ev->type > NGX_HTTP_LLM_EV_LAST) {
             return "event type";
         }
 
@@ -819,28 +880,43 @@ ngx_http_llm_job_unsubscribe(ngx_http_llm_ctx_t *ctx)
         return;
     }
 
-    if (job->state == NGX_HTTP_LLM_RUNNING && !job->background) {
-
-        if (job->grace) {
-            job->timer.handler = ngx_http_llm_job_grace_handler;
-            ngx_add_timer(&job->timer, job->grace);
-            return;
-        }
-
-        ngx_log_error(NGX_LOG_INFO, job->log, 0,
-                      "llm: job %s: client gone, upstream request cancelled",
-                      job->id);
-
-        ngx_http_llm_metrics_abandon(job);
-
-        ngx_http_llm_job_end(job, NGX_HTTP_LLM_CANCELLED,
-                             NGX_HTTP_LLM_E_CANCELLED,
-                             (u_char *) "the client went away",
-                             sizeof("the client went away") - 1);
+    if (job->state == NGX_HTTP_LLM_RUNNING) {
+        ngx_http_llm_job_unwatched(job);
         return;
     }
 
     ngx_http_llm_job_free(job);
+}
+
+
+/*
+ * The disconnect policy (llm_on_disconnect) for a job that nobody
+ * follows here any more; a job in the background, or paused, waits.
+ */
+
+static void
+ngx_http_llm_job_unwatched(ngx_http_llm_job_t *job)
+{
+    if (job->background || job->pause) {
+        return;
+    }
+
+    if (job->grace) {
+        job->timer.handler = ngx_http_llm_job_grace_handler;
+        ngx_add_timer(&job->timer, job->grace);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, job->log, 0,
+                  "llm: job %s: client gone, upstream request cancelled",
+                  job->id);
+
+    ngx_http_llm_metrics_abandon(job);
+
+    ngx_http_llm_job_end(job, NGX_HTTP_LLM_CANCELLED,
+                         NGX_HTTP_LLM_E_CANCELLED,
+                         (u_char *) "the client went away",
+                         sizeof("the client went away") - 1);
 }
 
 
@@ -856,7 +932,8 @@ ngx_http_llm_job_grace_handler(ngx_event_t *ev)
                                   - offsetof(ngx_http_llm_job_t, timer));
 
     if (!ngx_queue_empty(&job->subscribers)
-        || job->state != NGX_HTTP_LLM_RUNNING)
+        || job->state != NGX_HTTP_LLM_RUNNING
+        || job->pause)
     {
         ngx_http_llm_job_free(job);
         return;
@@ -940,10 +1017,8 @@ ngx_http_llm_job_output(void *data, ngx_http_llm_output_t *out)
 
     job->state = NGX_HTTP_LLM_COMPLETED;
     job->finished = ngx_http_llm_now_ms();
-    ngx_http_llm_metrics_job_end(job);
 
-    ngx_http_llm_job_save(job);
-    ngx_http_llm_job_wake(job);
+    ngx_http_llm_job_ended(job);
 }
 
 
@@ -1057,7 +1132,7 @@ ngx_http_llm_job_payload(ngx_http_llm_job_t *job,
         return NGX_ERROR;
     }
 
-    if (!ngx_http_llm_event_payload(type) || type > NGX_HTTP_LLM_EV_PROGRESS
+    if (!ngx_http_llm_event_payload(type) || type > NGX_HTTP_LLM_EV_LAST
         || ngx_http_llm_payload_valid(payload, len) != NGX_OK)
     {
         ngx_log_error(NGX_LOG_ALERT, job->log, 0,
@@ -1073,6 +1148,21 @@ ngx_http_llm_job_payload(ngx_http_llm_job_t *job,
         return NGX_ERROR;
     }
 
+    /* the run says when a pause takes effect and when it is over */
+
+    if (type == NGX_HTTP_LLM_EV_PAUSED || type == NGX_HTTP_LLM_EV_RESUMED) {
+        job->paused = (type == NGX_HTTP_LLM_EV_PAUSED);
+
+        if (job->timer.timer_set) {
+            ngx_del_timer(&job->timer);
+        }
+
+        if (job->paused) {
+            job->timer.handler = ngx_http_llm_job_pause_expired;
+            ngx_add_timer(&job->timer, job->pause_timeout);
+        }
+    }
+
     off = job->meta_len;
 
     if (ngx_http_llm_job_append(&job->meta, &job->meta_len, &job->meta_cap,
@@ -1082,6 +1172,18 @@ ngx_http_llm_job_payload(ngx_http_llm_job_t *job,
     {
         ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_INTERNAL, "out of memory");
         return NGX_ERROR;
+    }
+
+    /* a job resumed with nobody watching: the disconnect policy again */
+
+    if (type == NGX_HTTP_LLM_EV_RESUMED
+        && ngx_queue_empty(&job->subscribers))
+    {
+        ngx_http_llm_job_unwatched(job);
+
+        if (job->state != NGX_HTTP_LLM_RUNNING) {
+            return NGX_ERROR;
+        }
     }
 
     ngx_http_llm_job_save(job);
@@ -1221,10 +1323,8 @@ ngx_http_llm_job_finish(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
 
     job->state = NGX_HTTP_LLM_COMPLETED;
     job->finished = ngx_http_llm_now_ms();
-    ngx_http_llm_metrics_job_end(job);
 
-    ngx_http_llm_job_save(job);
-    ngx_http_llm_job_wake(job);
+    ngx_http_llm_job_ended(job);
 }
 
 
@@ -1273,7 +1373,8 @@ ngx_http_llm_job_cancel(ngx_http_llm_job_t *job)
     }
 
     if (job->mirror) {
-        (void) job->store->ops->cancel(job->store, job->id);
+        (void) job->store->ops->control(job->store, job->id,
+                                        NGX_HTTP_LLM_CTL_CANCEL);
         return;
     }
 
@@ -1284,6 +1385,113 @@ ngx_http_llm_job_cancel(ngx_http_llm_job_t *job)
                          NGX_HTTP_LLM_E_CANCELLED,
                          (u_char *) "the job was cancelled",
                          sizeof("the job was cancelled") - 1);
+}
+
+
+/*
+ * Pause (on) or resume a pipeline's job: a run waits between two steps.
+ * A job run elsewhere gets the request through the store; here the
+ * request goes to the store too, so that every worker and instance sees
+ * the same one.  NGX_DECLINED: the job is over or not a pipeline.
+ */
+
+ngx_int_t
+ngx_http_llm_job_pause(ngx_http_llm_job_t *job, ngx_uint_t on)
+{
+    if (job->state != NGX_HTTP_LLM_RUNNING
+        || (job->run_pause == NULL && job->state_version == 0))
+    {
+        return NGX_DECLINED;
+    }
+
+    if (job->store
+        && job->store->ops->control(job->store, job->id,
+                                    on ? NGX_HTTP_LLM_CTL_PAUSE
+                                       : NGX_HTTP_LLM_CTL_RESUME)
+           != NGX_OK
+        && job->mirror)
+    {
+        return NGX_ERROR;
+    }
+
+    if (job->mirror) {
+        /* shown at once; the store's next read says what is true */
+        job->pause = on;
+        return NGX_OK;
+    }
+
+    if (job->pause == on) {
+        return NGX_OK;
+    }
+
+    ngx_log_error(NGX_LOG_INFO, job->log, 0, "llm: job %s %s", job->id,
+                  on ? "pauses" : "resumes");
+
+    job->pause = on;
+
+    if (!on && !job->paused && ngx_queue_empty(&job->subscribers)
+        && !job->timer.timer_set)
+    {
+        /* a pause that never took effect held the disconnect policy */
+        ngx_http_llm_job_unwatched(job);
+
+        if (job->state != NGX_HTTP_LLM_RUNNING) {
+            return NGX_OK;
+        }
+    }
+
+    job->run_pause(job->run, on);
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_job_pause_handler(ngx_event_t *ev)
+{
+    ngx_http_llm_job_t *job = ev->data;
+
+    ngx_http_llm_job_hold(job);
+    (void) ngx_http_llm_job_pause(job, job->store_pause);
+    ngx_http_llm_job_unhold(job);
+}
+
+
+/* nobody resumed the job in time: it ends, to be continued later */
+
+static void
+ngx_http_llm_job_pause_expired(ngx_event_t *ev)
+{
+    ngx_http_llm_job_t  *job;
+
+    job = (ngx_http_llm_job_t *) ((u_char *) ev
+                                  - offsetof(ngx_http_llm_job_t, timer));
+
+    ngx_log_error(NGX_LOG_INFO, job->log, 0,
+                  "llm: job %s: paused for %M ms, cancelled", job->id,
+                  job->pause_timeout);
+
+    ngx_http_llm_job_end(job, NGX_HTTP_LLM_CANCELLED,
+                         NGX_HTTP_LLM_E_PAUSE_TMO,
+                         (u_char *) "the job stayed paused too long",
+                         sizeof("the job stayed paused too long") - 1);
+}
+
+
+/* llm_max_duration: the job has run for long enough, paused or not */
+
+static void
+ngx_http_llm_job_deadline(ngx_event_t *ev)
+{
+    ngx_http_llm_job_t *job = ev->data;
+
+    ngx_log_error(NGX_LOG_INFO, job->log, 0,
+                  "llm: job %s failed: it ran longer than llm_max_duration",
+                  job->id);
+
+    ngx_http_llm_job_end(job, NGX_HTTP_LLM_FAILED, NGX_HTTP_LLM_E_DURATION,
+                         (u_char *) "the job ran longer than allowed",
+                         sizeof("the job ran longer than allowed") - 1);
 }
 
 
@@ -1388,6 +1596,14 @@ ngx_http_llm_jobs_exit_process(void)
 
         if (job->cancel_ev.posted) {
             ngx_delete_posted_event(&job->cancel_ev);
+        }
+
+        if (job->pause_ev.posted) {
+            ngx_delete_posted_event(&job->pause_ev);
+        }
+
+        if (job->timer.posted) {
+            ngx_delete_posted_event(&job->timer);
         }
 
         if (job->run) {
@@ -1522,7 +1738,6 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
 
     job->state = state;
     job->finished = ngx_http_llm_now_ms();
-    ngx_http_llm_metrics_job_end(job);
 
     job->outcome.code_len = ngx_min(ngx_strlen(code),
                                     sizeof(job->outcome.code));
@@ -1542,7 +1757,58 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
                       "llm: job %s: cannot log its final event", job->id);
     }
 
+    ngx_http_llm_job_ended(job);
+}
+
+
+/*
+ * The final event is saved; a store that writes later has it in hand,
+ * and its readers elsewhere would see the job running for a while yet.
+ * This worker's clients get the final event when the store has it (or
+ * after NGX_HTTP_LLM_HOLD_MS without an answer: Redis is down), so that
+ * what a client does next (a GET, a POST to continue, anywhere) finds the
+ * job over.
+ */
+
+static void
+ngx_http_llm_job_ended(ngx_http_llm_job_t *job)
+{
+    ngx_http_llm_metrics_job_end(job);
+
+    if (job->deadline.timer_set) {
+        ngx_del_timer(&job->deadline);
+    }
+
+    if (job->limits) {
+        ngx_http_llm_limit_release(job->limits, job->nlimits);
+        job->limits = NULL;
+    }
+
     ngx_http_llm_job_save(job);
+
+    if (job->store && job->saved_events < job->nevents) {
+        job->held = 1;
+        job->timer.handler = ngx_http_llm_job_release_final;
+        ngx_add_timer(&job->timer, NGX_HTTP_LLM_HOLD_MS);
+    }
+
+    ngx_http_llm_job_wake(job);
+}
+
+
+static void
+ngx_http_llm_job_release_final(ngx_event_t *ev)
+{
+    ngx_http_llm_job_t  *job;
+
+    job = (ngx_http_llm_job_t *) ((u_char *) ev
+                                  - offsetof(ngx_http_llm_job_t, timer));
+
+    if (job->timer.timer_set) {
+        ngx_del_timer(&job->timer);
+    }
+
+    job->held = 0;
     ngx_http_llm_job_wake(job);
 }
 
@@ -1586,6 +1852,8 @@ ngx_http_llm_job_snapshot(void *data, ngx_http_llm_snapshot_t *snap)
     snap->owner = job->owner;
     snap->has_owner = job->has_owner;
     snap->background = job->background;
+    snap->paused = job->paused;
+    snap->pause = job->store_pause;
     snap->outcome = &job->outcome;
 
     snap->events = job->events;
@@ -1621,6 +1889,15 @@ ngx_http_llm_job_saved(void *data, ngx_http_llm_saved_t *res)
         /* the store said why, once: the job is not saved again */
         job->store = NULL;
         job->store_data = NULL;
+
+        if (job->held && !job->timer.posted) {
+            if (job->timer.timer_set) {
+                ngx_del_timer(&job->timer);
+            }
+
+            ngx_post_event(&job->timer, &ngx_posted_events);
+        }
+
         return;
     }
 
@@ -1631,12 +1908,34 @@ ngx_http_llm_job_saved(void *data, ngx_http_llm_saved_t *res)
     job->store_data = res->store_data;
     job->watched = res->watched;
 
+    /* the held final event goes out when the loop comes back */
+
+    if (job->held && job->saved_events >= job->nevents
+        && !job->timer.posted)
+    {
+        if (job->timer.timer_set) {
+            ngx_del_timer(&job->timer);
+        }
+
+        ngx_post_event(&job->timer, &ngx_posted_events);
+    }
+
     /* a cancel found by a save is acted on outside the store's call */
 
     if (res->cancel && job->state == NGX_HTTP_LLM_RUNNING
         && !job->cancel_ev.posted)
     {
         ngx_post_event(&job->cancel_ev, &ngx_posted_events);
+    }
+
+    /* so is a pause or resume request that changed there */
+
+    if (res->pause != job->store_pause) {
+        job->store_pause = res->pause;
+
+        if (job->state == NGX_HTTP_LLM_RUNNING && !job->pause_ev.posted) {
+            ngx_post_event(&job->pause_ev, &ngx_posted_events);
+        }
     }
 }
 
@@ -1692,8 +1991,20 @@ ngx_http_llm_job_free(ngx_http_llm_job_t *job)
         ngx_del_timer(&job->timer);
     }
 
+    if (job->timer.posted) {
+        ngx_delete_posted_event(&job->timer);
+    }
+
+    if (job->deadline.timer_set) {
+        ngx_del_timer(&job->deadline);
+    }
+
     if (job->cancel_ev.posted) {
         ngx_delete_posted_event(&job->cancel_ev);
+    }
+
+    if (job->pause_ev.posted) {
+        ngx_delete_posted_event(&job->pause_ev);
     }
 
     if (job->free_ev.posted) {
@@ -1707,6 +2018,10 @@ ngx_http_llm_job_free(ngx_http_llm_job_t *job)
 
     if (job->run_free) {
         job->run_free(job->run);
+    }
+
+    if (job->limits) {
+        ngx_http_llm_limit_release(job->limits, job->nlimits);
     }
 
     free(job->events);

@@ -57,8 +57,9 @@ ngx_http_llm_job_start_run(ngx_http_llm_run_t *run,
     }
 
     job->run = run;
-    job->run_cancel = ngx_http_llm_pipeline_cancel;
+    job->run_cancel = ngx_http_llm_pipeline_stop;
     job->run_free = ngx_http_llm_pipeline_free;
+    job->run_pause = ngx_http_llm_pipeline_pause;
 
     up.data = job;
     up.text = ngx_http_llm_run_text;

@@ -28,7 +28,9 @@ typedef enum {
     NGX_HTTP_LLM_WANT_STREAM = 0,
     NGX_HTTP_LLM_WANT_JSON,
     NGX_HTTP_LLM_WANT_CANCEL,
-    NGX_HTTP_LLM_WANT_CONTINUE
+    NGX_HTTP_LLM_WANT_CONTINUE,
+    NGX_HTTP_LLM_WANT_PAUSE,
+    NGX_HTTP_LLM_WANT_RESUME
 } ngx_http_llm_want_e;
 
 
@@ -49,13 +51,15 @@ static void ngx_http_llm_looked_up(void *data, ngx_int_t rc,
 static void ngx_http_llm_lookup_cleanup(void *data);
 static void ngx_http_llm_continue(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_http_llm_job_t *job);
+static ngx_int_t ngx_http_llm_pause(ngx_http_request_t *r,
+    ngx_http_llm_job_t *job, ngx_uint_t on);
 
 
 ngx_int_t
 ngx_http_llm_job_handler(ngx_http_request_t *r)
 {
     ngx_int_t                 rc;
-    ngx_str_t                 id, last, msg;
+    ngx_str_t                 id, last, msg, action;
     ngx_uint_t                from;
     ngx_table_elt_t          *h;
     ngx_http_llm_ctx_t       *ctx;
@@ -101,6 +105,30 @@ ngx_http_llm_job_handler(ngx_http_request_t *r)
 
     } else if (r->method == NGX_HTTP_POST) {
         want = NGX_HTTP_LLM_WANT_CONTINUE;
+
+        /* POST ?action=pause|resume|continue (the default) */
+
+        if (ngx_http_arg(r, (u_char *) "action", 6, &action) == NGX_OK) {
+
+            if (action.len == 5
+                && ngx_strncmp(action.data, "pause", 5) == 0)
+            {
+                want = NGX_HTTP_LLM_WANT_PAUSE;
+
+            } else if (action.len == 6
+                       && ngx_strncmp(action.data, "resume", 6) == 0)
+            {
+                want = NGX_HTTP_LLM_WANT_RESUME;
+
+            } else if (action.len != 8
+                       || ngx_strncmp(action.data, "continue", 8) != 0)
+            {
+                ngx_str_set(&msg, "the action is one of pause, resume and "
+                            "continue");
+                return ngx_http_llm_send_json_error(r, NGX_HTTP_BAD_REQUEST,
+                                                    "invalid_action", &msg);
+            }
+        }
 
     } else if (ngx_http_llm_asks_stream(r)) {
         want = NGX_HTTP_LLM_WANT_STREAM;
@@ -286,6 +314,14 @@ ngx_http_llm_looked_up(void *data, ngx_int_t rc, ngx_http_llm_job_t *job)
                                                            NGX_HTTP_OK));
         break;
 
+    case NGX_HTTP_LLM_WANT_PAUSE:
+    case NGX_HTTP_LLM_WANT_RESUME:
+        ngx_http_llm_job_hold(job);
+        ngx_http_finalize_request(r, ngx_http_llm_pause(r, job, lk->want
+                                               == NGX_HTTP_LLM_WANT_PAUSE));
+        ngx_http_llm_job_unhold(job);
+        break;
+
     case NGX_HTTP_LLM_WANT_CONTINUE:
         ngx_http_llm_continue(r, ctx, job);
         break;
@@ -416,6 +452,44 @@ ngx_http_llm_answer(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
 
 /*
+ * POST ?action=pause|resume: 200 with the job when it is so, 202 while
+ * the request waits for the running step or for the worker running it.
+ */
+
+static ngx_int_t
+ngx_http_llm_pause(ngx_http_request_t *r, ngx_http_llm_job_t *job,
+    ngx_uint_t on)
+{
+    ngx_int_t  rc;
+    ngx_str_t  msg;
+
+    rc = ngx_http_llm_job_pause(job, on);
+
+    if (rc == NGX_DECLINED) {
+        if (job->state == NGX_HTTP_LLM_RUNNING) {
+            ngx_str_set(&msg, "only a pipeline's job can be paused");
+
+        } else {
+            ngx_str_set(&msg, "the job is over");
+        }
+
+        return ngx_http_llm_send_json_error(r, NGX_HTTP_CONFLICT,
+                                            "job_not_pausable", &msg);
+    }
+
+    if (rc != NGX_OK) {
+        ngx_str_set(&msg, "the job store cannot be written now");
+        return ngx_http_llm_send_json_error(r, NGX_HTTP_SERVICE_UNAVAILABLE,
+                                            "store_unavailable", &msg);
+    }
+
+    return ngx_http_llm_send_job(r, job,
+                                 (job->mirror || on != job->paused)
+                                 ? NGX_HTTP_ACCEPTED : NGX_HTTP_OK);
+}
+
+
+/*
  * POST on a failed or cancelled pipeline's job: a new job that goes on
  * from its first unfinished step, reusing every stored output, with what
  * this location says for what the steps do not set.
@@ -426,7 +500,9 @@ ngx_http_llm_continue(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_job_t *job)
 {
     json_t                         *state;
+    ngx_int_t                       lrc;
     ngx_str_t                       msg, name;
+    ngx_msec_t                      retry_after;
     ngx_uint_t                      i;
     ngx_http_llm_run_t             *run;
     ngx_http_llm_job_t             *next;
@@ -496,11 +572,28 @@ ngx_http_llm_continue(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     opts.pool = llcf->thread_pool;
     opts.store = llcf->store;
     opts.grace = llcf->grace;
+    opts.pause_timeout = llcf->pause_timeout;
+    opts.max_duration = llcf->max_duration;
     opts.max_events = llcf->max_events;
     opts.max_text = llcf->max_text;
     opts.label = ngx_http_llm_metrics_label(llcf);
     opts.owner = job->has_owner ? job->owner : NULL;
     opts.background = ngx_http_llm_prefers_async(r);
+
+    /* a continued job counts like a new one */
+
+    if (run) {
+        lrc = ngx_http_llm_limit_acquire(r, llcf->limits, &opts.limits,
+                                         &opts.nlimits, &retry_after);
+
+        if (lrc != NGX_OK) {
+            ngx_http_llm_pipeline_free(run);
+            ngx_http_finalize_request(r, lrc == NGX_BUSY
+                        ? ngx_http_llm_limit_refuse(r, retry_after)
+                        : NGX_HTTP_INTERNAL_SERVER_ERROR);
+            return;
+        }
+    }
 
     next = run ? ngx_http_llm_job_start_run(run, &opts, r->connection->log)
                : NULL;
@@ -533,7 +626,7 @@ ngx_http_llm_wait_wake(ngx_http_llm_ctx_t *ctx)
 
     job = ctx->job;
 
-    if (job->state == NGX_HTTP_LLM_RUNNING || ctx->finished) {
+    if (job->state == NGX_HTTP_LLM_RUNNING || job->held || ctx->finished) {
         return;
     }
 
@@ -577,7 +670,8 @@ ngx_http_llm_send_job(ngx_http_request_t *r, ngx_http_llm_job_t *job,
 
     o = json_pack("{ssssss%sIsIsI}",
                   "job", (char *) job->id,
-                  "state", states[job->state],
+                  "state", (job->state == NGX_HTTP_LLM_RUNNING
+                            && job->paused) ? "paused" : states[job->state],
                   "text", job->text ? (char *) job->text : "", job->text_len,
                   "created", (json_int_t) job->created,
                   "updated", (json_int_t) job->updated,
@@ -588,6 +682,11 @@ ngx_http_llm_send_job(ngx_http_request_t *r, ngx_http_llm_job_t *job,
 
     if (job->finished) {
         json_object_set_new(o, "finished", json_integer(job->finished));
+    }
+
+    if (job->state == NGX_HTTP_LLM_RUNNING && (job->pause || job->paused)) {
+        /* asked for, and while it waits for the running step: pausing */
+        json_object_set_new(o, "pause", json_true());
     }
 
     if (job->outcome.finish_len) {

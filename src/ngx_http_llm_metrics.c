@@ -933,18 +933,15 @@ ngx_http_llm_metrics_orphan(void)
 }
 
 
-/*
- * A job that a limit of its location refused to start: for the coming
- * llm_limit_jobs, which calls it where it refuses; until then the series
- * stays at 0.
- */
+/* a job that llm_limit_jobs refused to start, counted by its location */
 
 void
-ngx_http_llm_metrics_limit_refused(ngx_http_llm_loc_conf_t *llcf)
+ngx_http_llm_metrics_limit_refused(ngx_http_request_t *r)
 {
     ngx_uint_t  label;
 
-    label = ngx_http_llm_metrics_label(llcf);
+    label = ngx_http_llm_metrics_label(ngx_http_get_module_loc_conf(r,
+                                                     ngx_http_llm_module));
 
     if (ngx_http_llm_m_sh && label < NGX_HTTP_LLM_M_LABELS) {
         (void) ngx_atomic_fetch_add(&ngx_http_llm_m_sh->labels[label]

@@ -181,6 +181,34 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       0,
       NULL },
 
+    { ngx_string("llm_limit_jobs_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2,
+      ngx_http_llm_limit_zone_directive,
+      0,
+      0,
+      NULL },
+
+    { ngx_string("llm_limit_jobs"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE23,
+      ngx_http_llm_limit_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llm_max_duration"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, max_duration),
+      NULL },
+
+    { ngx_string("llm_pause_timeout"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_msec_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, pause_timeout),
+      NULL },
+
     { ngx_string("llm_on_disconnect"),
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
       ngx_http_llm_on_disconnect,
@@ -380,6 +408,8 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     conf->store = NGX_CONF_UNSET_PTR;
     conf->format = NGX_CONF_UNSET_PTR;
     conf->grace = NGX_CONF_UNSET_MSEC;
+    conf->pause_timeout = NGX_CONF_UNSET_MSEC;
+    conf->max_duration = NGX_CONF_UNSET_MSEC;
     conf->job_owner = NGX_CONF_UNSET_PTR;
     conf->job_url = NGX_CONF_UNSET_PTR;
     conf->max_tokens = NGX_CONF_UNSET_UINT;
@@ -430,6 +460,17 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_ptr_value(conf->format, prev->format,
                              ngx_http_llm_format_default(cf));
     ngx_conf_merge_msec_value(conf->grace, prev->grace, 30000);
+    ngx_conf_merge_msec_value(conf->pause_timeout, prev->pause_timeout,
+                              3600000);
+    ngx_conf_merge_msec_value(conf->max_duration, prev->max_duration, 0);
+
+    if (conf->limits == NULL) {
+        conf->limits = prev->limits;
+    }
+
+    if (ngx_http_llm_limit_check(cf, conf->limits) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
+    }
     ngx_conf_merge_ptr_value(conf->job_owner, prev->job_owner, NULL);
     ngx_conf_merge_ptr_value(conf->job_url, prev->job_url, NULL);
     ngx_conf_merge_str_value(conf->metrics_label, prev->metrics_label, "");

@@ -72,6 +72,9 @@ typedef struct {
     ngx_http_llm_format_t         *format;
     ngx_http_llm_pipeline_conf_t  *pipeline;
     ngx_msec_t                     grace;       /* llm_on_disconnect */
+    ngx_msec_t                     pause_timeout;
+    ngx_msec_t                     max_duration;    /* 0: none */
+    ngx_array_t                   *limits;      /* llm_limit_jobs */
     ngx_http_complex_value_t      *job_owner;
     ngx_http_complex_value_t      *job_url;
     ngx_http_complex_value_t      *job;         /* llm_job: the id */
@@ -156,8 +159,12 @@ typedef enum {
     NGX_HTTP_LLM_EV_STEP_START,
     NGX_HTTP_LLM_EV_STEP,
     NGX_HTTP_LLM_EV_CHECK,
-    NGX_HTTP_LLM_EV_PROGRESS
+    NGX_HTTP_LLM_EV_PROGRESS,
+    NGX_HTTP_LLM_EV_PAUSED,
+    NGX_HTTP_LLM_EV_RESUMED
 } ngx_http_llm_event_type_e;
+
+#define NGX_HTTP_LLM_EV_LAST         NGX_HTTP_LLM_EV_RESUMED
 
 
 #define ngx_http_llm_event_final(type)                                       \
@@ -218,6 +225,13 @@ typedef struct {
 } ngx_http_llm_jstats_t;
 
 
+/* a slot a job holds in an llm_limit_jobs zone */
+typedef struct {
+    ngx_shm_zone_t                *zone;
+    ngx_rbtree_node_t             *node;
+} ngx_http_llm_limit_hold_t;
+
+
 /* a generation, owned by the event loop; heap-allocated */
 struct ngx_http_llm_job_s {
     u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN + 1];
@@ -264,14 +278,21 @@ struct ngx_http_llm_job_s {
     ngx_http_llm_run_t            *run;
     void                         (*run_cancel)(ngx_http_llm_run_t *run);
     void                         (*run_free)(ngx_http_llm_run_t *run);
+    void                         (*run_pause)(ngx_http_llm_run_t *run,
+                                              ngx_uint_t on);
     ngx_uint_t                     run_calls;   /* its callbacks under way */
 
     ngx_queue_t                    subscribers;
     ngx_queue_t                    queue;       /* in the worker's jobs */
     ngx_event_t                    timer;       /* grace period or poll */
     ngx_event_t                    cancel_ev;   /* a cancel came by store */
+    ngx_event_t                    pause_ev;    /* a pause or resume, too */
+    ngx_event_t                    deadline;    /* llm_max_duration */
     ngx_event_t                    free_ev;     /* a free put off */
     ngx_msec_t                     grace;
+    ngx_msec_t                     pause_timeout;
+    ngx_http_llm_limit_hold_t     *limits;      /* given back at its end */
+    ngx_uint_t                     nlimits;
     ngx_uint_t                     holds;
     ngx_log_t                     *log;
     ngx_uint_t                     max_events;  /* 0: a mirror, unbounded */
@@ -281,7 +302,21 @@ struct ngx_http_llm_job_s {
     unsigned                       background:1;
     unsigned                       mirror:1;    /* run by another worker */
     unsigned                       fetching:1;
+
+    /*
+     * Pause: asked for (here or through the store), and in effect (the
+     * run waits between two steps); the store's request as last seen.
+     */
+    unsigned                       pause:1;
+    unsigned                       paused:1;
+    unsigned                       store_pause:1;
+
+    /* the final event waits for the store (ngx_http_llm_job_ended()) */
+    unsigned                       held:1;
 };
+
+/* the events a client may have now */
+#define ngx_http_llm_job_shown(job)  ((job)->nevents - (job)->held)
 
 
 /* engine output handed to the event loop, one batch per drain */
@@ -331,9 +366,13 @@ typedef struct {
     ngx_http_llm_store_t          *store;
     u_char                        *owner;       /* SHA-1, or NULL */
     ngx_msec_t                     grace;
+    ngx_msec_t                     pause_timeout;
+    ngx_msec_t                     max_duration;    /* 0: none */
     ngx_uint_t                     max_events;
     size_t                         max_text;    /* of a pipeline's job */
     ngx_uint_t                     label;       /* its metrics slot */
+    ngx_http_llm_limit_hold_t     *limits;      /* taken by the job */
+    ngx_uint_t                     nlimits;
     unsigned                       background:1;
 } ngx_http_llm_job_opts_t;
 
@@ -355,6 +394,20 @@ ngx_int_t ngx_http_llm_input_variable(ngx_http_request_t *r,
     ngx_http_variable_value_t *v, uintptr_t data);
 json_t *ngx_http_llm_input_object(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx);
+
+/* ngx_http_llm_limit.c */
+ngx_int_t ngx_http_llm_limit_acquire(ngx_http_request_t *r,
+    ngx_array_t *limits, ngx_http_llm_limit_hold_t **holds,
+    ngx_uint_t *nholds, ngx_msec_t *retry_after);
+void ngx_http_llm_limit_release(ngx_http_llm_limit_hold_t *holds,
+    ngx_uint_t n);
+ngx_int_t ngx_http_llm_limit_refuse(ngx_http_request_t *r,
+    ngx_msec_t retry_after);
+char *ngx_http_llm_limit_zone_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_llm_limit_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_llm_limit_check(ngx_conf_t *cf, ngx_array_t *limits);
 
 /* ngx_http_llm_handler.c */
 ngx_int_t ngx_http_llm_handler(ngx_http_request_t *r);
@@ -403,6 +456,7 @@ void ngx_http_llm_job_finish(ngx_http_llm_job_t *job,
 void ngx_http_llm_job_fail(ngx_http_llm_job_t *job, const char *code,
     const char *message);
 void ngx_http_llm_job_cancel(ngx_http_llm_job_t *job);
+ngx_int_t ngx_http_llm_job_pause(ngx_http_llm_job_t *job, ngx_uint_t on);
 void ngx_http_llm_job_hold(ngx_http_llm_job_t *job);
 void ngx_http_llm_job_unhold(ngx_http_llm_job_t *job);
 void ngx_http_llm_job_unhold_later(ngx_http_llm_job_t *job);
@@ -478,7 +532,7 @@ void ngx_http_llm_metrics_request_end(ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_metrics_store_write(ngx_uint_t store, ngx_uint_t ok);
 void ngx_http_llm_metrics_flush(ngx_uint_t ok, ngx_msec_t ms);
 void ngx_http_llm_metrics_orphan(void);
-void ngx_http_llm_metrics_limit_refused(ngx_http_llm_loc_conf_t *llcf);
+void ngx_http_llm_metrics_limit_refused(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_metrics_running(void);
 
 /* ngx_http_llm_status.c */

@@ -230,6 +230,37 @@ ngx_http_llm_pipeline_start(ngx_http_llm_run_t *run,
 }
 
 
+/*
+ * The job ends the run (a cancel, a shutdown, an expired pause): a step
+ * under way is kept as interrupted, then the run stops.
+ */
+
+void
+ngx_http_llm_pipeline_stop(ngx_http_llm_run_t *run)
+{
+    char        *s;
+    json_t      *st;
+    const char  *state;
+
+    st = json_array_get(json_object_get(run->state, "steps"), run->step);
+    state = json_string_value(json_object_get(st, "state"));
+
+    if (run->running && state && ngx_strcmp(state, "running") == 0) {
+        json_object_set_new(st, "state", json_string("interrupted"));
+
+        s = json_dumps(run->state,
+                       NGX_HTTP_LLM_JSON_DUMP | JSON_ENSURE_ASCII);
+
+        if (s) {
+            (void) run->up.state(run->up.data, (u_char *) s, ngx_strlen(s));
+            free(s);
+        }
+    }
+
+    ngx_http_llm_pipeline_cancel(run);
+}
+
+
 /* stops at once, without a word up: the job ends itself */
 
 void
@@ -244,6 +275,28 @@ ngx_http_llm_pipeline_cancel(ngx_http_llm_run_t *run)
 
     if (run->delay.timer_set) {
         ngx_del_timer(&run->delay);
+    }
+}
+
+
+/*
+ * A pause takes effect where the run is between two calls: before the
+ * next step, iteration or attempt; a resume starts that call.
+ */
+
+void
+ngx_http_llm_pipeline_pause(ngx_http_llm_run_t *run, ngx_uint_t on)
+{
+    run->pause = on;
+
+    if (on || !run->paused || !run->running) {
+        return;
+    }
+
+    run->paused = 0;
+
+    if (ngx_http_llm_run_paused(run, NGX_HTTP_LLM_EV_RESUMED) == NGX_OK) {
+        ngx_http_llm_run_step(run);
     }
 }
 
@@ -301,6 +354,15 @@ ngx_http_llm_run_step(ngx_http_llm_run_t *run)
     }
 
     step = (ngx_http_llm_step_conf_t *) run->conf->steps.elts + run->step;
+
+    if (run->pause) {
+        if (!run->paused) {
+            run->paused = 1;
+            (void) ngx_http_llm_run_paused(run, NGX_HTTP_LLM_EV_PAUSED);
+        }
+
+        return;
+    }
 
     /* a repeated step: its array, read when the step starts */
 

@@ -48,6 +48,7 @@ typedef struct {
     json_t                        *value;
     ngx_int_t                      on_fail;
     ngx_uint_t                     attempts;    /* of the step gone to */
+    unsigned                       exhausted_stop:1;  /* then: a success */
 } ngx_http_llm_check_t;
 
 
@@ -109,8 +110,9 @@ typedef struct {
  * callback that returns NGX_ERROR has failed the job: the pipeline stops.
  *
  *   text   text of a step that streams (the job's deltas);
- *   event  a step_start, step, check or progress event, its payload JSON
- *          (one object, docs/pipelines.md lists the fields);
+ *   event  a step_start, step, check, progress, paused or resumed
+ *          event, its payload JSON (one object, docs/pipelines.md lists
+ *          the fields);
  *   state  the run's state as JSON, to keep with the job: written to the
  *          store before the next step starts, it is what GET on the job
  *          location shows and what a continuation starts from;
@@ -163,6 +165,8 @@ ngx_http_llm_run_t *ngx_http_llm_pipeline_continue(
 ngx_int_t ngx_http_llm_pipeline_start(ngx_http_llm_run_t *run,
     ngx_http_llm_pipeline_up_t *up);
 void ngx_http_llm_pipeline_cancel(ngx_http_llm_run_t *run);
+void ngx_http_llm_pipeline_stop(ngx_http_llm_run_t *run);
+void ngx_http_llm_pipeline_pause(ngx_http_llm_run_t *run, ngx_uint_t on);
 void ngx_http_llm_pipeline_free(ngx_http_llm_run_t *run);
 void ngx_http_llm_pipeline_exit(ngx_http_llm_run_t *run);
 

@@ -32,7 +32,7 @@ ngx_http_llm_run_check(ngx_http_llm_run_t *run,
     double                     a, e;
     json_t                    *actual, *payload, *next;
     ngx_int_t                  on_fail;
-    ngx_uint_t                 i, passed, attempts;
+    ngx_uint_t                 i, passed, attempts, stop;
     ngx_http_llm_check_t      *ck;
     ngx_http_llm_step_conf_t  *to;
 
@@ -101,9 +101,14 @@ ngx_http_llm_run_check(ngx_http_llm_run_t *run,
         return NGX_OK;
     }
 
-    /* failed: where to, if attempts are left */
+    /* failed: where to, if attempts are left; else stop, or fail */
 
-    if (on_fail == NGX_HTTP_LLM_ON_FAIL_STOP) {
+    stop = (on_fail == NGX_HTTP_LLM_ON_FAIL_STOP
+            || (output && ck[i].exhausted_stop
+                && on_fail != NGX_HTTP_LLM_ON_FAIL_FAIL
+                && run->attempts[on_fail] >= attempts));
+
+    if (stop) {
         next = json_string("stop");
 
     } else if (on_fail == NGX_HTTP_LLM_ON_FAIL_FAIL
@@ -124,7 +129,7 @@ ngx_http_llm_run_check(ngx_http_llm_run_t *run,
         return NGX_ERROR;
     }
 
-    if (on_fail == NGX_HTTP_LLM_ON_FAIL_STOP) {
+    if (stop) {
         /* a success that stopped early, with what it has */
 
         if (output) {

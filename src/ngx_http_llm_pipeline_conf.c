@@ -92,7 +92,7 @@ static ngx_http_llm_step_cmd_t  ngx_http_llm_step_cmds[] = {
     { ngx_string("timeout"), 1, 1, ngx_http_llm_step_time },
     { ngx_string("output"), 1, 1, ngx_http_llm_step_output },
     { ngx_string("stream"), 1, 1, ngx_http_llm_step_stream },
-    { ngx_string("check"), 3, 5, ngx_http_llm_step_check },
+    { ngx_string("check"), 3, 6, ngx_http_llm_step_check },
     { ngx_string("foreach"), 1, 2, ngx_http_llm_step_foreach },
     { ngx_null_string, 0, 0, NULL }
 };
@@ -613,12 +613,14 @@ ngx_http_llm_step_stream(ngx_conf_t *cf, ngx_http_llm_pl_parse_t *pp,
 
 /*
  * check FIELD OP VALUE [else=retry|stop|fail|STEP] [attempts=N]
+ *       [exhausted=fail|stop]
  *
  * FIELD is a path in the step's JSON output; VALUE is JSON (true, 0.8,
  * "yes") or a bare word taken as a string.  A failed check retries the
  * step, or goes back to an earlier step with the output as feedback, up
  * to "attempts" runs of that step; then the pipeline fails, or, with
- * else=stop, ends as a success that stopped early.
+ * exhausted=stop, ends as a success that stopped early (else=stop does
+ * so at once).
  */
 
 static char *
@@ -748,6 +750,15 @@ ngx_http_llm_step_check(ngx_conf_t *cf, ngx_http_llm_pl_parse_t *pp,
             }
 
             ck->attempts = a;
+            continue;
+        }
+
+        if (value[i].len == 14
+            && ngx_strncmp(value[i].data, "exhausted=", 10) == 0
+            && (ngx_strncmp(value[i].data + 10, "stop", 4) == 0
+                || ngx_strncmp(value[i].data + 10, "fail", 4) == 0))
+        {
+            ck->exhausted_stop = (value[i].data[10] == 's');
             continue;
         }
 

@@ -6,7 +6,7 @@
 
 /*
  * What a run hands up to its job as it goes: its events (step_start,
- * progress, step, check) and its state, as JSON.
+ * progress, step, check, paused, resumed) and its state, as JSON.
  */
 
 
@@ -121,6 +121,49 @@ ngx_http_llm_run_progress(ngx_http_llm_run_t *run, json_t *message)
     }
 
     return ngx_http_llm_run_event(run, NGX_HTTP_LLM_EV_PROGRESS, payload);
+}
+
+
+/*
+ * A pause that took effect, or its end: the step that waits to start,
+ * as an event and in the state.
+ */
+
+ngx_int_t
+ngx_http_llm_run_paused(ngx_http_llm_run_t *run,
+    ngx_http_llm_event_type_e type)
+{
+    json_t                    *payload;
+    ngx_http_llm_step_conf_t  *s;
+
+    s = (ngx_http_llm_step_conf_t *) run->conf->steps.elts + run->step;
+
+    payload = json_pack("{s:s%,s:I,s:I,s:s%,s:I,s:I}",
+                        "step", s->name.data, s->name.len,
+                        "index", (json_int_t) run->step + 1,
+                        "total", (json_int_t) run->conf->steps.nelts,
+                        "stage",
+                        s->stage.len ? s->stage.data : s->name.data,
+                        s->stage.len ? s->stage.len : s->name.len,
+                        "completed",
+                        (json_int_t) run->step + run->iteration,
+                        "time", (json_int_t) ngx_http_llm_now_ms());
+
+    if (payload && run->items) {
+        json_object_set_new(payload, "iteration",
+                            json_integer(run->iteration + 1));
+        json_object_set_new(payload, "iterations",
+                            json_integer(json_array_size(run->items)));
+    }
+
+    if (ngx_http_llm_run_event(run, type, payload) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    json_object_set_new(run->state, "paused",
+                        json_boolean(type == NGX_HTTP_LLM_EV_PAUSED));
+
+    return ngx_http_llm_run_state(run, NULL, NULL);
 }
 
 

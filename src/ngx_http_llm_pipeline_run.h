@@ -53,6 +53,8 @@ struct ngx_http_llm_run_s {
     ngx_event_t                    delay;       /* between iterations */
 
     unsigned                       running:1;   /* started, not ended */
+    unsigned                       pause:1;     /* asked for */
+    unsigned                       paused:1;    /* waiting to resume */
 };
 
 
@@ -70,6 +72,8 @@ ngx_int_t ngx_http_llm_run_event(ngx_http_llm_run_t *run,
     ngx_http_llm_event_type_e type, json_t *payload);
 ngx_int_t ngx_http_llm_run_progress(ngx_http_llm_run_t *run,
     json_t *message);
+ngx_int_t ngx_http_llm_run_paused(ngx_http_llm_run_t *run,
+    ngx_http_llm_event_type_e type);
 ngx_int_t ngx_http_llm_run_state(ngx_http_llm_run_t *run,
     const char *step_state, json_t *output);
 json_t *ngx_http_llm_run_usage(ngx_int_t in, ngx_int_t out);

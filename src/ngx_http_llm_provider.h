@@ -38,6 +38,8 @@
 #define NGX_HTTP_LLM_E_IDLE_TMO      "idle_timeout"
 #define NGX_HTTP_LLM_E_TIMEOUT       "timeout"
 #define NGX_HTTP_LLM_E_CANCELLED     "cancelled"
+#define NGX_HTTP_LLM_E_PAUSE_TMO     "pause_timeout"
+#define NGX_HTTP_LLM_E_DURATION      "max_duration"
 #define NGX_HTTP_LLM_E_SHUTDOWN      "shutdown"
 #define NGX_HTTP_LLM_E_INTERNAL      "internal"
 #define NGX_HTTP_LLM_E_STORE         "store_corrupt"

@@ -6,7 +6,8 @@
 
 /*
  * The Redis store's commands, sent and read on the store thread: a job's
- * write, a read and a cancel request, each as one transaction or script,
+ * write, a read and a control request (cancel, pause, resume), each as
+ * one transaction or script,
  * and how their replies become answers and records.  The store thread
  * calls these; they use only hiredis and the connection it made, and
  * leave a lost connection to the thread (rd->lost).
@@ -15,8 +16,9 @@
  * of a Redis Cluster, all expiring "ttl" after the job's last write:
  *
  *     PREFIX{ID}:job      HASH    state created updated finished watched
- *                                 owner background cancel finish in out
- *                                 code message nevents textlen metalen sv
+ *                                 owner background cancel pause paused
+ *                                 finish in out code message nevents
+ *                                 textlen metalen sv
  *     PREFIX{ID}:text     STRING  the job's text
  *     PREFIX{ID}:meta     STRING  the payloads of a pipeline's events
  *     PREFIX{ID}:pstate   STRING  the pipeline's state (JSON), version sv
@@ -41,7 +43,7 @@
 
 /*
  * Sets a field of an existing hash only: the readers' "watched" and the
- * cancel requests must not create a job that has expired or never was.
+ * control requests must not create a job that has expired or never was.
  */
 #define NGX_HTTP_LLM_REDIS_HSETXX                                            \
     "if redis.call('exists', KEYS[1]) == 1 then "                            \
@@ -175,7 +177,7 @@ ngx_http_llm_redis_refusal(ngx_http_llm_redis_t *rd,
  *     [HSETNX job cancel 0, HSETNX job watched 0]    first write
  *     PEXPIRE job|text|events TTL               3 commands
  *     [PEXPIRE meta TTL] [PEXPIRE pstate TTL]   a pipeline's job
- *     HMGET job cancel watched
+ *     HMGET job cancel watched pause
  *     EXEC
  *
  * SETRANGE rather than APPEND, and events with their own ids, so that
@@ -297,6 +299,8 @@ ngx_http_llm_redis_send_write(ngx_http_llm_redis_t *rd,
 
     ngx_http_llm_redis_lit(&cmd, "state");
     ngx_http_llm_redis_lit(&cmd, ngx_http_llm_redis_states[rec->state]);
+    ngx_http_llm_redis_lit(&cmd, "paused");
+    ngx_http_llm_redis_argf(&cmd, "%d", rec->paused ? 1 : 0);
     ngx_http_llm_redis_lit(&cmd, "updated");
     ngx_http_llm_redis_argf(&cmd, "%L", rec->updated);
     ngx_http_llm_redis_lit(&cmd, "finished");
@@ -378,6 +382,7 @@ ngx_http_llm_redis_send_write(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_key(rd, &cmd, w->id, "job");
     ngx_http_llm_redis_lit(&cmd, "cancel");
     ngx_http_llm_redis_lit(&cmd, "watched");
+    ngx_http_llm_redis_lit(&cmd, "pause");
     ngx_http_llm_redis_send(rd, &cmd);
     n++;
 
@@ -472,8 +477,9 @@ ngx_http_llm_redis_check_write(ngx_http_llm_redis_t *rd,
 
     r = exec->element[w->hmget];
 
-    if (r->type == REDIS_REPLY_ARRAY && r->elements == 2) {
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
         w->cancel = ngx_http_llm_redis_is(r->element[0], "1");
+        w->pause = ngx_http_llm_redis_is(r->element[2], "1");
 
         /* a reader's mark that is not a time is no mark */
         if (ngx_http_llm_redis_num(r->element[1], 0, INT64_MAX,
@@ -686,6 +692,12 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
 
         } else if (ngx_http_llm_redis_is(f, "cancel")) {
             rec->cancel = ngx_http_llm_redis_is(v, "1");
+
+        } else if (ngx_http_llm_redis_is(f, "pause")) {
+            rec->pause = ngx_http_llm_redis_is(v, "1");
+
+        } else if (ngx_http_llm_redis_is(f, "paused")) {
+            rec->paused = ngx_http_llm_redis_is(v, "1");
 
         } else if (ngx_http_llm_redis_is(f, "finish")) {
             if (v->len > sizeof(rec->outcome.finish)) {
@@ -979,7 +991,7 @@ ngx_http_llm_redis_record_events(ngx_http_llm_record_t *rec,
 
             if (ngx_http_llm_redis_is(f, "t")) {
                 seen |= (ngx_http_llm_redis_num(v, NGX_HTTP_LLM_EV_START,
-                                                NGX_HTTP_LLM_EV_PROGRESS, &t)
+                                                NGX_HTTP_LLM_EV_LAST, &t)
                          == NGX_OK) ? 1 : 8;
 
             } else if (ngx_http_llm_redis_is(f, "o")) {
@@ -1017,10 +1029,10 @@ ngx_http_llm_redis_record_events(ngx_http_llm_record_t *rec,
 }
 
 
-/* store thread: EVAL HSETXX 1 job cancel 1 */
+/* store thread: EVAL HSETXX 1 job cancel 1 (or pause 1, pause 0) */
 
 void
-ngx_http_llm_redis_send_cancel(ngx_http_llm_redis_t *rd,
+ngx_http_llm_redis_send_control(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op)
 {
     ngx_http_llm_redis_cmd_t  cmd;
@@ -1029,14 +1041,23 @@ ngx_http_llm_redis_send_cancel(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_lit(&cmd, NGX_HTTP_LLM_REDIS_HSETXX);
     ngx_http_llm_redis_lit(&cmd, "1");
     ngx_http_llm_redis_key(rd, &cmd, op->id, "job");
-    ngx_http_llm_redis_lit(&cmd, "cancel");
-    ngx_http_llm_redis_lit(&cmd, "1");
+
+    if (op->control == NGX_HTTP_LLM_CTL_CANCEL) {
+        ngx_http_llm_redis_lit(&cmd, "cancel");
+        ngx_http_llm_redis_lit(&cmd, "1");
+
+    } else {
+        ngx_http_llm_redis_lit(&cmd, "pause");
+        ngx_http_llm_redis_lit(&cmd, op->control == NGX_HTTP_LLM_CTL_PAUSE
+                                     ? "1" : "0");
+    }
+
     ngx_http_llm_redis_send(rd, &cmd);
 }
 
 
 void
-ngx_http_llm_redis_read_cancel(ngx_http_llm_redis_t *rd,
+ngx_http_llm_redis_read_control(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op)
 {
     redisReply  *r;
@@ -1053,7 +1074,7 @@ ngx_http_llm_redis_read_cancel(ngx_http_llm_redis_t *rd,
 
         if (r->type == REDIS_REPLY_INTEGER && r->integer < 0) {
             ngx_log_error(NGX_LOG_INFO, rd->log, 0,
-                          "llm: redis store: cancel of unknown job %*s",
+                          "llm: redis store: request for unknown job %*s",
                           (size_t) NGX_HTTP_LLM_JOB_ID_LEN, op->id);
         }
     }
@@ -1078,9 +1099,14 @@ void
 ngx_http_llm_redis_arg(ngx_http_llm_redis_cmd_t *cmd, const void *p,
     size_t len)
 {
-    /* an empty field may have no memory behind it */
-    cmd->argv[cmd->argc] = p ? p : "";
-    cmd->argvlen[cmd->argc] = len;
+    /* counted beyond the end, so that the command is refused whole */
+
+    if (cmd->argc < NGX_HTTP_LLM_REDIS_ARGS) {
+        /* an empty field may have no memory behind it */
+        cmd->argv[cmd->argc] = p ? p : "";
+        cmd->argvlen[cmd->argc] = len;
+    }
+
     cmd->argc++;
 }
 
@@ -1120,8 +1146,10 @@ void
 ngx_http_llm_redis_send(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_cmd_t *cmd)
 {
-    if (redisAppendCommandArgv(rd->ctx, cmd->argc, cmd->argv, cmd->argvlen)
-        != REDIS_OK)
+    if (cmd->argc > NGX_HTTP_LLM_REDIS_ARGS
+        || redisAppendCommandArgv(rd->ctx, cmd->argc, cmd->argv,
+                                  cmd->argvlen)
+           != REDIS_OK)
     {
         rd->nomem = 1;
     }

@@ -204,8 +204,8 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
             ngx_http_llm_redis_send_fetch(rd, op);
             break;
 
-        default: /* NGX_HTTP_LLM_REDIS_CANCEL */
-            ngx_http_llm_redis_send_cancel(rd, op);
+        default: /* NGX_HTTP_LLM_REDIS_CONTROL */
+            ngx_http_llm_redis_send_control(rd, op);
         }
     }
 
@@ -236,8 +236,8 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
             ngx_http_llm_redis_read_fetch(rd, op);
             break;
 
-        default: /* NGX_HTTP_LLM_REDIS_CANCEL */
-            ngx_http_llm_redis_read_cancel(rd, op);
+        default: /* NGX_HTTP_LLM_REDIS_CONTROL */
+            ngx_http_llm_redis_read_control(rd, op);
         }
     }
 

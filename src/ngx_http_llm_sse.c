@@ -188,13 +188,13 @@ ngx_http_llm_sse_send(ngx_http_llm_ctx_t *ctx, ngx_uint_t ping)
         ngx_del_timer(c->write);
     }
 
-    if (job && ctx->sent < job->nevents) {
+    if (job && ctx->sent < ngx_http_llm_job_shown(job)) {
         /* more than one write's worth: go on when the loop comes back */
         ngx_post_event(c->write, &ngx_posted_events);
         return;
     }
 
-    if (job && job->state != NGX_HTTP_LLM_RUNNING) {
+    if (job && job->state != NGX_HTTP_LLM_RUNNING && !job->held) {
         ctx->finished = 1;
 
         if (ctx->heartbeat.timer_set) {
@@ -336,13 +336,15 @@ ngx_http_llm_sse_frames(ngx_http_llm_ctx_t *ctx, ngx_http_llm_render_t *w,
     i = ctx->sent;
     text = 0;
 
-    while (job && i < job->nevents && text < NGX_HTTP_LLM_WRITE_MAX) {
+    while (job && i < ngx_http_llm_job_shown(job)
+           && text < NGX_HTTP_LLM_WRITE_MAX)
+    {
         last = i;
 
         if (job->events[i].type == NGX_HTTP_LLM_EV_DELTA) {
             merged = job->events[i].len;
 
-            while (last + 1 < job->nevents
+            while (last + 1 < ngx_http_llm_job_shown(job)
                    && job->events[last + 1].type == NGX_HTTP_LLM_EV_DELTA
                    && merged + job->events[last + 1].len
                       <= NGX_HTTP_LLM_DELTA_MAX)
@@ -491,14 +493,14 @@ ngx_http_llm_sse_hold(ngx_http_llm_ctx_t *ctx)
     job = ctx->job;
 
     if (fmt->coalesce_time == 0 || ctx->retry || job == NULL
-        || ctx->sent >= job->nevents)
+        || ctx->sent >= ngx_http_llm_job_shown(job))
     {
         return 0;
     }
 
     size = 0;
 
-    for (i = ctx->sent; i < job->nevents; i++) {
+    for (i = ctx->sent; i < ngx_http_llm_job_shown(job); i++) {
         if (job->events[i].type != NGX_HTTP_LLM_EV_DELTA
             || (fmt->coalesce_size && size >= fmt->coalesce_size))
         {

@@ -249,6 +249,7 @@ ngx_http_llm_saved_init(ngx_http_llm_saved_t *res,
     res->saved_state = snap->saved_state;
     res->store_data = snap->store_data;
     res->watched = snap->watched;
+    res->pause = snap->pause;
 }
 
 

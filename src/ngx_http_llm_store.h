@@ -40,6 +40,8 @@ typedef struct {
     u_char                         owner[NGX_HTTP_LLM_OWNER_LEN];
     unsigned                       has_owner:1;
     unsigned                       cancel:1;    /* a cancel was requested */
+    unsigned                       pause:1;     /* a pause is requested */
+    unsigned                       paused:1;    /* and in effect */
     unsigned                       background:1;
 
     ngx_http_llm_outcome_t         outcome;
@@ -76,6 +78,13 @@ typedef void (*ngx_http_llm_fetch_pt)(void *data, ngx_int_t rc,
 typedef struct ngx_http_llm_snapshot_s  ngx_http_llm_snapshot_t;
 
 
+typedef enum {
+    NGX_HTTP_LLM_CTL_CANCEL = 0,
+    NGX_HTTP_LLM_CTL_PAUSE,
+    NGX_HTTP_LLM_CTL_RESUME
+} ngx_http_llm_control_e;
+
+
 /*
  * What a store made of a save, for the job to act on.  It starts as "no
  * change" (ngx_http_llm_saved_init()); the store sets what it knows.
@@ -88,6 +97,7 @@ typedef struct {
     void                          *store_data;  /* the store's own, kept */
     int64_t                        watched;     /* last read by a follower */
     unsigned                       cancel:1;    /* a cancel was requested */
+    unsigned                       pause:1;     /* a pause is requested */
     unsigned                       dropped:1;   /* not kept: stop saving */
 } ngx_http_llm_saved_t;
 
@@ -114,6 +124,9 @@ struct ngx_http_llm_snapshot_s {
     u_char                        *owner;       /* SHA-1 */
     unsigned                       has_owner:1;
     unsigned                       background:1;
+    unsigned                       paused:1;    /* the run waits */
+    unsigned                       pause:1;     /* the store's request, as
+                                                   last seen */
     ngx_http_llm_outcome_t        *outcome;
 
     ngx_http_llm_event_t          *events;
@@ -183,9 +196,14 @@ typedef struct {
                                           ngx_http_llm_fetch_pt handler,
                                           void *data);
 
-    /* ask the worker that runs the job to cancel it */
-    ngx_int_t                    (*cancel)(ngx_http_llm_store_t *st,
-                                           u_char *id);
+    /*
+     * Ask the worker that runs the job to cancel, pause or resume it: a
+     * request it finds with its next save.  A pause request stays until a
+     * resume request replaces it.
+     */
+    ngx_int_t                    (*control)(ngx_http_llm_store_t *st,
+                                            u_char *id,
+                                            ngx_http_llm_control_e what);
 } ngx_http_llm_store_ops_t;
 
 
@@ -193,6 +211,7 @@ struct ngx_http_llm_store_s {
     const ngx_http_llm_store_ops_t  *ops;
     ngx_msec_t                       ttl;
     ngx_msec_t                       poll;      /* how often followers read */
+    ngx_msec_t                       window;    /* a new job may be unread */
     void                            *data;      /* the backend's own */
     ngx_http_llm_store_t            *next;      /* all stores */
 };

@@ -71,8 +71,8 @@ static void ngx_http_llm_mem_release(ngx_http_llm_store_t *st,
 static ngx_int_t ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
     ngx_uint_t from_event, size_t from_text, size_t from_meta,
     ngx_http_llm_fetch_pt handler, void *data);
-static ngx_int_t ngx_http_llm_mem_cancel(ngx_http_llm_store_t *st,
-    u_char *id);
+static ngx_int_t ngx_http_llm_mem_control(ngx_http_llm_store_t *st,
+    u_char *id, ngx_http_llm_control_e what);
 static ngx_http_llm_mem_job_t *ngx_http_llm_mem_lookup(ngx_http_llm_mem_t *m,
     u_char *id, int64_t now);
 static ngx_http_llm_mem_job_t *ngx_http_llm_mem_create(ngx_http_llm_mem_t *m,
@@ -95,7 +95,7 @@ const ngx_http_llm_store_ops_t  ngx_http_llm_store_memory = {
     ngx_http_llm_mem_save,
     ngx_http_llm_mem_release,
     ngx_http_llm_mem_fetch,
-    ngx_http_llm_mem_cancel
+    ngx_http_llm_mem_control
 };
 
 
@@ -303,6 +303,7 @@ ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_snapshot_t *snap,
     }
 
     res->cancel = mj->rec.cancel;
+    res->pause = mj->rec.pause;
     res->watched = mj->rec.watched;
 
     ngx_shmtx_unlock(&m->shpool->mutex);
@@ -506,7 +507,8 @@ ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
 
 
 static ngx_int_t
-ngx_http_llm_mem_cancel(ngx_http_llm_store_t *st, u_char *id)
+ngx_http_llm_mem_control(ngx_http_llm_store_t *st, u_char *id,
+    ngx_http_llm_control_e what)
 {
     ngx_http_llm_mem_t *m = st->data;
 
@@ -518,7 +520,13 @@ ngx_http_llm_mem_cancel(ngx_http_llm_store_t *st, u_char *id)
     mj = ngx_http_llm_mem_lookup(m, id, ngx_http_llm_now_ms());
 
     if (mj) {
-        mj->rec.cancel = 1;
+        if (what == NGX_HTTP_LLM_CTL_CANCEL) {
+            mj->rec.cancel = 1;
+
+        } else {
+            mj->rec.pause = (what == NGX_HTTP_LLM_CTL_PAUSE);
+        }
+
         rc = NGX_OK;
 
     } else {
@@ -708,6 +716,7 @@ ngx_http_llm_mem_copy(ngx_http_llm_mem_t *m, ngx_http_llm_mem_job_t *mj,
     mj->rec.meta_len = snap->meta_len;
 
     mj->rec.state = snap->state;
+    mj->rec.paused = snap->paused;
     mj->rec.updated = snap->updated;
     mj->rec.outcome.input_tokens = oc->input_tokens;
     mj->rec.outcome.output_tokens = oc->output_tokens;

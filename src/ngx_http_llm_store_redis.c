@@ -12,7 +12,7 @@
  * blocking getaddrinfo(), so Redis is only ever spoken to from a thread:
  * per worker and store, one long-lived task in a thread pool owns a
  * synchronous connection.  The event loop hands it operations (a batch of
- * writes, a read, a cancel request) on a list under the channel mutex and
+ * writes, a read, a control request) on a list under the channel mutex and
  * gets the answers back through the worker's channel.  Like the engine,
  * the task returns when it has been idle for a while or the worker exits,
  * and is posted again when work comes.
@@ -80,8 +80,8 @@ static void ngx_http_llm_redis_release(ngx_http_llm_store_t *st,
 static ngx_int_t ngx_http_llm_redis_fetch(ngx_http_llm_store_t *st,
     u_char *id, ngx_uint_t from_event, size_t from_text, size_t from_meta,
     ngx_http_llm_fetch_pt handler, void *data);
-static ngx_int_t ngx_http_llm_redis_cancel(ngx_http_llm_store_t *st,
-    u_char *id);
+static ngx_int_t ngx_http_llm_redis_control(ngx_http_llm_store_t *st,
+    u_char *id, ngx_http_llm_control_e what);
 static ngx_http_llm_redis_op_t *ngx_http_llm_redis_op_new(
     ngx_http_llm_store_t *st, ngx_http_llm_redis_op_e type, u_char *id);
 
@@ -120,7 +120,7 @@ const ngx_http_llm_store_ops_t  ngx_http_llm_store_redis = {
     ngx_http_llm_redis_save,
     ngx_http_llm_redis_release,
     ngx_http_llm_redis_fetch,
-    ngx_http_llm_redis_cancel
+    ngx_http_llm_redis_control
 };
 
 
@@ -300,6 +300,9 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
 
     st->data = rc;
     st->poll = ngx_max(rc->flush, NGX_HTTP_LLM_REDIS_POLL_MIN);
+
+    /* a first write goes at once, or after the batch in flight */
+    st->window = 2 * rc->flush + 100;
 
     return NGX_CONF_OK;
 }
@@ -638,6 +641,25 @@ ngx_http_llm_redis_save(ngx_http_llm_store_t *st,
     }
 
     ngx_http_llm_redis_dirty(rd, rj);
+
+    /*
+     * A job's first write (its id is out) and its last (its final event
+     * waits for it) go with a batch of their own, now, unless one is in
+     * flight or Redis is failing.
+     */
+
+    if ((snap->state != NGX_HTTP_LLM_RUNNING || !rj->known)
+        && !rd->flushing && !rd->retry)
+    {
+        if (rd->timer.timer_set) {
+            ngx_del_timer(&rd->timer);
+        }
+
+        rd->timer.cancelable = rd->given_up;
+        ngx_add_timer(&rd->timer, 1);
+        return;
+    }
+
     ngx_http_llm_redis_arm(rd);
 }
 
@@ -765,14 +787,17 @@ ngx_http_llm_redis_fetch(ngx_http_llm_store_t *st, u_char *id,
 /* event loop: the worker running the job sees it with its next write */
 
 static ngx_int_t
-ngx_http_llm_redis_cancel(ngx_http_llm_store_t *st, u_char *id)
+ngx_http_llm_redis_control(ngx_http_llm_store_t *st, u_char *id,
+    ngx_http_llm_control_e what)
 {
     ngx_http_llm_redis_op_t  *op;
 
-    op = ngx_http_llm_redis_op_new(st, NGX_HTTP_LLM_REDIS_CANCEL, id);
+    op = ngx_http_llm_redis_op_new(st, NGX_HTTP_LLM_REDIS_CONTROL, id);
     if (op == NULL) {
         return NGX_ERROR;
     }
+
+    op->control = what;
 
     ngx_http_llm_redis_submit(((ngx_http_llm_redis_conf_t *) st->data)->rd,
                               op);
@@ -781,7 +806,7 @@ ngx_http_llm_redis_cancel(ngx_http_llm_store_t *st, u_char *id)
 }
 
 
-/* a read or a cancel for the store thread; NULL without a store thread */
+/* a read or a control request for the store thread; NULL without one */
 
 static ngx_http_llm_redis_op_t *
 ngx_http_llm_redis_op_new(ngx_http_llm_store_t *st,
@@ -849,6 +874,7 @@ ngx_http_llm_redis_write_new(ngx_http_llm_snapshot_t *snap,
     ngx_memcpy(rec->owner, snap->owner, NGX_HTTP_LLM_OWNER_LEN);
     rec->has_owner = snap->has_owner;
     rec->background = snap->background;
+    rec->paused = snap->paused;
     ngx_memcpy(rec->outcome.finish, oc->finish, oc->finish_len);
     rec->outcome.finish_len = oc->finish_len;
     rec->outcome.input_tokens = oc->input_tokens;
@@ -1045,6 +1071,7 @@ ngx_http_llm_redis_flush(ngx_event_t *ev)
         w->ok = 0;
         w->lost = 0;
         w->cancel = 0;
+        w->pause = 0;
         w->refused = 0;
     }
 
@@ -1185,6 +1212,7 @@ ngx_http_llm_redis_job_written(ngx_http_llm_redis_t *rd,
             }
             res.watched = w->watched;
             res.cancel = w->cancel;
+            res.pause = w->pause;
         }
 
         rj->saved(rj->data, &res);
@@ -1461,13 +1489,13 @@ ngx_http_llm_redis_done(ngx_http_llm_chan_item_t *item)
             continue;
         }
 
-        /* a cancel request has no answer: it is done with here */
+        /* a control request has no answer: it is done with here */
 
-        if (op->type == NGX_HTTP_LLM_REDIS_CANCEL) {
+        if (op->type == NGX_HTTP_LLM_REDIS_CONTROL) {
 
             if (op->rc == NGX_ERROR) {
                 ngx_log_error(NGX_LOG_ERR, rd->log, 0,
-                              "llm: redis store: cancel of job %*s lost: "
+                              "llm: redis store: request for job %*s lost: "
                               "%V unavailable",
                               (size_t) NGX_HTTP_LLM_JOB_ID_LEN, op->id,
                               &rd->conf->name);

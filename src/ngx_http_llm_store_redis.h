@@ -29,8 +29,11 @@
 
 #define NGX_HTTP_LLM_REDIS_BACKOFF_MAX 5000
 
-/* the longest command is the job's HSET: 32 arguments, about 350 bytes */
-#define NGX_HTTP_LLM_REDIS_ARGS        32
+/*
+ * The longest command is the job's HSET: 34 arguments, about 360 bytes; a
+ * command built longer is not sent (ngx_http_llm_redis_send()).
+ */
+#define NGX_HTTP_LLM_REDIS_ARGS        40
 #define NGX_HTTP_LLM_REDIS_BUF         1024
 
 
@@ -81,6 +84,7 @@ struct ngx_http_llm_redis_write_s {
     unsigned                       ok:1;
     unsigned                       lost:1;      /* Redis lost the job */
     unsigned                       cancel:1;
+    unsigned                       pause:1;
     unsigned                       refused:1;   /* for good: see reply */
     int64_t                        watched;
     u_char                         reply[128];  /* Redis's refusal */
@@ -98,7 +102,7 @@ struct ngx_http_llm_redis_write_s {
 typedef enum {
     NGX_HTTP_LLM_REDIS_BATCH = 0,
     NGX_HTTP_LLM_REDIS_FETCH,
-    NGX_HTTP_LLM_REDIS_CANCEL
+    NGX_HTTP_LLM_REDIS_CONTROL
 } ngx_http_llm_redis_op_e;
 
 
@@ -113,8 +117,9 @@ struct ngx_http_llm_redis_op_s {
     /* NGX_OK: answered (a batch: the round trip was made) */
     ngx_int_t                      rc;
 
-    /* a fetch or a cancel */
+    /* a fetch or a control request */
     u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN];
+    ngx_http_llm_control_e         control;
     ngx_uint_t                     from_event;
     size_t                         from_text;
     size_t                         from_meta;
@@ -197,9 +202,9 @@ void ngx_http_llm_redis_send_fetch(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op);
 void ngx_http_llm_redis_read_fetch(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op);
-void ngx_http_llm_redis_send_cancel(ngx_http_llm_redis_t *rd,
+void ngx_http_llm_redis_send_control(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op);
-void ngx_http_llm_redis_read_cancel(ngx_http_llm_redis_t *rd,
+void ngx_http_llm_redis_read_control(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op);
 void ngx_http_llm_redis_cmd(ngx_http_llm_redis_cmd_t *cmd, const char *name);
 void ngx_http_llm_redis_arg(ngx_http_llm_redis_cmd_t *cmd, const void *p,

@@ -322,3 +322,86 @@ GET /ok
 --- response_body
 up
 
+
+
+
+=== TEST 26: llm_limit_jobs names a zone nobody defined
+--- config
+    llm_limit_jobs nosuch 2;
+--- must_die
+--- error_log
+unknown llm_limit_jobs zone "nosuch" (llm_limit_jobs_zone defines it)
+
+
+
+=== TEST 27: llm_limit_jobs_zone needs zone=
+--- http_config
+    llm_limit_jobs_zone $binary_remote_addr;
+--- config
+--- must_die
+--- error_log
+invalid number of arguments in "llm_limit_jobs_zone" directive
+
+
+
+=== TEST 28: an llm_limit_jobs_zone too small
+--- http_config
+    llm_limit_jobs_zone $binary_remote_addr zone=perip:1k;
+--- config
+--- must_die
+--- error_log
+invalid zone size "zone=perip:1k" in "llm_limit_jobs_zone"
+
+
+
+=== TEST 29: llm_limit_jobs needs a positive number
+--- http_config
+    llm_limit_jobs_zone $binary_remote_addr zone=perip:1m;
+--- config
+    llm_limit_jobs perip 0;
+--- must_die
+--- error_log
+invalid number of jobs "0" in "llm_limit_jobs"
+
+
+
+=== TEST 30: a bad retry_after in llm_limit_jobs
+--- http_config
+    llm_limit_jobs_zone $binary_remote_addr zone=perip:1m;
+--- config
+    llm_limit_jobs perip 2 retry_after=soon;
+--- must_die
+--- error_log
+invalid parameter "retry_after=soon" in "llm_limit_jobs"
+
+
+
+=== TEST 31: the same zone twice in one place
+--- http_config
+    llm_limit_jobs_zone $binary_remote_addr zone=perip:1m;
+--- config
+    llm_limit_jobs perip 2;
+    llm_limit_jobs perip 3;
+--- must_die
+--- error_log
+"llm_limit_jobs" directive is duplicate
+
+
+
+=== TEST 32: a limit on the store's zone is refused
+--- http_config
+    llm_store memory zone=jobs:1m;
+--- config
+    llm_limit_jobs jobs 2;
+--- must_die
+--- error_log
+unknown llm_limit_jobs zone "jobs"
+
+
+
+=== TEST 33: llm_max_duration needs a time
+--- config
+    llm_max_duration soon;
+--- must_die
+--- error_log
+"llm_max_duration" directive invalid value

@@ -166,7 +166,7 @@ my @bad = (
      { events => [['9223372036854775800-0', 1, 0, 5]] },
      qr/corrupt record in the store \(first event\)/],
     ['an unknown event type',
-     { events => [['1-0', 0, 0, 0], ['2-0', 8, 0, 5]] },
+     { events => [['1-0', 0, 0, 0], ['2-0', 10, 0, 5]] },
      qr/corrupt record \(event fields\)/],
     ['a non-numeric time',
      { hash => { created => '12abc' } }, qr/corrupt record \(created\)/],

@@ -364,7 +364,7 @@ my @bad = (
     ['a version that is not a number',
      { hash => { sv => 'x' } }, qr/corrupt record \(sv\)/],
     ['an event type beyond the last',
-     { events => [['1-0', 0, 0, 0], ['2-0', 8, 0, 5]] },
+     { events => [['1-0', 0, 0, 0], ['2-0', 10, 0, 5]] },
      qr/corrupt record \(event fields\)/],
 );
 

@@ -727,3 +727,104 @@ llm_pipeline: "output" is duplicate in step "a"
 --- must_die
 --- error_log
 llm_pipeline: step "a" has its prompt twice
+
+
+
+=== TEST 27: exhausted=stop: a loop that gives up as a success; complete when=stopped
+--- http_config
+    llm_format verdict {
+        complete when=finished '{"success": true}';
+        complete when=stopped  '{"success": false, "stopped_at": $llm_stopped_at}';
+        complete '{"done": true}';
+        error    '{"error": $llm_error_message}';
+    }
+    llm_pipeline loop {
+        step question {
+            pass    "http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tps=0&ttft=0&reply=%7B%22q%22%3A1%7D";
+            prompt  "Ask";
+            output  json;
+        }
+        step judge {
+            pass    "http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tps=0&ttft=0&reply=%7B%22ok%22%3Afalse%7D";
+            prompt  "Judge";
+            output  json;
+            check   ok = true else=question attempts=2 exhausted=stop;
+        }
+        step final {
+            pass    "http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tps=0&ttft=0&status_1=500";
+            prompt  "Never asked";
+        }
+    }
+--- config
+    location = /generate {
+        llm_model    m;
+        llm_pipeline loop;
+        llm_format   verdict;
+    }
+--- request
+GET /generate
+--- response_body_like eval
+qr{\A(?:retry: \d+\n\n)?(?:id: [^\n]+\n)?data: \{"success":false,"stopped_at":"judge"\}
+
+id: [^\n]+
+data: \{"done":true\}
+
+\z}
+
+
+
+=== TEST 28: complete when=finished for a pipeline that ran to its end
+--- http_config
+    llm_format verdict {
+        start    off;
+        complete when=finished '{"success": true}';
+        complete when=stopped  '{"success": false}';
+        error    '{"error": $llm_error_message}';
+    }
+    llm_pipeline one {
+        step only {
+            pass    "http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tps=0&ttft=0&reply=%7B%22ok%22%3Atrue%7D";
+            prompt  "Judge";
+            output  json;
+            check   ok = true else=retry exhausted=stop;
+        }
+    }
+--- config
+    location = /generate {
+        llm_model    m;
+        llm_pipeline one;
+        llm_format   verdict;
+    }
+--- request
+GET /generate
+--- response_body_like eval
+qr{\A(?:retry: \d+\n\n)?id: [^\n]+\ndata: \{"success":true\}\n\n\z}
+
+
+
+=== TEST 29: nginx -t: exhausted= is stop or fail; when=stopped is for complete
+--- http_config
+    llm_pipeline p {
+        step a {
+            prompt "x";
+            output json;
+            check  ok = true exhausted=maybe;
+        }
+    }
+--- config
+--- must_die
+--- error_log
+llm_pipeline: invalid parameter "exhausted=maybe" in "check"
+
+
+
+=== TEST 30: nginx -t: when=stopped is for complete only
+--- http_config
+    llm_format f {
+        error when=stopped '{"x": 1}';
+        complete '{"y": 1}';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: invalid parameter "when=stopped" of "error"

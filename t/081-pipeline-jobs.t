@@ -582,7 +582,7 @@ HTTP
                        headers => { Accept => 'application/json' }))[2]) }
             || {};
     is_deeply([map { $_->{state} } @{ $j->{steps} || [] }],
-              [qw(done running pending)], '  B shows its steps');
+              [qw(done interrupted pending)], '  B shows its steps');
 
 
     # 6. Redis restarted empty while a step of a pipeline runs

@@ -277,12 +277,31 @@ is($r->{success}, JSON::PP::true, '{"success": true');
 is($r->{message}, 'Step 7 complete', '"message"');
 is($r->{data}{summary}{sampleQuestionsTotal}, 55, '"data": {"step7", "summary"}}');
 
-# --- 7. cancel: DELETE stops the run, the batches made are kept
+# --- 7. pause and resume between two batches, then cancel: DELETE stops
+#        the run, the batches made are kept
 
 ($st, $head, $body) = http_get($port, 'POST', "/api/v3/workflow/$big/step7/stream",
                                headers => \%auth,
                                until => qr/"type":"data"/);
 ($job) = $body =~ /"jobId":"([\w-]+)"/;
+
+($st, undef, $body) = http_get($port, 'POST',
+                               "/api/v3/step7/jobs/$job?action=pause",
+                               headers => \%auth);
+ok($st == 200 || $st == 202, 'POST ?action=pause on the job');
+$j = job_when($job, 'paused');
+is($j->{state}, 'paused', 'the job pauses between two batches');
+my $made = scalar @{ $j->{steps}[0]{output} // [] };
+sleep 2;
+$j = job_when($job, 'paused');
+is(scalar @{ $j->{steps}[0]{output} // [] }, $made,
+   'no batch is made while it is paused');
+($st) = http_get($port, 'POST', "/api/v3/step7/jobs/$job?action=resume",
+                 headers => \%auth);
+ok($st == 200 || $st == 202, 'POST ?action=resume');
+$j = job_when($job, 'running');
+is($j->{state}, 'running', 'it runs again');
+
 ($st, undef, $body) = http_get($port, 'DELETE', "/api/v3/step7/jobs/$job",
                                headers => \%auth);
 ok($st == 200 || $st == 202, 'DELETE on the job cancels it');
