@@ -42,6 +42,8 @@ my $root = start_nginx('metrics',
                        <<"HTTP");
     llm_prompt "hi";
 
+    llm_limit_jobs_zone \$arg_u zone=lim:1m;
+
     llm_pipeline judge {
         step j {
             pass   "$judge";
@@ -75,6 +77,11 @@ my $root = start_nginx('metrics',
             llm_model         m2;
             llm_metrics_label "slow \\"one\\"";
             llm_pass          $up?tokens=400&tps=20&ttft=0;
+        }
+        location = /lim {
+            llm_model      m2;
+            llm_limit_jobs lim 1;
+            llm_pass       $up?tokens=400&tps=20&ttft=0;
         }
         location = /cancel {
             llm_model         m2;
@@ -210,6 +217,24 @@ for (1 .. 100) {
 }
 is($state, 'cancelled', 'the background job is cancelled');
 
+# a second job over llm_limit_jobs: refused, then the first cancelled
+
+($st, $h, $body) = http_get($port, 'POST', "/lim?u=a$run",
+                            headers => { Prefer => 'respond-async' });
+is($st, 202, 'a job that holds the limit');
+my $held = decode_json($body)->{job};
+
+($st) = http_get($port, 'GET', "/lim?u=a$run");
+is($st, 429, 'the next one is refused');
+
+http_get($port, 'DELETE', "/jobs/$held");
+
+for (1 .. 100) {
+    ($st, $h, $body) = http_get($port, 'GET', "/jobs/$held");
+    last if decode_json($body)->{state} ne 'running';
+    sleep 0.1;
+}
+
 # 5. a resume: a stream that follows a finished job from its first event
 
 ($st, $h, $body) = http_get($port, 'GET', '/g');
@@ -341,7 +366,7 @@ my %want = (
     'llm_pipeline_check_failures_total{location="judge"}' => 1,
     'llm_pipeline_step_attempts_total{location="/g"}' => 0,
     'llm_resumes_total' => 1,
-    'llm_cancels_total' => 1,
+    'llm_cancels_total' => 2,
     'llm_client_disconnects_total' => 1,
     'llm_disconnect_cancels_total' => 1,
     'llm_output_tokens_total{model="m1"}' => $out_m1,
@@ -354,6 +379,8 @@ my %want = (
     'llm_store_writes_total{store="redis"}' => 0,
     'llm_store_orphans_total' => 0,
     'llm_limit_refusals_total{location="/g"}' => 0,
+    'llm_limit_refusals_total{location="/lim"}' => 1,
+    'llm_jobs_total{location="/lim",state="cancelled"}' => 1,
 );
 
 for my $k (sort keys %want) {
