@@ -249,6 +249,7 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     opts.pause_timeout = llcf->pause_timeout;
     opts.max_duration = llcf->max_duration;
     opts.max_events = llcf->max_events;
+    opts.label = ngx_http_llm_metrics_label(llcf);
     /* an engine job's text is bounded by its transfer, a pipeline's here */
     opts.max_text = run ? llcf->max_text : 0;
     opts.background = (r->method == NGX_HTTP_POST

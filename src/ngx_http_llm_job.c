@@ -177,6 +177,8 @@ ngx_http_llm_job_create(ngx_http_llm_job_opts_t *o, ngx_log_t *log)
         return NULL;
     }
 
+    ngx_http_llm_metrics_job_start(job, o);
+
     return job;
 }
 
@@ -909,6 +911,8 @@ ngx_http_llm_job_unwatched(ngx_http_llm_job_t *job)
                   "llm: job %s: client gone, upstream request cancelled",
                   job->id);
 
+    ngx_http_llm_metrics_abandon(job);
+
     ngx_http_llm_job_end(job, NGX_HTTP_LLM_CANCELLED,
                          NGX_HTTP_LLM_E_CANCELLED,
                          (u_char *) "the client went away",
@@ -946,6 +950,8 @@ ngx_http_llm_job_grace_handler(ngx_event_t *ev)
                   "llm: job %s: nobody came back within %M ms, upstream "
                   "request cancelled", job->id, job->grace);
 
+    ngx_http_llm_metrics_abandon(job);
+
     ngx_http_llm_job_end(job, NGX_HTTP_LLM_CANCELLED,
                          NGX_HTTP_LLM_E_CANCELLED,
                          (u_char *) "the client went away",
@@ -959,6 +965,8 @@ static void
 ngx_http_llm_job_output(void *data, ngx_http_llm_output_t *out)
 {
     ngx_http_llm_job_t *job = data;
+
+    ngx_http_llm_metrics_output(job, out);
 
     if (out->done) {
         /* the engine let go of the transfer with its final output */
@@ -1036,6 +1044,8 @@ ngx_http_llm_job_delta(ngx_http_llm_job_t *job, u_char *p, size_t len)
         ngx_http_llm_job_fail(job, NGX_HTTP_LLM_E_INTERNAL, "out of memory");
         return NGX_ERROR;
     }
+
+    ngx_http_llm_metrics_delta(job);
 
     return NGX_OK;
 }
@@ -1763,6 +1773,8 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
 static void
 ngx_http_llm_job_ended(ngx_http_llm_job_t *job)
 {
+    ngx_http_llm_metrics_job_end(job);
+
     if (job->deadline.timer_set) {
         ngx_del_timer(&job->deadline);
     }
@@ -1971,6 +1983,9 @@ ngx_http_llm_job_free(ngx_http_llm_job_t *job)
     {
         return;
     }
+
+    /* a job that could not start ends here */
+    ngx_http_llm_metrics_job_end(job);
 
     if (job->timer.timer_set) {
         ngx_del_timer(&job->timer);

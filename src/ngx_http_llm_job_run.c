@@ -108,6 +108,7 @@ ngx_http_llm_run_event(void *data, ngx_http_llm_event_type_e type,
     ngx_int_t  rc;
 
     ngx_http_llm_run_enter(job);
+    ngx_http_llm_metrics_run_event(job, type, payload, len);
     rc = ngx_http_llm_job_payload(job, type, payload, len);
     ngx_http_llm_run_leave(job);
 

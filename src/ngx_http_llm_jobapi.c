@@ -347,6 +347,7 @@ ngx_http_llm_looked_up(void *data, ngx_int_t rc, ngx_http_llm_job_t *job)
          */
         ctx->sent = lk->from;
         ctx->wake = ngx_http_llm_sse_wake;
+        ngx_http_llm_metrics_resume(ctx);
         ngx_http_llm_job_subscribe(job, ctx);
 
         rc = ngx_http_llm_sse_start(r, ctx);
@@ -575,6 +576,7 @@ ngx_http_llm_continue(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     opts.max_duration = llcf->max_duration;
     opts.max_events = llcf->max_events;
     opts.max_text = llcf->max_text;
+    opts.label = ngx_http_llm_metrics_label(llcf);
     opts.owner = job->has_owner ? job->owner : NULL;
     opts.background = ngx_http_llm_prefers_async(r);
 

@@ -234,6 +234,8 @@ ngx_http_llm_limit_refuse(ngx_http_request_t *r, ngx_msec_t retry_after)
     ngx_str_t         msg;
     ngx_table_elt_t  *h;
 
+    ngx_http_llm_metrics_limit_refused(r);
+
     h = ngx_list_push(&r->headers_out.headers);
     if (h == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;

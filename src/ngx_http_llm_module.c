@@ -251,6 +251,27 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       offsetof(ngx_http_llm_loc_conf_t, ssl_verify),
       NULL },
 
+    { ngx_string("llm_metrics"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_llm_metrics_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("llm_metrics_label"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_llm_loc_conf_t, metrics_label),
+      NULL },
+
+    { ngx_string("llm_status"),
+      NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_llm_status_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     /* in http{} it defines a format, in server{} and location{} picks one */
 
     { ngx_string("llm_format"),
@@ -353,7 +374,7 @@ ngx_http_llm_add_variables(ngx_conf_t *cf)
         var->data = v->data;
     }
 
-    return NGX_OK;
+    return ngx_http_llm_log_variables(cf);
 }
 
 
@@ -381,6 +402,9 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
      *     conf->thread_pool_name = { 0, NULL };
      *     conf->thread_pool = NULL;
      *     conf->job = NULL;
+     *     conf->metrics_label = { 0, NULL };
+     *     conf->metrics = NULL;
+     *     conf->serve = 0;
      */
 
     conf->provider = NGX_CONF_UNSET_PTR;
@@ -460,8 +484,24 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     }
     ngx_conf_merge_ptr_value(conf->job_owner, prev->job_owner, NULL);
     ngx_conf_merge_ptr_value(conf->job_url, prev->job_url, NULL);
+    ngx_conf_merge_str_value(conf->metrics_label, prev->metrics_label, "");
 
-    if (conf->pass == NULL && conf->job == NULL && conf->pipeline == NULL) {
+    if (conf->pass == NULL && conf->job == NULL && conf->pipeline == NULL
+        && conf->serve == 0)
+    {
+        return NGX_CONF_OK;
+    }
+
+    if (conf->serve && (conf->pass || conf->job || conf->pipeline)) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%s\" cannot be used together with "
+                           "\"llm_pass\", \"llm_job\" or \"llm_pipeline\"",
+                           conf->serve == NGX_HTTP_LLM_SERVE_METRICS
+                           ? "llm_metrics" : "llm_status");
+        return NGX_CONF_ERROR;
+    }
+
+    if (conf->serve == NGX_HTTP_LLM_SERVE_METRICS) {
         return NGX_CONF_OK;
     }
 
@@ -470,6 +510,16 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         if (conf->store == NULL) {
             return NGX_CONF_ERROR;
         }
+    }
+
+    /* llm_status checks the location's store and thread pool */
+
+    if (conf->serve == NGX_HTTP_LLM_SERVE_STATUS) {
+        goto pool;
+    }
+
+    if (ngx_http_llm_metrics_merge(cf, conf) != NGX_CONF_OK) {
+        return NGX_CONF_ERROR;
     }
 
     if (conf->pipeline) {

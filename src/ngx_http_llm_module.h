@@ -80,6 +80,10 @@ typedef struct {
     ngx_http_complex_value_t      *job_url;
     ngx_http_complex_value_t      *job;         /* llm_job: the id */
 
+    ngx_str_t                      metrics_label;   /* llm_metrics_label */
+    void                          *metrics;     /* the label's slot */
+    ngx_uint_t                     serve;       /* llm_metrics, llm_status */
+
     ngx_msec_t                     heartbeat;
     ngx_msec_t                     retry;
     ngx_msec_t                     connect_timeout;
@@ -96,6 +100,7 @@ typedef struct {
     ngx_array_t                   *formats;     /* of format pointers */
     ngx_array_t                   *pipelines;   /* of pipeline pointers */
     void                          *pipeline_parse;  /* the one being read */
+    void                          *metrics;     /* its zone and labels */
 } ngx_http_llm_main_conf_t;
 
 
@@ -148,6 +153,7 @@ struct ngx_http_llm_ctx_s {
     unsigned                       include_usage:1;  /* openai format */
     unsigned                       openai:1;    /* such a request */
     unsigned                       stream:1;    /* and it asks to stream */
+    unsigned                       resumed:1;   /* follows a job */
 };
 
 
@@ -215,6 +221,18 @@ typedef struct {
 } ngx_http_llm_outcome_t;
 
 
+/* what the metrics and the access log know of a job this worker runs */
+typedef struct {
+    ngx_uint_t                     label;       /* its location's slot */
+    int64_t                        first;       /* first text, ms; 0: none */
+    ngx_uint_t                     status;      /* last upstream status */
+    ngx_uint_t                     attempts;    /* a pipeline's tries */
+    ngx_uint_t                     steps;       /* last step started */
+    unsigned                       counted:1;   /* running in the metrics */
+    unsigned                       abandoned:1; /* by llm_on_disconnect */
+} ngx_http_llm_jstats_t;
+
+
 /* a slot a job holds in an llm_limit_jobs zone */
 typedef struct {
     ngx_shm_zone_t                *zone;
@@ -246,6 +264,7 @@ struct ngx_http_llm_job_s {
     ngx_uint_t                     state_version;   /* 0: none yet */
 
     ngx_http_llm_outcome_t         outcome;     /* for the final event */
+    ngx_http_llm_jstats_t          stats;
 
     int64_t                        created;     /* ms since the epoch */
     int64_t                        updated;
@@ -318,6 +337,7 @@ typedef struct {
     unsigned                       failed:1;
 
     ngx_http_llm_outcome_t         outcome;     /* read with "done" */
+    ngx_uint_t                     status;      /* upstream's, with "done" */
 } ngx_http_llm_output_t;
 
 
@@ -344,6 +364,7 @@ typedef struct {
     ngx_msec_t                     timeout;
     ngx_flag_t                     ssl_verify;
     size_t                         max_text;
+    ngx_uint_t                     model;       /* its metrics slot */
 } ngx_http_llm_spec_t;
 
 
@@ -357,6 +378,7 @@ typedef struct {
     ngx_msec_t                     max_duration;    /* 0: none */
     ngx_uint_t                     max_events;
     size_t                         max_text;    /* of a pipeline's job */
+    ngx_uint_t                     label;       /* its metrics slot */
     ngx_http_llm_limit_hold_t     *limits;      /* taken by the job */
     ngx_uint_t                     nlimits;
     unsigned                       background:1;
@@ -492,6 +514,47 @@ void ngx_http_llm_engine_release(ngx_http_llm_xfer_t *x);
 ngx_int_t ngx_http_llm_spec_make(ngx_http_llm_spec_t *spec, ngx_str_t *url,
     ngx_http_llm_params_t *params, ngx_str_t *err);
 void ngx_http_llm_spec_free(ngx_http_llm_spec_t *spec);
+
+/* ngx_http_llm_metrics.c */
+#define NGX_HTTP_LLM_METRICS_MEMORY  0
+#define NGX_HTTP_LLM_METRICS_REDIS   1
+
+#define NGX_HTTP_LLM_SERVE_METRICS   1
+#define NGX_HTTP_LLM_SERVE_STATUS    2
+
+char *ngx_http_llm_metrics_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+void *ngx_http_llm_metrics_conf(ngx_conf_t *cf);
+char *ngx_http_llm_metrics_merge(ngx_conf_t *cf,
+    ngx_http_llm_loc_conf_t *conf);
+ngx_uint_t ngx_http_llm_metrics_label(ngx_http_llm_loc_conf_t *llcf);
+ngx_uint_t ngx_http_llm_metrics_model(ngx_str_t *model);
+void ngx_http_llm_metrics_job_start(ngx_http_llm_job_t *job,
+    ngx_http_llm_job_opts_t *opts);
+void ngx_http_llm_metrics_delta(ngx_http_llm_job_t *job);
+void ngx_http_llm_metrics_output(ngx_http_llm_job_t *job,
+    ngx_http_llm_output_t *out);
+void ngx_http_llm_metrics_run_event(ngx_http_llm_job_t *job,
+    ngx_http_llm_event_type_e type, u_char *payload, size_t len);
+void ngx_http_llm_metrics_abandon(ngx_http_llm_job_t *job);
+void ngx_http_llm_metrics_job_end(ngx_http_llm_job_t *job);
+void ngx_http_llm_metrics_xfer(ngx_http_llm_spec_t *spec,
+    ngx_http_llm_output_t *out);
+void ngx_http_llm_metrics_stream_open(void);
+void ngx_http_llm_metrics_resume(ngx_http_llm_ctx_t *ctx);
+void ngx_http_llm_metrics_request_end(ngx_http_llm_ctx_t *ctx);
+void ngx_http_llm_metrics_store_write(ngx_uint_t store, ngx_uint_t ok);
+void ngx_http_llm_metrics_flush(ngx_uint_t ok, ngx_msec_t ms);
+void ngx_http_llm_metrics_orphan(void);
+void ngx_http_llm_metrics_limit_refused(ngx_http_request_t *r);
+ngx_int_t ngx_http_llm_metrics_running(void);
+
+/* ngx_http_llm_status.c */
+char *ngx_http_llm_status_directive(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+/* ngx_http_llm_log.c */
+ngx_int_t ngx_http_llm_log_variables(ngx_conf_t *cf);
 
 
 #endif /* _NGX_HTTP_LLM_MODULE_H_INCLUDED_ */

@@ -75,6 +75,7 @@ ngx_http_llm_cleanup(void *data)
     }
 
     ctx->finished = 1;
+    ngx_http_llm_metrics_request_end(ctx);
     ngx_http_llm_job_unsubscribe(ctx);
 
     ngx_free(ctx->mem);

@@ -83,6 +83,7 @@ ngx_http_llm_sse_start(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     }
 
     ctx->streaming = 1;
+    ngx_http_llm_metrics_stream_open();
 
     r->read_event_handler = ngx_http_test_reading;
     r->write_event_handler = ngx_http_llm_sse_write_handler;

@@ -248,6 +248,7 @@ ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_snapshot_t *snap,
 
             /* said once: the job is not stored, and not tried again */
             res->dropped = 1;
+            ngx_http_llm_metrics_store_write(NGX_HTTP_LLM_METRICS_MEMORY, 0);
 
             ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                           "llm: job %s: the memory store is full, "
@@ -306,6 +307,8 @@ ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_snapshot_t *snap,
     res->watched = mj->rec.watched;
 
     ngx_shmtx_unlock(&m->shpool->mutex);
+
+    ngx_http_llm_metrics_store_write(NGX_HTTP_LLM_METRICS_MEMORY, !full);
 
     if (full) {
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,

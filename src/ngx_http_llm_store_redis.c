@@ -734,6 +734,7 @@ ngx_http_llm_redis_release(ngx_http_llm_store_t *st,
             w->rewrite = rj->rewrite || rj->rewriting;
 
             ngx_queue_insert_tail(&rd->orphans, &w->queue);
+            ngx_http_llm_metrics_orphan();
             ngx_http_llm_redis_arm(rd);
         }
     }
@@ -1077,6 +1078,7 @@ ngx_http_llm_redis_flush(ngx_event_t *ev)
     rd->batch.rc = NGX_ERROR;
 
     rd->flushing = 1;
+    rd->flush_started = ngx_current_msec;
     ngx_http_llm_redis_submit(rd, &rd->batch);
 
     ngx_http_llm_redis_arm(rd);
@@ -1095,6 +1097,7 @@ ngx_http_llm_redis_written(ngx_http_llm_redis_t *rd)
         q = ngx_queue_head(&rd->batch.writes);
         ngx_queue_remove(q);
         w = ngx_queue_data(q, ngx_http_llm_redis_write_t, queue);
+        ngx_http_llm_metrics_store_write(NGX_HTTP_LLM_METRICS_REDIS, w->ok);
 
         if (w->rj) {
             ngx_http_llm_redis_job_written(rd, w);
@@ -1105,6 +1108,8 @@ ngx_http_llm_redis_written(ngx_http_llm_redis_t *rd)
     }
 
     rd->flushing = 0;
+    ngx_http_llm_metrics_flush(rd->batch.rc == NGX_OK,
+                               ngx_current_msec - rd->flush_started);
 
     /*
      * Redis was not reached: the store thread backs off, so does the

@@ -152,6 +152,7 @@ struct ngx_http_llm_redis_s {
     ngx_queue_t                    orphans;     /* writes of freed jobs */
     size_t                         orphans_size;    /* with those in batch */
     ngx_http_llm_redis_op_t        batch;
+    ngx_msec_t                     flush_started;  /* for the metrics */
     ngx_msec_t                     retry;
     unsigned                       flushing:1;
     unsigned                       given_up:1;

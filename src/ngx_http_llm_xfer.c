@@ -119,6 +119,7 @@ ngx_http_llm_spec_make(ngx_http_llm_spec_t *spec, ngx_str_t *url,
     }
 
     spec->nheaders = n;
+    spec->model = ngx_http_llm_metrics_model(&params->model);
 
     return NGX_OK;
 }
@@ -361,6 +362,7 @@ ngx_http_llm_xfer_finish(ngx_http_llm_xfer_t *x, CURLcode rc)
 
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
     x->out.done = 1;
+    x->out.status = x->status;
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
 
     ngx_http_llm_xfer_push(x);
@@ -767,6 +769,8 @@ ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item)
     }
 
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
+
+    ngx_http_llm_metrics_xfer(&x->spec, &out);
 
     handler = x->handler;
 

@@ -36,6 +36,13 @@ HTTP
 
 my $master = nginx_pid($root);
 
+# a HUP that comes before the master blocks signals (it logs "start worker
+# processes" after that) is seen only with the next signal: wait for it
+for (1 .. 100) {
+    last if error_log($root) =~ /start worker process /;
+    sleep 0.05;
+}
+
 # break the configuration and ask for a reload: it must be refused
 my $conf = "$root/conf/nginx.conf";
 open my $in, '<', $conf or die $!;

@@ -210,6 +210,9 @@ is($limited[-1], 429, '429 past the burst');
 
 ($st, undef, $body) = http_get($port, 'GET', '/health');
 is($st, 200, 'GET /health');
+is_deeply(decode_json($body)->{store},
+          { type => 'redis', reachable => JSON::PP::true },
+          '/health is llm_status: the Redis store reachable');
 
 # --- 5. the provider fails at the summative batch
 

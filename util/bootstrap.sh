@@ -12,7 +12,7 @@ pkgs=(
     libtest-base-perl libtext-diff-perl libwww-perl libipc-run-perl
     libtest-longstring-perl liblist-moreutils-perl liburi-perl
     libhttp-message-perl
-    chromium
+    chromium python3-prometheus-client
 )
 
 # "util/bootstrap.sh bench": also what the benchmark's baseline and plot need
