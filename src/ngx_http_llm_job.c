@@ -36,6 +36,13 @@
 /* a running job whose worker has not saved it for this long is lost */
 #define NGX_HTTP_LLM_LOST_MS    15000
 
+/*
+ * The ids a takeover skips: the events the lost worker may have sent to
+ * its clients and not yet to the store (its last flush interval's), so
+ * that such a client, coming back, misses none of the new ones.
+ */
+#define NGX_HTTP_LLM_GAP_EVENTS 256
+
 
 typedef struct {
     ngx_http_llm_store_t          *store;
@@ -71,6 +78,10 @@ static void ngx_http_llm_job_unwatched(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_grace_handler(ngx_event_t *ev);
 static void ngx_http_llm_job_pause_expired(ngx_event_t *ev);
 static void ngx_http_llm_job_deadline(ngx_event_t *ev);
+static void ngx_http_llm_job_claim(ngx_http_llm_job_t *job, int64_t updated);
+static void ngx_http_llm_job_claimed(void *data, ngx_int_t rc,
+    ngx_http_llm_record_t *rec);
+static void ngx_http_llm_job_claim_handler(ngx_event_t *ev);
 static void ngx_http_llm_job_cancel_handler(ngx_event_t *ev);
 static void ngx_http_llm_job_pause_handler(ngx_event_t *ev);
 static void ngx_http_llm_job_free_handler(ngx_event_t *ev);
@@ -212,6 +223,9 @@ ngx_http_llm_job_alloc(ngx_log_t *log)
     job->pause_ev.data = job;
     job->pause_ev.log = job->log;
     job->pause_ev.handler = ngx_http_llm_job_pause_handler;
+    job->claim_ev.data = job;
+    job->claim_ev.log = job->log;
+    job->claim_ev.handler = ngx_http_llm_job_claim_handler;
     job->free_ev.data = job;
     job->free_ev.log = job->log;
     job->free_ev.handler = ngx_http_llm_job_free_handler;
@@ -540,6 +554,23 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
             return NGX_OK;
         }
 
+        /*
+         * A pipeline's finished steps are stored: its job is taken over
+         * (once this mirror has all of it) rather than lost.
+         */
+
+        if (job->takeover && job->state_version
+            && job->nevents == rec->nevents
+            && job->text_len == rec->text_len
+            && job->meta_len == rec->meta_len)
+        {
+            if (!job->claiming) {
+                ngx_http_llm_job_claim(job, rec->updated);
+            }
+
+            return NGX_OK;
+        }
+
         ngx_http_llm_job_end(job, NGX_HTTP_LLM_FAILED, "job_lost",
                              (u_char *) "the worker running the job is gone",
                              sizeof("the worker running the job is gone")
@@ -785,6 +816,13 @@ ngx_http_llm_mirror_polled(void *data, ngx_int_t rc,
     ngx_http_llm_record_t *rec)
 {
     ngx_http_llm_job_t *job = data;
+
+    if (!job->mirror) {
+        /* taken over meanwhile: the store's copy is no news here */
+        job->fetching = 0;
+        ngx_http_llm_job_free(job);
+        return;
+    }
 
     if (ngx_queue_empty(&job->subscribers)) {
         /* everybody left while the store answered */
@@ -1478,6 +1516,103 @@ ngx_http_llm_job_pause_expired(ngx_event_t *ev)
 }
 
 
+/* a mirror's claim on its job: the answer, held until the loop is back */
+
+static void
+ngx_http_llm_job_claim(ngx_http_llm_job_t *job, int64_t updated)
+{
+    job->claiming = 1;
+    job->holds++;
+
+    if (job->store->ops->claim(job->store, job->id, updated,
+                               ngx_http_llm_job_claimed, job)
+        != NGX_OK)
+    {
+        job->claiming = 0;
+        job->holds--;
+    }
+}
+
+
+static void
+ngx_http_llm_job_claimed(void *data, ngx_int_t rc, ngx_http_llm_record_t *rec)
+{
+    ngx_http_llm_job_t *job = data;
+
+    job->claimed = (rc == NGX_OK);
+    ngx_post_event(&job->claim_ev, &ngx_posted_events);
+}
+
+
+static void
+ngx_http_llm_job_claim_handler(ngx_event_t *ev)
+{
+    ngx_http_llm_job_t *job = ev->data;
+
+    job->claiming = 0;
+
+    if (job->claimed && job->mirror && job->state == NGX_HTTP_LLM_RUNNING
+        && !ngx_queue_empty(&job->subscribers))
+    {
+        job->claimed = 0;
+
+        ngx_log_error(NGX_LOG_NOTICE, job->log, 0,
+                      "llm: job %s taken over: its worker has not saved it "
+                      "for %d s", job->id, NGX_HTTP_LLM_LOST_MS / 1000);
+
+        if (job->takeover(job) != NGX_OK) {
+            ngx_http_llm_job_end(job, NGX_HTTP_LLM_FAILED, "job_lost",
+                                 (u_char *) "the job cannot be taken over",
+                                 sizeof("the job cannot be taken over") - 1);
+        }
+    }
+
+    ngx_http_llm_job_unhold(job);
+}
+
+
+/*
+ * The mirror becomes the job, run here from now on: what the store has is
+ * saved, then a gap of ids, then what the new run makes.
+ */
+
+void
+ngx_http_llm_job_adopt(ngx_http_llm_job_t *job, ngx_http_llm_job_opts_t *o)
+{
+    ngx_uint_t  i;
+
+    if (job->timer.timer_set) {
+        ngx_del_timer(&job->timer);
+    }
+
+    job->mirror = 0;
+    job->takeover = NULL;
+    job->grace = o->grace;
+    job->pause_timeout = o->pause_timeout;
+    job->max_events = o->max_events;
+    job->max_text = o->max_text;
+
+    job->saved_events = job->nevents;
+    job->saved_text = job->text_len;
+    job->saved_meta = job->meta_len;
+    job->saved_state = job->state_version;
+    job->store_data = NULL;
+    job->store_pause = job->pause;
+    job->paused = 0;
+
+    ngx_http_llm_metrics_job_start(job, o);
+
+    for (i = 0; i < NGX_HTTP_LLM_GAP_EVENTS; i++) {
+        if (ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_DELTA, job->text_len,
+                                   0)
+            != NGX_OK)
+        {
+            break;
+        }
+    }
+}
+
+
 /* llm_max_duration: the job has run for long enough, paused or not */
 
 static void
@@ -1600,6 +1735,10 @@ ngx_http_llm_jobs_exit_process(void)
 
         if (job->pause_ev.posted) {
             ngx_delete_posted_event(&job->pause_ev);
+        }
+
+        if (job->claim_ev.posted) {
+            ngx_delete_posted_event(&job->claim_ev);
         }
 
         if (job->timer.posted) {
@@ -2005,6 +2144,10 @@ ngx_http_llm_job_free(ngx_http_llm_job_t *job)
 
     if (job->pause_ev.posted) {
         ngx_delete_posted_event(&job->pause_ev);
+    }
+
+    if (job->claim_ev.posted) {
+        ngx_delete_posted_event(&job->claim_ev);
     }
 
     if (job->free_ev.posted) {

@@ -296,6 +296,13 @@ struct ngx_http_llm_job_s {
     ngx_event_t                    cancel_ev;   /* a cancel came by store */
     ngx_event_t                    pause_ev;    /* a pause or resume, too */
     ngx_event_t                    deadline;    /* llm_max_duration */
+    ngx_event_t                    claim_ev;    /* a claim's answer */
+
+    /*
+     * A mirror of a pipeline's job whose worker is gone takes the job
+     * over with this, given by whoever follows it (jobapi.c).
+     */
+    ngx_int_t                    (*takeover)(ngx_http_llm_job_t *job);
     ngx_event_t                    free_ev;     /* a free put off */
     ngx_msec_t                     grace;
     ngx_msec_t                     pause_timeout;
@@ -321,6 +328,10 @@ struct ngx_http_llm_job_s {
 
     /* the final event waits for the store (ngx_http_llm_job_ended()) */
     unsigned                       held:1;
+
+    /* a mirror taking its job over, through the store */
+    unsigned                       claiming:1;
+    unsigned                       claimed:1;
 };
 
 /* the events a client may have now */
@@ -470,6 +481,8 @@ void ngx_http_llm_job_finish(ngx_http_llm_job_t *job,
 void ngx_http_llm_job_fail(ngx_http_llm_job_t *job, const char *code,
     const char *message);
 void ngx_http_llm_job_cancel(ngx_http_llm_job_t *job);
+void ngx_http_llm_job_adopt(ngx_http_llm_job_t *job,
+    ngx_http_llm_job_opts_t *o);
 ngx_int_t ngx_http_llm_job_pause(ngx_http_llm_job_t *job, ngx_uint_t on);
 void ngx_http_llm_job_hold(ngx_http_llm_job_t *job);
 void ngx_http_llm_job_unhold(ngx_http_llm_job_t *job);
@@ -480,6 +493,8 @@ void ngx_http_llm_jobs_exit_process(void);
 /* ngx_http_llm_job_run.c */
 ngx_http_llm_job_t *ngx_http_llm_job_start_run(ngx_http_llm_run_t *run,
     ngx_http_llm_job_opts_t *opts, ngx_log_t *log);
+ngx_int_t ngx_http_llm_job_adopt_run(ngx_http_llm_job_t *job,
+    ngx_http_llm_run_t *run, ngx_http_llm_job_opts_t *opts);
 
 /* ngx_http_llm_jobapi.c */
 ngx_int_t ngx_http_llm_job_handler(ngx_http_request_t *r);

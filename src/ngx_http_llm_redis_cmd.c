@@ -50,6 +50,13 @@
     "return redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) end "              \
     "return -1"
 
+/* a claim: the job as its reader saw it, silent since */
+#define NGX_HTTP_LLM_REDIS_CLAIM                                             \
+    "if redis.call('hget', KEYS[1], 'state') == 'running' and "              \
+    "redis.call('hget', KEYS[1], 'updated') == ARGV[1] then "               \
+    "redis.call('hset', KEYS[1], 'updated', ARGV[2]) return 1 end "          \
+    "return 0"
+
 /*
  * The hash of a job that Redis has had: its fields are set only if it is
  * still there (-1 if not), so that a write from the job's marks never
@@ -1026,6 +1033,49 @@ ngx_http_llm_redis_record_events(ngx_http_llm_record_t *rec,
     }
 
     return NGX_OK;
+}
+
+
+/*
+ * Store thread: EVAL CLAIM 1 job UPDATED NOW: 1 when the job was running
+ * with that "updated" (its worker silent since), which becomes now.
+ */
+
+void
+ngx_http_llm_redis_send_claim(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *op)
+{
+    ngx_http_llm_redis_cmd_t  cmd;
+
+    ngx_http_llm_redis_cmd(&cmd, "EVAL");
+    ngx_http_llm_redis_lit(&cmd, NGX_HTTP_LLM_REDIS_CLAIM);
+    ngx_http_llm_redis_lit(&cmd, "1");
+    ngx_http_llm_redis_key(rd, &cmd, op->id, "job");
+    ngx_http_llm_redis_argf(&cmd, "%L", op->updated);
+    ngx_http_llm_redis_argf(&cmd, "%L", op->now);
+    ngx_http_llm_redis_send(rd, &cmd);
+}
+
+
+void
+ngx_http_llm_redis_read_claim(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *op)
+{
+    redisReply  *r;
+
+    if (ngx_http_llm_redis_reply(rd, &r) != NGX_OK) {
+        return;
+    }
+
+    if (r->type == REDIS_REPLY_ERROR) {
+        ngx_http_llm_redis_error(rd, op->id, r);
+
+    } else {
+        op->rc = (r->type == REDIS_REPLY_INTEGER && r->integer == 1)
+                 ? NGX_OK : NGX_DECLINED;
+    }
+
+    freeReplyObject(r);
 }
 
 

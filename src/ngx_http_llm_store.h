@@ -204,6 +204,18 @@ typedef struct {
     ngx_int_t                    (*control)(ngx_http_llm_store_t *st,
                                             u_char *id,
                                             ngx_http_llm_control_e what);
+
+    /*
+     * Take a running job over whose worker is gone: only if the store
+     * still has it running with this "updated" (nobody wrote it since,
+     * nobody else took it), which the claim sets to now.  The handler
+     * gets NGX_OK (taken), NGX_DECLINED or NGX_ERROR, and no record; it
+     * may run before claim() returns.
+     */
+    ngx_int_t                    (*claim)(ngx_http_llm_store_t *st,
+                                          u_char *id, int64_t updated,
+                                          ngx_http_llm_fetch_pt handler,
+                                          void *data);
 } ngx_http_llm_store_ops_t;
 
 

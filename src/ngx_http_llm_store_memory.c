@@ -73,6 +73,8 @@ static ngx_int_t ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
     ngx_http_llm_fetch_pt handler, void *data);
 static ngx_int_t ngx_http_llm_mem_control(ngx_http_llm_store_t *st,
     u_char *id, ngx_http_llm_control_e what);
+static ngx_int_t ngx_http_llm_mem_claim(ngx_http_llm_store_t *st,
+    u_char *id, int64_t updated, ngx_http_llm_fetch_pt handler, void *data);
 static ngx_http_llm_mem_job_t *ngx_http_llm_mem_lookup(ngx_http_llm_mem_t *m,
     u_char *id, int64_t now);
 static ngx_http_llm_mem_job_t *ngx_http_llm_mem_create(ngx_http_llm_mem_t *m,
@@ -95,7 +97,8 @@ const ngx_http_llm_store_ops_t  ngx_http_llm_store_memory = {
     ngx_http_llm_mem_save,
     ngx_http_llm_mem_release,
     ngx_http_llm_mem_fetch,
-    ngx_http_llm_mem_control
+    ngx_http_llm_mem_control,
+    ngx_http_llm_mem_claim
 };
 
 
@@ -501,6 +504,40 @@ ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
 
     handler(data, NGX_OK, &rec);
     ngx_http_llm_record_free(&rec);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_llm_mem_claim(ngx_http_llm_store_t *st, u_char *id,
+    int64_t updated, ngx_http_llm_fetch_pt handler, void *data)
+{
+    ngx_http_llm_mem_t *m = st->data;
+
+    int64_t                  now;
+    ngx_int_t                rc;
+    ngx_http_llm_mem_job_t  *mj;
+
+    now = ngx_http_llm_now_ms();
+
+    ngx_shmtx_lock(&m->shpool->mutex);
+
+    mj = ngx_http_llm_mem_lookup(m, id, now);
+
+    if (mj && mj->rec.state == NGX_HTTP_LLM_RUNNING
+        && mj->rec.updated == updated)
+    {
+        mj->rec.updated = now;
+        rc = NGX_OK;
+
+    } else {
+        rc = NGX_DECLINED;
+    }
+
+    ngx_shmtx_unlock(&m->shpool->mutex);
+
+    handler(data, rc, NULL);
 
     return NGX_OK;
 }

@@ -102,7 +102,8 @@ struct ngx_http_llm_redis_write_s {
 typedef enum {
     NGX_HTTP_LLM_REDIS_BATCH = 0,
     NGX_HTTP_LLM_REDIS_FETCH,
-    NGX_HTTP_LLM_REDIS_CONTROL
+    NGX_HTTP_LLM_REDIS_CONTROL,
+    NGX_HTTP_LLM_REDIS_CLAIM
 } ngx_http_llm_redis_op_e;
 
 
@@ -124,6 +125,7 @@ struct ngx_http_llm_redis_op_s {
     size_t                         from_text;
     size_t                         from_meta;
     int64_t                        now;
+    int64_t                        updated;     /* a claim's */
     ngx_http_llm_fetch_pt          handler;
     void                          *data;
     ngx_http_llm_record_t          rec;
@@ -201,6 +203,10 @@ void ngx_http_llm_redis_read_write(ngx_http_llm_redis_t *rd,
 void ngx_http_llm_redis_send_fetch(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op);
 void ngx_http_llm_redis_read_fetch(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *op);
+void ngx_http_llm_redis_send_claim(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *op);
+void ngx_http_llm_redis_read_claim(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op);
 void ngx_http_llm_redis_send_control(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op);
