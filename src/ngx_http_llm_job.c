@@ -1749,6 +1749,10 @@ ngx_http_llm_jobs_exit_process(void)
             ngx_http_llm_pipeline_exit(job->run);
         }
 
+        if (job->limits) {
+            ngx_http_llm_limit_release(job->limits, job->nlimits);
+        }
+
         free(job->events);
         free(job->text);
         free(job->meta);
