@@ -425,7 +425,9 @@ void
 ngx_http_llm_answer(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_job_t *job)
 {
-    ngx_int_t  rc;
+    ngx_int_t                 rc;
+    ngx_uint_t                blocking;
+    ngx_http_llm_loc_conf_t  *llcf;
 
     ngx_memcpy(ctx->id, job->id, NGX_HTTP_LLM_JOB_ID_LEN + 1);
 
@@ -440,7 +442,19 @@ ngx_http_llm_answer(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     ngx_http_llm_job_subscribe(job, ctx);
 
-    if (ctx->openai ? !ctx->stream : !ngx_http_llm_accepts_stream(r)) {
+    /* the location's choice, else the request's (Accept, or "stream") */
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    if (llcf->answer == NGX_HTTP_LLM_ANSWER_AUTO) {
+        blocking = ctx->openai ? !ctx->stream
+                               : !ngx_http_llm_accepts_stream(r);
+
+    } else {
+        blocking = (llcf->answer == NGX_HTTP_LLM_ANSWER_JSON);
+    }
+
+    if (blocking) {
         ctx->wake = ngx_http_llm_wait_wake;
         r->read_event_handler = ngx_http_test_reading;
 

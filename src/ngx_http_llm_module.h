@@ -76,6 +76,7 @@ typedef struct {
     ngx_msec_t                     max_duration;    /* 0: none */
     ngx_array_t                   *limits;      /* llm_limit_jobs */
     ngx_array_t                   *inputs;      /* llm_input */
+    ngx_uint_t                     answer;      /* llm_answer */
     ngx_http_complex_value_t      *job_owner;
     ngx_http_complex_value_t      *job_url;
     ngx_http_complex_value_t      *job;         /* llm_job: the id */
@@ -109,6 +110,12 @@ typedef struct {
     ngx_str_t                      name;
     ngx_str_t                      value;
 } ngx_http_llm_input_t;
+
+
+/* llm_answer: how a new job answers its request (its values in order) */
+#define NGX_HTTP_LLM_ANSWER_AUTO     0      /* as Accept (or "stream") says */
+#define NGX_HTTP_LLM_ANSWER_STREAM   1
+#define NGX_HTTP_LLM_ANSWER_JSON     2
 
 
 /* llm_input NAME VALUE */
