@@ -511,6 +511,28 @@ ngx_http_llm_pause(ngx_http_request_t *r, ngx_http_llm_job_t *job,
 }
 
 
+/* what a new job takes from its request's location */
+
+void
+ngx_http_llm_job_opts(ngx_http_request_t *r, ngx_http_llm_job_opts_t *opts)
+{
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    ngx_memzero(opts, sizeof(ngx_http_llm_job_opts_t));
+
+    opts->pool = llcf->thread_pool;
+    opts->store = llcf->store;
+    opts->grace = llcf->grace;
+    opts->pause_timeout = llcf->pause_timeout;
+    opts->max_duration = llcf->max_duration;
+    opts->max_events = llcf->max_events;
+    opts->max_text = llcf->max_text;
+    opts->label = ngx_http_llm_metrics_label(llcf);
+}
+
+
 /*
  * A run that goes on from a pipeline job's state, its first unfinished
  * step, with what the request's location says for what the steps do not
@@ -582,7 +604,6 @@ ngx_http_llm_takeover(ngx_http_llm_job_t *job)
     ngx_http_llm_run_t        *run;
     ngx_http_request_t        *r;
     ngx_http_llm_job_opts_t    opts;
-    ngx_http_llm_loc_conf_t   *llcf;
 
     ctx = ngx_queue_data(ngx_queue_head(&job->subscribers),
                          ngx_http_llm_ctx_t, queue);
@@ -592,15 +613,7 @@ ngx_http_llm_takeover(ngx_http_llm_job_t *job)
         return NGX_ERROR;
     }
 
-    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
-
-    ngx_memzero(&opts, sizeof(ngx_http_llm_job_opts_t));
-
-    opts.grace = llcf->grace;
-    opts.pause_timeout = llcf->pause_timeout;
-    opts.max_events = llcf->max_events;
-    opts.max_text = llcf->max_text;
-    opts.label = ngx_http_llm_metrics_label(llcf);
+    ngx_http_llm_job_opts(r, &opts);
 
     return ngx_http_llm_job_adopt_run(job, run, &opts);
 }
@@ -648,16 +661,8 @@ ngx_http_llm_continue(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
-    ngx_memzero(&opts, sizeof(ngx_http_llm_job_opts_t));
+    ngx_http_llm_job_opts(r, &opts);
 
-    opts.pool = llcf->thread_pool;
-    opts.store = llcf->store;
-    opts.grace = llcf->grace;
-    opts.pause_timeout = llcf->pause_timeout;
-    opts.max_duration = llcf->max_duration;
-    opts.max_events = llcf->max_events;
-    opts.max_text = llcf->max_text;
-    opts.label = ngx_http_llm_metrics_label(llcf);
     opts.owner = job->has_owner ? job->owner : NULL;
     opts.background = ngx_http_llm_prefers_async(r);
 

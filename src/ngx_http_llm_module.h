@@ -505,6 +505,8 @@ ngx_int_t ngx_http_llm_job_adopt_run(ngx_http_llm_job_t *job,
 
 /* ngx_http_llm_jobapi.c */
 ngx_int_t ngx_http_llm_job_handler(ngx_http_request_t *r);
+void ngx_http_llm_job_opts(ngx_http_request_t *r,
+    ngx_http_llm_job_opts_t *opts);
 void ngx_http_llm_answer(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_job_t *job);
 ngx_int_t ngx_http_llm_resume(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
