@@ -84,6 +84,8 @@ static void ngx_http_llm_job_claimed(void *data, ngx_int_t rc,
 static void ngx_http_llm_job_claim_handler(ngx_event_t *ev);
 static void ngx_http_llm_job_cancel_handler(ngx_event_t *ev);
 static void ngx_http_llm_job_pause_handler(ngx_event_t *ev);
+static void ngx_http_llm_job_pause_apply(ngx_http_llm_job_t *job,
+    ngx_uint_t on);
 static void ngx_http_llm_job_free_handler(ngx_event_t *ev);
 static ngx_http_llm_job_t *ngx_http_llm_job_local(u_char *id);
 static void ngx_http_llm_job_found(void *data, ngx_int_t rc,
@@ -165,12 +167,9 @@ ngx_http_llm_job_create(ngx_http_llm_job_opts_t *o, ngx_log_t *log)
     job->nlimits = o->nlimits;
 
     if (o->max_duration) {
-        job->deadline.data = job;
-        job->deadline.log = job->log;
-        job->deadline.handler = ngx_http_llm_job_deadline;
-        job->deadline.cancelable = 1;
         ngx_add_timer(&job->deadline, o->max_duration);
     }
+
     job->max_events = o->max_events;
     job->max_text = o->max_text;
     job->background = o->background;
@@ -217,6 +216,10 @@ ngx_http_llm_job_alloc(ngx_log_t *log)
 
     job->timer.data = &ngx_http_llm_dummy_conn;
     job->timer.log = job->log;
+    job->deadline.data = &ngx_http_llm_dummy_conn;
+    job->deadline.log = job->log;
+    job->deadline.handler = ngx_http_llm_job_deadline;
+    job->deadline.cancelable = 1;
     job->cancel_ev.data = job;
     job->cancel_ev.log = job->log;
     job->cancel_ev.handler = ngx_http_llm_job_cancel_handler;
@@ -290,7 +293,10 @@ ngx_http_llm_job_find(ngx_http_llm_store_t *st, u_char *id,
 static void
 ngx_http_llm_job_find_again(ngx_event_t *ev)
 {
-    ngx_http_llm_find_t *f = ev->data;
+    ngx_http_llm_find_t  *f;
+
+    f = (ngx_http_llm_find_t *) ((u_char *) ev
+                                 - offsetof(ngx_http_llm_find_t, again));
 
     if (f->store->ops->fetch(f->store, f->id, 0, 0, 0,
                              ngx_http_llm_job_found, f)
@@ -342,8 +348,8 @@ ngx_http_llm_job_found(void *data, ngx_int_t rc, ngx_http_llm_record_t *rec)
      * window before it is called unknown.
      */
 
-    if (rc == NGX_DECLINED && f->store->window && f->again.data == NULL) {
-        f->again.data = f;
+    if (rc == NGX_DECLINED && f->store->window && f->again.handler == NULL) {
+        f->again.data = &ngx_http_llm_dummy_conn;
         f->again.log = ngx_cycle->log;
         f->again.handler = ngx_http_llm_job_find_again;
         f->again.cancelable = 1;
@@ -469,6 +475,7 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
 
     job->pause = rec->pause;
     job->paused = rec->paused;
+    job->pause_seq = rec->pause_seq;
 
     /* where the text of the events given starts: at their first delta */
 
@@ -546,11 +553,21 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
         }
     }
 
+    /*
+     * How long the record has stayed the same, as this mirror saw it
+     * (another machine's clock does not count, nor a time when the store
+     * could not be read): its worker writes it every second.
+     */
+
+    if (rec->updated != job->updated || job->quiet_since == 0) {
+        job->quiet_since = ngx_current_msec;
+    }
+
     job->updated = rec->updated;
     job->finished = rec->finished;
 
     if (rec->state == NGX_HTTP_LLM_RUNNING) {
-        if (ngx_http_llm_now_ms() - rec->updated < NGX_HTTP_LLM_LOST_MS) {
+        if (ngx_current_msec - job->quiet_since < NGX_HTTP_LLM_LOST_MS) {
             return NGX_OK;
         }
 
@@ -679,10 +696,13 @@ ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
     /*
      * Before the first event given there are only the start event,
      * deltas of one byte or more and payloads of two or more: no more of
-     * them than the text and meta have bytes.
+     * them than the text and meta have bytes, but for the empty deltas of
+     * a few takeovers' gaps.
      */
 
-    if (rec->from_event > rec->text_len + rec->meta_len + 1) {
+    if (rec->from_event > rec->text_len + rec->meta_len + 1
+                          + 4 * NGX_HTTP_LLM_GAP_EVENTS)
+    {
         return "first event";
     }
 
@@ -867,6 +887,10 @@ ngx_http_llm_mirror_polled(void *data, ngx_int_t rc,
 
     /* a store that cannot answer now is asked again later */
 
+    if (rc == NGX_ERROR) {
+        job->quiet_since = ngx_current_msec;
+    }
+
     if (job->state == NGX_HTTP_LLM_RUNNING) {
         ngx_add_timer(&job->timer, job->store->poll);
     }
@@ -882,7 +906,9 @@ ngx_http_llm_job_subscribe(ngx_http_llm_job_t *job, ngx_http_llm_ctx_t *ctx)
     ctx->job = job;
     ngx_queue_insert_tail(&job->subscribers, &ctx->queue);
 
-    if (!job->mirror && job->timer.timer_set) {
+    if (!job->mirror && job->timer.timer_set
+        && job->timer.handler == ngx_http_llm_job_grace_handler)
+    {
         /* a client came back within the grace period */
         ngx_del_timer(&job->timer);
     }
@@ -1428,9 +1454,9 @@ ngx_http_llm_job_cancel(ngx_http_llm_job_t *job)
 
 /*
  * Pause (on) or resume a pipeline's job: a run waits between two steps.
- * A job run elsewhere gets the request through the store; here the
- * request goes to the store too, so that every worker and instance sees
- * the same one.  NGX_DECLINED: the job is over or not a pipeline.
+ * A job run elsewhere gets the request through the store, where each
+ * request is numbered, so that its worker acts on each once, in order.
+ * NGX_DECLINED: the job is over or not a pipeline.
  */
 
 ngx_int_t
@@ -1442,24 +1468,33 @@ ngx_http_llm_job_pause(ngx_http_llm_job_t *job, ngx_uint_t on)
         return NGX_DECLINED;
     }
 
-    if (job->store
-        && job->store->ops->control(job->store, job->id,
-                                    on ? NGX_HTTP_LLM_CTL_PAUSE
-                                       : NGX_HTTP_LLM_CTL_RESUME)
-           != NGX_OK
-        && job->mirror)
-    {
-        return NGX_ERROR;
-    }
-
     if (job->mirror) {
+        if (job->store->ops->control(job->store, job->id,
+                                     on ? NGX_HTTP_LLM_CTL_PAUSE
+                                        : NGX_HTTP_LLM_CTL_RESUME)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
         /* shown at once; the store's next read says what is true */
         job->pause = on;
         return NGX_OK;
     }
 
-    if (job->pause == on) {
-        return NGX_OK;
+    ngx_http_llm_job_pause_apply(job, on);
+
+    return NGX_OK;
+}
+
+
+/* here: a request made here, or one that came through the store */
+
+static void
+ngx_http_llm_job_pause_apply(ngx_http_llm_job_t *job, ngx_uint_t on)
+{
+    if (job->state != NGX_HTTP_LLM_RUNNING || job->pause == on) {
+        return;
     }
 
     ngx_log_error(NGX_LOG_INFO, job->log, 0, "llm: job %s %s", job->id,
@@ -1474,13 +1509,11 @@ ngx_http_llm_job_pause(ngx_http_llm_job_t *job, ngx_uint_t on)
         ngx_http_llm_job_unwatched(job);
 
         if (job->state != NGX_HTTP_LLM_RUNNING) {
-            return NGX_OK;
+            return;
         }
     }
 
     job->run_pause(job->run, on);
-
-    return NGX_OK;
 }
 
 
@@ -1490,7 +1523,7 @@ ngx_http_llm_job_pause_handler(ngx_event_t *ev)
     ngx_http_llm_job_t *job = ev->data;
 
     ngx_http_llm_job_hold(job);
-    (void) ngx_http_llm_job_pause(job, job->store_pause);
+    ngx_http_llm_job_pause_apply(job, job->store_pause);
     ngx_http_llm_job_unhold(job);
 }
 
@@ -1560,7 +1593,9 @@ ngx_http_llm_job_claim_handler(ngx_event_t *ev)
                       "llm: job %s taken over: its worker has not saved it "
                       "for %d s", job->id, NGX_HTTP_LLM_LOST_MS / 1000);
 
-        if (job->takeover(job) != NGX_OK) {
+        if (job->takeover(job) != NGX_OK
+            && job->state == NGX_HTTP_LLM_RUNNING)
+        {
             ngx_http_llm_job_end(job, NGX_HTTP_LLM_FAILED, "job_lost",
                                  (u_char *) "the job cannot be taken over",
                                  sizeof("the job cannot be taken over") - 1);
@@ -1579,7 +1614,8 @@ ngx_http_llm_job_claim_handler(ngx_event_t *ev)
 void
 ngx_http_llm_job_adopt(ngx_http_llm_job_t *job, ngx_http_llm_job_opts_t *o)
 {
-    ngx_uint_t  i;
+    int64_t     left;
+    ngx_uint_t  i, gap;
 
     if (job->timer.timer_set) {
         ngx_del_timer(&job->timer);
@@ -1602,7 +1638,24 @@ ngx_http_llm_job_adopt(ngx_http_llm_job_t *job, ngx_http_llm_job_opts_t *o)
 
     ngx_http_llm_metrics_job_start(job, o);
 
-    for (i = 0; i < NGX_HTTP_LLM_GAP_EVENTS; i++) {
+    /* llm_max_duration counts from the job's start, here or there */
+
+    if (o->max_duration) {
+        left = job->created + (int64_t) o->max_duration
+               - ngx_http_llm_now_ms();
+        ngx_add_timer(&job->deadline, (ngx_msec_t) ngx_max(left, 1));
+    }
+
+    /* within llm_max_events, with room for a few events of its own */
+
+    gap = NGX_HTTP_LLM_GAP_EVENTS;
+
+    if (job->max_events) {
+        gap = (job->max_events > job->nevents + 64)
+              ? ngx_min(gap, job->max_events - job->nevents - 64) : 0;
+    }
+
+    for (i = 0; i < gap; i++) {
         if (ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_DELTA, job->text_len,
                                    0)
             != NGX_OK)
@@ -1618,7 +1671,10 @@ ngx_http_llm_job_adopt(ngx_http_llm_job_t *job, ngx_http_llm_job_opts_t *o)
 static void
 ngx_http_llm_job_deadline(ngx_event_t *ev)
 {
-    ngx_http_llm_job_t *job = ev->data;
+    ngx_http_llm_job_t  *job;
+
+    job = (ngx_http_llm_job_t *) ((u_char *) ev
+                                  - offsetof(ngx_http_llm_job_t, deadline));
 
     ngx_log_error(NGX_LOG_INFO, job->log, 0,
                   "llm: job %s failed: it ran longer than llm_max_duration",
@@ -1873,6 +1929,12 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
         if (job->run_calls == 0) {
             cancel(job->run);
         }
+
+        /* the run's last state could not be kept: that ended the job */
+
+        if (job->state != NGX_HTTP_LLM_RUNNING) {
+            return;
+        }
     }
 
     if (job->timer.timer_set) {
@@ -1929,7 +1991,7 @@ ngx_http_llm_job_ended(ngx_http_llm_job_t *job)
 
     ngx_http_llm_job_save(job);
 
-    if (job->store && job->saved_events < job->nevents) {
+    if (job->store && !job->mirror && job->saved_events < job->nevents) {
         job->held = 1;
         job->timer.handler = ngx_http_llm_job_release_final;
         ngx_add_timer(&job->timer, NGX_HTTP_LLM_HOLD_MS);
@@ -1997,6 +2059,7 @@ ngx_http_llm_job_snapshot(void *data, ngx_http_llm_snapshot_t *snap)
     snap->background = job->background;
     snap->paused = job->paused;
     snap->pause = job->store_pause;
+    snap->pause_seq = job->pause_seq;
     snap->outcome = &job->outcome;
 
     snap->events = job->events;
@@ -2073,7 +2136,8 @@ ngx_http_llm_job_saved(void *data, ngx_http_llm_saved_t *res)
 
     /* so is a pause or resume request that changed there */
 
-    if (res->pause != job->store_pause) {
+    if (res->pause_seq > job->pause_seq) {
+        job->pause_seq = res->pause_seq;
         job->store_pause = res->pause;
 
         if (job->state == NGX_HTTP_LLM_RUNNING && !job->pause_ev.posted) {

@@ -277,6 +277,7 @@ struct ngx_http_llm_job_s {
     int64_t                        updated;
     int64_t                        finished;
     int64_t                        watched;     /* by another worker */
+    ngx_msec_t                     quiet_since; /* a mirror's: unchanged */
     u_char                         owner[20];   /* SHA-1 of the owner */
 
     /* where the job is kept, and how much of it was handed over */
@@ -332,6 +333,7 @@ struct ngx_http_llm_job_s {
     unsigned                       pause:1;
     unsigned                       paused:1;
     unsigned                       store_pause:1;
+    ngx_uint_t                     pause_seq;   /* the store's last request */
 
     /* the final event waits for the store (ngx_http_llm_job_ended()) */
     unsigned                       held:1;
@@ -456,8 +458,8 @@ ngx_uint_t ngx_http_llm_asks_stream(ngx_http_request_t *r);
 ngx_uint_t ngx_http_llm_prefers_async(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_content_type_param(ngx_http_request_t *r,
     const char *param, ngx_str_t *value);
-ngx_int_t ngx_http_llm_param(ngx_str_t *params, const char *param,
-    ngx_str_t *value);
+ngx_int_t ngx_http_llm_param(ngx_pool_t *pool, ngx_str_t *params,
+    const char *param, ngx_str_t *value);
 ngx_uint_t ngx_http_llm_content_type_is(ngx_http_request_t *r,
     const char *type);
 

@@ -43,6 +43,7 @@ typedef struct {
     unsigned                       pause:1;     /* a pause is requested */
     unsigned                       paused:1;    /* and in effect */
     unsigned                       background:1;
+    ngx_uint_t                     pause_seq;   /* requests so far */
 
     ngx_http_llm_outcome_t         outcome;
 
@@ -99,6 +100,7 @@ typedef struct {
     unsigned                       cancel:1;    /* a cancel was requested */
     unsigned                       pause:1;     /* a pause is requested */
     unsigned                       dropped:1;   /* not kept: stop saving */
+    ngx_uint_t                     pause_seq;   /* the last request's */
 } ngx_http_llm_saved_t;
 
 
@@ -125,8 +127,8 @@ struct ngx_http_llm_snapshot_s {
     unsigned                       has_owner:1;
     unsigned                       background:1;
     unsigned                       paused:1;    /* the run waits */
-    unsigned                       pause:1;     /* the store's request, as
-                                                   last seen */
+    unsigned                       pause:1;     /* the store's last request */
+    ngx_uint_t                     pause_seq;   /* and its number */
     ngx_http_llm_outcome_t        *outcome;
 
     ngx_http_llm_event_t          *events;

@@ -307,6 +307,7 @@ ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_snapshot_t *snap,
 
     res->cancel = mj->rec.cancel;
     res->pause = mj->rec.pause;
+    res->pause_seq = mj->rec.pause_seq;
     res->watched = mj->rec.watched;
 
     ngx_shmtx_unlock(&m->shpool->mutex);
@@ -562,6 +563,7 @@ ngx_http_llm_mem_control(ngx_http_llm_store_t *st, u_char *id,
 
         } else {
             mj->rec.pause = (what == NGX_HTTP_LLM_CTL_PAUSE);
+            mj->rec.pause_seq++;
         }
 
         rc = NGX_OK;

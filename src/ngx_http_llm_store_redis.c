@@ -1100,6 +1100,7 @@ ngx_http_llm_redis_flush(ngx_event_t *ev)
         w->lost = 0;
         w->cancel = 0;
         w->pause = 0;
+        w->pause_seq = 0;
         w->refused = 0;
     }
 
@@ -1241,6 +1242,7 @@ ngx_http_llm_redis_job_written(ngx_http_llm_redis_t *rd,
             res.watched = w->watched;
             res.cancel = w->cancel;
             res.pause = w->pause;
+            res.pause_seq = w->pause_seq;
         }
 
         rj->saved(rj->data, &res);

@@ -85,7 +85,8 @@ struct ngx_http_llm_redis_write_s {
     unsigned                       lost:1;      /* Redis lost the job */
     unsigned                       cancel:1;
     unsigned                       pause:1;
-    unsigned                       refused:1;   /* for good: see reply */
+    unsigned                       refused:1;
+    ngx_uint_t                     pause_seq;   /* for good: see reply */
     int64_t                        watched;
     u_char                         reply[128];  /* Redis's refusal */
     size_t                         reply_len;

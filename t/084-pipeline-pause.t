@@ -256,6 +256,18 @@ is($ev[-1]{event}, 'complete', 'a POST continues it to the end');
 is(calls($port, 'pb-1'), 1, 'without asking the finished step again');
 
 
+# a client that reads the paused job and leaves does not stop the expiry
+
+($status, $job) = started($port, '/short');
+http_get($port, 'POST', "/jobs/$job?action=pause");
+ok(state_is($port, $job, 'paused'), 'a background job pauses');
+http_get($port, 'GET', "/jobs/$job", headers => { Accept => 'text/event-stream' },
+         until => qr/event: paused/, timeout => 2);
+ok(state_is($port, $job, 'cancelled'),
+   'a reader came and went: the pause still expires');
+is(job_json($port, $job)->{error}{code}, 'pause_timeout', 'pause_timeout');
+
+
 # the client leaves, the pause is asked after: the job is not cancelled
 
 ($status, undef, $body) = http_get($port, 'GET', '/short',
@@ -314,7 +326,7 @@ stop_nginx($root);
 SKIP: {
     my $rport = free_port();
     $redis_pid = eval { start_redis($rport) };
-    skip 'redis-server cannot start', 7 unless $redis_pid;
+    skip 'redis-server cannot start', 8 unless $redis_pid;
 
     my $store = "llm_store redis://127.0.0.1:$rport ttl=10m prefix=t084:;";
     my ($pa, $pb) = (free_port(), free_port());
@@ -335,6 +347,14 @@ SKIP: {
     ($status) = http_get($pb, 'POST', "/jobs/$job?action=resume");
     is($status, 202, 'a resume from there');
     ok(state_is($pb, $job, 'completed'), 'lets it complete');
+
+    # paused and resumed on the instance running it: stays resumed
+
+    ($status, $job) = started($pa, '/generate');
+    http_get($pa, 'POST', "/jobs/$job?action=pause");
+    http_get($pa, 'POST', "/jobs/$job?action=resume");
+    ok(state_is($pb, $job, 'completed'),
+       'a pause and a resume on the running instance: it completes');
     unlike(error_log($ra) . error_log($rb),
            qr/\[(?:alert|crit|emerg)\]|signal \d+/, 'no worker crashed');
 
