@@ -1991,7 +1991,9 @@ ngx_http_llm_job_ended(ngx_http_llm_job_t *job)
 
     ngx_http_llm_job_save(job);
 
-    if (job->store && !job->mirror && job->saved_events < job->nevents) {
+    if (job->store && job->store->window && !job->mirror
+        && job->saved_events < job->nevents)
+    {
         job->held = 1;
         job->timer.handler = ngx_http_llm_job_release_final;
         ngx_add_timer(&job->timer, NGX_HTTP_LLM_HOLD_MS);

@@ -225,7 +225,9 @@ struct ngx_http_llm_store_s {
     const ngx_http_llm_store_ops_t  *ops;
     ngx_msec_t                       ttl;
     ngx_msec_t                       poll;      /* how often followers read */
-    ngx_msec_t                       window;    /* a new job may be unread */
+    ngx_msec_t                       window;    /* a new job may be unread;
+                                                   0: saves are made at
+                                                   once */
     void                            *data;      /* the backend's own */
     ngx_http_llm_store_t            *next;      /* all stores */
 };
