@@ -33,8 +33,6 @@ static void ngx_http_llm_redis_run(ngx_http_llm_redis_t *rd,
 static void ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *ops);
 static ngx_int_t ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd);
-static void ngx_http_llm_redis_broken(ngx_http_llm_redis_t *rd,
-    const char *what, const char *err);
 static ngx_msec_t ngx_http_llm_redis_now(void);
 
 
@@ -173,6 +171,7 @@ static void
 ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *ops)
 {
+    ngx_uint_t                   writes, replicated;
     ngx_queue_t                 *q;
     ngx_http_llm_redis_op_t     *op;
     ngx_http_llm_redis_write_t  *w;
@@ -180,11 +179,14 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
     rd->nomem = 0;
     rd->lost = 0;
     rd->errors = 0;
+    rd->demoted = 0;
     rd->replies = 0;
 
     if (ngx_http_llm_redis_connect(rd) != NGX_OK) {
         return;
     }
+
+    writes = 0;
 
     for (op = ops; op; op = op->next) {
 
@@ -197,6 +199,7 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
             {
                 w = ngx_queue_data(q, ngx_http_llm_redis_write_t, queue);
                 ngx_http_llm_redis_send_write(rd, w);
+                writes = 1;
             }
             break;
 
@@ -211,6 +214,12 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
         default: /* NGX_HTTP_LLM_REDIS_CONTROL */
             ngx_http_llm_redis_send_control(rd, op);
         }
+    }
+
+    /* the writes are confirmed once on as many replicas (replicas=) */
+
+    if (writes && rd->conf->replicas) {
+        ngx_http_llm_redis_send_wait(rd);
     }
 
     /* some commands did not make it to the buffer: the pipeline is lost */
@@ -249,13 +258,46 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
         }
     }
 
+    /*
+     * Writes that are not on enough replicas are not confirmed: their jobs
+     * keep their marks, and the loop backs off as if Redis were down.
+     */
+
+    replicated = 1;
+
+    if (writes && rd->conf->replicas && !rd->lost
+        && ngx_http_llm_redis_read_wait(rd) != NGX_OK)
+    {
+        replicated = 0;
+
+        for (op = ops; op; op = op->next) {
+            if (op->type != NGX_HTTP_LLM_REDIS_BATCH) {
+                continue;
+            }
+
+            for (q = ngx_queue_head(&op->writes);
+                 q != ngx_queue_sentinel(&op->writes);
+                 q = ngx_queue_next(q))
+            {
+                w = ngx_queue_data(q, ngx_http_llm_redis_write_t, queue);
+                w->ok = 0;
+                w->lost = 0;
+            }
+        }
+    }
+
     if (rd->lost) {
         ngx_http_llm_redis_broken(rd, "connection lost",
                                   rd->ctx->err ? rd->ctx->errstr
                                                : "no reply");
+
+    } else if (rd->demoted && rd->conf->sentinels) {
+        /* a failover: the sentinels are asked for the new primary */
+        ngx_http_llm_redis_broken(rd, "the primary is a replica now",
+                                  rd->primary);
     }
 
-    if (rd->ctx) {
+    if (rd->ctx && replicated) {
         for (op = ops; op; op = op->next) {
             if (op->type == NGX_HTTP_LLM_REDIS_BATCH) {
                 op->rc = NGX_OK;
@@ -280,7 +322,6 @@ ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
     ngx_uint_t                  i, n;
     ngx_msec_t                  now;
     redisReply                 *r;
-    struct timeval              tv;
     redisContext               *c;
     ngx_http_llm_redis_cmd_t    cmd;
     ngx_http_llm_redis_conf_t  *rc;
@@ -301,14 +342,18 @@ ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
 
     rc = rd->conf;
 
-    tv.tv_sec = NGX_HTTP_LLM_REDIS_CONNECT_MS / 1000;
-    tv.tv_usec = (NGX_HTTP_LLM_REDIS_CONNECT_MS % 1000) * 1000;
+    if (rc->sentinels) {
+        if (ngx_http_llm_redis_sentinel_primary(rd) != NGX_OK) {
+            return NGX_ERROR;
+        }
 
-    if (rc->path.len) {
-        c = redisConnectUnixWithTimeout((char *) rc->path.data, tv);
+        c = ngx_http_llm_redis_open(rd, rd->primary, rd->primary_port);
+
+    } else if (rc->path.len) {
+        c = ngx_http_llm_redis_open(rd, (char *) rc->path.data, 0);
 
     } else {
-        c = redisConnectWithTimeout((char *) rc->host.data, rc->port, tv);
+        c = ngx_http_llm_redis_open(rd, (char *) rc->host.data, rc->port);
     }
 
     if (c == NULL || c->err) {
@@ -322,16 +367,6 @@ ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
     }
 
     rd->ctx = c;
-
-    /* a dead server never holds the thread for long */
-
-    tv.tv_sec = NGX_HTTP_LLM_REDIS_TIMEOUT_MS / 1000;
-    tv.tv_usec = (NGX_HTTP_LLM_REDIS_TIMEOUT_MS % 1000) * 1000;
-
-    if (redisSetTimeout(c, tv) != REDIS_OK) {
-        ngx_http_llm_redis_broken(rd, "cannot set the timeout", c->errstr);
-        return NGX_ERROR;
-    }
 
     n = 0;
 
@@ -381,6 +416,10 @@ ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
         freeReplyObject(r);
     }
 
+    if (rc->sentinels && ngx_http_llm_redis_sentinel_role(rd) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (rd->down) {
         ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
                       "llm: redis store: connected to %V", &rc->name);
@@ -395,12 +434,50 @@ ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
 
 
 /*
+ * Store thread: a connection to a server, or a unix socket (port 0), with
+ * its timeouts set; NULL, or c->err set: it failed.  A dead server never
+ * holds the thread for long, nor does a WAIT for replicas.
+ */
+
+redisContext *
+ngx_http_llm_redis_open(ngx_http_llm_redis_t *rd, const char *host, int port)
+{
+    ngx_msec_t       ms;
+    struct timeval   tv;
+    redisContext    *c;
+
+    tv.tv_sec = NGX_HTTP_LLM_REDIS_CONNECT_MS / 1000;
+    tv.tv_usec = (NGX_HTTP_LLM_REDIS_CONNECT_MS % 1000) * 1000;
+
+    if (port == 0) {
+        c = redisConnectUnixWithTimeout(host, tv);
+
+    } else {
+        c = redisConnectWithTimeout(host, port, tv);
+    }
+
+    if (c == NULL || c->err) {
+        return c;
+    }
+
+    ms = NGX_HTTP_LLM_REDIS_TIMEOUT_MS + rd->conf->replicas_timeout;
+
+    tv.tv_sec = ms / 1000;
+    tv.tv_usec = (ms % 1000) * 1000;
+
+    (void) redisSetTimeout(c, tv);
+
+    return c;
+}
+
+
+/*
  * Store thread: the connection failed or broke.  Logged once until it
  * works again; a connection that worked is tried again at once, one that
  * cannot be made (or set up: AUTH, SELECT) with a growing delay.
  */
 
-static void
+void
 ngx_http_llm_redis_broken(ngx_http_llm_redis_t *rd, const char *what,
     const char *err)
 {

@@ -51,6 +51,14 @@
  */
 #define NGX_HTTP_LLM_REDIS_UNSAVED     (64 * 1024 * 1024)
 
+/*
+ * replicas=: a batch waits for its writes to reach that many replicas,
+ * 100 ms by default and 10 s at most (the store thread is held that long)
+ */
+#define NGX_HTTP_LLM_REDIS_REPLICAS_MAX      16
+#define NGX_HTTP_LLM_REDIS_REPLICAS_TIMEOUT  100
+#define NGX_HTTP_LLM_REDIS_REPLICAS_WAIT     10000
+
 
 /* the store's side of a job it saves: event loop only */
 struct ngx_http_llm_redis_job_s {
@@ -134,9 +142,12 @@ static ngx_connection_t  ngx_http_llm_redis_conn = { .fd = -1 };
 /*
  * llm_store redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] [OPTIONS];
  * llm_store unix:PATH [OPTIONS];
+ * llm_store redis-sentinel://[[USER]:PASSWORD@]HOST[:PORT][,...]/NAME
+ *           [OPTIONS];
  *
  * OPTIONS: prefix=STR flush=TIME thread_pool=NAME db=N password=STR
- * unsaved=SIZE
+ * unsaved=SIZE replicas=N replicas_timeout=TIME, and with sentinels
+ * sentinel_user=STR sentinel_password=STR
  * (ttl= is the store layer's).
  */
 
@@ -145,6 +156,7 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
     ngx_str_t *args, ngx_uint_t nargs)
 {
     u_char                     *p;
+    ngx_int_t                   n;
     ngx_str_t                   v;
     ngx_uint_t                  i;
     ngx_http_llm_redis_conf_t  *rc;
@@ -160,7 +172,14 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
     ngx_str_set(&rc->prefix, NGX_HTTP_LLM_REDIS_PREFIX);
     ngx_str_set(&rc->pool_name, "default");
 
-    if (ngx_strncmp(args[0].data, "unix:", 5) == 0) {
+    rc->replicas_timeout = NGX_HTTP_LLM_REDIS_REPLICAS_TIMEOUT;
+
+    if (ngx_strncmp(args[0].data, "redis-sentinel://", 17) == 0) {
+        if (ngx_http_llm_redis_sentinel_conf(cf, rc, &args[0]) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+    } else if (ngx_strncmp(args[0].data, "unix:", 5) == 0) {
         rc->path.len = args[0].len - 5;
 
         if (rc->path.len == 0) {
@@ -279,6 +298,60 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
             continue;
         }
 
+        if (ngx_strncmp(v.data, "replicas=", 9) == 0) {
+            v.data += 9;
+            v.len -= 9;
+
+            n = ngx_atoi(v.data, v.len);
+
+            if (n == NGX_ERROR || n > NGX_HTTP_LLM_REDIS_REPLICAS_MAX) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid replicas \"%V\" in "
+                                   "\"llm_store\": 0 to %d", &v,
+                                   NGX_HTTP_LLM_REDIS_REPLICAS_MAX);
+                return NGX_CONF_ERROR;
+            }
+
+            rc->replicas = n;
+            continue;
+        }
+
+        if (ngx_strncmp(v.data, "replicas_timeout=", 17) == 0) {
+            v.data += 17;
+            v.len -= 17;
+
+            rc->replicas_timeout = ngx_parse_time(&v, 0);
+
+            /* the store thread waits that long for each batch */
+
+            if (rc->replicas_timeout == (ngx_msec_t) NGX_ERROR
+                || rc->replicas_timeout == 0
+                || rc->replicas_timeout > NGX_HTTP_LLM_REDIS_REPLICAS_WAIT)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid replicas_timeout \"%V\" in "
+                                   "\"llm_store\": 1ms to %dms", &v,
+                                   NGX_HTTP_LLM_REDIS_REPLICAS_WAIT);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (rc->sentinels
+            && ngx_strncmp(v.data, "sentinel_password=", 18) == 0)
+        {
+            rc->sentinel_password.data = v.data + 18;
+            rc->sentinel_password.len = v.len - 18;
+            continue;
+        }
+
+        if (rc->sentinels && ngx_strncmp(v.data, "sentinel_user=", 14) == 0) {
+            rc->sentinel_user.data = v.data + 14;
+            rc->sentinel_user.len = v.len - 14;
+            continue;
+        }
+
         /* never repeat a parameter back: it may hold a password */
 
         p = ngx_strlchr(v.data, v.data + v.len, '=');
@@ -289,6 +362,13 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
 
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid parameter \"%V\" in \"llm_store\"", &v);
+        return NGX_CONF_ERROR;
+    }
+
+    if (rc->sentinel_user.len && rc->sentinel_password.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sentinel_user without sentinel_password in "
+                           "\"llm_store\"");
         return NGX_CONF_ERROR;
     }
 

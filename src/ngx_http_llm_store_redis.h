@@ -36,11 +36,21 @@
 #define NGX_HTTP_LLM_REDIS_ARGS        40
 #define NGX_HTTP_LLM_REDIS_BUF         1024
 
+/* a host name as a sentinel gives it: an IP address, or a name (hostnames) */
+#define NGX_HTTP_LLM_REDIS_HOST_LEN    256
+
 
 typedef struct ngx_http_llm_redis_s        ngx_http_llm_redis_t;
 typedef struct ngx_http_llm_redis_write_s  ngx_http_llm_redis_write_t;
 typedef struct ngx_http_llm_redis_op_s     ngx_http_llm_redis_op_t;
 typedef struct ngx_http_llm_redis_job_s    ngx_http_llm_redis_job_t;
+
+
+/* a sentinel's address */
+typedef struct {
+    ngx_str_t                      host;        /* NUL-terminated */
+    int                            port;
+} ngx_http_llm_redis_addr_t;
 
 
 typedef struct {
@@ -50,6 +60,12 @@ typedef struct {
     ngx_str_t                      user;
     ngx_str_t                      password;
     ngx_int_t                      db;          /* -1: none */
+    ngx_array_t                   *sentinels;   /* NULL: one server */
+    ngx_str_t                      master;      /* its name there */
+    ngx_str_t                      sentinel_user;
+    ngx_str_t                      sentinel_password;
+    ngx_uint_t                     replicas;    /* WAIT for as many */
+    ngx_msec_t                     replicas_timeout;
     ngx_str_t                      prefix;
     ngx_msec_t                     flush;
     ngx_msec_t                     ttl;
@@ -167,6 +183,9 @@ struct ngx_http_llm_redis_s {
     ngx_msec_t                     next_connect;
     ngx_msec_t                     backoff;
     ngx_uint_t                     replies;     /* in this round trip */
+    ngx_uint_t                     sentinel;    /* the one asked first */
+    char                           primary[NGX_HTTP_LLM_REDIS_HOST_LEN];
+    int                            primary_port;
     unsigned                       up:1;
     unsigned                       down:1;      /* failure logged */
     unsigned                       quiet:1;
@@ -174,6 +193,8 @@ struct ngx_http_llm_redis_s {
     unsigned                       errors:1;    /* in this round trip */
     unsigned                       nomem:1;
     unsigned                       lost:1;      /* a reply did not come */
+    unsigned                       demoted:1;   /* READONLY, MASTERDOWN */
+    unsigned                       unreplicated:1;  /* logged */
 };
 
 
@@ -195,6 +216,16 @@ typedef struct {
 void ngx_http_llm_redis_thread(void *data, ngx_log_t *log);
 void ngx_http_llm_redis_answer(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *ops);
+redisContext *ngx_http_llm_redis_open(ngx_http_llm_redis_t *rd,
+    const char *host, int port);
+void ngx_http_llm_redis_broken(ngx_http_llm_redis_t *rd, const char *what,
+    const char *err);
+
+/* ngx_http_llm_redis_sentinel.c */
+ngx_int_t ngx_http_llm_redis_sentinel_conf(ngx_conf_t *cf,
+    ngx_http_llm_redis_conf_t *rc, ngx_str_t *url);
+ngx_int_t ngx_http_llm_redis_sentinel_primary(ngx_http_llm_redis_t *rd);
+ngx_int_t ngx_http_llm_redis_sentinel_role(ngx_http_llm_redis_t *rd);
 
 /* ngx_http_llm_redis_cmd.c */
 void ngx_http_llm_redis_send_write(ngx_http_llm_redis_t *rd,
@@ -213,6 +244,8 @@ void ngx_http_llm_redis_send_control(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op);
 void ngx_http_llm_redis_read_control(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op);
+void ngx_http_llm_redis_send_wait(ngx_http_llm_redis_t *rd);
+ngx_int_t ngx_http_llm_redis_read_wait(ngx_http_llm_redis_t *rd);
 void ngx_http_llm_redis_cmd(ngx_http_llm_redis_cmd_t *cmd, const char *name);
 void ngx_http_llm_redis_arg(ngx_http_llm_redis_cmd_t *cmd, const void *p,
     size_t len);
