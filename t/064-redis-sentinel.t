@@ -88,7 +88,9 @@ END {
     stop_redis($_) for grep { $_ } values %pid, @spid;
 }
 
-my @auth = ('--requirepass', $pass, '--masterauth', $pass);
+# files of a full sync go with the test's, not in the working directory
+my @auth = ('--requirepass', $pass, '--masterauth', $pass,
+            '--dir', $dir);
 
 $pid{primary} = start_redis($pport, @auth);
 $pid{replica} = start_redis($rport, @auth,
@@ -253,7 +255,11 @@ is($ev[-1]{event}, 'complete', 'a job on A');
 is(job_json($pb, $job)->{state}, 'completed', '  completed on B');
 is(cli($pport, $pass, '-n', 3, 'HGET', "t064:{$job}:job", 'state'),
    'completed', '  stored on the primary');
-like(error_log($ra), qr/\[notice\].*redis store: \Qredis-sentinel:\/\/127.0.0.1:$sports[0],127.0.0.1:$sports[1],127.0.0.1:$sports[2]\/m\E: the primary is 127\.0\.0\.1:$pport/,
+
+my $logged = "redis-sentinel://"
+             . join(',', map { "127.0.0.1:$_" } @sports) . '/m';
+my $msg = "redis store: $logged: the primary is 127.0.0.1:$pport";
+like(error_log($ra), qr/\[notice\].*\Q$msg\E/,
      'the primary is logged, the password is not');
 unlike(error_log($ra), qr/\Q$pass\E|\Q$spass\E/, '  nor the sentinels\'');
 
@@ -312,5 +318,97 @@ is($j->{text}, final_text(@ev_a), '  with the whole text');
 
 like(error_log($ra), qr/redis store: .*: (connection lost|cannot connect)/,
      'A logged the lost primary');
+
+
+# 5. the new primary holds less of a job than its last confirmed write (a
+#    replica that lagged): the job's keys go back to an earlier copy in the
+#    middle of a stream; A's next write finds them behind its marks and
+#    writes the job again whole
+
+sub r { cli($rport, $pass, '-n', 3, @_) }
+
+sub nevents { (split /\n/, r('HGET', "t064:{$_[0]}:job", 'nevents'))[0] // 0 }
+
+my $copy = "for i = 1, #KEYS, 2 do "
+           . "redis.call('copy', KEYS[i], KEYS[i + 1], 'replace') end";
+
+$st = stream_open($pa, '/g?n=60&tps=20', qr/^id: [\w-]+:2$/m);
+$job = $st->{job};
+
+my @keys = map { ("t064:{$job}:$_", "t064:{$job}:old-$_") }
+               qw(job text events);
+
+ok(wait_for(sub { nevents($job) >= 10 }, 5), 'a job on the new primary');
+r('EVAL', $copy, 6, @keys);
+
+ok(wait_for(sub { nevents($job) >= 30 }, 5), '  goes on');
+r('EVAL', $copy, 6, reverse @keys);
+cmp_ok(nevents($job), '<', 30, '  and goes back in Redis');
+
+@ev_a = stream_rest($st);
+is($ev_a[-1]{event}, 'complete', 'the stream on A goes on to its end');
+
+ok(wait_for(sub { r('GET', "t064:{$job}:text") eq final_text(@ev_a) }, 5),
+   'Redis has the whole text again');
+is(r('XLEN', "t064:{$job}:events"), nevents($job), '  and all the events');
+
+($rs, undef, $rb_body) = http_get($pb, 'GET', "/jobs/$job",
+                                  headers => {
+                                      Accept => 'text/event-stream',
+                                      'Last-Event-ID' => "$job:1" });
+@ev_b = sse_events($rb_body);
+is(text_of(@ev_b), text_of(@ev_a[1 .. $#ev_a]),
+   'a resume on B from the first event gets the rest');
+like(error_log($ra), qr/lost job \Q$job\E, writing it again/,
+     'the rewrite is logged');
+
+
+# 6. replicas=1: a write is confirmed once a replica has it
+
+$pid{replica2} = start_redis($pport, @auth, '--replicaof', '127.0.0.1',
+                             $rport);
+
+ok(wait_for(sub { cli($pport, $pass, 'INFO', 'replication')
+                  =~ /master_link_status:up/ }, 10),
+   'a replica of the new primary');
+
+my $pc = free_port();
+my $rc = start_nginx('sentinel_c', $main,
+                     http_conf($pc, "$store replicas=1 "
+                                    . "replicas_timeout=200ms"));
+
+($s, undef, $body) = http_get($pc, 'GET', '/g?n=5&tps=0');
+@ev = sse_events($body);
+($job) = ($ev[0]{id} // '') =~ /^([\w-]+):1$/;
+is($ev[-1]{event}, 'complete', 'a job with replicas=1');
+is(cli($pport, $pass, '-n', 3, 'HGET', "t064:{$job}:job", 'state'),
+   'completed', '  on the replica');
+unlike(error_log($rc), qr/not confirmed/, '  confirmed');
+
+kill 'STOP', $pid{replica2};
+
+my $t0 = time;
+($s, undef, $body) = http_get($pc, 'GET', '/g?n=5&tps=0');
+my $took = time - $t0;
+@ev = sse_events($body);
+($job) = ($ev[0]{id} // '') =~ /^([\w-]+):1$/;
+
+is($ev[-1]{event}, 'complete', 'the replica stopped: a job ends');
+cmp_ok($took, '>=', 0.9, '  its final event held (not confirmed)');
+like(error_log($rc),
+     qr/\[error\].*: writes reached 0 of 1 replicas in 200 ms, not confirmed/,
+     '  logged');
+
+kill 'CONT', $pid{replica2};
+
+ok(wait_for(sub { error_log($rc) =~ /writes reach 1 replicas again/ }, 10),
+   'the replica back: confirmed again');
+is(cli($pport, $pass, '-n', 3, 'HGET', "t064:{$job}:job", 'state'),
+   'completed', '  the job on the replica');
+
+unlike(join('', map { error_log($_) } $ra, $rb, $rc),
+       qr/\[(?:alert|crit|emerg)\]/, 'no alerts');
+
+stop_nginx($_) for $ra, $rb, $rc;
 
 done_testing();
