@@ -191,8 +191,9 @@ ngx_http_llm_redis_refusal(ngx_http_llm_redis_t *rd,
  *     [SET pstate STATE]                        a new pipeline state
  *     [XADD events MAXLEN ~ N SEQ-0 t T o O l L]...  one per new event
  *     HSET job state .. created .. (15 fields), or, when Redis has had
- *         the job, EVAL HSETKNOWN 1 job state .. (12 fields, not the
- *         created, owner and background that do not change)
+ *         the job, EVAL HSETKNOWN 1 job E T M state .. (from the
+ *         marks E, T, M; 12 fields, not the created, owner and
+ *         background that do not change)
  *     [HSETNX job cancel 0, HSETNX job watched 0]    first write
  *     PEXPIRE job|text|events TTL               3 commands
  *     [PEXPIRE meta TTL] [PEXPIRE pstate TTL]   a pipeline's job

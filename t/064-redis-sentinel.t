@@ -96,10 +96,14 @@ $pid{primary} = start_redis($pport, @auth);
 $pid{replica} = start_redis($rport, @auth,
                             '--replicaof', '127.0.0.1', $pport);
 
+# redis-cli, quiet about a server not up yet (the sentinels at first)
 sub cli {
     my ($port, $pw, @cmd) = @_;
+    open my $err, '>&', \*STDERR or die $!;
+    open STDERR, '>', '/dev/null' or die $!;
     open my $fh, '-|', 'redis-cli', '-p', $port, '-a', $pw,
          '--no-auth-warning', '--raw', @cmd or die $!;
+    open STDERR, '>&', $err or die $!;
     my $out = do { local $/; <$fh> } // '';
     close $fh;
     $out =~ s/\n\z//;
