@@ -410,6 +410,32 @@ ok(wait_for(sub { error_log($rc) =~ /writes reach 1 replicas again/ }, 10),
 is(cli($pport, $pass, '-n', 3, 'HGET', "t064:{$job}:job", 'state'),
    'completed', '  the job on the replica');
 
+
+# 7. a sentinel down: the next one is asked
+
+sub connections {
+    return (cli($_[0], $spass, 'INFO', 'stats')
+            =~ /total_connections_received:(\d+)/)[0] // 0;
+}
+
+stop_redis($spid[0]);
+$spid[0] = 0;
+
+my $asked = connections($sports[1]);
+cli($rport, $pass, 'CLIENT', 'KILL', 'TYPE', 'normal');
+
+($s, undef, $body) = http_get($pa, 'GET', '/g?n=5&tps=0');
+@ev = sse_events($body);
+($job) = ($ev[0]{id} // '') =~ /^([\w-]+):1$/;
+is($ev[-1]{event}, 'complete', 'the first sentinel down: a job on A');
+ok(wait_for(sub { (job_json($pb, $job)->{state} // '') eq 'completed' }, 5),
+   '  completed on B');
+# the test's own INFO is one of them
+cmp_ok(connections($sports[1]) - $asked, '>', 1,
+       '  the second sentinel asked');
+unlike(error_log($ra), qr/no sentinel gives the primary/,
+       '  no failure logged');
+
 unlike(join('', map { error_log($_) } $ra, $rb, $rc),
        qr/\[(?:alert|crit|emerg)\]/, 'no alerts');
 
