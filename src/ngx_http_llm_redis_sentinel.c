@@ -35,8 +35,6 @@
 #define NGX_HTTP_LLM_SENTINEL_ERR      256
 
 
-static ngx_int_t ngx_http_llm_redis_sentinel_addr(ngx_conf_t *cf,
-    ngx_http_llm_redis_conf_t *rc, u_char *p, u_char *last);
 static ngx_int_t ngx_http_llm_redis_sentinel_ask(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_addr_t *a, u_char *err, size_t size);
 
@@ -52,44 +50,19 @@ ngx_int_t
 ngx_http_llm_redis_sentinel_conf(ngx_conf_t *cf,
     ngx_http_llm_redis_conf_t *rc, ngx_str_t *url)
 {
-    u_char                     *p, *last, *host, *colon, *comma, *n;
-    ngx_uint_t                  i;
-    ngx_http_llm_redis_addr_t  *a;
+    u_char  *p;
 
-    p = url->data + sizeof(NGX_HTTP_LLM_SENTINEL_SCHEME) - 1;
-    last = url->data + url->len;
-
-    /* the password may hold anything but the last "@" */
-
-    for (host = last; host > p; host--) {
-        if (host[-1] == '@') {
-            break;
-        }
+    if (ngx_http_llm_redis_servers_conf(cf, rc, url,
+                                        sizeof(NGX_HTTP_LLM_SENTINEL_SCHEME)
+                                        - 1,
+                                        NGX_HTTP_LLM_SENTINEL_PORT,
+                                        &rc->master)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
     }
 
-    if (host > p) {
-        colon = ngx_strlchr(p, host - 1, ':');
-
-        if (colon == NULL) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid URL in \"llm_store\": "
-                               "[USER]:PASSWORD@ expected before the "
-                               "sentinels");
-            return NGX_ERROR;
-        }
-
-        rc->user.data = p;
-        rc->user.len = colon - p;
-        rc->password.data = colon + 1;
-        rc->password.len = host - 1 - (colon + 1);
-
-    } else {
-        host = p;
-    }
-
-    p = ngx_strlchr(host, last, '/');
-
-    if (p == NULL || p + 1 == last) {
+    if (rc->master.len == 0) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "no master name in \"llm_store\": "
                            "redis-sentinel://HOST:PORT[,HOST:PORT...]/NAME "
@@ -97,149 +70,14 @@ ngx_http_llm_redis_sentinel_conf(ngx_conf_t *cf,
         return NGX_ERROR;
     }
 
-    rc->master.data = p + 1;
-    rc->master.len = last - rc->master.data;
-
-    for (n = rc->master.data; n < last; n++) {
-        if (*n <= ' ' || *n == '/' || *n == '@' || *n == ',') {
+    for (p = rc->master.data; p < rc->master.data + rc->master.len; p++) {
+        if (*p <= ' ' || *p == '/' || *p == '@' || *p == ',') {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid master name \"%V\" in "
                                "\"llm_store\"", &rc->master);
             return NGX_ERROR;
         }
     }
-
-    last = p;
-
-    rc->sentinels = ngx_array_create(cf->pool, 3,
-                                     sizeof(ngx_http_llm_redis_addr_t));
-    if (rc->sentinels == NULL) {
-        return NGX_ERROR;
-    }
-
-    for (p = host; p <= last; p = comma + 1) {
-        comma = ngx_strlchr(p, last, ',');
-
-        if (comma == NULL) {
-            comma = last;
-        }
-
-        if (ngx_http_llm_redis_sentinel_addr(cf, rc, p, comma) != NGX_OK) {
-            return NGX_ERROR;
-        }
-    }
-
-    /* the log names the sentinels and the master, never the password */
-
-    rc->name.len = sizeof(NGX_HTTP_LLM_SENTINEL_SCHEME) - 1 + rc->master.len
-                   + 1;
-    a = rc->sentinels->elts;
-
-    for (i = 0; i < rc->sentinels->nelts; i++) {
-        rc->name.len += a[i].host.len + sizeof("[]:65535,") - 1;
-    }
-
-    rc->name.data = ngx_pnalloc(cf->pool, rc->name.len);
-    if (rc->name.data == NULL) {
-        return NGX_ERROR;
-    }
-
-    p = ngx_cpymem(rc->name.data, NGX_HTTP_LLM_SENTINEL_SCHEME,
-                   sizeof(NGX_HTTP_LLM_SENTINEL_SCHEME) - 1);
-
-    for (i = 0; i < rc->sentinels->nelts; i++) {
-        p = ngx_sprintf(p, ngx_strlchr(a[i].host.data,
-                                       a[i].host.data + a[i].host.len, ':')
-                           ? "%s[%V]:%d" : "%s%V:%d",
-                        i ? "," : "", &a[i].host, a[i].port);
-    }
-
-    p = ngx_sprintf(p, "/%V", &rc->master);
-    rc->name.len = p - rc->name.data;
-
-    return NGX_OK;
-}
-
-
-/* one sentinel: HOST[:PORT], HOST may be [IPv6] */
-
-static ngx_int_t
-ngx_http_llm_redis_sentinel_addr(ngx_conf_t *cf,
-    ngx_http_llm_redis_conf_t *rc, u_char *p, u_char *last)
-{
-    u_char                     *host, *host_end;
-    ngx_str_t                   s;
-    ngx_int_t                   port;
-    ngx_http_llm_redis_addr_t  *a;
-
-    host = p;
-
-    if (host < last && *host == '[') {
-        host_end = ngx_strlchr(host, last, ']');
-
-        if (host_end == NULL) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid IPv6 address in \"llm_store\"");
-            return NGX_ERROR;
-        }
-
-        p = host_end + 1;
-        host++;
-
-    } else {
-        host_end = ngx_strlchr(host, last, ':');
-
-        if (host_end == NULL) {
-            host_end = last;
-        }
-
-        p = host_end;
-    }
-
-    if (host_end == host) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "no sentinel host in \"llm_store\" URL");
-        return NGX_ERROR;
-    }
-
-    if (host_end - host >= NGX_HTTP_LLM_REDIS_HOST_LEN) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "sentinel host name too long in \"llm_store\"");
-        return NGX_ERROR;
-    }
-
-    port = NGX_HTTP_LLM_SENTINEL_PORT;
-
-    if (p < last) {
-        s.data = p + 1;
-        s.len = last - s.data;
-
-        port = (*p == ':') ? ngx_atoi(s.data, s.len) : NGX_ERROR;
-
-        if (port < 1 || port > 65535) {
-            s.data = p;
-            s.len = last - p;
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid sentinel port \"%V\" in "
-                               "\"llm_store\"", &s);
-            return NGX_ERROR;
-        }
-    }
-
-    a = ngx_array_push(rc->sentinels);
-    if (a == NULL) {
-        return NGX_ERROR;
-    }
-
-    a->port = (int) port;
-    a->host.len = host_end - host;
-    a->host.data = ngx_pnalloc(cf->pool, a->host.len + 1);
-    if (a->host.data == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(a->host.data, host, a->host.len);
-    a->host.data[a->host.len] = '\0';
 
     return NGX_OK;
 }
@@ -258,8 +96,8 @@ ngx_http_llm_redis_sentinel_primary(ngx_http_llm_redis_t *rd)
     ngx_uint_t                  i, k, n;
     ngx_http_llm_redis_addr_t  *a;
 
-    a = rd->conf->sentinels->elts;
-    n = rd->conf->sentinels->nelts;
+    a = rd->conf->servers->elts;
+    n = rd->conf->servers->nelts;
 
     for (i = 0; i < n; i++) {
         k = (rd->sentinel + i) % n;

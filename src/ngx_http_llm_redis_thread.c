@@ -291,7 +291,7 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
                                   rd->ctx->err ? rd->ctx->errstr
                                                : "no reply");
 
-    } else if (rd->demoted && rd->conf->sentinels) {
+    } else if (rd->demoted && rd->conf->master.len) {
         /* a failover: the sentinels are asked for the new primary */
         ngx_http_llm_redis_broken(rd, "the primary is a replica now",
                                   rd->primary);
@@ -342,7 +342,7 @@ ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
 
     rc = rd->conf;
 
-    if (rc->sentinels) {
+    if (rc->master.len) {
         if (ngx_http_llm_redis_sentinel_primary(rd) != NGX_OK) {
             return NGX_ERROR;
         }
@@ -416,7 +416,7 @@ ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
         freeReplyObject(r);
     }
 
-    if (rc->sentinels && ngx_http_llm_redis_sentinel_role(rd) != NGX_OK) {
+    if (rc->master.len && ngx_http_llm_redis_sentinel_role(rd) != NGX_OK) {
         return NGX_ERROR;
     }
 

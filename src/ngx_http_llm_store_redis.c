@@ -75,6 +75,8 @@ struct ngx_http_llm_redis_job_s {
 };
 
 
+static ngx_int_t ngx_http_llm_redis_server(ngx_conf_t *cf,
+    ngx_http_llm_redis_conf_t *rc, u_char *p, u_char *last, ngx_int_t port);
 static ngx_int_t ngx_http_llm_redis_url(ngx_conf_t *cf,
     ngx_http_llm_redis_conf_t *rc, ngx_str_t *url);
 static ngx_int_t ngx_http_llm_redis_init_process(ngx_http_llm_store_t *st,
@@ -338,7 +340,7 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
             continue;
         }
 
-        if (rc->sentinels
+        if (rc->master.len
             && ngx_strncmp(v.data, "sentinel_password=", 18) == 0)
         {
             rc->sentinel_password.data = v.data + 18;
@@ -346,7 +348,7 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
             continue;
         }
 
-        if (rc->sentinels && ngx_strncmp(v.data, "sentinel_user=", 14) == 0) {
+        if (rc->master.len && ngx_strncmp(v.data, "sentinel_user=", 14) == 0) {
             rc->sentinel_user.data = v.data + 14;
             rc->sentinel_user.len = v.len - 14;
             continue;
@@ -519,6 +521,193 @@ ngx_http_llm_redis_url(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
     return NGX_OK;
 }
 
+
+
+/*
+ * SCHEME[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...][/REST]: the servers
+ * (sentinels, a cluster's first nodes), HOST may be [IPv6]; REST is what
+ * follows "/" (empty if nothing).  The log's name is the URL without the
+ * password.
+ */
+
+ngx_int_t
+ngx_http_llm_redis_servers_conf(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
+    ngx_str_t *url, size_t scheme, ngx_int_t port, ngx_str_t *rest)
+{
+    u_char                     *p, *last, *host, *colon, *comma;
+    ngx_uint_t                  i;
+    ngx_http_llm_redis_addr_t  *a;
+
+    p = url->data + scheme;
+    last = url->data + url->len;
+
+    /* the password may hold anything but the last "@" */
+
+    for (host = last; host > p; host--) {
+        if (host[-1] == '@') {
+            break;
+        }
+    }
+
+    if (host > p) {
+        colon = ngx_strlchr(p, host - 1, ':');
+
+        if (colon == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid URL in \"llm_store\": "
+                               "[USER]:PASSWORD@ expected before the "
+                               "servers");
+            return NGX_ERROR;
+        }
+
+        rc->user.data = p;
+        rc->user.len = colon - p;
+        rc->password.data = colon + 1;
+        rc->password.len = host - 1 - (colon + 1);
+
+    } else {
+        host = p;
+    }
+
+    p = ngx_strlchr(host, last, '/');
+
+    if (p) {
+        rest->data = p + 1;
+        rest->len = last - rest->data;
+        last = p;
+
+    } else {
+        ngx_str_null(rest);
+    }
+
+    rc->servers = ngx_array_create(cf->pool, 3,
+                                   sizeof(ngx_http_llm_redis_addr_t));
+    if (rc->servers == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (p = host; p <= last; p = comma + 1) {
+        comma = ngx_strlchr(p, last, ',');
+
+        if (comma == NULL) {
+            comma = last;
+        }
+
+        if (ngx_http_llm_redis_server(cf, rc, p, comma, port) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    rc->name.len = scheme + 1 + rest->len;
+    a = rc->servers->elts;
+
+    for (i = 0; i < rc->servers->nelts; i++) {
+        rc->name.len += a[i].host.len + sizeof("[]:65535,") - 1;
+    }
+
+    rc->name.data = ngx_pnalloc(cf->pool, rc->name.len);
+    if (rc->name.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(rc->name.data, url->data, scheme);
+
+    for (i = 0; i < rc->servers->nelts; i++) {
+        p = ngx_sprintf(p, ngx_strlchr(a[i].host.data,
+                                       a[i].host.data + a[i].host.len, ':')
+                           ? "%s[%V]:%d" : "%s%V:%d",
+                        i ? "," : "", &a[i].host, a[i].port);
+    }
+
+    if (rest->len) {
+        p = ngx_sprintf(p, "/%V", rest);
+    }
+
+    rc->name.len = p - rc->name.data;
+
+    return NGX_OK;
+}
+
+
+/* one of the servers: HOST[:PORT], HOST may be [IPv6] */
+
+static ngx_int_t
+ngx_http_llm_redis_server(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
+    u_char *p, u_char *last, ngx_int_t port)
+{
+    u_char                     *host, *host_end;
+    ngx_str_t                   s;
+    ngx_http_llm_redis_addr_t  *a;
+
+    host = p;
+
+    if (host < last && *host == '[') {
+        host_end = ngx_strlchr(host, last, ']');
+
+        if (host_end == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid IPv6 address in \"llm_store\"");
+            return NGX_ERROR;
+        }
+
+        p = host_end + 1;
+        host++;
+
+    } else {
+        host_end = ngx_strlchr(host, last, ':');
+
+        if (host_end == NULL) {
+            host_end = last;
+        }
+
+        p = host_end;
+    }
+
+    if (host_end == host) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "no server host in \"llm_store\" URL");
+        return NGX_ERROR;
+    }
+
+    if (host_end - host >= NGX_HTTP_LLM_REDIS_HOST_LEN) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "server host name too long in \"llm_store\"");
+        return NGX_ERROR;
+    }
+
+    if (p < last) {
+        s.data = p + 1;
+        s.len = last - s.data;
+
+        port = (*p == ':') ? ngx_atoi(s.data, s.len) : NGX_ERROR;
+
+        if (port < 1 || port > 65535) {
+            s.data = p;
+            s.len = last - p;
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid server port \"%V\" in "
+                               "\"llm_store\"", &s);
+            return NGX_ERROR;
+        }
+    }
+
+    a = ngx_array_push(rc->servers);
+    if (a == NULL) {
+        return NGX_ERROR;
+    }
+
+    a->port = (int) port;
+    a->host.len = host_end - host;
+    a->host.data = ngx_pnalloc(cf->pool, a->host.len + 1);
+    if (a->host.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(a->host.data, host, a->host.len);
+    a->host.data[a->host.len] = '\0';
+
+    return NGX_OK;
+}
 
 static ngx_int_t
 ngx_http_llm_redis_init_process(ngx_http_llm_store_t *st, ngx_cycle_t *cycle)

@@ -46,7 +46,7 @@ typedef struct ngx_http_llm_redis_op_s     ngx_http_llm_redis_op_t;
 typedef struct ngx_http_llm_redis_job_s    ngx_http_llm_redis_job_t;
 
 
-/* a sentinel's address */
+/* a sentinel's or a cluster node's address */
 typedef struct {
     ngx_str_t                      host;        /* NUL-terminated */
     int                            port;
@@ -60,8 +60,8 @@ typedef struct {
     ngx_str_t                      user;
     ngx_str_t                      password;
     ngx_int_t                      db;          /* -1: none */
-    ngx_array_t                   *sentinels;   /* NULL: one server */
-    ngx_str_t                      master;      /* its name there */
+    ngx_array_t                   *servers;     /* sentinels, cluster */
+    ngx_str_t                      master;      /* behind sentinels */
     ngx_str_t                      sentinel_user;
     ngx_str_t                      sentinel_password;
     ngx_uint_t                     replicas;    /* WAIT for as many */
@@ -220,6 +220,11 @@ redisContext *ngx_http_llm_redis_open(ngx_http_llm_redis_t *rd,
     const char *host, int port);
 void ngx_http_llm_redis_broken(ngx_http_llm_redis_t *rd, const char *what,
     const char *err);
+
+/* ngx_http_llm_store_redis.c */
+ngx_int_t ngx_http_llm_redis_servers_conf(ngx_conf_t *cf,
+    ngx_http_llm_redis_conf_t *rc, ngx_str_t *url, size_t scheme,
+    ngx_int_t port, ngx_str_t *rest);
 
 /* ngx_http_llm_redis_sentinel.c */
 ngx_int_t ngx_http_llm_redis_sentinel_conf(ngx_conf_t *cf,

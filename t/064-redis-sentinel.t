@@ -44,9 +44,9 @@ remove_tree($dir);
 
 for my $c (['redis-sentinel://:secret1@127.0.0.1:26379', qr/no master name/],
            ['redis-sentinel://:secret1@127.0.0.1:x/m',
-            qr/invalid sentinel port ":x"/],
+            qr/invalid server port ":x"/],
            ['redis-sentinel://127.0.0.1,,127.0.0.2/m',
-            qr/no sentinel host/],
+            qr/no server host/],
            ['redis-sentinel://127.0.0.1/m sentinel_password=secret1 '
             . 'bogus=secret1', qr/invalid parameter "bogus"/],
            ['redis://127.0.0.1 sentinel_password=secret1',
