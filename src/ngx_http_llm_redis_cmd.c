@@ -118,6 +118,12 @@ static void
 ngx_http_llm_redis_error(ngx_http_llm_redis_t *rd, u_char *id,
     redisReply *r)
 {
+    /* sent again to the node named: not an error */
+
+    if (ngx_http_llm_redis_cluster_redirected(rd)) {
+        return;
+    }
+
     rd->errors = 1;
 
     if (rd->erred) {
@@ -1167,6 +1173,35 @@ ngx_http_llm_redis_read_control(ngx_http_llm_redis_t *rd,
 }
 
 
+/*
+ * Store thread: ASKING before a part that a cluster node redirected with
+ * ASK (its slot is moving to the node it names); it holds for a whole
+ * MULTI ... EXEC.
+ */
+
+void
+ngx_http_llm_redis_send_asking(ngx_http_llm_redis_t *rd)
+{
+    ngx_http_llm_redis_cmd_t  cmd;
+
+    ngx_http_llm_redis_cmd(&cmd, "ASKING");
+    ngx_http_llm_redis_send(rd, &cmd);
+}
+
+
+/* store thread: its "+OK" (an error shows in the replies that follow) */
+
+void
+ngx_http_llm_redis_read_asking(ngx_http_llm_redis_t *rd)
+{
+    redisReply  *r;
+
+    if (ngx_http_llm_redis_reply(rd, &r) == NGX_OK) {
+        freeReplyObject(r);
+    }
+}
+
+
 /* store thread: WAIT REPLICAS TIMEOUT, after a round's writes */
 
 void
@@ -1324,13 +1359,25 @@ ngx_http_llm_redis_reply(ngx_http_llm_redis_t *rd, redisReply **reply)
     *reply = r;
     rd->replies++;
 
+    if (r->type != REDIS_REPLY_ERROR) {
+        return NGX_OK;
+    }
+
     /* a replica now (a failover), or one cut from its primary */
 
-    if (r->type == REDIS_REPLY_ERROR
-        && (ngx_strncmp(r->str, "READONLY ", 9) == 0
-            || ngx_strncmp(r->str, "MASTERDOWN ", 11) == 0))
+    if (ngx_strncmp(r->str, "READONLY ", 9) == 0
+        || ngx_strncmp(r->str, "MASTERDOWN ", 11) == 0)
     {
         rd->demoted = 1;
+    }
+
+    /* a cluster's slot elsewhere: the thread sends that part again there */
+
+    if (rd->cluster
+        && (ngx_strncmp(r->str, "MOVED ", 6) == 0
+            || ngx_strncmp(r->str, "ASK ", 4) == 0))
+    {
+        ngx_http_llm_redis_cluster_redirect(rd, r);
     }
 
     return NGX_OK;

@@ -148,6 +148,23 @@ ngx_http_llm_redis_answer(ngx_http_llm_redis_t *rd,
 static void
 ngx_http_llm_redis_run(ngx_http_llm_redis_t *rd, ngx_http_llm_redis_op_t *ops)
 {
+    if (rd->cluster) {
+        ngx_http_llm_redis_cluster_run(rd, ops);
+
+    } else {
+        ngx_http_llm_redis_run_on(rd, ops);
+    }
+
+    ngx_http_llm_redis_answer(rd, ops);
+}
+
+
+/* store thread: a round trip on the connection (a cluster: a node's) */
+
+void
+ngx_http_llm_redis_run_on(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *ops)
+{
     ngx_uint_t  kept;
 
     kept = (rd->ctx != NULL);
@@ -160,12 +177,13 @@ ngx_http_llm_redis_run(ngx_http_llm_redis_t *rd, ngx_http_llm_redis_op_t *ops)
     if (kept && rd->ctx == NULL && rd->replies == 0) {
         ngx_http_llm_redis_round(rd, ops);
     }
-
-    ngx_http_llm_redis_answer(rd, ops);
 }
 
 
-/* store thread: one pipelined round trip for everything taken */
+/*
+ * Store thread: one pipelined round trip for everything taken (on a
+ * cluster: for what goes to the node in use, see "mine")
+ */
 
 static void
 ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
@@ -190,18 +208,38 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
 
     for (op = ops; op; op = op->next) {
 
-        switch (op->type) {
-
-        case NGX_HTTP_LLM_REDIS_BATCH:
+        if (op->type == NGX_HTTP_LLM_REDIS_BATCH) {
             for (q = ngx_queue_head(&op->writes);
                  q != ngx_queue_sentinel(&op->writes);
                  q = ngx_queue_next(q))
             {
                 w = ngx_queue_data(q, ngx_http_llm_redis_write_t, queue);
+
+                if (!ngx_http_llm_redis_cluster_mine(rd, w->node)) {
+                    continue;
+                }
+
+                if (w->ask) {
+                    ngx_http_llm_redis_send_asking(rd);
+                }
+
                 ngx_http_llm_redis_send_write(rd, w);
+                w->waited = (rd->conf->replicas != 0);
                 writes = 1;
             }
-            break;
+
+            continue;
+        }
+
+        if (!ngx_http_llm_redis_cluster_mine(rd, op->node)) {
+            continue;
+        }
+
+        if (op->ask) {
+            ngx_http_llm_redis_send_asking(rd);
+        }
+
+        switch (op->type) {
 
         case NGX_HTTP_LLM_REDIS_FETCH:
             ngx_http_llm_redis_send_fetch(rd, op);
@@ -233,17 +271,37 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
 
     for (op = ops; op && !rd->lost; op = op->next) {
 
-        switch (op->type) {
-
-        case NGX_HTTP_LLM_REDIS_BATCH:
+        if (op->type == NGX_HTTP_LLM_REDIS_BATCH) {
             for (q = ngx_queue_head(&op->writes);
                  q != ngx_queue_sentinel(&op->writes) && !rd->lost;
                  q = ngx_queue_next(q))
             {
                 w = ngx_queue_data(q, ngx_http_llm_redis_write_t, queue);
+
+                if (!ngx_http_llm_redis_cluster_mine(rd, w->node)) {
+                    continue;
+                }
+
+                if (w->ask) {
+                    ngx_http_llm_redis_read_asking(rd);
+                }
+
                 ngx_http_llm_redis_read_write(rd, w);
+                ngx_http_llm_redis_cluster_answered(rd, &w->node, &w->ask);
             }
-            break;
+
+            continue;
+        }
+
+        if (!ngx_http_llm_redis_cluster_mine(rd, op->node)) {
+            continue;
+        }
+
+        if (op->ask) {
+            ngx_http_llm_redis_read_asking(rd);
+        }
+
+        switch (op->type) {
 
         case NGX_HTTP_LLM_REDIS_FETCH:
             ngx_http_llm_redis_read_fetch(rd, op);
@@ -256,6 +314,8 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
         default: /* NGX_HTTP_LLM_REDIS_CONTROL */
             ngx_http_llm_redis_read_control(rd, op);
         }
+
+        ngx_http_llm_redis_cluster_answered(rd, &op->node, &op->ask);
     }
 
     /*
@@ -265,10 +325,8 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
 
     replicated = 1;
 
-    if (writes && rd->conf->replicas && !rd->lost
-        && ngx_http_llm_redis_read_wait(rd) != NGX_OK)
-    {
-        replicated = 0;
+    if (writes && rd->conf->replicas) {
+        replicated = !rd->lost && ngx_http_llm_redis_read_wait(rd) == NGX_OK;
 
         for (op = ops; op; op = op->next) {
             if (op->type != NGX_HTTP_LLM_REDIS_BATCH) {
@@ -280,8 +338,13 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
                  q = ngx_queue_next(q))
             {
                 w = ngx_queue_data(q, ngx_http_llm_redis_write_t, queue);
-                w->ok = 0;
-                w->lost = 0;
+
+                if (w->waited && !replicated) {
+                    w->ok = 0;
+                    w->lost = 0;
+                }
+
+                w->waited = 0;
             }
         }
     }
@@ -318,6 +381,8 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
 static ngx_int_t
 ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
 {
+    int                         port;
+    char                       *host;
     void                       *reply;
     ngx_uint_t                  i, n;
     ngx_msec_t                  now;
@@ -348,6 +413,10 @@ ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
         }
 
         c = ngx_http_llm_redis_open(rd, rd->primary, rd->primary_port);
+
+    } else if (rd->cluster) {
+        ngx_http_llm_redis_cluster_node(rd, &host, &port);
+        c = ngx_http_llm_redis_open(rd, host, port);
 
     } else if (rc->path.len) {
         c = ngx_http_llm_redis_open(rd, (char *) rc->path.data, 0);

@@ -146,10 +146,11 @@ static ngx_connection_t  ngx_http_llm_redis_conn = { .fd = -1 };
  * llm_store unix:PATH [OPTIONS];
  * llm_store redis-sentinel://[[USER]:PASSWORD@]HOST[:PORT][,...]/NAME
  *           [OPTIONS];
+ * llm_store redis-cluster://[[USER]:PASSWORD@]HOST[:PORT][,...] [OPTIONS];
  *
  * OPTIONS: prefix=STR flush=TIME thread_pool=NAME db=N password=STR
  * unsaved=SIZE replicas=N replicas_timeout=TIME, and with sentinels
- * sentinel_user=STR sentinel_password=STR
+ * sentinel_user=STR sentinel_password=STR (a cluster: no db=)
  * (ttl= is the store layer's).
  */
 
@@ -178,6 +179,11 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
 
     if (ngx_strncmp(args[0].data, "redis-sentinel://", 17) == 0) {
         if (ngx_http_llm_redis_sentinel_conf(cf, rc, &args[0]) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+    } else if (ngx_strncmp(args[0].data, "redis-cluster://", 16) == 0) {
+        if (ngx_http_llm_redis_cluster_conf(cf, rc, &args[0]) != NGX_OK) {
             return NGX_CONF_ERROR;
         }
 
@@ -279,7 +285,7 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
             continue;
         }
 
-        if (ngx_strncmp(v.data, "db=", 3) == 0) {
+        if (ngx_strncmp(v.data, "db=", 3) == 0 && !rc->cluster) {
             v.data += 3;
             v.len -= 3;
 
@@ -755,6 +761,12 @@ ngx_http_llm_redis_init_process(ngx_http_llm_store_t *st, ngx_cycle_t *cycle)
     rd->conf = rc;
     rd->log = cycle->log;
 
+    if (rc->cluster && ngx_http_llm_redis_cluster_init(rd) != NGX_OK) {
+        (void) pthread_cond_destroy(&rd->cond);
+        ngx_free(rd);
+        return NGX_ERROR;
+    }
+
     rd->task->ctx = rd;
     rd->task->handler = ngx_http_llm_redis_thread;
     rd->task->event.handler = ngx_http_llm_redis_completed;
@@ -867,6 +879,10 @@ ngx_http_llm_redis_exit_process(ngx_http_llm_store_t *st, ngx_cycle_t *cycle)
 
     if (rd->ctx) {
         redisFree(rd->ctx);
+    }
+
+    if (rd->cluster) {
+        ngx_http_llm_redis_cluster_free(rd);
     }
 
     (void) pthread_cond_destroy(&rd->cond);

@@ -39,11 +39,16 @@
 /* a host name as a sentinel gives it: an IP address, or a name (hostnames) */
 #define NGX_HTTP_LLM_REDIS_HOST_LEN    256
 
+/* a Redis Cluster: its slots, and the nodes a worker keeps track of */
+#define NGX_HTTP_LLM_REDIS_SLOTS       16384
+#define NGX_HTTP_LLM_REDIS_NODES       64
+
 
 typedef struct ngx_http_llm_redis_s        ngx_http_llm_redis_t;
 typedef struct ngx_http_llm_redis_write_s  ngx_http_llm_redis_write_t;
 typedef struct ngx_http_llm_redis_op_s     ngx_http_llm_redis_op_t;
 typedef struct ngx_http_llm_redis_job_s    ngx_http_llm_redis_job_t;
+typedef struct ngx_http_llm_redis_cluster_s  ngx_http_llm_redis_cluster_t;
 
 
 /* a sentinel's or a cluster node's address */
@@ -64,6 +69,7 @@ typedef struct {
     ngx_str_t                      master;      /* behind sentinels */
     ngx_str_t                      sentinel_user;
     ngx_str_t                      sentinel_password;
+    unsigned                       cluster:1;   /* redis-cluster:// */
     ngx_uint_t                     replicas;    /* WAIT for as many */
     ngx_msec_t                     replicas_timeout;
     ngx_str_t                      prefix;
@@ -108,6 +114,9 @@ struct ngx_http_llm_redis_write_s {
     size_t                         reply_len;
 
     /* the store thread's: where the answers are in the transaction */
+    ngx_int_t                      node;        /* a cluster's: or -1 */
+    ngx_uint_t                     ask;         /* ASKING first */
+    unsigned                       waited:1;    /* WAIT follows */
     ngx_uint_t                     ncmds;
     ngx_uint_t                     xadd;
     ngx_uint_t                     nxadd;
@@ -134,6 +143,10 @@ struct ngx_http_llm_redis_op_s {
 
     /* NGX_OK: answered (a batch: the round trip was made) */
     ngx_int_t                      rc;
+
+    /* a fetch's or a control request's node in a cluster, or -1 */
+    ngx_int_t                      node;
+    ngx_uint_t                     ask;
 
     /* a fetch or a control request */
     u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN];
@@ -179,7 +192,8 @@ struct ngx_http_llm_redis_s {
     unsigned                       repost:1;
 
     /* the store thread only */
-    redisContext                  *ctx;
+    ngx_http_llm_redis_cluster_t  *cluster;     /* redis-cluster:// */
+    redisContext                  *ctx;         /* a cluster's: a node's */
     ngx_msec_t                     next_connect;
     ngx_msec_t                     backoff;
     ngx_uint_t                     replies;     /* in this round trip */
@@ -216,6 +230,8 @@ typedef struct {
 void ngx_http_llm_redis_thread(void *data, ngx_log_t *log);
 void ngx_http_llm_redis_answer(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *ops);
+void ngx_http_llm_redis_run_on(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *ops);
 redisContext *ngx_http_llm_redis_open(ngx_http_llm_redis_t *rd,
     const char *host, int port);
 void ngx_http_llm_redis_broken(ngx_http_llm_redis_t *rd, const char *what,
@@ -231,6 +247,23 @@ ngx_int_t ngx_http_llm_redis_sentinel_conf(ngx_conf_t *cf,
     ngx_http_llm_redis_conf_t *rc, ngx_str_t *url);
 ngx_int_t ngx_http_llm_redis_sentinel_primary(ngx_http_llm_redis_t *rd);
 ngx_int_t ngx_http_llm_redis_sentinel_role(ngx_http_llm_redis_t *rd);
+
+/* ngx_http_llm_redis_cluster.c */
+ngx_int_t ngx_http_llm_redis_cluster_conf(ngx_conf_t *cf,
+    ngx_http_llm_redis_conf_t *rc, ngx_str_t *url);
+ngx_int_t ngx_http_llm_redis_cluster_init(ngx_http_llm_redis_t *rd);
+void ngx_http_llm_redis_cluster_free(ngx_http_llm_redis_t *rd);
+void ngx_http_llm_redis_cluster_run(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *ops);
+ngx_int_t ngx_http_llm_redis_cluster_mine(ngx_http_llm_redis_t *rd,
+    ngx_int_t node);
+void ngx_http_llm_redis_cluster_node(ngx_http_llm_redis_t *rd,
+    char **host, int *port);
+void ngx_http_llm_redis_cluster_redirect(ngx_http_llm_redis_t *rd,
+    redisReply *r);
+ngx_int_t ngx_http_llm_redis_cluster_redirected(ngx_http_llm_redis_t *rd);
+void ngx_http_llm_redis_cluster_answered(ngx_http_llm_redis_t *rd,
+    ngx_int_t *node, ngx_uint_t *ask);
 
 /* ngx_http_llm_redis_cmd.c */
 void ngx_http_llm_redis_send_write(ngx_http_llm_redis_t *rd,
@@ -250,6 +283,8 @@ void ngx_http_llm_redis_send_control(ngx_http_llm_redis_t *rd,
 void ngx_http_llm_redis_read_control(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op);
 void ngx_http_llm_redis_send_wait(ngx_http_llm_redis_t *rd);
+void ngx_http_llm_redis_send_asking(ngx_http_llm_redis_t *rd);
+void ngx_http_llm_redis_read_asking(ngx_http_llm_redis_t *rd);
 ngx_int_t ngx_http_llm_redis_read_wait(ngx_http_llm_redis_t *rd);
 void ngx_http_llm_redis_cmd(ngx_http_llm_redis_cmd_t *cmd, const char *name);
 void ngx_http_llm_redis_arg(ngx_http_llm_redis_cmd_t *cmd, const void *p,
