@@ -192,6 +192,12 @@ ngx_http_llm_redis_cluster_run(ngx_http_llm_redis_t *rd,
             ngx_http_llm_redis_cluster_use(rd, n);
             ngx_http_llm_redis_run_on(rd, ops);
 
+            /* a node that fails may have failed over: its slots moved */
+
+            if (rd->ctx == NULL) {
+                cl->stale = 1;
+            }
+
             /* what the node left unanswered (it failed) stays so */
 
             (void) ngx_http_llm_redis_cluster_each(rd, ops,
