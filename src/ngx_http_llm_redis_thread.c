@@ -383,6 +383,7 @@ ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
 {
     int                         port;
     char                       *host;
+    u_char                      err[NGX_HTTP_LLM_REDIS_HOST_LEN + 128];
     void                       *reply;
     ngx_uint_t                  i, n;
     ngx_msec_t                  now;
@@ -412,22 +413,33 @@ ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
             return NGX_ERROR;
         }
 
-        c = ngx_http_llm_redis_open(rd, rd->primary, rd->primary_port);
+        host = rd->primary;
+        port = rd->primary_port;
 
     } else if (rd->cluster) {
         ngx_http_llm_redis_cluster_node(rd, &host, &port);
-        c = ngx_http_llm_redis_open(rd, host, port);
 
     } else if (rc->path.len) {
-        c = ngx_http_llm_redis_open(rd, (char *) rc->path.data, 0);
+        host = (char *) rc->path.data;
+        port = 0;
 
     } else {
-        c = ngx_http_llm_redis_open(rd, (char *) rc->host.data, rc->port);
+        host = (char *) rc->host.data;
+        port = rc->port;
     }
 
+    c = ngx_http_llm_redis_open(rd, host, port);
+
     if (c == NULL || c->err) {
+        if (rc->servers) {
+            /* which primary or node, the name being the URL's */
+            *ngx_slprintf(err, err + sizeof(err) - 1, "%s:%d: %s", host,
+                          port, c ? c->errstr : "out of memory") = '\0';
+        }
+
         ngx_http_llm_redis_broken(rd, "cannot connect",
-                                  c ? c->errstr : "out of memory");
+                                  rc->servers ? (char *) err
+                                  : c ? c->errstr : "out of memory");
         if (c) {
             redisFree(c);
         }

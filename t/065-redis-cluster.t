@@ -208,6 +208,19 @@ is("@wrong", '', '12 jobs stored completed on the nodes of their slots');
 cmp_ok(scalar(keys %nodes), '>=', 2, '  on more than one node');
 is("@unseen", '', '  and seen completed on B');
 
+# a redirection counts on the node that sends it
+sub redirections {
+    my ($type) = @_;
+    my $n = 0;
+    for my $p (@ports) {
+        $n += (cli($p, 'INFO', 'errorstats')
+               =~ /errorstat_$type:count=(\d+)/)[0] // 0;
+    }
+    return $n;
+}
+
+is(redirections('MOVED'), 0, '  each to its node at once (no MOVED)');
+
 my @maps = error_log($ra) =~ /(redis store: [^\n]*slot map of 3 nodes)/g;
 is(scalar @maps, 1, 'the slot map asked for once');
 unlike(error_log($ra), qr/\Q$pass\E/, '  the password not logged');
@@ -258,6 +271,7 @@ cli($from, 'MIGRATE', '127.0.0.1', $to, '', 0, 5000, 'AUTH', $pass,
 
 ok(wait_for(sub { $asking->() > $asked }, 5),
    'the keys moved: writes follow ASK to the new node');
+cmp_ok(redirections('ASK'), '>', 0, '  after an ASK');
 cmp_ok(cli($to, 'CLUSTER', 'COUNTKEYSINSLOT', $slot), '>=', 3,
        '  the job is there');
 
@@ -266,6 +280,7 @@ cli($_, 'CLUSTER', 'SETSLOT', $slot, 'NODE', $id_of{$to}) for @ports;
 ok(wait_for(sub { my @m = error_log($ra) =~ /(slot map of 3 nodes)/g;
                  @m == 2 }, 10),
    'the slot moved: after MOVED, A asks for the map again');
+cmp_ok(redirections('MOVED'), '>', 0, '  a MOVED');
 
 read_until(undef, 30);
 close $st_sock;
