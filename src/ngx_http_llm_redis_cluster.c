@@ -68,6 +68,7 @@ struct ngx_http_llm_redis_cluster_s {
 typedef enum {
     NGX_HTTP_LLM_REDIS_ASSIGN = 0,
     NGX_HTTP_LLM_REDIS_COUNT,
+    NGX_HTTP_LLM_REDIS_REASSIGN,
     NGX_HTTP_LLM_REDIS_DROP
 } ngx_http_llm_redis_each_e;
 
@@ -192,13 +193,21 @@ ngx_http_llm_redis_cluster_run(ngx_http_llm_redis_t *rd,
             ngx_http_llm_redis_cluster_use(rd, n);
             ngx_http_llm_redis_run_on(rd, ops);
 
-            /* a node that fails may have failed over: its slots moved */
+            /*
+             * A node that fails may have failed over: what it left
+             * unanswered goes to the node the map names now, if another;
+             * the rest stays unanswered.
+             */
 
-            if (rd->ctx == NULL) {
-                cl->stale = 1;
+            if (rd->ctx == NULL
+                && ngx_http_llm_redis_cluster_map(rd) == NGX_OK
+                && ngx_http_llm_redis_cluster_each(rd, ops,
+                                                   NGX_HTTP_LLM_REDIS_REASSIGN,
+                                                   n)
+                   != 0)
+            {
+                cl->again = 1;
             }
-
-            /* what the node left unanswered (it failed) stays so */
 
             (void) ngx_http_llm_redis_cluster_each(rd, ops,
                                                    NGX_HTTP_LLM_REDIS_DROP, n);
@@ -217,8 +226,9 @@ ngx_http_llm_redis_cluster_run(ngx_http_llm_redis_t *rd,
 
 /*
  * Store thread: for every part of a round trip (a job's write, a read, a
- * control request), its node from the map, how many go to a node, or
- * those of a node marked done.
+ * control request), its node from the map (ASSIGN), how many go to a node
+ * (COUNT), those of a failed node to the node the map names now, if
+ * another (REASSIGN, how many), or those of a node marked done (DROP).
  */
 
 static ngx_uint_t
@@ -268,6 +278,22 @@ ngx_http_llm_redis_cluster_each(ngx_http_llm_redis_t *rd,
 
             case NGX_HTTP_LLM_REDIS_COUNT:
                 count += (*n == node);
+                break;
+
+            case NGX_HTTP_LLM_REDIS_REASSIGN:
+                if (*n == node) {
+                    *n = ngx_http_llm_redis_cluster_slot_node(rd->cluster,
+                                                              id);
+                    *ask = 0;
+
+                    if (*n == node) {
+                        *n = -1;
+
+                    } else {
+                        count += (*n != -1);
+                    }
+                }
+
                 break;
 
             default: /* NGX_HTTP_LLM_REDIS_DROP */
@@ -432,7 +458,11 @@ ngx_http_llm_redis_cluster_redirected(ngx_http_llm_redis_t *rd)
 }
 
 
-/* store thread: a part has been read; if redirected, where it goes next */
+/*
+ * Store thread: a part has been read; if redirected, where it goes next.
+ * One whose connection was lost stays for the next connection (a
+ * redirection read before is void).
+ */
 
 void
 ngx_http_llm_redis_cluster_answered(ngx_http_llm_redis_t *rd,
@@ -446,7 +476,10 @@ ngx_http_llm_redis_cluster_answered(ngx_http_llm_redis_t *rd,
         return;
     }
 
-    if (cl->redirect) {
+    if (rd->lost) {
+        cl->redirect = 0;
+
+    } else if (cl->redirect) {
         *node = cl->target;
         *ask = cl->asking;
         cl->again = 1;

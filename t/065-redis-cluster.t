@@ -1,8 +1,8 @@
-# The Redis store on a Redis Cluster of three primaries started by this
-# test: jobs go to the node of their slot (the job id is the hash tag),
-# another instance follows them, and a job's slot migrated to another node
-# in the middle of a stream (ASK while it moves, MOVED after) loses
-# nothing.
+# The Redis store on a Redis Cluster of three primaries (each with a
+# replica) started by this test: jobs go to the node of their slot (the
+# job id is the hash tag), another instance follows them, a job's slot
+# migrated to another node in the middle of a stream (ASK while it moves,
+# MOVED after) loses nothing, nor does a failover of its node.
 
 use strict;
 use warnings;
@@ -73,21 +73,22 @@ sub node_port {
 }
 
 my @ports;
-while (@ports < 3) {
+while (@ports < 6) {
     my $p = node_port();
     push @ports, $p unless grep { abs($_ - $p) == 10000 || $_ == $p }
                                 @ports;
 }
 
-my @pids;
+my %pid;
 
-END { local $?; stop_redis($_) for grep { $_ } @pids }
+END { local $?; stop_redis($_) for grep { $_ } values %pid }
 
 for my $p (@ports) {
-    push @pids, start_redis($p, '--requirepass', $pass, '--masterauth', $pass,
-                            '--dir', $dir, '--cluster-enabled', 'yes',
-                            '--cluster-config-file', "nodes-$p.conf",
-                            '--cluster-node-timeout', 5000);
+    $pid{$p} = start_redis($p, '--requirepass', $pass, '--masterauth', $pass,
+                           '--dir', $dir, '--cluster-enabled', 'yes',
+                           '--cluster-config-file', "nodes-$p.conf",
+                           '--cluster-node-timeout', 2000,
+                           '--cluster-require-full-coverage', 'no');
 }
 
 # redis-cli, quiet about what it says on its error output
@@ -114,19 +115,28 @@ sub wait_for {
 }
 
 cli($ports[0], '--cluster', 'create', map({ "127.0.0.1:$_" } @ports),
-    '--cluster-replicas', 0, '--cluster-yes');
+    '--cluster-replicas', 1, '--cluster-yes');
+
+sub alive { grep { $pid{$_} } @ports }
 
 ok(wait_for(sub { !grep { cli($_, 'CLUSTER', 'INFO')
-                          !~ /cluster_state:ok/ } @ports }, 20),
-   'a cluster of three primaries');
+                          !~ /cluster_state:ok/ } alive() }, 20),
+   'a cluster of three primaries and three replicas');
 
 my %id_of = map { $_ => cli($_, 'CLUSTER', 'MYID') } @ports;
+
+# the primaries, as a live node sees them
+sub primaries {
+    return map { /:(\d+)\@/ ? $1 : () }
+           grep { /\bmaster\b/ && !/\bfail\b/ }
+           split /\n/, cli((alive())[0], 'CLUSTER', 'NODES');
+}
 
 # the port of the node that has a key
 sub node_of {
     my ($key) = @_;
-    my $slot = cli($ports[0], 'CLUSTER', 'KEYSLOT', $key);
-    for my $line (split /\n/, cli($ports[0], 'CLUSTER', 'NODES')) {
+    my $slot = cli((alive())[0], 'CLUSTER', 'KEYSLOT', $key);
+    for my $line (split /\n/, cli((alive())[0], 'CLUSTER', 'NODES')) {
         my ($id, $addr, undef, undef, undef, undef, undef, undef, @ranges)
             = split ' ', $line;
         my ($port) = $addr =~ /:(\d+)/;
@@ -212,7 +222,7 @@ is("@unseen", '', '  and seen completed on B');
 sub redirections {
     my ($type) = @_;
     my $n = 0;
-    for my $p (@ports) {
+    for my $p (alive()) {
         $n += (cli($p, 'INFO', 'errorstats')
                =~ /errorstat_$type:count=(\d+)/)[0] // 0;
     }
@@ -254,7 +264,7 @@ ok(wait_for(sub { (job_json($pb, $job)->{state} // '') eq 'running' }, 3),
 my $key = "t065:{$job}:job";
 my $slot = cli($ports[0], 'CLUSTER', 'KEYSLOT', $key);
 my $from = node_of($key);
-my ($to) = grep { $_ != $from } @ports;
+my ($to) = grep { $_ != $from } primaries();
 
 my $asking = sub {
     (cli($to, 'INFO', 'commandstats') =~ /cmdstat_asking:calls=(\d+)/)[0]
@@ -275,7 +285,7 @@ cmp_ok(redirections('ASK'), '>', 0, '  after an ASK');
 cmp_ok(cli($to, 'CLUSTER', 'COUNTKEYSINSLOT', $slot), '>=', 3,
        '  the job is there');
 
-cli($_, 'CLUSTER', 'SETSLOT', $slot, 'NODE', $id_of{$to}) for @ports;
+cli($_, 'CLUSTER', 'SETSLOT', $slot, 'NODE', $id_of{$to}) for primaries();
 
 ok(wait_for(sub { my @m = error_log($ra) =~ /(slot map of 3 nodes)/g;
                  @m == 2 }, 10),
@@ -304,6 +314,52 @@ my @ev_b = sse_events($rb_body);
 is($rs, 200, 'B resumes it from the tenth event');
 is(text_of(@ev_b), text_of(grep { ($_->{id} =~ /:(\d+)$/)[0] > 10 } @ev_a),
    '  with exactly the text it missed');
+
+
+
+# 5. the primary of a running job dies: its replica takes over
+
+$st_sock = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$pa") or die $!;
+syswrite($st_sock, "GET /g?n=150&tps=15 HTTP/1.0\r\nHost: localhost\r\n\r\n");
+$got = '';
+
+read_until(qr/^id: [\w-]+:10$/m, 10);
+($job) = $got =~ /^id: ([\w-]+):1$/m;
+ok($job, 'a stream on A');
+
+$key = "t065:{$job}:job";
+$from = node_of($key);
+
+ok(wait_for(sub { cli($from, 'HGET', $key, 'state') eq 'running' }, 3),
+   '  stored running on its node');
+
+stop_redis(delete $pid{$from});
+
+ok(wait_for(sub { my $n = node_of($key); $n && $n != $from }, 20),
+   'its replica is the primary of its slot');
+$to = node_of($key);
+
+read_until(undef, 30);
+close $st_sock;
+(undef, $body) = split /\r\n\r\n/, $got, 2;
+@ev_a = sse_events($body // '');
+
+is($ev_a[-1]{event}, 'complete', 'the stream on A goes on to its end');
+
+ok(wait_for(sub { cli($to, 'HGET', $key, 'state') eq 'completed' }, 10),
+   'the job completed on the new primary');
+is(cli($to, 'GET', "t065:{$job}:text"), final_text(@ev_a),
+   '  with the whole text');
+
+($rs, undef, $rb_body) = http_get($pb, 'GET', "/jobs/$job",
+                                  headers => {
+                                      Accept => 'text/event-stream',
+                                      'Last-Event-ID' => "$job:10" });
+@ev_b = sse_events($rb_body);
+is(text_of(@ev_b), text_of(grep { ($_->{id} =~ /:(\d+)$/)[0] > 10 } @ev_a),
+   'B resumes it with exactly the text it missed');
+like(error_log($ra), qr/cannot connect: 127\.0\.0\.1:$from: |connection lost/,
+     'A logged the lost node');
 
 unlike(error_log($ra) . error_log($rb), qr/\[(?:alert|crit|emerg)\]/,
        'no alerts');
