@@ -17,8 +17,10 @@
  * slot has moved, the map is asked for again; ASK: the slot is moving,
  * this once to the node named, after ASKING) sends that part again to
  * the node named, up to NGX_HTTP_LLM_REDIS_HOPS times in one round trip.
- * What is not answered is answered as when Redis is down: writes are sent
- * again with the next flush, reads fail.
+ * A node that cannot be reached makes the map be asked for again, and
+ * what it left unanswered goes to the node the map names now (after a
+ * failover).  What is still not answered is answered as when Redis is
+ * down: writes are sent again with the next flush, reads fail.
  */
 
 
