@@ -31,7 +31,7 @@
 #include "ngx_http_llm_store_redis.h"
 
 
-#define NGX_HTTP_LLM_REDIS_CLUSTER_SCHEME  "redis-cluster://"
+#define NGX_HTTP_LLM_REDIS_CLUSTER_PORT    6379
 #define NGX_HTTP_LLM_REDIS_HOPS            3
 
 
@@ -103,8 +103,8 @@ ngx_http_llm_redis_cluster_conf(ngx_conf_t *cf,
     ngx_str_t  rest;
 
     if (ngx_http_llm_redis_servers_conf(cf, rc, url,
-                                     sizeof(NGX_HTTP_LLM_REDIS_CLUSTER_SCHEME)
-                                     - 1, 6379, &rest)
+                                        NGX_HTTP_LLM_REDIS_CLUSTER_PORT,
+                                        &rest)
         != NGX_OK)
     {
         return NGX_ERROR;

@@ -31,7 +31,6 @@
 
 
 #define NGX_HTTP_LLM_SENTINEL_PORT     26379
-#define NGX_HTTP_LLM_SENTINEL_SCHEME   "redis-sentinel://"
 #define NGX_HTTP_LLM_SENTINEL_ERR      256
 
 
@@ -53,8 +52,6 @@ ngx_http_llm_redis_sentinel_conf(ngx_conf_t *cf,
     u_char  *p;
 
     if (ngx_http_llm_redis_servers_conf(cf, rc, url,
-                                        sizeof(NGX_HTTP_LLM_SENTINEL_SCHEME)
-                                        - 1,
                                         NGX_HTTP_LLM_SENTINEL_PORT,
                                         &rc->master)
         != NGX_OK)

@@ -538,11 +538,15 @@ ngx_http_llm_redis_url(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
 
 ngx_int_t
 ngx_http_llm_redis_servers_conf(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
-    ngx_str_t *url, size_t scheme, ngx_int_t port, ngx_str_t *rest)
+    ngx_str_t *url, ngx_int_t port, ngx_str_t *rest)
 {
     u_char                     *p, *last, *host, *colon, *comma;
+    size_t                      scheme;
     ngx_uint_t                  i;
     ngx_http_llm_redis_addr_t  *a;
+
+    /* the caller knows there is one */
+    scheme = ngx_strnstr(url->data, "://", url->len) + 3 - url->data;
 
     p = url->data + scheme;
     last = url->data + url->len;

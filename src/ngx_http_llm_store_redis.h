@@ -239,8 +239,8 @@ void ngx_http_llm_redis_broken(ngx_http_llm_redis_t *rd, const char *what,
 
 /* ngx_http_llm_store_redis.c */
 ngx_int_t ngx_http_llm_redis_servers_conf(ngx_conf_t *cf,
-    ngx_http_llm_redis_conf_t *rc, ngx_str_t *url, size_t scheme,
-    ngx_int_t port, ngx_str_t *rest);
+    ngx_http_llm_redis_conf_t *rc, ngx_str_t *url, ngx_int_t port,
+    ngx_str_t *rest);
 
 /* ngx_http_llm_redis_sentinel.c */
 ngx_int_t ngx_http_llm_redis_sentinel_conf(ngx_conf_t *cf,
