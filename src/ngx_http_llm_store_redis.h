@@ -19,11 +19,13 @@
 
 
 /*
- * Private to the Redis store, which lives in three files:
+ * Private to the Redis store, which lives in five files:
  *
- *     ngx_http_llm_store_redis.c   the store as the event loop sees it
- *     ngx_http_llm_redis_thread.c  the store thread and its connection
- *     ngx_http_llm_redis_cmd.c     the commands it sends, their replies
+ *     ngx_http_llm_store_redis.c     the store as the event loop sees it
+ *     ngx_http_llm_redis_thread.c    the store thread and its connection
+ *     ngx_http_llm_redis_cmd.c       the commands it sends, their replies
+ *     ngx_http_llm_redis_sentinel.c  the primary, from Redis Sentinel
+ *     ngx_http_llm_redis_cluster.c   a Redis Cluster's nodes and slots
  */
 
 
@@ -144,7 +146,7 @@ struct ngx_http_llm_redis_op_s {
     /* NGX_OK: answered (a batch: the round trip was made) */
     ngx_int_t                      rc;
 
-    /* a fetch's or a control request's node in a cluster, or -1 */
+    /* a fetch's, claim's or control request's node in a cluster, or -1 */
     ngx_int_t                      node;
     ngx_uint_t                     ask;
 
