@@ -205,6 +205,17 @@ ngx_http_llm_xfer_start(ngx_http_llm_engine_t *e, ngx_http_llm_xfer_t *x)
     /* small receive buffers: a stream carries a few bytes at a time */
     curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, 1024L);
 
+    /*
+     * A burst of streams to an HTTPS upstream waits for the connection
+     * being set up to say (by ALPN) whether it multiplexes, rather than
+     * opening a TLS connection each: with HTTP/2 they share it, up to its
+     * concurrent streams.  HTTP/2 only comes by ALPN, so a plain http://
+     * upstream would only wait for its first response's headers.
+     */
+    if (ngx_strncasecmp((u_char *) s->url, (u_char *) "https://", 8) == 0) {
+        curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L);
+    }
+
     if (s->connect_timeout) {
         curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
                          (long) s->connect_timeout);
