@@ -1196,16 +1196,19 @@ def main():
           "keepalive pool; a self-signed P-256 certificate "
           "(`llm_ssl_verify off`), a shared TLS session cache, "
           "`keepalive_requests 1000000`.  The module passes to one "
-          "listener at a time, a fresh nginx each: %d streams x 10 "
-          "tokens/s, 10 s streams (100 tokens) replaced as they end; "
-          "%s s measured after a settle.  *Connections*: the module "
+          "listener at a time, a fresh nginx each: %d streams of `%s`, "
+          "replaced as they end (the streams start together, so they "
+          "end and are replaced in bursts); %s s measured after a "
+          "settle.  *Connections*: the module "
           "workers' ESTABLISHED connections to the listener (`ss`, every "
           "0.5 s during the hold, mean and max); *new connections* and "
           "*generations*: the front's accepted connections and requests "
           "over the hold (stub_status, the probe's own taken out): on a "
           "TLS listener every accepted connection is a TLS handshake.  "
           "Latency in ms; RSS is the module workers' growth over idle "
-          "per stream." % (x0["level"], num(x0["secs"])))
+          "per stream." % (x0["level"],
+                           load_obj(work, "s8-meta.json").get("query"),
+                           num(x0["secs"])))
         w("")
         w("| upstream | streams | p50 | p99 | tokens/s | errors "
           "| connections (mean) | max | streams per connection "

@@ -762,9 +762,10 @@ fi
 # a self-signed certificate made here (llm_ssl_verify off in the module)
 # and a shared TLS session cache.  The module passes to one listener at a
 # time, a fresh nginx each, under one load: 1,000 streams x 10 tokens/s,
-# 10 s streams replaced as they end (about 100 new generations a second),
-# so that the hold shows both connections per stream and what a new
-# generation costs once warm.  A probe samples every 0.5 s the module
+# 5 s streams replaced as they end (200 new generations a second, in two
+# bursts during the hold: the streams start together), so that the hold
+# shows both connections per stream and what a new generation costs once
+# warm.  A probe samples every 0.5 s the module
 # workers' ESTABLISHED connections to the listener (ss) and the front's
 # accepted connections and requests (stub_status): an accepted connection
 # is a TCP handshake and, on a TLS listener, a TLS handshake.
@@ -862,14 +863,15 @@ probe_front() {
     done > "$2"
 }
 
-s8q="tps=10&tokens=100&ttft=100"
+s8q="tps=10&tokens=50&ttft=100"
 s8level=1000
 [ -n "$quick" ] && s8level=200
 
 if want 8 && ! over_budget 8 $(( 3 * (hold1 + settle + 6) )); then
     start_front
-    printf '{"plain":%s,"h1":%s,"h2":%s,"level":%s}\n' "$front_plain" \
-        "$front_h1" "$front_h2" "$s8level" > "$work/s8-meta.json"
+    printf '{"plain":%s,"h1":%s,"h2":%s,"level":%s,"query":"%s"}\n' \
+        "$front_plain" "$front_h1" "$front_h2" "$s8level" "$s8q" \
+        > "$work/s8-meta.json"
     for m in plain h1 h2; do
         case $m in
         plain) port=$front_plain; upstream_url=http://127.0.0.1:$port ;;

@@ -281,8 +281,16 @@ ngx_http_llm_xfer_write(char *ptr, size_t size, size_t n, void *data)
                                 ngx_http_llm_xfer_event, x);
 
     if (rc == NGX_DONE) {
+        /*
+         * The end marker: the generation is complete, and libcurl reads
+         * what is left of the response (its last chunk) so that the
+         * connection goes back to the cache; stopping here would close
+         * it, a handshake per generation with HTTP/1.1.  More data ends
+         * the transfer (above), and so does the scan when the response
+         * does not end soon.
+         */
         x->ended = 1;
-        return 0;
+        return len;
     }
 
     if (rc == NGX_ERROR) {
