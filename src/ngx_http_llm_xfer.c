@@ -206,6 +206,13 @@ ngx_http_llm_xfer_start(ngx_http_llm_engine_t *e, ngx_http_llm_xfer_t *x)
     curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, 1024L);
 
     /*
+     * Over HTTP/2 libcurl sends the body through an upload buffer that
+     * each transfer keeps to its end: 64 KB by default, 16 KB at least;
+     * a prompt rarely needs more, and a larger one is sent in parts.
+     */
+    curl_easy_setopt(easy, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
+
+    /*
      * A burst of streams to an HTTPS upstream waits for the connection
      * being set up to say (by ALPN) whether it multiplexes, rather than
      * opening a TLS connection each: with HTTP/2 they share it, up to its
