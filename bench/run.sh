@@ -762,10 +762,10 @@ fi
 # a self-signed certificate made here (llm_ssl_verify off in the module)
 # and a shared TLS session cache.  The module passes to one listener at a
 # time, a fresh nginx each, under one load: 1,000 streams x 10 tokens/s,
-# 5 s streams replaced as they end (200 new generations a second, in two
-# bursts during the hold: the streams start together), so that the hold
-# shows both connections per stream and what a new generation costs once
-# warm.  A probe samples every 0.5 s the module
+# 5 s streams replaced as they end (200 new generations a second, in
+# bursts: the streams start together), the first turnover in a 6 s
+# settle, two in the hold, so that the hold shows both connections per
+# stream and what a new generation costs once warm.  A probe samples every 0.5 s the module
 # workers' ESTABLISHED connections to the listener (ss) and the front's
 # accepted connections and requests (stub_status): an accepted connection
 # is a TCP handshake and, on a TLS listener, a TLS handshake.
@@ -865,9 +865,13 @@ probe_front() {
 
 s8q="tps=10&tokens=50&ttft=100"
 s8level=1000
-[ -n "$quick" ] && s8level=200
+s8settle=6      # the first turnover: the hold measures warm pools
+if [ -n "$quick" ]; then
+    s8level=200
+    s8settle=$settle
+fi
 
-if want 8 && ! over_budget 8 $(( 3 * (hold1 + settle + 6) )); then
+if want 8 && ! over_budget 8 $(( 3 * (hold1 + s8settle + 6) )); then
     start_front
     printf '{"plain":%s,"h1":%s,"h2":%s,"level":%s,"query":"%s"}\n' \
         "$front_plain" "$front_h1" "$front_h2" "$s8level" "$s8q" \
@@ -883,7 +887,7 @@ if want 8 && ! over_budget 8 $(( 3 * (hold1 + settle + 6) )); then
         probe_pid=$!
         pids+=("$probe_pid")
         run "s8-$m" module "$s8q" --levels "$s8level" --tps 10 \
-            --hold "$hold1" --settle "$settle" --ramp-rate "$ramp" \
+            --hold "$hold1" --settle "$s8settle" --ramp-rate "$ramp" \
             --sample "front=$front_workers"
         stop "$probe_pid"
         stop_module
