@@ -586,8 +586,10 @@ def main():
                                         p["generations"],
                                         p["per_gen"] or 0)
                       for m, p in hs),
-            yes(all(p["new_conns"] <= 0 and p["generations"] > 0
-                    for _, p in hs))))
+            ", ".join("%s %s" % ("HTTP/2" if m == "h2" else "HTTP/1.1",
+                                 yes(p["new_conns"] <= 0
+                                     and p["generations"] > 0))
+                      for m, p in hs)))
     if mem:
         worst = max(kb for _, _, kb in mem)
         w("| Worker RSS per stream, plain HTTP (scenario 3) | <= %d KB "
