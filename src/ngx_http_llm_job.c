@@ -71,8 +71,6 @@ static void ngx_http_llm_job_found(void *data, ngx_int_t rc,
     ngx_http_llm_record_t *rec);
 static ngx_int_t ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
     ngx_http_llm_record_t *rec);
-static const char *ngx_http_llm_record_check(ngx_http_llm_job_t *job,
-    ngx_http_llm_record_t *rec);
 static ngx_int_t ngx_http_llm_payload_valid(u_char *p, size_t len);
 static void ngx_http_llm_mirror_poll(ngx_event_t *ev);
 static void ngx_http_llm_mirror_polled(void *data, ngx_int_t rc,
@@ -532,7 +530,7 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
  * bound.  Returns what is wrong, or NULL.
  */
 
-static const char *
+const char *
 ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
 {
     u_char                *p;

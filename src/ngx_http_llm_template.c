@@ -522,7 +522,9 @@ ngx_http_llm_json_path(json_t *j, ngx_str_t *path)
 void
 ngx_http_llm_render_raw(ngx_http_llm_render_t *w, const void *s, size_t len)
 {
-    if (w->p) {
+    /* an empty value may be nginx's empty string, NULL: no memcpy() */
+
+    if (w->p && len) {
         w->p = ngx_cpymem(w->p, s, len);
     }
 
