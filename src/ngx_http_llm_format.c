@@ -802,8 +802,12 @@ ngx_http_llm_default_event(ngx_http_llm_format_t *fmt,
         }
     }
 
-    ngx_http_llm_render_str(w, job->text + fc->final, n, 0);
-    fc->final += n;
+    /* a job without text has NULL there: no NULL + 0 */
+
+    if (n) {
+        ngx_http_llm_render_str(w, job->text + fc->final, n, 0);
+        fc->final += n;
+    }
 
     if (fc->final < job->text_len) {
         return 0;
