@@ -63,6 +63,13 @@ if [ "$mode" = asan ]; then
                  v0.63
     echo_src=$(cd "$echo_src" && pwd)
     conf+=(--add-dynamic-module="$top" --add-dynamic-module="$echo_src")
+
+    # Each dynamic module defines ngx_modules again (objs/*_modules.c) and
+    # the binary's, exported with -Wl,-E, wins; registered by that name,
+    # the module's 16-byte copy would poison the binary's array (ASan
+    # reports its copy at a reload).  ODR indicators register each copy
+    # through a private alias, at its own address.
+    cflags="$cflags -fsanitize-address-use-odr-indicator"
 else
     # edges of nginx's own code count as coverage too: they are the
     # pools, arrays and parsers the module's code runs through
