@@ -68,15 +68,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     body = ngx_http_llm_fuzz_split((u_char *) data + 1, size - 1, '\n',
                                    &query_len);
 
-    /* the query in a copy of its own, as the body */
+    /* the query in a copy of its own, as the body; none: { 0, NULL } */
 
-    r->args.data = ngx_pnalloc(pool, query_len + 1);
-    if (r->args.data == NULL) {
-        goto done;
+    if (query_len) {
+        r->args.data = ngx_pnalloc(pool, query_len);
+        if (r->args.data == NULL) {
+            goto done;
+        }
+
+        r->args.len = query_len;
+        ngx_memcpy(r->args.data, data + 1, query_len);
     }
-
-    r->args.len = query_len;
-    ngx_memcpy(r->args.data, data + 1, query_len);
 
     if (types[flags & 3]
         && ngx_http_llm_fuzz_header(r, (u_char *) "Content-Type",

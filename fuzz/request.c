@@ -38,13 +38,17 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     next = ngx_http_llm_fuzz_split((u_char *) data, size, '\n', &len);
 
-    r->args.data = ngx_pnalloc(pool, len + 1);
-    if (r->args.data == NULL) {
-        goto done;
-    }
+    /* the query in a copy of its own; none: { 0, NULL }, as in nginx */
 
-    r->args.len = len;
-    ngx_memcpy(r->args.data, data, len);
+    if (len) {
+        r->args.data = ngx_pnalloc(pool, len);
+        if (r->args.data == NULL) {
+            goto done;
+        }
+
+        r->args.len = len;
+        ngx_memcpy(r->args.data, data, len);
+    }
 
     while (next) {
         p = next;

@@ -625,9 +625,12 @@ ngx_http_llm_frames_off(ngx_array_t *a, ngx_str_t *step, ngx_int_t when,
     fr = a->elts;
 
     for (i = 0; i < a->nelts; i++) {
+        /* no step on either side: both may be NULL, not for strncmp() */
+
         if ((fr[i].off || off)
             && fr[i].step.len == step->len
-            && ngx_strncmp(fr[i].step.data, step->data, step->len) == 0
+            && (step->len == 0
+                || ngx_strncmp(fr[i].step.data, step->data, step->len) == 0)
             && fr[i].when == when)
         {
             return 1;
