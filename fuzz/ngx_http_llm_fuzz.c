@@ -13,6 +13,7 @@
 
 
 int LLVMFuzzerInitialize(int *argc, char ***argv);
+const char *__asan_default_options(void);
 
 static void ngx_http_llm_fuzz_text(void *data, u_char *p, size_t len);
 static void ngx_http_llm_fuzz_finish(void *data, u_char *reason, size_t len);
@@ -36,6 +37,20 @@ typedef struct {
     void                           *state;
     ngx_http_llm_sink_t             sink;
 } ngx_http_llm_fuzz_run_t;
+
+
+/*
+ * hiredis allocates what a reply's header announces ("*1000000000" is an
+ * array of that many pointers): an allocation above 512 MB fails, as it
+ * may on a real machine, instead of stopping the fuzzer (its limit is
+ * 2 GB), so that what the module does then is tested.
+ */
+
+const char *
+__asan_default_options(void)
+{
+    return "allocator_may_return_null=1:max_allocation_size_mb=512";
+}
 
 
 int

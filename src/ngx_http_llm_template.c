@@ -597,7 +597,9 @@ ngx_http_llm_render_str(ngx_http_llm_render_t *w, u_char *s, size_t len,
     static u_char  hex[] = "0123456789abcdef";
 
     n = quotes ? 2 : 0;
-    last = s + len;
+
+    /* an empty value may be nginx's empty string: NULL + 0 is undefined */
+    last = len ? s + len : s;
 
     for (p = s; p < last; /* void */) {
         c = *p;

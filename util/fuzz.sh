@@ -87,7 +87,8 @@ for t in "${targets[@]}"; do
         -print_final_stats=1 -artifact_prefix="$out/crashes/$t-" \
         "$out/corpus/$t" "fuzz/corpus/$t" > "$out/$t.log" 2>&1 || rc=$?
 
-    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out/$t.log")
+    execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out/$t.log" \
+            | tail -n 1)
     last=$(grep -E '^#[0-9]+[[:space:]]+(DONE|INITED|NEW|REDUCE|pulse)' "$out/$t.log" \
            | tail -n 1)
     cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<< "$last")
