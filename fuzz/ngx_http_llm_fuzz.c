@@ -112,9 +112,10 @@ ngx_http_llm_fuzz_request(ngx_pool_t *pool)
         return NULL;
     }
 
-    r->loc_conf[ngx_http_llm_module.ctx_index] =
-                             ngx_pcalloc(pool, sizeof(ngx_http_llm_loc_conf_t));
-    if (r->loc_conf[ngx_http_llm_module.ctx_index] == NULL) {
+    n = ngx_http_llm_module.ctx_index;
+
+    r->loc_conf[n] = ngx_pcalloc(pool, sizeof(ngx_http_llm_loc_conf_t));
+    if (r->loc_conf[n] == NULL) {
         return NULL;
     }
 

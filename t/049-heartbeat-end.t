@@ -25,7 +25,8 @@ my $port = free_port();
 # a use after free shows under valgrind (when it is installed; not for an
 # nginx built with AddressSanitizer, make asan, which finds it itself),
 # and with glibc's MALLOC_PERTURB_ freed memory reads as 0x01
-my $vg = !$ENV{ASAN_OPTIONS} && grep { -x "$_/valgrind" } split /:/, $ENV{PATH};
+my $vg = !$ENV{ASAN_OPTIONS}
+         && grep { -x "$_/valgrind" } split /:/, $ENV{PATH};
 local $ENV{TEST_NGINX_USE_VALGRIND} = 1 if $vg;
 local $ENV{MALLOC_PERTURB_} = 1;
 

@@ -25,7 +25,8 @@ mkdir -p "$logs"
 
 objs=$out/nginx/objs
 export TEST_NGINX_BINARY=$objs/nginx
-export TEST_NGINX_LOAD_MODULES="$objs/ngx_http_llm_module.so $objs/ngx_http_echo_module.so"
+export TEST_NGINX_LOAD_MODULES="$objs/ngx_http_llm_module.so \
+$objs/ngx_http_echo_module.so"
 
 # the bundled runner's waits (timing only) for an nginx two to three times
 # slower; the tests' own expectations do not change
@@ -41,9 +42,13 @@ export TEST_NGINX_TIMEOUT_SCALE=${TEST_NGINX_TIMEOUT_SCALE:-3}
 # exitcode=0: a process's exit status stays its own (a daemon's parent
 # that exits with a leak report would otherwise fail nginx's start); the
 # reports decide, below.  Both sanitizers write to the same files.
-export ASAN_OPTIONS="log_path=$logs/report:detect_leaks=1:detect_odr_violation=0:exitcode=0:${ASAN_OPTIONS:-}"
-export UBSAN_OPTIONS="log_path=$logs/report:print_stacktrace=1:suppressions=$top/util/ubsan.supp:${UBSAN_OPTIONS:-}"
-export LSAN_OPTIONS="suppressions=$top/util/lsan.supp:print_suppressions=0:${LSAN_OPTIONS:-}"
+asan=log_path=$logs/report:detect_leaks=1:detect_odr_violation=0:exitcode=0
+ubsan=log_path=$logs/report:print_stacktrace=1
+ubsan+=:suppressions=$top/util/ubsan.supp
+export ASAN_OPTIONS="$asan:${ASAN_OPTIONS:-}"
+export UBSAN_OPTIONS="$ubsan:${UBSAN_OPTIONS:-}"
+lsan=suppressions=$top/util/lsan.supp:print_suppressions=0
+export LSAN_OPTIONS="$lsan:${LSAN_OPTIONS:-}"
 
 start=$(date +%s)
 util/test.sh "$@"

@@ -91,7 +91,8 @@ configure=./configure
 [ -x "$tree/configure" ] || configure=auto/configure
 
 stamp=$tree/objs/.llm_configured
-want="$(printf '%s\n' "$cc" "$cflags" "${conf[@]}" | md5sum) $(md5sum < "$top/config")"
+want="$(printf '%s\n' "$cc" "$cflags" "${conf[@]}" | md5sum)"
+want="$want $(md5sum < "$top/config")"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     (cd "$tree" && $configure --with-cc="$cc" --with-cc-opt="$cflags" \
         --with-ld-opt="$ldflags" "${conf[@]}" > "$out/configure.log" 2>&1) || {
