@@ -645,7 +645,14 @@ ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
             meta_gap = 0;
             mend = ev->off + ev->len;
 
-            /* what the formats render as one line of JSON */
+            /*
+             * what the formats render as one line of JSON, "{}" at least
+             * (and no pointer into a meta that may be NULL when empty)
+             */
+
+            if (ev->len < 2) {
+                return "event payload";
+            }
 
             if (ev->off < rec->from_meta) {
                 if (mend > job->meta_len) {

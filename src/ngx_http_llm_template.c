@@ -131,11 +131,14 @@ ngx_http_llm_tpl_compile(ngx_conf_t *cf, ngx_http_llm_tpl_t *tpl,
                 return NGX_CONF_ERROR;
             }
 
-            /* a value stands alone: "[1 $x]" and "-$x" are not JSON */
+            /*
+             * A value stands alone: "[1 $x]" and "-$x" are not JSON.  In
+             * a string, a stand-in keeps the literals on either side
+             * apart: a UTF-8 character or an escape that a value cuts in
+             * two is not JSON either.
+             */
 
-            if (!in_str) {
-                ck = ngx_cpymem(ck, "null", 4);
-            }
+            ck = in_str ? ngx_cpymem(ck, "x", 1) : ngx_cpymem(ck, "null", 4);
 
             continue;
         }

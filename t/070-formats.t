@@ -894,3 +894,16 @@ llm_format: "progress" template: unknown variable "$llm_percent"
 --- must_die
 --- error_log
 llm_format: "check" is duplicate, or "off" and a template for the same events
+
+
+
+=== TEST 39: nginx -t: a value that cuts an escape of a JSON string in two
+--- http_config
+    llm_format bad {
+        complete '{"text": "\u00${llm_text}41"}';
+        error    '{}';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: "complete" template is not JSON

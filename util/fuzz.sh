@@ -89,8 +89,8 @@ for t in "${targets[@]}"; do
 
     execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$out/$t.log" \
             | tail -n 1)
-    last=$(grep -E '^#[0-9]+[[:space:]]+(DONE|INITED|NEW|REDUCE|pulse)' "$out/$t.log" \
-           | tail -n 1)
+    last=$(grep -aE '^#[0-9]+[[:space:]]+(DONE|INITED|NEW|REDUCE|pulse)' \
+           "$out/$t.log" | tail -n 1)
     cov=$(sed -n 's/.* cov: \([0-9]*\).*/\1/p' <<< "$last")
     ft=$(sed -n 's/.* ft: \([0-9]*\).*/\1/p' <<< "$last")
     corp=$(ls "$out/corpus/$t" | wc -l)
@@ -99,7 +99,7 @@ for t in "${targets[@]}"; do
         crashes=1
         status=1
         echo "fuzz: $t FAILED (exit $rc): see build/fuzz/$t.log" >&2
-        grep -E '^(==[0-9]+==ERROR|SUMMARY|.*runtime error)' "$out/$t.log" \
+        grep -aE '^(==[0-9]+==ERROR|SUMMARY|.*runtime error)' "$out/$t.log" \
             | head -n 5 >&2
     fi
     printf '%-10s %10s %8s %8s %8s %s\n' "$t" "${execs:-?}" "${cov:-?}" \
