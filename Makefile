@@ -12,6 +12,10 @@
 #   make bootstrap            install every Debian package needed (root)
 #   make bench                the benchmark (bench/README.md): writes
 #                             bench/results/<date>.md and <date>.png
+#   make fuzz                 the libFuzzer targets in fuzz/, FUZZ_TIME
+#                             seconds each (default 60; util/fuzz.sh)
+#   make asan                 the suite with nginx and the module built
+#                             with ASan and UBSan (util/asan.sh)
 
 VERSION = 0.1.0
 
@@ -32,7 +36,8 @@ UNIT_SRCS = t/unit/llm_unit.c src/ngx_http_llm_upstream_sse.c \
             src/ngx_http_llm_json.c \
             src/ngx_http_llm_openai.c src/ngx_http_llm_anthropic.c
 
-.PHONY: all module test valgrind demo example deb bootstrap bench clean
+.PHONY: all module test valgrind demo example deb bootstrap bench fuzz \
+        asan clean
 
 all: module $(MOCK) $(UNIT)
 
@@ -79,6 +84,16 @@ bench:
 	util/bootstrap.sh bench
 	$(MAKE) all
 	bench/run.sh
+
+# both build nginx from source (util/build-sanitized.sh: NGINX_SRC)
+fuzz:
+	util/bootstrap.sh fuzz
+	FUZZ_TIME=$(or $(FUZZ_TIME),60) util/fuzz.sh
+
+asan:
+	util/bootstrap.sh fuzz
+	$(MAKE) all
+	util/asan.sh
 
 clean:
 	rm -rf $(BUILD) t/servroot*

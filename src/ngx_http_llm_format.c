@@ -652,9 +652,12 @@ ngx_http_llm_frames_off(ngx_array_t *a, ngx_str_t *step, ngx_int_t when,
     fr = a->elts;
 
     for (i = 0; i < a->nelts; i++) {
+        /* no step on either side: both may be NULL, not for strncmp() */
+
         if ((fr[i].off || off)
             && fr[i].step.len == step->len
-            && ngx_strncmp(fr[i].step.data, step->data, step->len) == 0
+            && (step->len == 0
+                || ngx_strncmp(fr[i].step.data, step->data, step->len) == 0)
             && fr[i].when == when)
         {
             return 1;
@@ -836,8 +839,12 @@ ngx_http_llm_default_event(ngx_http_llm_format_t *fmt,
         }
     }
 
-    ngx_http_llm_render_str(w, job->text + fc->final, n, 0);
-    fc->final += n;
+    /* a job without text has NULL there: no NULL + 0 */
+
+    if (n) {
+        ngx_http_llm_render_str(w, job->text + fc->final, n, 0);
+        fc->final += n;
+    }
 
     if (fc->final < job->text_len) {
         return 0;

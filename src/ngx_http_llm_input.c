@@ -465,6 +465,12 @@ ngx_http_llm_input_form(ngx_http_request_t *r, ngx_array_t *inputs,
     u_char                *last, *amp, *eq;
     ngx_http_llm_input_t  *in;
 
+    /* no query: r->args is { 0, NULL }, and NULL + 0 is undefined */
+
+    if (len == 0) {
+        return NGX_OK;
+    }
+
     last = p + len;
 
     while (p < last) {

@@ -93,8 +93,6 @@ static void ngx_http_llm_job_found(void *data, ngx_int_t rc,
 static void ngx_http_llm_job_find_again(ngx_event_t *ev);
 static ngx_int_t ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
     ngx_http_llm_record_t *rec);
-static const char *ngx_http_llm_record_check(ngx_http_llm_job_t *job,
-    ngx_http_llm_record_t *rec);
 static ngx_int_t ngx_http_llm_payload_valid(u_char *p, size_t len);
 static void ngx_http_llm_mirror_poll(ngx_event_t *ev);
 static void ngx_http_llm_mirror_polled(void *data, ngx_int_t rc,
@@ -643,7 +641,7 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
  * bound.  Returns what is wrong, or NULL.
  */
 
-static const char *
+const char *
 ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
 {
     u_char                *p;
@@ -761,7 +759,14 @@ ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
             meta_gap = 0;
             mend = ev->off + ev->len;
 
-            /* what the formats render as one line of JSON */
+            /*
+             * what the formats render as one line of JSON, "{}" at least
+             * (and no pointer into a meta that may be NULL when empty)
+             */
+
+            if (ev->len < 2) {
+                return "event payload";
+            }
 
             if (ev->off < rec->from_meta) {
                 if (mend > job->meta_len) {

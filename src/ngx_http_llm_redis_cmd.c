@@ -788,6 +788,10 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
             rec->state_version = (ngx_uint_t) num;
 
         } else if (ngx_http_llm_redis_is(f, "message") && v->len) {
+            /* a reply with the field twice (Redis sends none): the last */
+            free(rec->outcome.message);
+            rec->outcome.message_len = 0;
+
             rec->outcome.message = malloc(v->len);
             if (rec->outcome.message == NULL) {
                 return NGX_ERROR;

@@ -660,6 +660,12 @@ ngx_http_llm_q_zero(ngx_str_t *params)
 {
     u_char  *p, *end;
 
+    /* no parameters: data is NULL, and NULL + 0 is undefined in C */
+
+    if (params->len == 0) {
+        return 0;
+    }
+
     p = params->data;
     end = p + params->len;
 

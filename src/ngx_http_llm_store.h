@@ -248,6 +248,10 @@ void ngx_http_llm_saved_init(ngx_http_llm_saved_t *res,
     ngx_http_llm_snapshot_t *snap);
 int64_t ngx_http_llm_now_ms(void);
 
+/* ngx_http_llm_job.c: what is wrong with a record for a job's mirror */
+const char *ngx_http_llm_record_check(ngx_http_llm_job_t *job,
+    ngx_http_llm_record_t *rec);
+
 /* ngx_http_llm_store_memory.c */
 char *ngx_http_llm_store_memory_conf(ngx_conf_t *cf,
     ngx_http_llm_store_t *st, ngx_str_t *args, ngx_uint_t nargs);

@@ -741,14 +741,29 @@ ngx_http_llm_mem_copy(ngx_http_llm_mem_t *m, ngx_http_llm_mem_job_t *mj,
         mj->rec.outcome.message_len = oc->message_len;
     }
 
-    ngx_memcpy(mj->events + snap->saved_events,
-               snap->events + snap->saved_events,
-               (snap->nevents - snap->saved_events)
-               * sizeof(ngx_http_llm_event_t));
-    ngx_memcpy(mj->text + snap->saved_text, snap->text + snap->saved_text,
-               snap->text_len - snap->saved_text);
-    ngx_memcpy(mj->meta + snap->saved_meta, snap->meta + snap->saved_meta,
-               snap->meta_len - snap->saved_meta);
+    /*
+     * only what is new: a job without text or meta (yet) has NULL there,
+     * and NULL + 0 or memcpy() from NULL is undefined even for 0 bytes
+     */
+
+    if (snap->nevents > snap->saved_events) {
+        ngx_memcpy(mj->events + snap->saved_events,
+                   snap->events + snap->saved_events,
+                   (snap->nevents - snap->saved_events)
+                   * sizeof(ngx_http_llm_event_t));
+    }
+
+    if (snap->text_len > snap->saved_text) {
+        ngx_memcpy(mj->text + snap->saved_text,
+                   snap->text + snap->saved_text,
+                   snap->text_len - snap->saved_text);
+    }
+
+    if (snap->meta_len > snap->saved_meta) {
+        ngx_memcpy(mj->meta + snap->saved_meta,
+                   snap->meta + snap->saved_meta,
+                   snap->meta_len - snap->saved_meta);
+    }
 
     mj->rec.nevents = snap->nevents;
     mj->rec.text_len = snap->text_len;

@@ -133,11 +133,14 @@ ngx_http_llm_tpl_compile(ngx_conf_t *cf, ngx_http_llm_tpl_t *tpl,
                 return NGX_CONF_ERROR;
             }
 
-            /* a value stands alone: "[1 $x]" and "-$x" are not JSON */
+            /*
+             * A value stands alone: "[1 $x]" and "-$x" are not JSON.  In
+             * a string, a stand-in keeps the literals on either side
+             * apart: a UTF-8 character or an escape that a value cuts in
+             * two is not JSON either.
+             */
 
-            if (!in_str) {
-                ck = ngx_cpymem(ck, "null", 4);
-            }
+            ck = in_str ? ngx_cpymem(ck, "x", 1) : ngx_cpymem(ck, "null", 4);
 
             continue;
         }
@@ -613,7 +616,9 @@ ngx_http_llm_json_path(json_t *j, ngx_str_t *path)
 void
 ngx_http_llm_render_raw(ngx_http_llm_render_t *w, const void *s, size_t len)
 {
-    if (w->p) {
+    /* an empty value may be nginx's empty string, NULL: no memcpy() */
+
+    if (w->p && len) {
         w->p = ngx_cpymem(w->p, s, len);
     }
 
@@ -686,7 +691,9 @@ ngx_http_llm_render_str(ngx_http_llm_render_t *w, u_char *s, size_t len,
     static u_char  hex[] = "0123456789abcdef";
 
     n = quotes ? 2 : 0;
-    last = s + len;
+
+    /* an empty value may be nginx's empty string: NULL + 0 is undefined */
+    last = len ? s + len : s;
 
     for (p = s; p < last; /* void */) {
         c = *p;

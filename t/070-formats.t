@@ -937,3 +937,16 @@ qr{data: \{"preview":"\{\\"n\\":123","n":"1"\}\n\n.*data: \{"p":"\{\\"n","q":"<\
 --- must_die
 --- error_log
 llm_format: "complete" template: "${...:N}" takes a number of characters from 1 to 1048576
+
+
+
+=== TEST 41: nginx -t: a value that cuts an escape of a JSON string in two
+--- http_config
+    llm_format bad {
+        complete '{"text": "\u00${llm_text}41"}';
+        error    '{}';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: "complete" template is not JSON

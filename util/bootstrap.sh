@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs every Debian package that the build, the demo and the tests need
-# (with "bench", the benchmarks' too).  Idempotent: does nothing when all
-# are there.
+# (with "bench", the benchmarks' too; with "fuzz", those of make fuzz and
+# make asan).  Idempotent: does nothing when all are there.
 set -euo pipefail
 
 pkgs=(
@@ -19,6 +19,12 @@ pkgs=(
 if [ "${1:-}" = bench ]; then
     pkgs+=(gnuplot-nox python3-fastapi python3-uvicorn python3-aiohttp
            python3-uvloop python3-httptools)
+fi
+
+# "util/bootstrap.sh fuzz": the sanitizers and libFuzzer of make fuzz and
+# make asan, and git to fetch the nginx and echo module sources they build
+if [ "${1:-}" = fuzz ]; then
+    pkgs+=(clang-14 libfuzzer-14-dev git)
 fi
 
 # the npm test clients need node and npm; a machine may have its own

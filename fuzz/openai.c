@@ -1,0 +1,19 @@
+
+/*
+ * Copyright (C) ngx_http_llm_module authors
+ */
+
+
+/* An OpenAI Chat Completions stream, its end and an error body. */
+
+
+#include "ngx_http_llm_fuzz.h"
+
+
+int
+LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    ngx_http_llm_fuzz_provider(&ngx_http_llm_openai, data, size);
+
+    return 0;
+}
