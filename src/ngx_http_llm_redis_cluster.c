@@ -570,14 +570,12 @@ static ngx_int_t
 ngx_http_llm_redis_cluster_slots(ngx_http_llm_redis_t *rd, const char *host,
     int port, u_char *slots, u_char *err, size_t size)
 {
-    int                         argc;
     u_char                     *last;
     size_t                      hlen;
     ngx_int_t                   rc, n, p;
     ngx_uint_t                  i;
     long long                   s, e;
-    const char                 *argv[3], *h;
-    size_t                      argvlen[3];
+    const char                 *h;
     redisReply                 *r, *el, *pr;
     redisContext               *c;
     ngx_http_llm_redis_conf_t  *conf;
@@ -587,38 +585,10 @@ ngx_http_llm_redis_cluster_slots(ngx_http_llm_redis_t *rd, const char *host,
     r = NULL;
     rc = NGX_ERROR;
 
-    c = ngx_http_llm_redis_open(rd, host, port);
-
-    if (c == NULL || c->err) {
-        *ngx_slprintf(err, last, "%s:%d: %s", host, port,
-                      c ? c->errstr : "out of memory") = '\0';
+    c = ngx_http_llm_redis_side(rd, host, port, &conf->user,
+                                &conf->password, err, size);
+    if (c == NULL) {
         goto done;
-    }
-
-    if (conf->password.len) {
-        argc = 0;
-        argv[argc] = "AUTH";
-        argvlen[argc++] = 4;
-
-        if (conf->user.len) {
-            argv[argc] = (char *) conf->user.data;
-            argvlen[argc++] = conf->user.len;
-        }
-
-        argv[argc] = (char *) conf->password.data;
-        argvlen[argc++] = conf->password.len;
-
-        r = redisCommandArgv(c, argc, argv, argvlen);
-
-        /* the server's message names the failure, not the password */
-
-        if (r == NULL || r->type == REDIS_REPLY_ERROR) {
-            *ngx_slprintf(err, last, "%s:%d: AUTH failed: %s", host, port,
-                          r ? r->str : c->errstr) = '\0';
-            goto done;
-        }
-
-        freeReplyObject(r);
     }
 
     r = redisCommand(c, "CLUSTER SLOTS");

@@ -120,7 +120,7 @@ static ngx_int_t
 ngx_http_llm_redis_sentinel_ask(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_addr_t *a, u_char *err, size_t size)
 {
-    int                         argc, port;
+    int                         port;
     u_char                     *last;
     ngx_int_t                   rc;
     const char                 *argv[4];
@@ -134,39 +134,11 @@ ngx_http_llm_redis_sentinel_ask(ngx_http_llm_redis_t *rd,
     r = NULL;
     rc = NGX_ERROR;
 
-    c = ngx_http_llm_redis_open(rd, (char *) a->host.data, a->port);
-
-    if (c == NULL || c->err) {
-        *ngx_slprintf(err, last, "%V:%d: %s", &a->host, a->port,
-                      c ? c->errstr : "out of memory") = '\0';
+    c = ngx_http_llm_redis_side(rd, (char *) a->host.data, a->port,
+                                &conf->sentinel_user,
+                                &conf->sentinel_password, err, size);
+    if (c == NULL) {
         goto done;
-    }
-
-    if (conf->sentinel_password.len) {
-        argc = 0;
-        argv[argc] = "AUTH";
-        argvlen[argc++] = 4;
-
-        if (conf->sentinel_user.len) {
-            argv[argc] = (char *) conf->sentinel_user.data;
-            argvlen[argc++] = conf->sentinel_user.len;
-        }
-
-        argv[argc] = (char *) conf->sentinel_password.data;
-        argvlen[argc++] = conf->sentinel_password.len;
-
-        r = redisCommandArgv(c, argc, argv, argvlen);
-
-        /* the server's message names the failure, not the password */
-
-        if (r == NULL || r->type == REDIS_REPLY_ERROR) {
-            *ngx_slprintf(err, last, "%V:%d: AUTH failed: %s",
-                          &a->host, a->port,
-                          r ? r->str : c->errstr) = '\0';
-            goto done;
-        }
-
-        freeReplyObject(r);
     }
 
     argv[0] = "SENTINEL";

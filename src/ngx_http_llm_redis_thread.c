@@ -553,6 +553,79 @@ ngx_http_llm_redis_open(ngx_http_llm_redis_t *rd, const char *host, int port)
 
 
 /*
+ * Store thread: a short connection to a sentinel or a cluster node, with
+ * AUTH when a password is given; NULL, with why in err (NUL-terminated,
+ * "HOST:PORT: ..."), when it cannot be made.
+ */
+
+redisContext *
+ngx_http_llm_redis_side(ngx_http_llm_redis_t *rd, const char *host,
+    int port, ngx_str_t *user, ngx_str_t *password, u_char *err,
+    size_t size)
+{
+    int            argc;
+    u_char        *last;
+    size_t         argvlen[3];
+    const char    *argv[3];
+    redisReply    *r;
+    redisContext  *c;
+
+    last = err + size - 1;
+
+    c = ngx_http_llm_redis_open(rd, host, port);
+
+    if (c == NULL || c->err) {
+        *ngx_slprintf(err, last, "%s:%d: %s", host, port,
+                      c ? c->errstr : "out of memory") = '\0';
+        goto failed;
+    }
+
+    if (password->len == 0) {
+        return c;
+    }
+
+    argc = 0;
+    argv[argc] = "AUTH";
+    argvlen[argc++] = 4;
+
+    if (user->len) {
+        argv[argc] = (char *) user->data;
+        argvlen[argc++] = user->len;
+    }
+
+    argv[argc] = (char *) password->data;
+    argvlen[argc++] = password->len;
+
+    r = redisCommandArgv(c, argc, argv, argvlen);
+
+    /* the server's message names the failure, not the password */
+
+    if (r == NULL || r->type == REDIS_REPLY_ERROR) {
+        *ngx_slprintf(err, last, "%s:%d: AUTH failed: %s", host, port,
+                      r ? r->str : c->errstr) = '\0';
+
+        if (r) {
+            freeReplyObject(r);
+        }
+
+        goto failed;
+    }
+
+    freeReplyObject(r);
+
+    return c;
+
+failed:
+
+    if (c) {
+        redisFree(c);
+    }
+
+    return NULL;
+}
+
+
+/*
  * Store thread: the connection failed or broke.  Logged once until it
  * works again; a connection that worked is tried again at once, one that
  * cannot be made (or set up: AUTH, SELECT) with a growing delay.

@@ -234,6 +234,9 @@ void ngx_http_llm_redis_answer(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *ops);
 void ngx_http_llm_redis_run_on(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *ops);
+redisContext *ngx_http_llm_redis_side(ngx_http_llm_redis_t *rd,
+    const char *host, int port, ngx_str_t *user, ngx_str_t *password,
+    u_char *err, size_t size);
 redisContext *ngx_http_llm_redis_open(ngx_http_llm_redis_t *rd,
     const char *host, int port);
 void ngx_http_llm_redis_broken(ngx_http_llm_redis_t *rd, const char *what,
