@@ -77,6 +77,8 @@ struct ngx_http_llm_redis_job_s {
 
 static ngx_int_t ngx_http_llm_redis_server(ngx_conf_t *cf,
     ngx_http_llm_redis_conf_t *rc, u_char *p, u_char *last, ngx_int_t port);
+static u_char *ngx_http_llm_redis_userinfo(ngx_conf_t *cf,
+    ngx_http_llm_redis_conf_t *rc, u_char *p, u_char *last);
 static ngx_int_t ngx_http_llm_redis_url(ngx_conf_t *cf,
     ngx_http_llm_redis_conf_t *rc, ngx_str_t *url);
 static ngx_int_t ngx_http_llm_redis_init_process(ngx_http_llm_store_t *st,
@@ -399,20 +401,17 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
 }
 
 
-/* redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], HOST may be [IPv6] */
+/*
+ * A URL's [[USER]:PASSWORD@] from p on: where the host starts, or NULL
+ * (the error said, without the password).  The password may hold
+ * anything but the last "@".
+ */
 
-static ngx_int_t
-ngx_http_llm_redis_url(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
-    ngx_str_t *url)
+static u_char *
+ngx_http_llm_redis_userinfo(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
+    u_char *p, u_char *last)
 {
-    u_char     *p, *last, *host, *host_end, *colon;
-    ngx_str_t   s;
-    ngx_int_t   n;
-
-    p = url->data + 8;
-    last = url->data + url->len;
-
-    /* the password may hold anything but the last "@" */
+    u_char  *host, *colon;
 
     for (host = last; host > p; host--) {
         if (host[-1] == '@') {
@@ -420,23 +419,44 @@ ngx_http_llm_redis_url(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
         }
     }
 
-    if (host > p) {
-        colon = ngx_strlchr(p, host - 1, ':');
+    if (host == p) {
+        return p;
+    }
 
-        if (colon == NULL) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid URL in \"llm_store\": "
-                               "[USER]:PASSWORD@ expected before the host");
-            return NGX_ERROR;
-        }
+    colon = ngx_strlchr(p, host - 1, ':');
 
-        rc->user.data = p;
-        rc->user.len = colon - p;
-        rc->password.data = colon + 1;
-        rc->password.len = host - 1 - (colon + 1);
+    if (colon == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid URL in \"llm_store\": "
+                           "[USER]:PASSWORD@ expected before the host");
+        return NULL;
+    }
 
-    } else {
-        host = p;
+    rc->user.data = p;
+    rc->user.len = colon - p;
+    rc->password.data = colon + 1;
+    rc->password.len = host - 1 - (colon + 1);
+
+    return host;
+}
+
+
+/* redis://[[USER]:PASSWORD@]HOST[:PORT][/DB], HOST may be [IPv6] */
+
+static ngx_int_t
+ngx_http_llm_redis_url(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
+    ngx_str_t *url)
+{
+    u_char     *p, *last, *host, *host_end;
+    ngx_str_t   s;
+    ngx_int_t   n;
+
+    p = url->data + 8;
+    last = url->data + url->len;
+
+    host = ngx_http_llm_redis_userinfo(cf, rc, p, last);
+    if (host == NULL) {
+        return NGX_ERROR;
     }
 
     p = ngx_strlchr(host, last, '/');
@@ -540,7 +560,7 @@ ngx_int_t
 ngx_http_llm_redis_servers_conf(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
     ngx_str_t *url, ngx_int_t port, ngx_str_t *rest)
 {
-    u_char                     *p, *last, *host, *colon, *comma;
+    u_char                     *p, *last, *host, *comma;
     size_t                      scheme;
     ngx_uint_t                  i;
     ngx_http_llm_redis_addr_t  *a;
@@ -551,32 +571,9 @@ ngx_http_llm_redis_servers_conf(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
     p = url->data + scheme;
     last = url->data + url->len;
 
-    /* the password may hold anything but the last "@" */
-
-    for (host = last; host > p; host--) {
-        if (host[-1] == '@') {
-            break;
-        }
-    }
-
-    if (host > p) {
-        colon = ngx_strlchr(p, host - 1, ':');
-
-        if (colon == NULL) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid URL in \"llm_store\": "
-                               "[USER]:PASSWORD@ expected before the "
-                               "servers");
-            return NGX_ERROR;
-        }
-
-        rc->user.data = p;
-        rc->user.len = colon - p;
-        rc->password.data = colon + 1;
-        rc->password.len = host - 1 - (colon + 1);
-
-    } else {
-        host = p;
+    host = ngx_http_llm_redis_userinfo(cf, rc, p, last);
+    if (host == NULL) {
+        return NGX_ERROR;
     }
 
     p = ngx_strlchr(host, last, '/');
