@@ -213,7 +213,6 @@ is($job->{error}{code}, 'upstream_status', '  with the same code');
 is($s, 502, '429, blocking: 502');
 is((eval { decode_json($body) } || {})->{error}{code}, 'upstream_status',
    '  upstream_status');
-unlike($h, qr/^Retry-After:/mi, '  the upstream\'s Retry-After is not passed on');
 
 
 # one byte a second before the first token: the first token timeout
