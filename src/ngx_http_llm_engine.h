@@ -67,6 +67,7 @@ struct ngx_http_llm_xfer_s {
     size_t                         errlen;
     char                           errbuf[CURL_ERROR_SIZE];
     unsigned                       got_text:1;
+    unsigned                       typed:1;     /* its media type checked */
     unsigned                       ended:1;
     unsigned                       failed:1;
     unsigned                       in_multi:1;

@@ -65,6 +65,8 @@ static void ngx_http_llm_var_outputs(void *data,
     ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_attempts(void *data,
     ngx_str_t *arg, ngx_http_llm_value_t *v);
+static void ngx_http_llm_var_inputs(void *data,
+    ngx_str_t *arg, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_by_step(ngx_http_llm_fmt_ctx_t *fc,
     const char *field, ngx_http_llm_value_t *v);
 static void ngx_http_llm_var_steps(void *data,
@@ -145,6 +147,7 @@ ngx_http_llm_var_t  ngx_http_llm_format_vars[] = {
     { ngx_string("llm_item"), ngx_http_llm_var_item, 1, 0 },
     { ngx_string("llm_outputs"), ngx_http_llm_var_outputs, 1, 0 },
     { ngx_string("llm_attempts"), ngx_http_llm_var_attempts, 1, 0 },
+    { ngx_string("llm_inputs"), ngx_http_llm_var_inputs, 1, 0 },
     { ngx_string("llm_steps"), ngx_http_llm_var_steps, 0, 0 },
     { ngx_string("llm_stopped_at"), ngx_http_llm_var_stopped_at, 0, 0 },
 
@@ -715,6 +718,31 @@ ngx_http_llm_format_stopped(ngx_http_llm_fmt_ctx_t *fc)
     json_decref(st);
 
     return stopped;
+}
+
+
+/* a pipeline's inputs as its job keeps them (a continued run's too) */
+
+static void
+ngx_http_llm_var_inputs(void *data, ngx_str_t *arg, ngx_http_llm_value_t *v)
+{
+    ngx_http_llm_fmt_ctx_t  *fc = data;
+
+    json_t  *st, *in;
+
+    st = ngx_http_llm_var_state_json(fc);
+    if (st == NULL) {
+        return;
+    }
+
+    in = json_object_get(st, "inputs");
+
+    if (json_is_object(in)) {
+        v->type = NGX_HTTP_LLM_VAL_JSON;
+        v->json = json_incref(in);
+    }
+
+    json_decref(st);
 }
 
 

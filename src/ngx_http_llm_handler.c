@@ -182,7 +182,7 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
     }
 
     ngx_memzero(&spec, sizeof(ngx_http_llm_spec_t));
-    ngx_memzero(&opts, sizeof(ngx_http_llm_job_opts_t));
+    ngx_http_llm_job_opts(r, &opts);
     run = NULL;
 
     rc = llcf->pipeline ? ngx_http_llm_run_make(r, ctx, llcf, &run, &err)
@@ -243,13 +243,6 @@ ngx_http_llm_begin(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx)
         return;
     }
 
-    opts.pool = llcf->thread_pool;
-    opts.store = llcf->store;
-    opts.grace = llcf->grace;
-    opts.pause_timeout = llcf->pause_timeout;
-    opts.max_duration = llcf->max_duration;
-    opts.max_events = llcf->max_events;
-    opts.label = ngx_http_llm_metrics_label(llcf);
     /* an engine job's text is bounded by its transfer, a pipeline's here */
     opts.max_text = run ? llcf->max_text : 0;
     opts.background = (r->method == NGX_HTTP_POST

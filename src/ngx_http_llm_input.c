@@ -139,7 +139,9 @@ ngx_http_llm_input_multipart(ngx_http_request_t *r, ngx_array_t *inputs,
 
     last = p + len;
 
-    p = ngx_strlcasestrn(p, last, delim.data + 2, delim.len - 3);
+    /* boundaries are case-sensitive (RFC 2046) */
+
+    p = memmem(p, last - p, delim.data + 2, delim.len - 2);
     if (p == NULL) {
         goto malformed;
     }
@@ -163,7 +165,7 @@ ngx_http_llm_input_multipart(ngx_http_request_t *r, ngx_array_t *inputs,
         ngx_str_null(&file);
 
         for ( ;; ) {
-            eol = ngx_strlcasestrn(p, last, (u_char *) "\r\n", 1);
+            eol = memmem(p, last - p, "\r\n", 2);
             if (eol == NULL) {
                 goto malformed;
             }
@@ -188,12 +190,19 @@ ngx_http_llm_input_multipart(ngx_http_request_t *r, ngx_array_t *inputs,
 
                 params.len = eol - params.data;
 
-                (void) ngx_http_llm_param(&params, "name", &name);
-                (void) ngx_http_llm_param(&params, "filename", &file);
+                if (ngx_http_llm_param(r->pool, &params, "name", &name)
+                    == NGX_ERROR
+                    || ngx_http_llm_param(r->pool, &params, "filename",
+                                          &file)
+                       == NGX_ERROR)
+                {
+                    ngx_str_set(err, "out of memory");
+                    return NGX_HTTP_INTERNAL_SERVER_ERROR;
+                }
             }
         }
 
-        next = ngx_strlcasestrn(p, last, delim.data, delim.len - 1);
+        next = memmem(p, last - p, delim.data, delim.len);
         if (next == NULL) {
             goto malformed;
         }

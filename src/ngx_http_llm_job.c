@@ -36,6 +36,13 @@
 /* a running job whose worker has not saved it for this long is lost */
 #define NGX_HTTP_LLM_LOST_MS    15000
 
+/*
+ * The ids a takeover skips: the events the lost worker may have sent to
+ * its clients and not yet to the store (its last flush interval's), so
+ * that such a client, coming back, misses none of the new ones.
+ */
+#define NGX_HTTP_LLM_GAP_EVENTS 256
+
 
 typedef struct {
     ngx_http_llm_store_t          *store;
@@ -71,8 +78,14 @@ static void ngx_http_llm_job_unwatched(ngx_http_llm_job_t *job);
 static void ngx_http_llm_job_grace_handler(ngx_event_t *ev);
 static void ngx_http_llm_job_pause_expired(ngx_event_t *ev);
 static void ngx_http_llm_job_deadline(ngx_event_t *ev);
+static void ngx_http_llm_job_claim(ngx_http_llm_job_t *job, int64_t updated);
+static void ngx_http_llm_job_claimed(void *data, ngx_int_t rc,
+    ngx_http_llm_record_t *rec);
+static void ngx_http_llm_job_claim_handler(ngx_event_t *ev);
 static void ngx_http_llm_job_cancel_handler(ngx_event_t *ev);
 static void ngx_http_llm_job_pause_handler(ngx_event_t *ev);
+static void ngx_http_llm_job_pause_apply(ngx_http_llm_job_t *job,
+    ngx_uint_t on);
 static void ngx_http_llm_job_free_handler(ngx_event_t *ev);
 static ngx_http_llm_job_t *ngx_http_llm_job_local(u_char *id);
 static void ngx_http_llm_job_found(void *data, ngx_int_t rc,
@@ -154,12 +167,9 @@ ngx_http_llm_job_create(ngx_http_llm_job_opts_t *o, ngx_log_t *log)
     job->nlimits = o->nlimits;
 
     if (o->max_duration) {
-        job->deadline.data = job;
-        job->deadline.log = job->log;
-        job->deadline.handler = ngx_http_llm_job_deadline;
-        job->deadline.cancelable = 1;
         ngx_add_timer(&job->deadline, o->max_duration);
     }
+
     job->max_events = o->max_events;
     job->max_text = o->max_text;
     job->background = o->background;
@@ -206,12 +216,19 @@ ngx_http_llm_job_alloc(ngx_log_t *log)
 
     job->timer.data = &ngx_http_llm_dummy_conn;
     job->timer.log = job->log;
+    job->deadline.data = &ngx_http_llm_dummy_conn;
+    job->deadline.log = job->log;
+    job->deadline.handler = ngx_http_llm_job_deadline;
+    job->deadline.cancelable = 1;
     job->cancel_ev.data = job;
     job->cancel_ev.log = job->log;
     job->cancel_ev.handler = ngx_http_llm_job_cancel_handler;
     job->pause_ev.data = job;
     job->pause_ev.log = job->log;
     job->pause_ev.handler = ngx_http_llm_job_pause_handler;
+    job->claim_ev.data = job;
+    job->claim_ev.log = job->log;
+    job->claim_ev.handler = ngx_http_llm_job_claim_handler;
     job->free_ev.data = job;
     job->free_ev.log = job->log;
     job->free_ev.handler = ngx_http_llm_job_free_handler;
@@ -276,7 +293,10 @@ ngx_http_llm_job_find(ngx_http_llm_store_t *st, u_char *id,
 static void
 ngx_http_llm_job_find_again(ngx_event_t *ev)
 {
-    ngx_http_llm_find_t *f = ev->data;
+    ngx_http_llm_find_t  *f;
+
+    f = (ngx_http_llm_find_t *) ((u_char *) ev
+                                 - offsetof(ngx_http_llm_find_t, again));
 
     if (f->store->ops->fetch(f->store, f->id, 0, 0, 0,
                              ngx_http_llm_job_found, f)
@@ -328,8 +348,8 @@ ngx_http_llm_job_found(void *data, ngx_int_t rc, ngx_http_llm_record_t *rec)
      * window before it is called unknown.
      */
 
-    if (rc == NGX_DECLINED && f->store->window && f->again.data == NULL) {
-        f->again.data = f;
+    if (rc == NGX_DECLINED && f->store->window && f->again.handler == NULL) {
+        f->again.data = &ngx_http_llm_dummy_conn;
         f->again.log = ngx_cycle->log;
         f->again.handler = ngx_http_llm_job_find_again;
         f->again.cancelable = 1;
@@ -455,6 +475,7 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
 
     job->pause = rec->pause;
     job->paused = rec->paused;
+    job->pause_seq = rec->pause_seq;
 
     /* where the text of the events given starts: at their first delta */
 
@@ -532,11 +553,38 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
         }
     }
 
+    /*
+     * How long the record has stayed the same, as this mirror saw it
+     * (another machine's clock does not count, nor a time when the store
+     * could not be read): its worker writes it every second.
+     */
+
+    if (rec->updated != job->updated || job->quiet_since == 0) {
+        job->quiet_since = ngx_current_msec;
+    }
+
     job->updated = rec->updated;
     job->finished = rec->finished;
 
     if (rec->state == NGX_HTTP_LLM_RUNNING) {
-        if (ngx_http_llm_now_ms() - rec->updated < NGX_HTTP_LLM_LOST_MS) {
+        if (ngx_current_msec - job->quiet_since < NGX_HTTP_LLM_LOST_MS) {
+            return NGX_OK;
+        }
+
+        /*
+         * A pipeline's finished steps are stored: its job is taken over
+         * (once this mirror has all of it) rather than lost.
+         */
+
+        if (job->takeover && job->state_version
+            && job->nevents == rec->nevents
+            && job->text_len == rec->text_len
+            && job->meta_len == rec->meta_len)
+        {
+            if (!job->claiming) {
+                ngx_http_llm_job_claim(job, rec->updated);
+            }
+
             return NGX_OK;
         }
 
@@ -648,10 +696,13 @@ ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
     /*
      * Before the first event given there are only the start event,
      * deltas of one byte or more and payloads of two or more: no more of
-     * them than the text and meta have bytes.
+     * them than the text and meta have bytes, but for the empty deltas of
+     * a few takeovers' gaps.
      */
 
-    if (rec->from_event > rec->text_len + rec->meta_len + 1) {
+    if (rec->from_event > rec->text_len + rec->meta_len + 1
+                          + 4 * NGX_HTTP_LLM_GAP_EVENTS)
+    {
         return "first event";
     }
 
@@ -786,6 +837,13 @@ ngx_http_llm_mirror_polled(void *data, ngx_int_t rc,
 {
     ngx_http_llm_job_t *job = data;
 
+    if (!job->mirror) {
+        /* taken over meanwhile: the store's copy is no news here */
+        job->fetching = 0;
+        ngx_http_llm_job_free(job);
+        return;
+    }
+
     if (ngx_queue_empty(&job->subscribers)) {
         /* everybody left while the store answered */
         job->fetching = 0;
@@ -829,6 +887,10 @@ ngx_http_llm_mirror_polled(void *data, ngx_int_t rc,
 
     /* a store that cannot answer now is asked again later */
 
+    if (rc == NGX_ERROR) {
+        job->quiet_since = ngx_current_msec;
+    }
+
     if (job->state == NGX_HTTP_LLM_RUNNING) {
         ngx_add_timer(&job->timer, job->store->poll);
     }
@@ -844,7 +906,9 @@ ngx_http_llm_job_subscribe(ngx_http_llm_job_t *job, ngx_http_llm_ctx_t *ctx)
     ctx->job = job;
     ngx_queue_insert_tail(&job->subscribers, &ctx->queue);
 
-    if (!job->mirror && job->timer.timer_set) {
+    if (!job->mirror && job->timer.timer_set
+        && job->timer.handler == ngx_http_llm_job_grace_handler)
+    {
         /* a client came back within the grace period */
         ngx_del_timer(&job->timer);
     }
@@ -1390,9 +1454,9 @@ ngx_http_llm_job_cancel(ngx_http_llm_job_t *job)
 
 /*
  * Pause (on) or resume a pipeline's job: a run waits between two steps.
- * A job run elsewhere gets the request through the store; here the
- * request goes to the store too, so that every worker and instance sees
- * the same one.  NGX_DECLINED: the job is over or not a pipeline.
+ * A job run elsewhere gets the request through the store, where each
+ * request is numbered, so that its worker acts on each once, in order.
+ * NGX_DECLINED: the job is over or not a pipeline.
  */
 
 ngx_int_t
@@ -1404,24 +1468,33 @@ ngx_http_llm_job_pause(ngx_http_llm_job_t *job, ngx_uint_t on)
         return NGX_DECLINED;
     }
 
-    if (job->store
-        && job->store->ops->control(job->store, job->id,
-                                    on ? NGX_HTTP_LLM_CTL_PAUSE
-                                       : NGX_HTTP_LLM_CTL_RESUME)
-           != NGX_OK
-        && job->mirror)
-    {
-        return NGX_ERROR;
-    }
-
     if (job->mirror) {
+        if (job->store->ops->control(job->store, job->id,
+                                     on ? NGX_HTTP_LLM_CTL_PAUSE
+                                        : NGX_HTTP_LLM_CTL_RESUME)
+            != NGX_OK)
+        {
+            return NGX_ERROR;
+        }
+
         /* shown at once; the store's next read says what is true */
         job->pause = on;
         return NGX_OK;
     }
 
-    if (job->pause == on) {
-        return NGX_OK;
+    ngx_http_llm_job_pause_apply(job, on);
+
+    return NGX_OK;
+}
+
+
+/* here: a request made here, or one that came through the store */
+
+static void
+ngx_http_llm_job_pause_apply(ngx_http_llm_job_t *job, ngx_uint_t on)
+{
+    if (job->state != NGX_HTTP_LLM_RUNNING || job->pause == on) {
+        return;
     }
 
     ngx_log_error(NGX_LOG_INFO, job->log, 0, "llm: job %s %s", job->id,
@@ -1436,13 +1509,11 @@ ngx_http_llm_job_pause(ngx_http_llm_job_t *job, ngx_uint_t on)
         ngx_http_llm_job_unwatched(job);
 
         if (job->state != NGX_HTTP_LLM_RUNNING) {
-            return NGX_OK;
+            return;
         }
     }
 
     job->run_pause(job->run, on);
-
-    return NGX_OK;
 }
 
 
@@ -1452,7 +1523,7 @@ ngx_http_llm_job_pause_handler(ngx_event_t *ev)
     ngx_http_llm_job_t *job = ev->data;
 
     ngx_http_llm_job_hold(job);
-    (void) ngx_http_llm_job_pause(job, job->store_pause);
+    ngx_http_llm_job_pause_apply(job, job->store_pause);
     ngx_http_llm_job_unhold(job);
 }
 
@@ -1478,12 +1549,132 @@ ngx_http_llm_job_pause_expired(ngx_event_t *ev)
 }
 
 
+/* a mirror's claim on its job: the answer, held until the loop is back */
+
+static void
+ngx_http_llm_job_claim(ngx_http_llm_job_t *job, int64_t updated)
+{
+    job->claiming = 1;
+    job->holds++;
+
+    if (job->store->ops->claim(job->store, job->id, updated,
+                               ngx_http_llm_job_claimed, job)
+        != NGX_OK)
+    {
+        job->claiming = 0;
+        job->holds--;
+    }
+}
+
+
+static void
+ngx_http_llm_job_claimed(void *data, ngx_int_t rc, ngx_http_llm_record_t *rec)
+{
+    ngx_http_llm_job_t *job = data;
+
+    job->claimed = (rc == NGX_OK);
+    ngx_post_event(&job->claim_ev, &ngx_posted_events);
+}
+
+
+static void
+ngx_http_llm_job_claim_handler(ngx_event_t *ev)
+{
+    ngx_http_llm_job_t *job = ev->data;
+
+    job->claiming = 0;
+
+    if (job->claimed && job->mirror && job->state == NGX_HTTP_LLM_RUNNING
+        && !ngx_queue_empty(&job->subscribers))
+    {
+        job->claimed = 0;
+
+        ngx_log_error(NGX_LOG_NOTICE, job->log, 0,
+                      "llm: job %s taken over: its worker has not saved it "
+                      "for %d s", job->id, NGX_HTTP_LLM_LOST_MS / 1000);
+
+        if (job->takeover(job) != NGX_OK
+            && job->state == NGX_HTTP_LLM_RUNNING)
+        {
+            ngx_http_llm_job_end(job, NGX_HTTP_LLM_FAILED, "job_lost",
+                                 (u_char *) "the job cannot be taken over",
+                                 sizeof("the job cannot be taken over") - 1);
+        }
+    }
+
+    ngx_http_llm_job_unhold(job);
+}
+
+
+/*
+ * The mirror becomes the job, run here from now on: what the store has is
+ * saved, then a gap of ids, then what the new run makes.
+ */
+
+void
+ngx_http_llm_job_adopt(ngx_http_llm_job_t *job, ngx_http_llm_job_opts_t *o)
+{
+    int64_t     left;
+    ngx_uint_t  i, gap;
+
+    if (job->timer.timer_set) {
+        ngx_del_timer(&job->timer);
+    }
+
+    job->mirror = 0;
+    job->takeover = NULL;
+    job->grace = o->grace;
+    job->pause_timeout = o->pause_timeout;
+    job->max_events = o->max_events;
+    job->max_text = o->max_text;
+
+    job->saved_events = job->nevents;
+    job->saved_text = job->text_len;
+    job->saved_meta = job->meta_len;
+    job->saved_state = job->state_version;
+    job->store_data = NULL;
+    job->store_pause = job->pause;
+    job->paused = 0;
+
+    ngx_http_llm_metrics_job_start(job, o);
+
+    /* llm_max_duration counts from the job's start, here or there */
+
+    if (o->max_duration) {
+        left = job->created + (int64_t) o->max_duration
+               - ngx_http_llm_now_ms();
+        ngx_add_timer(&job->deadline, (ngx_msec_t) ngx_max(left, 1));
+    }
+
+    /* within llm_max_events, with room for a few events of its own */
+
+    gap = NGX_HTTP_LLM_GAP_EVENTS;
+
+    if (job->max_events) {
+        gap = (job->max_events > job->nevents + 64)
+              ? ngx_min(gap, job->max_events - job->nevents - 64) : 0;
+    }
+
+    for (i = 0; i < gap; i++) {
+        if (ngx_http_llm_job_event(job, NGX_HTTP_LLM_EV_DELTA, job->text_len,
+                                   0)
+            != NGX_OK)
+        {
+            break;
+        }
+    }
+}
+
+
 /* llm_max_duration: the job has run for long enough, paused or not */
 
 static void
 ngx_http_llm_job_deadline(ngx_event_t *ev)
 {
-    ngx_http_llm_job_t *job = ev->data;
+    ngx_http_llm_job_t  *job;
+
+    job = (ngx_http_llm_job_t *) ((u_char *) ev
+                                  - offsetof(ngx_http_llm_job_t, deadline));
 
     ngx_log_error(NGX_LOG_INFO, job->log, 0,
                   "llm: job %s failed: it ran longer than llm_max_duration",
@@ -1602,12 +1793,20 @@ ngx_http_llm_jobs_exit_process(void)
             ngx_delete_posted_event(&job->pause_ev);
         }
 
+        if (job->claim_ev.posted) {
+            ngx_delete_posted_event(&job->claim_ev);
+        }
+
         if (job->timer.posted) {
             ngx_delete_posted_event(&job->timer);
         }
 
         if (job->run) {
             ngx_http_llm_pipeline_exit(job->run);
+        }
+
+        if (job->limits) {
+            ngx_http_llm_limit_release(job->limits, job->nlimits);
         }
 
         free(job->events);
@@ -1730,6 +1929,12 @@ ngx_http_llm_job_end(ngx_http_llm_job_t *job, ngx_http_llm_state_e state,
         if (job->run_calls == 0) {
             cancel(job->run);
         }
+
+        /* the run's last state could not be kept: that ended the job */
+
+        if (job->state != NGX_HTTP_LLM_RUNNING) {
+            return;
+        }
     }
 
     if (job->timer.timer_set) {
@@ -1786,7 +1991,9 @@ ngx_http_llm_job_ended(ngx_http_llm_job_t *job)
 
     ngx_http_llm_job_save(job);
 
-    if (job->store && job->saved_events < job->nevents) {
+    if (job->store && job->store->window && !job->mirror
+        && job->saved_events < job->nevents)
+    {
         job->held = 1;
         job->timer.handler = ngx_http_llm_job_release_final;
         ngx_add_timer(&job->timer, NGX_HTTP_LLM_HOLD_MS);
@@ -1854,6 +2061,7 @@ ngx_http_llm_job_snapshot(void *data, ngx_http_llm_snapshot_t *snap)
     snap->background = job->background;
     snap->paused = job->paused;
     snap->pause = job->store_pause;
+    snap->pause_seq = job->pause_seq;
     snap->outcome = &job->outcome;
 
     snap->events = job->events;
@@ -1930,7 +2138,8 @@ ngx_http_llm_job_saved(void *data, ngx_http_llm_saved_t *res)
 
     /* so is a pause or resume request that changed there */
 
-    if (res->pause != job->store_pause) {
+    if (res->pause_seq > job->pause_seq) {
+        job->pause_seq = res->pause_seq;
         job->store_pause = res->pause;
 
         if (job->state == NGX_HTTP_LLM_RUNNING && !job->pause_ev.posted) {
@@ -2005,6 +2214,10 @@ ngx_http_llm_job_free(ngx_http_llm_job_t *job)
 
     if (job->pause_ev.posted) {
         ngx_delete_posted_event(&job->pause_ev);
+    }
+
+    if (job->claim_ev.posted) {
+        ngx_delete_posted_event(&job->claim_ev);
     }
 
     if (job->free_ev.posted) {

@@ -26,6 +26,8 @@
 #include "ngx_http_llm_pipeline.h"
 
 
+static ngx_int_t ngx_http_llm_job_go(ngx_http_llm_job_t *job,
+    ngx_http_llm_run_t *run);
 static ngx_int_t ngx_http_llm_run_text(void *data, u_char *p, size_t len);
 static ngx_int_t ngx_http_llm_run_event(void *data,
     ngx_http_llm_event_type_e type, u_char *payload, size_t len);
@@ -46,15 +48,44 @@ ngx_http_llm_job_t *
 ngx_http_llm_job_start_run(ngx_http_llm_run_t *run,
     ngx_http_llm_job_opts_t *opts, ngx_log_t *log)
 {
-    ngx_int_t                    rc;
-    ngx_http_llm_job_t          *job;
-    ngx_http_llm_pipeline_up_t   up;
+    ngx_http_llm_job_t  *job;
 
     job = ngx_http_llm_job_create(opts, log);
     if (job == NULL) {
         ngx_http_llm_pipeline_free(run);
         return NULL;
     }
+
+    return (ngx_http_llm_job_go(job, run) == NGX_OK) ? job : NULL;
+}
+
+
+/*
+ * A mirror whose worker is gone becomes the job again, here, with a run
+ * that goes on from its first unfinished step (taken as above).
+ */
+
+ngx_int_t
+ngx_http_llm_job_adopt_run(ngx_http_llm_job_t *job, ngx_http_llm_run_t *run,
+    ngx_http_llm_job_opts_t *opts)
+{
+    ngx_http_llm_job_adopt(job, opts);
+
+    /* a pause asked for before takes effect before the first call */
+
+    if (job->pause) {
+        ngx_http_llm_pipeline_pause(run, 1);
+    }
+
+    return ngx_http_llm_job_go(job, run);
+}
+
+
+static ngx_int_t
+ngx_http_llm_job_go(ngx_http_llm_job_t *job, ngx_http_llm_run_t *run)
+{
+    ngx_int_t                    rc;
+    ngx_http_llm_pipeline_up_t   up;
 
     job->run = run;
     job->run_cancel = ngx_http_llm_pipeline_stop;
@@ -80,7 +111,7 @@ ngx_http_llm_job_start_run(ngx_http_llm_run_t *run,
 
     ngx_http_llm_run_leave(job);
 
-    return (rc == NGX_OK) ? job : NULL;
+    return rc;
 }
 
 

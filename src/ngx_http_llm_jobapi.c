@@ -51,6 +51,9 @@ static void ngx_http_llm_looked_up(void *data, ngx_int_t rc,
 static void ngx_http_llm_lookup_cleanup(void *data);
 static void ngx_http_llm_continue(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_http_llm_job_t *job);
+static ngx_int_t ngx_http_llm_run_from(ngx_http_request_t *r,
+    ngx_http_llm_job_t *job, ngx_http_llm_run_t **run);
+static ngx_int_t ngx_http_llm_takeover(ngx_http_llm_job_t *job);
 static ngx_int_t ngx_http_llm_pause(ngx_http_request_t *r,
     ngx_http_llm_job_t *job, ngx_uint_t on);
 
@@ -368,6 +371,11 @@ ngx_http_llm_looked_up(void *data, ngx_int_t rc, ngx_http_llm_job_t *job)
         ngx_http_llm_metrics_resume(ctx);
         ngx_http_llm_job_subscribe(job, ctx);
 
+        if (job->mirror && job->state_version) {
+            /* a follower can take a pipeline's job over */
+            job->takeover = ngx_http_llm_takeover;
+        }
+
         rc = ngx_http_llm_sse_start(r, ctx);
 
         if (rc != NGX_OK) {
@@ -438,7 +446,9 @@ void
 ngx_http_llm_answer(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_job_t *job)
 {
-    ngx_int_t  rc;
+    ngx_int_t                 rc;
+    ngx_uint_t                blocking;
+    ngx_http_llm_loc_conf_t  *llcf;
 
     ngx_memcpy(ctx->id, job->id, NGX_HTTP_LLM_JOB_ID_LEN + 1);
 
@@ -453,7 +463,19 @@ ngx_http_llm_answer(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     ngx_http_llm_job_subscribe(job, ctx);
 
-    if (ctx->openai ? !ctx->stream : !ngx_http_llm_accepts_stream(r)) {
+    /* the location's choice, else the request's (Accept, or "stream") */
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    if (llcf->answer == NGX_HTTP_LLM_ANSWER_AUTO) {
+        blocking = ctx->openai ? !ctx->stream
+                               : !ngx_http_llm_accepts_stream(r);
+
+    } else {
+        blocking = (llcf->answer == NGX_HTTP_LLM_ANSWER_JSON);
+    }
+
+    if (blocking) {
         ctx->wake = ngx_http_llm_wait_wake;
         r->read_event_handler = ngx_http_test_reading;
 
@@ -510,41 +532,49 @@ ngx_http_llm_pause(ngx_http_request_t *r, ngx_http_llm_job_t *job,
 }
 
 
+/* what a new job takes from its request's location */
+
+void
+ngx_http_llm_job_opts(ngx_http_request_t *r, ngx_http_llm_job_opts_t *opts)
+{
+    ngx_http_llm_loc_conf_t  *llcf;
+
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    ngx_memzero(opts, sizeof(ngx_http_llm_job_opts_t));
+
+    opts->pool = llcf->thread_pool;
+    opts->store = llcf->store;
+    opts->grace = llcf->grace;
+    opts->pause_timeout = llcf->pause_timeout;
+    opts->max_duration = llcf->max_duration;
+    opts->max_events = llcf->max_events;
+    opts->max_text = llcf->max_text;
+    opts->label = ngx_http_llm_metrics_label(llcf);
+}
+
+
 /*
- * POST on a failed or cancelled pipeline's job: a new job that goes on
- * from its first unfinished step, reusing every stored output, with what
- * this location says for what the steps do not set.
+ * A run that goes on from a pipeline job's state, its first unfinished
+ * step, with what the request's location says for what the steps do not
+ * set; the pipeline is found by name in the configuration in force.
+ * NGX_DECLINED: it is not configured here; "run" is NULL when out of
+ * memory.
  */
 
-static void
-ngx_http_llm_continue(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
-    ngx_http_llm_job_t *job)
+static ngx_int_t
+ngx_http_llm_run_from(ngx_http_request_t *r, ngx_http_llm_job_t *job,
+    ngx_http_llm_run_t **run)
 {
     json_t                         *state;
-    ngx_int_t                       lrc;
-    ngx_str_t                       msg, name;
-    ngx_msec_t                      retry_after;
+    ngx_str_t                       name;
     ngx_uint_t                      i;
-    ngx_http_llm_run_t             *run;
-    ngx_http_llm_job_t             *next;
-    ngx_http_llm_job_opts_t         opts;
     ngx_http_llm_run_conf_t         rc;
     ngx_http_llm_loc_conf_t        *llcf;
     ngx_http_llm_main_conf_t       *lmcf;
     ngx_http_llm_pipeline_conf_t  **pl, *conf;
 
-    if (job->pipeline_state == NULL
-        || (job->state != NGX_HTTP_LLM_FAILED
-            && job->state != NGX_HTTP_LLM_CANCELLED))
-    {
-        ngx_str_set(&msg, "only a failed or cancelled pipeline can be "
-                          "continued");
-        ngx_http_finalize_request(r,
-                        ngx_http_llm_send_json_error(r, NGX_HTTP_CONFLICT,
-                                                     "cannot_continue",
-                                                     &msg));
-        return;
-    }
+    *run = NULL;
 
     state = json_loadb((char *) job->pipeline_state, job->pipeline_state_len,
                        0, NULL);
@@ -566,8 +596,82 @@ ngx_http_llm_continue(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
         }
     }
 
-    if (conf == NULL) {
+    llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
+
+    if (conf == NULL || ngx_http_llm_run_conf(r, llcf, &rc) != NGX_OK) {
         json_decref(state);
+        return NGX_DECLINED;
+    }
+
+    *run = ngx_http_llm_pipeline_continue(conf, &rc, state, ngx_cycle->log);
+
+    json_decref(state);
+
+    return NGX_OK;
+}
+
+
+/*
+ * A pipeline's job followed here whose worker is gone (job.c finds that
+ * out and claims it in the store): it goes on here, with the settings of
+ * the location of its first follower, as a continue would, but as the
+ * same job: the same id, its events going on after a gap.
+ */
+
+static ngx_int_t
+ngx_http_llm_takeover(ngx_http_llm_job_t *job)
+{
+    ngx_http_llm_ctx_t        *ctx;
+    ngx_http_llm_run_t        *run;
+    ngx_http_request_t        *r;
+    ngx_http_llm_job_opts_t    opts;
+
+    ctx = ngx_queue_data(ngx_queue_head(&job->subscribers),
+                         ngx_http_llm_ctx_t, queue);
+    r = ctx->request;
+
+    if (ngx_http_llm_run_from(r, job, &run) != NGX_OK || run == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_http_llm_job_opts(r, &opts);
+
+    return ngx_http_llm_job_adopt_run(job, run, &opts);
+}
+
+
+/*
+ * POST on a failed or cancelled pipeline's job: a new job that goes on
+ * from its first unfinished step, reusing every stored output, with what
+ * this location says for what the steps do not set.
+ */
+
+static void
+ngx_http_llm_continue(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
+    ngx_http_llm_job_t *job)
+{
+    ngx_int_t                       lrc;
+    ngx_str_t                       msg;
+    ngx_msec_t                      retry_after;
+    ngx_http_llm_run_t             *run;
+    ngx_http_llm_job_t             *next;
+    ngx_http_llm_job_opts_t         opts;
+    ngx_http_llm_loc_conf_t        *llcf;
+
+    if (job->pipeline_state == NULL
+        || (job->state != NGX_HTTP_LLM_FAILED
+            && job->state != NGX_HTTP_LLM_CANCELLED))
+    {
+        ngx_str_set(&msg, "only a failed or cancelled pipeline can be "
+                          "continued");
+        ngx_http_finalize_request(r,
+                        ngx_http_llm_send_json_error(r, NGX_HTTP_CONFLICT,
+                                                     "cannot_continue",
+                                                     &msg));
+        return;
+    }
+
+    if (ngx_http_llm_run_from(r, job, &run) != NGX_OK) {
         ngx_str_set(&msg, "the job's pipeline is not configured here");
         ngx_http_finalize_request(r,
                         ngx_http_llm_send_json_error(r, NGX_HTTP_CONFLICT,
@@ -578,26 +682,8 @@ ngx_http_llm_continue(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
-    if (ngx_http_llm_run_conf(r, llcf, &rc) != NGX_OK) {
-        json_decref(state);
-        ngx_http_finalize_request(r, NGX_HTTP_INTERNAL_SERVER_ERROR);
-        return;
-    }
+    ngx_http_llm_job_opts(r, &opts);
 
-    run = ngx_http_llm_pipeline_continue(conf, &rc, state, ngx_cycle->log);
-
-    json_decref(state);
-
-    ngx_memzero(&opts, sizeof(ngx_http_llm_job_opts_t));
-
-    opts.pool = llcf->thread_pool;
-    opts.store = llcf->store;
-    opts.grace = llcf->grace;
-    opts.pause_timeout = llcf->pause_timeout;
-    opts.max_duration = llcf->max_duration;
-    opts.max_events = llcf->max_events;
-    opts.max_text = llcf->max_text;
-    opts.label = ngx_http_llm_metrics_label(llcf);
     opts.owner = job->has_owner ? job->owner : NULL;
     opts.background = ngx_http_llm_prefers_async(r);
 

@@ -21,12 +21,10 @@
 #include "ngx_http_llm_module.h"
 
 
+/* a key and its running jobs; the key's bytes follow */
 typedef struct {
-    u_char                         color;
-    u_char                         len;
-    u_short                        pad;
+    ngx_str_node_t                 sn;
     ngx_uint_t                     jobs;
-    u_char                         data[1];
 } ngx_http_llm_limit_node_t;
 
 
@@ -53,10 +51,6 @@ typedef struct {
 
 static ngx_int_t ngx_http_llm_limit_init_zone(ngx_shm_zone_t *zone,
     void *data);
-static ngx_rbtree_node_t *ngx_http_llm_limit_lookup(ngx_rbtree_t *rbtree,
-    ngx_str_t *key, uint32_t hash);
-static void ngx_http_llm_limit_insert(ngx_rbtree_node_t *temp,
-    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
 
 
 /*
@@ -71,12 +65,10 @@ ngx_http_llm_limit_acquire(ngx_http_request_t *r, ngx_array_t *limits,
     ngx_http_llm_limit_hold_t **holds, ngx_uint_t *nholds,
     ngx_msec_t *retry_after)
 {
-    size_t                      n;
     uint32_t                    hash;
     ngx_int_t                   rc;
     ngx_str_t                   key;
     ngx_uint_t                  i;
-    ngx_rbtree_node_t          *node;
     ngx_http_llm_limit_t       *lim;
     ngx_http_llm_limit_node_t  *ln;
     ngx_http_llm_limit_zone_t  *z;
@@ -124,15 +116,15 @@ ngx_http_llm_limit_acquire(ngx_http_request_t *r, ngx_array_t *limits,
 
         ngx_shmtx_lock(&z->shpool->mutex);
 
-        node = ngx_http_llm_limit_lookup(&z->sh->rbtree, &key, hash);
+        ln = (ngx_http_llm_limit_node_t *)
+                 ngx_str_rbtree_lookup(&z->sh->rbtree, &key, hash);
 
-        if (node == NULL) {
-            n = offsetof(ngx_rbtree_node_t, color)
-                + offsetof(ngx_http_llm_limit_node_t, data) + key.len;
+        if (ln == NULL) {
+            ln = ngx_slab_alloc_locked(z->shpool,
+                                       sizeof(ngx_http_llm_limit_node_t)
+                                       + key.len);
 
-            node = ngx_slab_alloc_locked(z->shpool, n);
-
-            if (node == NULL) {
+            if (ln == NULL) {
                 ngx_shmtx_unlock(&z->shpool->mutex);
                 ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                               "llm: llm_limit_jobs zone \"%V\" is full",
@@ -142,23 +134,16 @@ ngx_http_llm_limit_acquire(ngx_http_request_t *r, ngx_array_t *limits,
                 break;
             }
 
-            ln = (ngx_http_llm_limit_node_t *) &node->color;
-            node->key = hash;
-            ln->len = (u_char) key.len;
+            ln->sn.node.key = hash;
+            ln->sn.str.len = key.len;
+            ln->sn.str.data = (u_char *) (ln + 1);
             ln->jobs = 0;
-            ngx_memcpy(ln->data, key.data, key.len);
+            ngx_memcpy(ln->sn.str.data, key.data, key.len);
 
-            ngx_rbtree_insert(&z->sh->rbtree, node);
-
-        } else {
-            ln = (ngx_http_llm_limit_node_t *) &node->color;
+            ngx_rbtree_insert(&z->sh->rbtree, &ln->sn.node);
         }
 
         if (ln->jobs >= lim[i].max) {
-            if (ln->jobs == 0) {
-                ngx_rbtree_delete(&z->sh->rbtree, node);
-                ngx_slab_free_locked(z->shpool, node);
-            }
 
             ngx_shmtx_unlock(&z->shpool->mutex);
 
@@ -176,7 +161,7 @@ ngx_http_llm_limit_acquire(ngx_http_request_t *r, ngx_array_t *limits,
         ngx_shmtx_unlock(&z->shpool->mutex);
 
         h[*nholds].zone = lim[i].zone;
-        h[*nholds].node = node;
+        h[*nholds].node = &ln->sn.node;
         (*nholds)++;
     }
 
@@ -208,7 +193,7 @@ ngx_http_llm_limit_release(ngx_http_llm_limit_hold_t *holds, ngx_uint_t n)
 
     for (i = 0; i < n; i++) {
         z = holds[i].zone->data;
-        ln = (ngx_http_llm_limit_node_t *) &holds[i].node->color;
+        ln = (ngx_http_llm_limit_node_t *) holds[i].node;
 
         ngx_shmtx_lock(&z->shpool->mutex);
 
@@ -259,82 +244,6 @@ ngx_http_llm_limit_refuse(ngx_http_request_t *r, ngx_msec_t retry_after)
 }
 
 
-static ngx_rbtree_node_t *
-ngx_http_llm_limit_lookup(ngx_rbtree_t *rbtree, ngx_str_t *key,
-    uint32_t hash)
-{
-    ngx_int_t                   rc;
-    ngx_rbtree_node_t          *node, *sentinel;
-    ngx_http_llm_limit_node_t  *ln;
-
-    node = rbtree->root;
-    sentinel = rbtree->sentinel;
-
-    while (node != sentinel) {
-
-        if (hash < node->key) {
-            node = node->left;
-            continue;
-        }
-
-        if (hash > node->key) {
-            node = node->right;
-            continue;
-        }
-
-        ln = (ngx_http_llm_limit_node_t *) &node->color;
-
-        rc = ngx_memn2cmp(key->data, ln->data, key->len, (size_t) ln->len);
-
-        if (rc == 0) {
-            return node;
-        }
-
-        node = (rc < 0) ? node->left : node->right;
-    }
-
-    return NULL;
-}
-
-
-static void
-ngx_http_llm_limit_insert(ngx_rbtree_node_t *temp, ngx_rbtree_node_t *node,
-    ngx_rbtree_node_t *sentinel)
-{
-    ngx_rbtree_node_t          **p;
-    ngx_http_llm_limit_node_t   *ln, *lnt;
-
-    for ( ;; ) {
-
-        if (node->key < temp->key) {
-            p = &temp->left;
-
-        } else if (node->key > temp->key) {
-            p = &temp->right;
-
-        } else {
-            ln = (ngx_http_llm_limit_node_t *) &node->color;
-            lnt = (ngx_http_llm_limit_node_t *) &temp->color;
-
-            p = (ngx_memn2cmp(ln->data, lnt->data, ln->len, lnt->len) < 0)
-                ? &temp->left : &temp->right;
-        }
-
-        if (*p == sentinel) {
-            break;
-        }
-
-        temp = *p;
-    }
-
-    *p = node;
-    node->parent = temp;
-    node->left = sentinel;
-    node->right = sentinel;
-    ngx_rbt_red(node);
-}
-
-
 static ngx_int_t
 ngx_http_llm_limit_init_zone(ngx_shm_zone_t *zone, void *data)
 {
@@ -367,7 +276,7 @@ ngx_http_llm_limit_init_zone(ngx_shm_zone_t *zone, void *data)
     z->shpool->data = z->sh;
 
     ngx_rbtree_init(&z->sh->rbtree, &z->sh->sentinel,
-                    ngx_http_llm_limit_insert);
+                    ngx_str_rbtree_insert_value);
 
     len = sizeof(" in llm_limit_jobs_zone \"\"") + zone->shm.name.len;
 

@@ -26,6 +26,8 @@ static char *ngx_http_llm_pass(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_llm_provider(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_llm_answer_directive(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static char *ngx_http_llm_on_disconnect(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_llm_job(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -185,6 +187,13 @@ static ngx_command_t  ngx_http_llm_commands[] = {
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2,
       ngx_http_llm_limit_zone_directive,
       0,
+      0,
+      NULL },
+
+    { ngx_string("llm_answer"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_llm_answer_directive,
+      NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
 
@@ -417,6 +426,7 @@ ngx_http_llm_create_loc_conf(ngx_conf_t *cf)
     conf->grace = NGX_CONF_UNSET_MSEC;
     conf->pause_timeout = NGX_CONF_UNSET_MSEC;
     conf->max_duration = NGX_CONF_UNSET_MSEC;
+    conf->answer = NGX_CONF_UNSET_UINT;
     conf->job_owner = NGX_CONF_UNSET_PTR;
     conf->job_url = NGX_CONF_UNSET_PTR;
     conf->max_tokens = NGX_CONF_UNSET_UINT;
@@ -470,6 +480,8 @@ ngx_http_llm_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_msec_value(conf->pause_timeout, prev->pause_timeout,
                               3600000);
     ngx_conf_merge_msec_value(conf->max_duration, prev->max_duration, 0);
+    ngx_conf_merge_uint_value(conf->answer, prev->answer,
+                              NGX_HTTP_LLM_ANSWER_AUTO);
 
     if (conf->limits == NULL) {
         conf->limits = prev->limits;
@@ -669,6 +681,43 @@ ngx_http_llm_provider(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/* llm_answer auto | stream | json */
+
+static char *
+ngx_http_llm_answer_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_llm_loc_conf_t *llcf = conf;
+
+    ngx_str_t   *value;
+    ngx_uint_t   i;
+
+    static ngx_str_t  answers[] = {
+        ngx_string("auto"), ngx_string("stream"), ngx_string("json")
+    };
+
+    if (llcf->answer != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    for (i = 0; i < sizeof(answers) / sizeof(ngx_str_t); i++) {
+        if (value[1].len == answers[i].len
+            && ngx_strncmp(value[1].data, answers[i].data, value[1].len) == 0)
+        {
+            llcf->answer = i;
+            return NGX_CONF_OK;
+        }
+    }
+
+    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                       "invalid value \"%V\" in \"llm_answer\": auto, "
+                       "stream or json expected", &value[1]);
+
+    return NGX_CONF_ERROR;
 }
 
 

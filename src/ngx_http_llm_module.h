@@ -76,6 +76,7 @@ typedef struct {
     ngx_msec_t                     max_duration;    /* 0: none */
     ngx_array_t                   *limits;      /* llm_limit_jobs */
     ngx_array_t                   *inputs;      /* llm_input */
+    ngx_uint_t                     answer;      /* llm_answer */
     ngx_http_complex_value_t      *job_owner;
     ngx_http_complex_value_t      *job_url;
     ngx_http_complex_value_t      *job;         /* llm_job: the id */
@@ -109,6 +110,12 @@ typedef struct {
     ngx_str_t                      name;
     ngx_str_t                      value;
 } ngx_http_llm_input_t;
+
+
+/* llm_answer: how a new job answers its request (its values in order) */
+#define NGX_HTTP_LLM_ANSWER_AUTO     0      /* as Accept (or "stream") says */
+#define NGX_HTTP_LLM_ANSWER_STREAM   1
+#define NGX_HTTP_LLM_ANSWER_JSON     2
 
 
 /* llm_input NAME VALUE */
@@ -270,6 +277,7 @@ struct ngx_http_llm_job_s {
     int64_t                        updated;
     int64_t                        finished;
     int64_t                        watched;     /* by another worker */
+    ngx_msec_t                     quiet_since; /* a mirror's: unchanged */
     u_char                         owner[20];   /* SHA-1 of the owner */
 
     /* where the job is kept, and how much of it was handed over */
@@ -296,6 +304,13 @@ struct ngx_http_llm_job_s {
     ngx_event_t                    cancel_ev;   /* a cancel came by store */
     ngx_event_t                    pause_ev;    /* a pause or resume, too */
     ngx_event_t                    deadline;    /* llm_max_duration */
+    ngx_event_t                    claim_ev;    /* a claim's answer */
+
+    /*
+     * A mirror of a pipeline's job whose worker is gone takes the job
+     * over with this, given by whoever follows it (jobapi.c).
+     */
+    ngx_int_t                    (*takeover)(ngx_http_llm_job_t *job);
     ngx_event_t                    free_ev;     /* a free put off */
     ngx_msec_t                     grace;
     ngx_msec_t                     pause_timeout;
@@ -318,9 +333,14 @@ struct ngx_http_llm_job_s {
     unsigned                       pause:1;
     unsigned                       paused:1;
     unsigned                       store_pause:1;
+    ngx_uint_t                     pause_seq;   /* the store's last request */
 
     /* the final event waits for the store (ngx_http_llm_job_ended()) */
     unsigned                       held:1;
+
+    /* a mirror taking its job over, through the store */
+    unsigned                       claiming:1;
+    unsigned                       claimed:1;
 };
 
 /* the events a client may have now */
@@ -438,8 +458,8 @@ ngx_uint_t ngx_http_llm_asks_stream(ngx_http_request_t *r);
 ngx_uint_t ngx_http_llm_prefers_async(ngx_http_request_t *r);
 ngx_int_t ngx_http_llm_content_type_param(ngx_http_request_t *r,
     const char *param, ngx_str_t *value);
-ngx_int_t ngx_http_llm_param(ngx_str_t *params, const char *param,
-    ngx_str_t *value);
+ngx_int_t ngx_http_llm_param(ngx_pool_t *pool, ngx_str_t *params,
+    const char *param, ngx_str_t *value);
 ngx_uint_t ngx_http_llm_content_type_is(ngx_http_request_t *r,
     const char *type);
 
@@ -470,6 +490,8 @@ void ngx_http_llm_job_finish(ngx_http_llm_job_t *job,
 void ngx_http_llm_job_fail(ngx_http_llm_job_t *job, const char *code,
     const char *message);
 void ngx_http_llm_job_cancel(ngx_http_llm_job_t *job);
+void ngx_http_llm_job_adopt(ngx_http_llm_job_t *job,
+    ngx_http_llm_job_opts_t *o);
 ngx_int_t ngx_http_llm_job_pause(ngx_http_llm_job_t *job, ngx_uint_t on);
 void ngx_http_llm_job_hold(ngx_http_llm_job_t *job);
 void ngx_http_llm_job_unhold(ngx_http_llm_job_t *job);
@@ -480,9 +502,13 @@ void ngx_http_llm_jobs_exit_process(void);
 /* ngx_http_llm_job_run.c */
 ngx_http_llm_job_t *ngx_http_llm_job_start_run(ngx_http_llm_run_t *run,
     ngx_http_llm_job_opts_t *opts, ngx_log_t *log);
+ngx_int_t ngx_http_llm_job_adopt_run(ngx_http_llm_job_t *job,
+    ngx_http_llm_run_t *run, ngx_http_llm_job_opts_t *opts);
 
 /* ngx_http_llm_jobapi.c */
 ngx_int_t ngx_http_llm_job_handler(ngx_http_request_t *r);
+void ngx_http_llm_job_opts(ngx_http_request_t *r,
+    ngx_http_llm_job_opts_t *opts);
 void ngx_http_llm_answer(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_http_llm_job_t *job);
 ngx_int_t ngx_http_llm_resume(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,

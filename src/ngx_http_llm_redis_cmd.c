@@ -50,6 +50,20 @@
     "return redis.call('hset', KEYS[1], ARGV[1], ARGV[2]) end "              \
     "return -1"
 
+/* a pause or resume request: the last one, and how many so far */
+#define NGX_HTTP_LLM_REDIS_PAUSE                                             \
+    "if redis.call('exists', KEYS[1]) == 1 then "                            \
+    "redis.call('hset', KEYS[1], 'pause', ARGV[1]) "                         \
+    "return redis.call('hincrby', KEYS[1], 'pseq', 1) end "                  \
+    "return -1"
+
+/* a claim: the job as its reader saw it, silent since */
+#define NGX_HTTP_LLM_REDIS_CLAIM                                             \
+    "if redis.call('hget', KEYS[1], 'state') == 'running' and "              \
+    "redis.call('hget', KEYS[1], 'updated') == ARGV[1] then "               \
+    "redis.call('hset', KEYS[1], 'updated', ARGV[2]) return 1 end "          \
+    "return 0"
+
 /*
  * The hash of a job that Redis has had: its fields are set only if it is
  * still there (-1 if not), so that a write from the job's marks never
@@ -177,7 +191,7 @@ ngx_http_llm_redis_refusal(ngx_http_llm_redis_t *rd,
  *     [HSETNX job cancel 0, HSETNX job watched 0]    first write
  *     PEXPIRE job|text|events TTL               3 commands
  *     [PEXPIRE meta TTL] [PEXPIRE pstate TTL]   a pipeline's job
- *     HMGET job cancel watched pause
+ *     HMGET job cancel watched pause pseq
  *     EXEC
  *
  * SETRANGE rather than APPEND, and events with their own ids, so that
@@ -383,6 +397,7 @@ ngx_http_llm_redis_send_write(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_lit(&cmd, "cancel");
     ngx_http_llm_redis_lit(&cmd, "watched");
     ngx_http_llm_redis_lit(&cmd, "pause");
+    ngx_http_llm_redis_lit(&cmd, "pseq");
     ngx_http_llm_redis_send(rd, &cmd);
     n++;
 
@@ -440,6 +455,7 @@ static ngx_int_t
 ngx_http_llm_redis_check_write(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t *w, redisReply *exec)
 {
+    int64_t      seq;
     ngx_uint_t   i;
     redisReply  *r;
 
@@ -477,9 +493,15 @@ ngx_http_llm_redis_check_write(ngx_http_llm_redis_t *rd,
 
     r = exec->element[w->hmget];
 
-    if (r->type == REDIS_REPLY_ARRAY && r->elements == 3) {
+    if (r->type == REDIS_REPLY_ARRAY && r->elements == 4) {
         w->cancel = ngx_http_llm_redis_is(r->element[0], "1");
         w->pause = ngx_http_llm_redis_is(r->element[2], "1");
+
+        if (ngx_http_llm_redis_num(r->element[3], 0, INT64_MAX, &seq)
+            == NGX_OK)
+        {
+            w->pause_seq = (ngx_uint_t) seq;
+        }
 
         /* a reader's mark that is not a time is no mark */
         if (ngx_http_llm_redis_num(r->element[1], 0, INT64_MAX,
@@ -698,6 +720,14 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
 
         } else if (ngx_http_llm_redis_is(f, "paused")) {
             rec->paused = ngx_http_llm_redis_is(v, "1");
+
+        } else if (ngx_http_llm_redis_is(f, "pseq")) {
+            if (ngx_http_llm_redis_num(v, 0, INT64_MAX, &num) != NGX_OK) {
+                what = "pseq";
+                break;
+            }
+
+            rec->pause_seq = (ngx_uint_t) num;
 
         } else if (ngx_http_llm_redis_is(f, "finish")) {
             if (v->len > sizeof(rec->outcome.finish)) {
@@ -1029,7 +1059,50 @@ ngx_http_llm_redis_record_events(ngx_http_llm_record_t *rec,
 }
 
 
-/* store thread: EVAL HSETXX 1 job cancel 1 (or pause 1, pause 0) */
+/*
+ * Store thread: EVAL CLAIM 1 job UPDATED NOW: 1 when the job was running
+ * with that "updated" (its worker silent since), which becomes now.
+ */
+
+void
+ngx_http_llm_redis_send_claim(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *op)
+{
+    ngx_http_llm_redis_cmd_t  cmd;
+
+    ngx_http_llm_redis_cmd(&cmd, "EVAL");
+    ngx_http_llm_redis_lit(&cmd, NGX_HTTP_LLM_REDIS_CLAIM);
+    ngx_http_llm_redis_lit(&cmd, "1");
+    ngx_http_llm_redis_key(rd, &cmd, op->id, "job");
+    ngx_http_llm_redis_argf(&cmd, "%L", op->updated);
+    ngx_http_llm_redis_argf(&cmd, "%L", op->now);
+    ngx_http_llm_redis_send(rd, &cmd);
+}
+
+
+void
+ngx_http_llm_redis_read_claim(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *op)
+{
+    redisReply  *r;
+
+    if (ngx_http_llm_redis_reply(rd, &r) != NGX_OK) {
+        return;
+    }
+
+    if (r->type == REDIS_REPLY_ERROR) {
+        ngx_http_llm_redis_error(rd, op->id, r);
+
+    } else {
+        op->rc = (r->type == REDIS_REPLY_INTEGER && r->integer == 1)
+                 ? NGX_OK : NGX_DECLINED;
+    }
+
+    freeReplyObject(r);
+}
+
+
+/* store thread: EVAL HSETXX 1 job cancel 1, or EVAL PAUSE 1 job 1|0 */
 
 void
 ngx_http_llm_redis_send_control(ngx_http_llm_redis_t *rd,
@@ -1038,16 +1111,18 @@ ngx_http_llm_redis_send_control(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_cmd_t  cmd;
 
     ngx_http_llm_redis_cmd(&cmd, "EVAL");
-    ngx_http_llm_redis_lit(&cmd, NGX_HTTP_LLM_REDIS_HSETXX);
-    ngx_http_llm_redis_lit(&cmd, "1");
-    ngx_http_llm_redis_key(rd, &cmd, op->id, "job");
 
     if (op->control == NGX_HTTP_LLM_CTL_CANCEL) {
+        ngx_http_llm_redis_lit(&cmd, NGX_HTTP_LLM_REDIS_HSETXX);
+        ngx_http_llm_redis_lit(&cmd, "1");
+        ngx_http_llm_redis_key(rd, &cmd, op->id, "job");
         ngx_http_llm_redis_lit(&cmd, "cancel");
         ngx_http_llm_redis_lit(&cmd, "1");
 
     } else {
-        ngx_http_llm_redis_lit(&cmd, "pause");
+        ngx_http_llm_redis_lit(&cmd, NGX_HTTP_LLM_REDIS_PAUSE);
+        ngx_http_llm_redis_lit(&cmd, "1");
+        ngx_http_llm_redis_key(rd, &cmd, op->id, "job");
         ngx_http_llm_redis_lit(&cmd, op->control == NGX_HTTP_LLM_CTL_PAUSE
                                      ? "1" : "0");
     }

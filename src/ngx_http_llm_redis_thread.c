@@ -204,6 +204,10 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
             ngx_http_llm_redis_send_fetch(rd, op);
             break;
 
+        case NGX_HTTP_LLM_REDIS_CLAIM:
+            ngx_http_llm_redis_send_claim(rd, op);
+            break;
+
         default: /* NGX_HTTP_LLM_REDIS_CONTROL */
             ngx_http_llm_redis_send_control(rd, op);
         }
@@ -234,6 +238,10 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
 
         case NGX_HTTP_LLM_REDIS_FETCH:
             ngx_http_llm_redis_read_fetch(rd, op);
+            break;
+
+        case NGX_HTTP_LLM_REDIS_CLAIM:
+            ngx_http_llm_redis_read_claim(rd, op);
             break;
 
         default: /* NGX_HTTP_LLM_REDIS_CONTROL */

@@ -431,18 +431,20 @@ ngx_http_llm_content_type_param(ngx_http_request_t *r, const char *param,
         return NGX_DECLINED;
     }
 
-    return ngx_http_llm_param(&params, param, value);
+    return ngx_http_llm_param(r->pool, &params, param, value);
 }
 
 
 /*
  * A parameter in "; a=b; c="d"" (a media type's, a Content-Disposition's):
- * its value, quotes and backslashes taken off in place of a copy (the
- * value then points into the pool).  NGX_DECLINED: not there.
+ * its value, where it is, or unquoted into "pool" when it has backslash
+ * escapes (what it is read from is never changed).  NGX_DECLINED: not
+ * there; NGX_ERROR: no memory.
  */
 
 ngx_int_t
-ngx_http_llm_param(ngx_str_t *params, const char *param, ngx_str_t *value)
+ngx_http_llm_param(ngx_pool_t *pool, ngx_str_t *params, const char *param,
+    ngx_str_t *value)
 {
     u_char  *p, *end, *start, *q;
     size_t   len;
@@ -468,10 +470,23 @@ ngx_http_llm_param(ngx_str_t *params, const char *param, ngx_str_t *value)
             p++;
 
             if (p < end && *p == '"') {
-                value->data = ++p;
+                start = ++p;
+                p = ngx_http_llm_skip_quoted(p - 1, end);
+                len = p - start - (p[-1] == '"' && p > start);
 
-                for (q = p; p < end && *p != '"'; p++) {
-                    if (*p == '\\' && p + 1 < end) {
+                if (ngx_strlchr(start, start + len, '\\') == NULL) {
+                    value->data = start;
+                    value->len = len;
+                    return NGX_OK;
+                }
+
+                value->data = ngx_pnalloc(pool, len);
+                if (value->data == NULL) {
+                    return NGX_ERROR;
+                }
+
+                for (q = value->data, p = start; p < start + len; p++) {
+                    if (*p == '\\' && p + 1 < start + len) {
                         p++;
                     }
 

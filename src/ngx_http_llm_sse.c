@@ -355,6 +355,12 @@ ngx_http_llm_sse_frames(ngx_http_llm_ctx_t *ctx, ngx_http_llm_render_t *w,
 
             text += merged;
 
+            if (merged == 0) {
+                /* a gap in the ids (a takeover's): nothing to send */
+                i = last + 1;
+                continue;
+            }
+
         } else if (ngx_http_llm_event_payload(job->events[i].type)) {
             /* a payload event is rendered whole, counted by its payload */
             text += job->events[i].len;

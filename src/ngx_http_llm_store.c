@@ -250,6 +250,7 @@ ngx_http_llm_saved_init(ngx_http_llm_saved_t *res,
     res->store_data = snap->store_data;
     res->watched = snap->watched;
     res->pause = snap->pause;
+    res->pause_seq = snap->pause_seq;
 }
 
 

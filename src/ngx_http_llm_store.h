@@ -43,6 +43,7 @@ typedef struct {
     unsigned                       pause:1;     /* a pause is requested */
     unsigned                       paused:1;    /* and in effect */
     unsigned                       background:1;
+    ngx_uint_t                     pause_seq;   /* requests so far */
 
     ngx_http_llm_outcome_t         outcome;
 
@@ -99,6 +100,7 @@ typedef struct {
     unsigned                       cancel:1;    /* a cancel was requested */
     unsigned                       pause:1;     /* a pause is requested */
     unsigned                       dropped:1;   /* not kept: stop saving */
+    ngx_uint_t                     pause_seq;   /* the last request's */
 } ngx_http_llm_saved_t;
 
 
@@ -125,8 +127,8 @@ struct ngx_http_llm_snapshot_s {
     unsigned                       has_owner:1;
     unsigned                       background:1;
     unsigned                       paused:1;    /* the run waits */
-    unsigned                       pause:1;     /* the store's request, as
-                                                   last seen */
+    unsigned                       pause:1;     /* the store's last request */
+    ngx_uint_t                     pause_seq;   /* and its number */
     ngx_http_llm_outcome_t        *outcome;
 
     ngx_http_llm_event_t          *events;
@@ -204,6 +206,18 @@ typedef struct {
     ngx_int_t                    (*control)(ngx_http_llm_store_t *st,
                                             u_char *id,
                                             ngx_http_llm_control_e what);
+
+    /*
+     * Take a running job over whose worker is gone: only if the store
+     * still has it running with this "updated" (nobody wrote it since,
+     * nobody else took it), which the claim sets to now.  The handler
+     * gets NGX_OK (taken), NGX_DECLINED or NGX_ERROR, and no record; it
+     * may run before claim() returns.
+     */
+    ngx_int_t                    (*claim)(ngx_http_llm_store_t *st,
+                                          u_char *id, int64_t updated,
+                                          ngx_http_llm_fetch_pt handler,
+                                          void *data);
 } ngx_http_llm_store_ops_t;
 
 
@@ -211,7 +225,9 @@ struct ngx_http_llm_store_s {
     const ngx_http_llm_store_ops_t  *ops;
     ngx_msec_t                       ttl;
     ngx_msec_t                       poll;      /* how often followers read */
-    ngx_msec_t                       window;    /* a new job may be unread */
+    ngx_msec_t                       window;    /* a new job may be unread;
+                                                   0: saves are made at
+                                                   once */
     void                            *data;      /* the backend's own */
     ngx_http_llm_store_t            *next;      /* all stores */
 };

@@ -73,6 +73,8 @@ static ngx_int_t ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
     ngx_http_llm_fetch_pt handler, void *data);
 static ngx_int_t ngx_http_llm_mem_control(ngx_http_llm_store_t *st,
     u_char *id, ngx_http_llm_control_e what);
+static ngx_int_t ngx_http_llm_mem_claim(ngx_http_llm_store_t *st,
+    u_char *id, int64_t updated, ngx_http_llm_fetch_pt handler, void *data);
 static ngx_http_llm_mem_job_t *ngx_http_llm_mem_lookup(ngx_http_llm_mem_t *m,
     u_char *id, int64_t now);
 static ngx_http_llm_mem_job_t *ngx_http_llm_mem_create(ngx_http_llm_mem_t *m,
@@ -95,7 +97,8 @@ const ngx_http_llm_store_ops_t  ngx_http_llm_store_memory = {
     ngx_http_llm_mem_save,
     ngx_http_llm_mem_release,
     ngx_http_llm_mem_fetch,
-    ngx_http_llm_mem_control
+    ngx_http_llm_mem_control,
+    ngx_http_llm_mem_claim
 };
 
 
@@ -304,6 +307,7 @@ ngx_http_llm_mem_save(ngx_http_llm_store_t *st, ngx_http_llm_snapshot_t *snap,
 
     res->cancel = mj->rec.cancel;
     res->pause = mj->rec.pause;
+    res->pause_seq = mj->rec.pause_seq;
     res->watched = mj->rec.watched;
 
     ngx_shmtx_unlock(&m->shpool->mutex);
@@ -507,6 +511,40 @@ ngx_http_llm_mem_fetch(ngx_http_llm_store_t *st, u_char *id,
 
 
 static ngx_int_t
+ngx_http_llm_mem_claim(ngx_http_llm_store_t *st, u_char *id,
+    int64_t updated, ngx_http_llm_fetch_pt handler, void *data)
+{
+    ngx_http_llm_mem_t *m = st->data;
+
+    int64_t                  now;
+    ngx_int_t                rc;
+    ngx_http_llm_mem_job_t  *mj;
+
+    now = ngx_http_llm_now_ms();
+
+    ngx_shmtx_lock(&m->shpool->mutex);
+
+    mj = ngx_http_llm_mem_lookup(m, id, now);
+
+    if (mj && mj->rec.state == NGX_HTTP_LLM_RUNNING
+        && mj->rec.updated == updated)
+    {
+        mj->rec.updated = now;
+        rc = NGX_OK;
+
+    } else {
+        rc = NGX_DECLINED;
+    }
+
+    ngx_shmtx_unlock(&m->shpool->mutex);
+
+    handler(data, rc, NULL);
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
 ngx_http_llm_mem_control(ngx_http_llm_store_t *st, u_char *id,
     ngx_http_llm_control_e what)
 {
@@ -525,6 +563,7 @@ ngx_http_llm_mem_control(ngx_http_llm_store_t *st, u_char *id,
 
         } else {
             mj->rec.pause = (what == NGX_HTTP_LLM_CTL_PAUSE);
+            mj->rec.pause_seq++;
         }
 
         rc = NGX_OK;

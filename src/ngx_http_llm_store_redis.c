@@ -82,6 +82,8 @@ static ngx_int_t ngx_http_llm_redis_fetch(ngx_http_llm_store_t *st,
     ngx_http_llm_fetch_pt handler, void *data);
 static ngx_int_t ngx_http_llm_redis_control(ngx_http_llm_store_t *st,
     u_char *id, ngx_http_llm_control_e what);
+static ngx_int_t ngx_http_llm_redis_claim(ngx_http_llm_store_t *st,
+    u_char *id, int64_t updated, ngx_http_llm_fetch_pt handler, void *data);
 static ngx_http_llm_redis_op_t *ngx_http_llm_redis_op_new(
     ngx_http_llm_store_t *st, ngx_http_llm_redis_op_e type, u_char *id);
 
@@ -120,7 +122,8 @@ const ngx_http_llm_store_ops_t  ngx_http_llm_store_redis = {
     ngx_http_llm_redis_save,
     ngx_http_llm_redis_release,
     ngx_http_llm_redis_fetch,
-    ngx_http_llm_redis_control
+    ngx_http_llm_redis_control,
+    ngx_http_llm_redis_claim
 };
 
 
@@ -784,6 +787,31 @@ ngx_http_llm_redis_fetch(ngx_http_llm_store_t *st, u_char *id,
 }
 
 
+/* event loop: one EVAL that takes the job if it is as the reader saw it */
+
+static ngx_int_t
+ngx_http_llm_redis_claim(ngx_http_llm_store_t *st, u_char *id,
+    int64_t updated, ngx_http_llm_fetch_pt handler, void *data)
+{
+    ngx_http_llm_redis_op_t  *op;
+
+    op = ngx_http_llm_redis_op_new(st, NGX_HTTP_LLM_REDIS_CLAIM, id);
+    if (op == NULL) {
+        return NGX_ERROR;
+    }
+
+    op->updated = updated;
+    op->now = ngx_http_llm_now_ms();
+    op->handler = handler;
+    op->data = data;
+
+    ngx_http_llm_redis_submit(((ngx_http_llm_redis_conf_t *) st->data)->rd,
+                              op);
+
+    return NGX_OK;
+}
+
+
 /* event loop: the worker running the job sees it with its next write */
 
 static ngx_int_t
@@ -1072,6 +1100,7 @@ ngx_http_llm_redis_flush(ngx_event_t *ev)
         w->lost = 0;
         w->cancel = 0;
         w->pause = 0;
+        w->pause_seq = 0;
         w->refused = 0;
     }
 
@@ -1213,6 +1242,7 @@ ngx_http_llm_redis_job_written(ngx_http_llm_redis_t *rd,
             res.watched = w->watched;
             res.cancel = w->cancel;
             res.pause = w->pause;
+            res.pause_seq = w->pause_seq;
         }
 
         rj->saved(rj->data, &res);

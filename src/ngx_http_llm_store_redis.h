@@ -85,7 +85,8 @@ struct ngx_http_llm_redis_write_s {
     unsigned                       lost:1;      /* Redis lost the job */
     unsigned                       cancel:1;
     unsigned                       pause:1;
-    unsigned                       refused:1;   /* for good: see reply */
+    unsigned                       refused:1;
+    ngx_uint_t                     pause_seq;   /* for good: see reply */
     int64_t                        watched;
     u_char                         reply[128];  /* Redis's refusal */
     size_t                         reply_len;
@@ -102,7 +103,8 @@ struct ngx_http_llm_redis_write_s {
 typedef enum {
     NGX_HTTP_LLM_REDIS_BATCH = 0,
     NGX_HTTP_LLM_REDIS_FETCH,
-    NGX_HTTP_LLM_REDIS_CONTROL
+    NGX_HTTP_LLM_REDIS_CONTROL,
+    NGX_HTTP_LLM_REDIS_CLAIM
 } ngx_http_llm_redis_op_e;
 
 
@@ -124,6 +126,7 @@ struct ngx_http_llm_redis_op_s {
     size_t                         from_text;
     size_t                         from_meta;
     int64_t                        now;
+    int64_t                        updated;     /* a claim's */
     ngx_http_llm_fetch_pt          handler;
     void                          *data;
     ngx_http_llm_record_t          rec;
@@ -201,6 +204,10 @@ void ngx_http_llm_redis_read_write(ngx_http_llm_redis_t *rd,
 void ngx_http_llm_redis_send_fetch(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op);
 void ngx_http_llm_redis_read_fetch(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *op);
+void ngx_http_llm_redis_send_claim(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *op);
+void ngx_http_llm_redis_read_claim(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op);
 void ngx_http_llm_redis_send_control(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op);

@@ -31,6 +31,7 @@ typedef struct {
     ngx_int_t                      index;       /* nginx variable, or -1 */
     ngx_str_t                      arg;         /* of a prefix variable */
     ngx_str_t                      path;        /* ${name.a.b}: "a.b" */
+    size_t                         cut;         /* ${name:N}: N characters */
     unsigned                       quoted:1;    /* inside a JSON string */
 } ngx_http_llm_tpl_op_t;
 
@@ -43,6 +44,7 @@ static void ngx_http_llm_render_value(ngx_http_llm_render_t *w,
 static void ngx_http_llm_render_text(ngx_http_llm_render_t *w,
     ngx_http_llm_value_t *v);
 static u_char *ngx_http_llm_utf8_next(u_char *p, u_char *last);
+static void ngx_http_llm_value_cut(ngx_http_llm_value_t *v, size_t n);
 
 
 /*
@@ -202,14 +204,15 @@ ngx_http_llm_tpl_compile(ngx_conf_t *cf, ngx_http_llm_tpl_t *tpl,
 }
 
 
-/* $name, ${name} or ${name.field.field} */
+/* $name, ${name}, ${name.field.field}, and with ":N" in the braces */
 
 static char *
 ngx_http_llm_tpl_var(ngx_conf_t *cf, ngx_http_llm_var_t *vars,
     ngx_uint_t flags, const char *what, u_char **pos, u_char *last,
     ngx_http_llm_tpl_op_t *op)
 {
-    u_char              *p, *start, *dot;
+    u_char              *p, *start, *dot, *end;
+    ngx_int_t            n;
     ngx_str_t            name;
     ngx_uint_t           braces;
     ngx_http_llm_var_t  *v;
@@ -235,6 +238,27 @@ ngx_http_llm_tpl_var(ngx_conf_t *cf, ngx_http_llm_var_t *vars,
         p++;
     }
 
+    end = p;
+
+    /* ${name:N}: its first N characters */
+
+    if (braces && p < last && *p == ':') {
+        for (p++; p < last && *p >= '0' && *p <= '9'; p++) {
+            /* void */
+        }
+
+        n = ngx_atoi(end + 1, p - end - 1);
+
+        if (n <= 0 || n > 1048576) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "%s: \"${...:N}\" takes a number of "
+                               "characters from 1 to 1048576", what);
+            return NGX_CONF_ERROR;
+        }
+
+        op->cut = n;
+    }
+
     if (braces && (p == last || *p != '}')) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "%s: unterminated \"${\"", what);
@@ -242,11 +266,11 @@ ngx_http_llm_tpl_var(ngx_conf_t *cf, ngx_http_llm_var_t *vars,
     }
 
     name.data = start;
-    name.len = (dot ? dot : p) - start;
+    name.len = (dot ? dot : end) - start;
 
     if (dot) {
         op->path.data = dot + 1;
-        op->path.len = p - dot - 1;
+        op->path.len = end - dot - 1;
     }
 
     *pos = braces ? p + 1 : p;
@@ -369,6 +393,10 @@ ngx_http_llm_tpl_render(ngx_http_llm_tpl_t *tpl, void *data,
             }
         }
 
+        if (op[i].cut) {
+            ngx_http_llm_value_cut(&v, op[i].cut);
+        }
+
         if (tpl->json) {
             ngx_http_llm_render_value(w, &v, op[i].quoted);
 
@@ -379,6 +407,69 @@ ngx_http_llm_tpl_render(ngx_http_llm_tpl_t *tpl, void *data,
         if (v.json) {
             json_decref(v.json);
         }
+    }
+}
+
+
+/*
+ * ${name:N}: a text's first N characters (code points, never a part of
+ * one); a JSON value that is not a string is cut as its JSON text.
+ */
+
+static void
+ngx_http_llm_value_cut(ngx_http_llm_value_t *v, size_t n)
+{
+    char    *s, *dump;
+    size_t   len, i, chars;
+    json_t  *j;
+
+    dump = NULL;
+
+    switch (v->type) {
+
+    case NGX_HTTP_LLM_VAL_STR:
+        s = (char *) v->data;
+        len = v->len;
+        break;
+
+    case NGX_HTTP_LLM_VAL_JSON:
+        if (json_is_string(v->json)) {
+            s = (char *) json_string_value(v->json);
+            len = json_string_length(v->json);
+            break;
+        }
+
+        dump = json_dumps(v->json, NGX_HTTP_LLM_JSON_DUMP | JSON_ENCODE_ANY);
+        if (dump == NULL) {
+            return;
+        }
+
+        s = dump;
+        len = ngx_strlen(dump);
+        break;
+
+    default:
+        return;
+    }
+
+    for (i = 0, chars = 0; i < len; i++) {
+        if (((u_char) s[i] & 0xc0) != 0x80 && chars++ == n) {
+            break;
+        }
+    }
+
+    if (v->type == NGX_HTTP_LLM_VAL_STR) {
+        v->len = i;
+        return;
+    }
+
+    j = json_stringn(s, i);
+
+    free(dump);
+
+    if (j) {
+        json_decref(v->json);
+        v->json = j;
     }
 }
 

@@ -23,6 +23,7 @@
 
 static size_t ngx_http_llm_xfer_write(char *ptr, size_t size, size_t n,
     void *data);
+static ngx_int_t ngx_http_llm_xfer_typed(ngx_http_llm_xfer_t *x);
 static ngx_int_t ngx_http_llm_xfer_event(void *ctx, ngx_str_t *event,
     ngx_str_t *data);
 static void ngx_http_llm_sink_text(void *data, u_char *p, size_t len);
@@ -266,6 +267,13 @@ ngx_http_llm_xfer_write(char *ptr, size_t size, size_t n, void *data)
         return len;
     }
 
+    if (!x->typed && ngx_http_llm_xfer_typed(x) != NGX_OK) {
+        ngx_http_llm_sink_fail_str(x, NGX_HTTP_LLM_E_INVALID,
+                                   "the upstream answered a page or a "
+                                   "document, not a stream");
+        return 0;
+    }
+
     rc = ngx_http_llm_usse_feed(&x->parser, (u_char *) ptr, len,
                                 ngx_http_llm_xfer_event, x);
 
@@ -284,6 +292,45 @@ ngx_http_llm_xfer_write(char *ptr, size_t size, size_t n, void *data)
     }
 
     return len;
+}
+
+
+/*
+ * A 2xx answer that is an HTML page (a login portal, a proxy's error) or a
+ * JSON document (a server that does not stream) is not parsed for "data:"
+ * lines.  Other types are read as a stream: servers that stream without
+ * saying text/event-stream exist.
+ */
+
+static ngx_int_t
+ngx_http_llm_xfer_typed(ngx_http_llm_xfer_t *x)
+{
+    char        *type;
+    size_t       len;
+    ngx_uint_t   i;
+
+    static const char  *refused[] = { "text/html", "application/json" };
+
+    x->typed = 1;
+
+    if (curl_easy_getinfo(x->easy, CURLINFO_CONTENT_TYPE, &type) != CURLE_OK
+        || type == NULL)
+    {
+        return NGX_OK;
+    }
+
+    for (i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        len = ngx_strlen(refused[i]);
+
+        if (ngx_strncasecmp((u_char *) type, (u_char *) refused[i], len) == 0
+            && (type[len] == '\0' || type[len] == ';' || type[len] == ' '
+                || type[len] == '\t'))
+        {
+            return NGX_ERROR;
+        }
+    }
+
+    return NGX_OK;
 }
 
 

@@ -405,3 +405,12 @@ unknown llm_limit_jobs zone "jobs"
 --- must_die
 --- error_log
 "llm_max_duration" directive invalid value
+
+
+
+=== TEST 34: llm_answer is auto, stream or json
+--- config
+    llm_answer maybe;
+--- must_die
+--- error_log
+invalid value "maybe" in "llm_answer": auto, stream or json expected

@@ -393,3 +393,31 @@ GET /g
 --- response_body_like chomp
 "usage":\{"input_tokens":2147483647,"output_tokens":2147483647,"total_tokens":4294967294\}\}\n\n\z
 
+
+
+
+=== TEST 16: a 200 that is an HTML page is not read for data: lines
+--- config
+    location = /g {
+        llm_pass   "http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tps=0&ttft=0&reply=hidden&type=text/html;%20charset=utf-8";
+        llm_model  m;
+        llm_prompt "hi";
+    }
+--- request
+GET /g
+--- response_body_like chomp
+event: error\ndata: \{"code":"upstream_invalid","message":"the upstream answered a page or a document, not a stream","text":""\}\n\n\z
+
+
+
+=== TEST 17: a stream said to be text/plain is read as a stream
+--- config
+    location = /g {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tps=0&ttft=0&reply=shown&type=text/plain;
+        llm_model  m;
+        llm_prompt "hi";
+    }
+--- request
+GET /g
+--- response_body_like chomp
+event: complete\ndata: \{"text":"shown"

@@ -161,3 +161,26 @@ invalid input name "a-b" in "llm_input" (letters, digits and _)
 --- must_die
 --- error_log
 duplicate input "A" in "llm_input"
+
+
+
+=== TEST 9: a quoted name with a backslash escape; the boundary's case counts
+--- config
+    location = /g {
+        llm_pass   http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?mode=echo;
+        llm_model  m;
+        llm_prompt "$llm_input_topic/$llm_input_level";
+    }
+--- request eval
+"POST /g\r\n"
+. "--Bnd\r\n"
+. "Content-Disposition: form-data; name=\"top\\ic\"\r\n\r\n"
+. "tea\r\n"
+. "--bnd\r\n"
+. "Content-Disposition: form-data; name=\"level\"\r\n\r\n"
+. "2\r\n"
+. "--Bnd--\r\n"
+--- more_headers
+Content-Type: multipart/form-data; boundary=Bnd
+--- response_body_like chomp
+event: complete\ndata: \{"text":"\|tea\\r\\n--bnd\\r\\nContent-Disposition: form-data; name=\\"level\\"\\r\\n\\r\\n2/"

@@ -16,7 +16,7 @@ use Time::HiRes qw(sleep);
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use LLM::TestServer qw(start_nginx stop_nginx free_port error_log http_get
-                       sse_events);
+                       sse_events wait_for request_on);
 
 my $mock = $ENV{TEST_NGINX_MOCK_PORT};
 
@@ -87,15 +87,6 @@ sub async {
     return ($s, (eval { decode_json($b) } || {})->{job}, $w, $h, $b);
 }
 
-sub wait_for {
-    my ($cond, $secs) = @_;
-    for (1 .. $secs * 20 * $slow) {
-        return 1 if $cond->();
-        sleep 0.05;
-    }
-    return 0;
-}
-
 sub state_of {
     my ($job) = @_;
     my (undef, undef, $b) = http_get($port, 'GET', "/jobs/$job",
@@ -103,47 +94,15 @@ sub state_of {
     return (eval { decode_json($b) } || {})->{state} // '';
 }
 
-# a POST on a worker other than "not" (a GET on the same connection says
-# which worker it reached): (status, headers, body)
-sub post_elsewhere {
-    my ($uri, $not) = @_;
-
-    for (1 .. 40) {
-        my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port") or next;
-        syswrite($s, "GET /whoami HTTP/1.1\r\nHost: localhost\r\n\r\n");
-        my $got = '';
-        while ($got !~ /\r\n\r\n\d+\n/) {
-            last unless sysread($s, my $buf, 4096);
-            $got .= $buf;
-        }
-        my ($w) = $got =~ /\r\n\r\n(\d+)\n/;
-        if (!defined $w || $w == $not) {
-            close $s;
-            next;
-        }
-        syswrite($s, "POST $uri HTTP/1.1\r\nHost: localhost\r\n"
-                     . "Prefer: respond-async\r\nConnection: close\r\n\r\n");
-        $got = '';
-        while (sysread($s, my $buf, 65536)) {
-            $got .= $buf;
-        }
-        close $s;
-        my ($head, $body) = split /\r\n\r\n/, $got, 2;
-        my ($status) = $head =~ m{^HTTP/1\.1 (\d+)};
-        return ($status, $head, $body);
-    }
-
-    return;
-}
-
-
 # two running jobs for user a; the third is refused on the other worker
 
 my ($s1, $j1, $w1) = async('/slow?user=a');
 my ($s2, $j2) = async('/slow?user=a');
 is("$s1 $s2", '202 202', 'two background jobs of user a run');
 
-my ($s3, $h3, $b3) = post_elsewhere('/slow?user=a', $w1);
+my ($s3, $h3, $b3) = request_on($port, 'POST', '/slow?user=a',
+                                sub { $_[0] != $w1 },
+                                { Prefer => 'respond-async' });
 is($s3, 429, 'a third, on the other worker: 429');
 like($h3, qr/^Retry-After: 5\r?$/mi, 'with Retry-After (5 s by default)');
 like($b3, qr/"code":"too_many_jobs"/, 'and the JSON error too_many_jobs');

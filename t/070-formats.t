@@ -894,3 +894,46 @@ llm_format: "progress" template: unknown variable "$llm_percent"
 --- must_die
 --- error_log
 llm_format: "check" is duplicate, or "off" and a template for the same events
+
+
+
+=== TEST 39: ${name:N}: the first N characters of a text, or of a JSON value's text
+--- http_config
+    llm_format cut {
+        start    off;
+        delta    off;
+        step     '{"preview": ${llm_output:8}, "n": ${llm_output.n:1}}';
+        complete '{"p": ${llm_text:3}, "q": "<${llm_text:2}>", "all": ${llm_text:100}}';
+        error    '{"error": $llm_error_message}';
+    }
+    llm_pipeline one {
+        step only {
+            pass   "http://127.0.0.1:$TEST_NGINX_MOCK_PORT/v1/chat/completions?tps=0&ttft=0&reply=%7B%22n%22%3A%20123%2C%20%22w%22%3A%20%22h%C3%A9%22%7D";
+            prompt "hi";
+            output json;
+            stream on;
+        }
+    }
+--- config
+    location = /g {
+        llm_model    m;
+        llm_pipeline one;
+        llm_format   cut;
+    }
+--- request
+GET /g
+--- response_body_like eval
+qr{data: \{"preview":"\{\\"n\\":123","n":"1"\}\n\n.*data: \{"p":"\{\\"n","q":"<\{\\">","all":"\{\\"n\\": 123, \\"w\\": \\"h\x{c3}\x{a9}\\"\}"\}\n\n\z}s
+
+
+
+=== TEST 40: nginx -t: ${name:N} takes a positive number
+--- http_config
+    llm_format f {
+        complete '{"p": ${llm_text:0}}';
+        error    '{"e": 1}';
+    }
+--- config
+--- must_die
+--- error_log
+llm_format: "complete" template: "${...:N}" takes a number of characters from 1 to 1048576

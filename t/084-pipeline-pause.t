@@ -17,7 +17,8 @@ use Time::HiRes qw(sleep);
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use LLM::TestServer qw(start_nginx stop_nginx free_port error_log http_get
-                       sse_events start_redis stop_redis);
+                       sse_events start_redis stop_redis wait_for
+                       request_on);
 
 my $mock = $ENV{TEST_NGINX_MOCK_PORT};
 
@@ -64,15 +65,6 @@ sub calls {
     return (eval { decode_json($b) } || {})->{requests} // -1;
 }
 
-sub wait_for {
-    my ($cond, $secs) = @_;
-    for (1 .. $secs * 20 * $slow) {
-        return 1 if $cond->();
-        sleep 0.05;
-    }
-    return 0;
-}
-
 sub job_json {
     my ($port, $job) = @_;
     my (undef, undef, $b) = http_get($port, 'GET', "/jobs/$job",
@@ -93,46 +85,6 @@ sub started {
     my $j = eval { decode_json($body) } || {};
     my ($w) = $head =~ /^X-Worker: (\d+)/mi;
     return ($status, $j->{job}, $w);
-}
-
-# a request on a worker that "want" accepts (given its pid): a GET on a
-# kept-alive connection says which worker it reached, the request follows
-# on it; (status, JSON body, worker), or nothing
-sub request_on {
-    my ($port, $method, $uri, $want) = @_;
-
-    for (1 .. 40) {
-        my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port") or next;
-        syswrite($s, "GET /whoami HTTP/1.1\r\nHost: localhost\r\n\r\n");
-
-        my $got = '';
-        while ($got !~ /\r\n\r\n.*\n/s) {
-            last unless sysread($s, my $buf, 4096);
-            $got .= $buf;
-        }
-
-        my ($w) = $got =~ /\r\n\r\n(\d+)\n/;
-
-        if (!defined $w || !$want->($w)) {
-            close $s;
-            next;
-        }
-
-        syswrite($s, "$method $uri HTTP/1.1\r\nHost: localhost\r\n"
-                     . "Connection: close\r\n\r\n");
-
-        $got = '';
-        while (sysread($s, my $buf, 65536)) {
-            $got .= $buf;
-        }
-        close $s;
-
-        my ($head, $body) = split /\r\n\r\n/, $got, 2;
-        my ($status) = $head =~ m{^HTTP/1\.1 (\d+)};
-        return ($status, eval { decode_json($body) } || {}, $w);
-    }
-
-    return;
 }
 
 sub kinds {
@@ -201,8 +153,10 @@ my ($status, $job, $owner) = started($port, '/generate');
 is($status, 202, 'a pipeline starts in the background');
 ok(wait_for(sub { calls($port, 'pa-1') == 1 }, 5), 'its first step runs');
 
-my ($st, $j, $w) = request_on($port, 'POST', "/jobs/$job?action=pause",
-                              sub { $_[0] != $owner });
+my ($st, undef, $b, $w) = request_on($port, 'POST',
+                                     "/jobs/$job?action=pause",
+                                     sub { $_[0] != $owner });
+my $j = eval { decode_json($b) } || {};
 is($st, 202, 'a pause asked on the other worker is accepted');
 ok($j->{pause}, 'and shown as asked for');
 isnt($w, $owner, 'on the other worker');
@@ -215,13 +169,14 @@ sleep 1.5 * $slow;
 is(job_json($port, $job)->{state}, 'paused', 'it stays paused');
 is(calls($port, 'pa-2'), 0, 'and calls nobody');
 
-($st, $j) = request_on($port, 'POST', "/jobs/$job?action=pause",
-                       sub { $_[0] == $owner });
+($st, undef, $b) = request_on($port, 'POST', "/jobs/$job?action=pause",
+                              sub { $_[0] == $owner });
+$j = eval { decode_json($b) } || {};
 is($st, 200, 'a second pause: 200, it is paused');
 is($j->{state}, 'paused', 'and says so');
 
-($st, $j) = request_on($port, 'POST', "/jobs/$job?action=resume",
-                       sub { $_[0] == $owner });
+($st) = request_on($port, 'POST', "/jobs/$job?action=resume",
+                  sub { $_[0] == $owner });
 is($st, 200, 'a resume on the worker running the job');
 ok(state_is($port, $job, 'completed'), 'the job goes on to the end');
 is(calls($port, 'pa-2') . calls($port, 'pa-3'), '11',
@@ -301,6 +256,18 @@ is($ev[-1]{event}, 'complete', 'a POST continues it to the end');
 is(calls($port, 'pb-1'), 1, 'without asking the finished step again');
 
 
+# a client that reads the paused job and leaves does not stop the expiry
+
+($status, $job) = started($port, '/short');
+http_get($port, 'POST', "/jobs/$job?action=pause");
+ok(state_is($port, $job, 'paused'), 'a background job pauses');
+http_get($port, 'GET', "/jobs/$job", headers => { Accept => 'text/event-stream' },
+         until => qr/event: paused/, timeout => 2);
+ok(state_is($port, $job, 'cancelled'),
+   'a reader came and went: the pause still expires');
+is(job_json($port, $job)->{error}{code}, 'pause_timeout', 'pause_timeout');
+
+
 # the client leaves, the pause is asked after: the job is not cancelled
 
 ($status, undef, $body) = http_get($port, 'GET', '/short',
@@ -359,7 +326,7 @@ stop_nginx($root);
 SKIP: {
     my $rport = free_port();
     $redis_pid = eval { start_redis($rport) };
-    skip 'redis-server cannot start', 7 unless $redis_pid;
+    skip 'redis-server cannot start', 8 unless $redis_pid;
 
     my $store = "llm_store redis://127.0.0.1:$rport ttl=10m prefix=t084:;";
     my ($pa, $pb) = (free_port(), free_port());
@@ -380,6 +347,14 @@ SKIP: {
     ($status) = http_get($pb, 'POST', "/jobs/$job?action=resume");
     is($status, 202, 'a resume from there');
     ok(state_is($pb, $job, 'completed'), 'lets it complete');
+
+    # paused and resumed on the instance running it: stays resumed
+
+    ($status, $job) = started($pa, '/generate');
+    http_get($pa, 'POST', "/jobs/$job?action=pause");
+    http_get($pa, 'POST', "/jobs/$job?action=resume");
+    ok(state_is($pb, $job, 'completed'),
+       'a pause and a resume on the running instance: it completes');
     unlike(error_log($ra) . error_log($rb),
            qr/\[(?:alert|crit|emerg)\]|signal \d+/, 'no worker crashed');
 

@@ -214,12 +214,13 @@ is_deeply(decode_json($body)->{store},
           { type => 'redis', reachable => JSON::PP::true },
           '/health is llm_status: the Redis store reachable');
 
-# --- 5. the provider fails at the summative batch
+# --- 5. the provider fails at the summative batch (the client's own
+#        "modules" do not replace the workflow's: llm_input)
 
 my $before = mock_requests();
 ($st, $head, $body) = http_get($port, 'POST', "/api/v3/workflow/$small/step7/stream",
                                headers => { %auth, 'Content-Type' => 'application/json' },
-                               body => '{"formativesPerModule": 2}');
+                               body => '{"formativesPerModule": 2, "modules": "[\\"x\\",\\"y\\",\\"z\\"]"}');
 @ev = events($body);
 is_deeply([map { $_->{data}{type} } @ev],
           ['connected', 'progress', 'data', 'progress', 'data', 'progress', 'error'],

@@ -258,8 +258,8 @@ isnt($j->{steps}[3]{state}, 'done', 'step 4 is not done');
 
 my $before = mock_requests();
 
-($status, $head, $body) = http_get($port, 'POST',
-    "/api/jobs/$failed?topic=$topic", timeout => 15);
+($status, $head, $body) = http_get($port, 'POST', "/api/jobs/$failed",
+                                   timeout => 15);
 @ev = events($body);
 
 is($status, 200, 'POST /api/jobs/ID: the run goes on, as a stream');
@@ -267,7 +267,8 @@ is(shapes(@ev), 'start step4 step5 step6 step3 step4 step5 step6 step7 '
                 . 'final done',
    'from step 4, with the loop, to the end') or diag($body);
 isnt(job_of($ev[0]{id}), $failed, 'as a new job');
-is($ev[0]{json}{topic}, 'GRPO advantage normalization', 'start: the topic');
+is($ev[0]{json}{topic}, 'GRPO advantage normalization',
+   'start: the topic, from the job (${llm_inputs.topic})');
 $final = $ev[-2]{json};
 ok($final->{success} && $final->{stopped_at_step} == 7,
    'final: success, stopped at step 7');

@@ -40,6 +40,7 @@
  *   tag=STR       counters and /last kept per tag
  *   expect_key=K  require "Authorization: Bearer K" or "x-api-key: K"
  *   chunked=0     an HTTP/1.1 stream ends by close, not chunked
+ *   type=TYPE     the Content-Type of a stream (text/event-stream)
  *
  * --script FILE: a JSON array of rules, every field optional:
  *
@@ -154,6 +155,7 @@ typedef struct {
     size_t               tag_len;
     char                 tag[MOCK_TAG_LEN];
     char                *expect_key;
+    char                *type;
 } query_t;
 
 
@@ -671,6 +673,7 @@ conn_reset(conn_t *c)
     free(c->aver);
     free(c->ctype);
     free(c->q.expect_key);
+    free(c->q.type);
     free(c->model);
     free(c->model_json);
     buf_free(&c->text);
@@ -903,10 +906,11 @@ stream_headers(conn_t *c)
 {
     buf_addf(&c->out, "HTTP/1.1 200 OK\r\n"
              "Server: llm-mock\r\n"
-             "Content-Type: text/event-stream\r\n"
+             "Content-Type: %s\r\n"
              "Cache-Control: no-cache\r\n"
              "%s"
              "Connection: %s\r\n\r\n",
+             c->q.type ? c->q.type : "text/event-stream",
              c->chunked ? "Transfer-Encoding: chunked\r\n" : "",
              c->keepalive ? "keep-alive" : "close");
 
@@ -1386,6 +1390,7 @@ query_parse(const char *qs, query_t *q)
     }
 
     q->expect_key = query_get(qs, "expect_key", &len);
+    q->type = query_get(qs, "type", &len);
 
     return 0;
 }
@@ -2536,7 +2541,8 @@ usage(FILE *f)
         "                [--quiet]\n\n"
         "defaults: --listen 127.0.0.1:8088 --ttft 300 --tps 30 --tokens 60\n"
         "query parameters: tokens tps ttft token_size mode after status tag\n"
-        "                  expect_key stamp chunked reply reply_N status_N\n"
+        "                  expect_key stamp chunked type reply reply_N\n"
+        "                  status_N\n"
         "modes: normal echo status cut stall stream_error garbage hang\n"
         "script: a JSON array of rules {match, reply, replies, status,"
         " statuses,\n"

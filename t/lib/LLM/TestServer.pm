@@ -12,7 +12,8 @@ use File::Path qw(make_path remove_tree);
 use Time::HiRes qw(sleep);
 
 our @EXPORT_OK = qw(start_nginx stop_nginx nginx_pid free_port error_log
-                    http_get sse_events start_redis stop_redis);
+                    http_get sse_events start_redis stop_redis wait_for
+                    request_on);
 
 sub free_port {
     my $l = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1',
@@ -179,6 +180,62 @@ sub error_log {
     open my $f, '<', "$root/logs/error.log" or return '';
     local $/;
     return <$f>;
+}
+
+# wait_for(cond, seconds): true as soon as cond() is, polled every 50 ms;
+# false after "seconds" (five times as long under valgrind)
+sub wait_for {
+    my ($cond, $secs) = @_;
+    my $slow = $ENV{TEST_NGINX_USE_VALGRIND} ? 5 : 1;
+
+    for (1 .. $secs * 20 * $slow) {
+        return 1 if $cond->();
+        sleep 0.05;
+    }
+
+    return 0;
+}
+
+# request_on(port, method, uri, want, headers): the request on a worker
+# that want(pid) accepts; a GET /whoami on a kept-alive connection (the
+# server answers it with "$pid\n") says which worker it reached.
+# (status, headers, body, worker), or nothing after 40 tries.
+sub request_on {
+    my ($port, $method, $uri, $want, $hdrs) = @_;
+    my $h = join '', map { "$_: $hdrs->{$_}\r\n" } keys %{ $hdrs || {} };
+
+    for (1 .. 40) {
+        my $s = IO::Socket::INET->new(PeerAddr => "127.0.0.1:$port") or next;
+        syswrite($s, "GET /whoami HTTP/1.1\r\nHost: localhost\r\n\r\n");
+
+        my $got = '';
+        while ($got !~ /\r\n\r\n\d+\n/) {
+            last unless sysread($s, my $buf, 4096);
+            $got .= $buf;
+        }
+
+        my ($w) = $got =~ /\r\n\r\n(\d+)\n/;
+
+        if (!defined $w || !$want->($w)) {
+            close $s;
+            next;
+        }
+
+        syswrite($s, "$method $uri HTTP/1.1\r\nHost: localhost\r\n$h"
+                     . "Connection: close\r\n\r\n");
+
+        $got = '';
+        while (sysread($s, my $buf, 65536)) {
+            $got .= $buf;
+        }
+        close $s;
+
+        my ($head, $body) = split /\r\n\r\n/, $got, 2;
+        my ($status) = $head =~ m{^HTTP/1\.1 (\d+)};
+        return ($status, $head, $body // '', $w);
+    }
+
+    return;
 }
 
 1;
