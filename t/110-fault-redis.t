@@ -24,7 +24,7 @@ use Time::HiRes qw(sleep time);
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use LLM::TestServer qw(start_nginx stop_nginx free_port error_log http_get
-                       sse_events start_redis stop_redis);
+                       sse_events start_redis stop_redis wait_for);
 
 my $mock = $ENV{TEST_NGINX_MOCK_PORT};
 
@@ -186,15 +186,6 @@ sub r {
     my $out = `redis-cli -p $rport --raw $cmd 2>/dev/null`;
     chomp $out;
     return $out;
-}
-
-sub wait_for {
-    my ($cond, $secs) = @_;
-    for (1 .. $secs * 20 * $slow) {
-        return 1 if $cond->();
-        sleep 0.05;
-    }
-    return 0;
 }
 
 

@@ -18,7 +18,7 @@ use Time::HiRes qw(sleep time);
 use FindBin;
 use lib "$FindBin::Bin/lib";
 use LLM::TestServer qw(start_nginx stop_nginx free_port error_log http_get
-                       sse_events);
+                       sse_events wait_for);
 
 my $mock = $ENV{TEST_NGINX_MOCK_PORT};
 
@@ -61,15 +61,6 @@ sub stats {
     my ($tag) = @_;
     my (undef, undef, $b) = http_get($mock, 'GET', "/stats?tag=$tag$run");
     return decode_json($b || '{}');
-}
-
-sub wait_for {
-    my ($cond, $secs) = @_;
-    for (1 .. $secs * 20 * $slow) {
-        return 1 if $cond->();
-        sleep 0.05;
-    }
-    return 0;
 }
 
 sub job_json {

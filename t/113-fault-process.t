@@ -15,8 +15,8 @@ use IO::Socket::INET;
 use Time::HiRes qw(sleep time);
 use FindBin;
 use lib "$FindBin::Bin/lib";
-use LLM::TestServer qw(start_nginx stop_nginx nginx_pid free_port error_log
-                       http_get sse_events start_redis stop_redis);
+use LLM::TestServer qw(start_nginx stop_nginx free_port error_log http_get
+                       sse_events start_redis stop_redis wait_for);
 
 my $mock = $ENV{TEST_NGINX_MOCK_PORT};
 
@@ -32,15 +32,6 @@ my $rport = free_port();
 my $redis_pid = eval { start_redis($rport) };
 
 END { local $?; stop_redis($redis_pid) }
-
-sub wait_for {
-    my ($cond, $secs) = @_;
-    for (1 .. $secs * 20 * $slow) {
-        return 1 if $cond->();
-        sleep 0.05;
-    }
-    return 0;
-}
 
 sub stream_open {
     my ($port, $uri, %hdr) = @_;
@@ -150,10 +141,11 @@ is($fev[-1]{event}, 'error', '    an error');
 like($fev[-1]{data}, qr/"code":"job_lost","message":"[^"]+","text":"\S/,
      '    job_lost, with the text so far');
 
+# a lookup reads the record as it is: only a follower that has seen 15 s
+# of silence calls the job lost
 my ($s, $j) = job_json($port, $job);
 is($s, 200, '  the job is still in the zone');
-is($j->{state}, 'failed', '  read now, it has failed');
-is($j->{error}{code}, 'job_lost', '    job_lost');
+is($j->{state}, 'running', '  as it was: running (until its ttl)');
 
 my $again = stream_open($port, "/g?tag=kill$run");
 ok(stream_read($again, $final, 60), 'the workers serve new streams');
@@ -220,7 +212,7 @@ HTTP
        '  Redis keeps the job as it was (running, until its ttl)');
 
     ($s, $j) = job_json($pb, $job);
-    is($j->{error}{code}, 'job_lost', '  read on B now: job_lost');
+    is($j->{state}, 'running', '  read on B now: running');
 
     $again = stream_open($pa, "/g?tag=rkill$run");
     ok(stream_read($again, $final, 60), 'A serves new streams');
@@ -239,7 +231,7 @@ HTTP
 #    until it has been idle for 2 s
 
 SKIP: {
-    skip 'redis-server cannot start', 11 unless $redis_pid;
+    skip 'redis-server cannot start', 13 unless $redis_pid;
 
     $port = free_port();
     $root = start_nginx('fault_queue',
@@ -288,7 +280,8 @@ HTTP
     ok(stream_read($st, $final, 20), '  the stream goes on');
     @ev = sse_events(body_of($st));
     is($ev[-1]{event}, 'complete', '    to "complete"');
-    like(error_log($root), qr/thread pool "tight" queue is full: writes are delayed, reads fail/,
+    like(error_log($root),
+         qr/thread pool "tight" queue is full: writes are delayed, reads fail/,
          '  the error log says why');
     ok(wait_for(sub { hget("t113q:{$job}:job", 'state') eq 'completed' },
                 10),
@@ -308,7 +301,8 @@ HTTP
     like($ev[-1]{data},
          qr/"code":"internal","message":"the thread pool is overloaded"/,
          '    internal: the thread pool is overloaded');
-    like(error_log($root), qr/cannot start the engine: thread pool queue is full/,
+    like(error_log($root),
+         qr/cannot start the engine: thread pool queue is full/,
          '    the error log says why');
     ($job) = ($ev[0]{id} // '') =~ /^([\w-]+):/;
     ok(wait_for(sub { hget("t113q:{$job}:job", 'state') eq 'failed' }, 10),
