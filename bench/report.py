@@ -20,6 +20,13 @@ GOAL_REDIS_RT_PER_TOKEN = 0.1   # at most one round trip per 10 tokens
 GOAL_REDIS_ADDED_MS = 1.0       # p99, Redis store against memory store
 GOAL_FORMAT_RATIO = 1.10        # user template against the default format
 CAP_ADDED_MS = 100
+# round two (issue 14)
+GOAL2_STREAMS_PER_CONN = 50     # upstream connections, HTTPS
+GOAL2_HTTPS_KB = 16
+GOAL2_PLAIN_KB = 12
+GOAL2_STREAMS = 20000
+GOAL2_CAP_ADDED_MS = 50
+GOAL2_CPU_MTOK = 42.9 / 2       # half of round one's figure
 BUSY_CORE = 0.8          # a helper above this may be the bottleneck
 OTHER_CORE = 0.2         # CPU of processes that are not part of the run
 SATURATED = 1.8          # all of it: the 2 cores are (nearly) used up
@@ -115,7 +122,8 @@ def busy_helpers(row):
     if o >= OTHER_CORE:
         out.append("other processes on the machine %.2f cores" % o)
     total = relay_cpu(row) / row["secs"] + (cores(row, "mock") or 0) \
-        + (cores(row, "redis") or 0) + row["client_cpu"] / row["secs"] + o
+        + (cores(row, "redis") or 0) + (cores(row, "front") or 0) \
+        + row["client_cpu"] / row["secs"] + o
     if total >= SATURATED:
         out.append("the machine was saturated: relay, mock, client and "
                    "others used %.2f of the 2 cores" % total)
@@ -144,6 +152,18 @@ def held(rows):
         elif fail is None:
             fail = r
     return best, fail
+
+
+def held_at(rows, added_ms):
+    """The largest level of a staircase held with a p99 added over the
+    floor of at most added_ms, before the first level that was not."""
+    best = 0
+    for x in rows:
+        if not x["ok"] or x.get("floor_p99", -1) < 0 \
+           or x["lat_p99"] - x["floor_p99"] > added_ms * 1000:
+            break
+        best = x["level"]
+    return best
 
 
 def floor_at(frows, level):
@@ -199,6 +219,13 @@ def ratio(a, b):
     if a is None or b is None or b <= 0:
         return None
     return a / float(b)
+
+
+def times(a, b):
+    """a / b as "N.NNx", "n/a" when b is not positive."""
+    if a is None or b is None or b <= 0:
+        return "n/a"
+    return "%.2fx" % (a / float(b))
 
 
 def format_cost(r):
@@ -275,6 +302,103 @@ def pipeline_cost(r, steps):
     return out
 
 
+def front_probe(work, name, row):
+    """Scenario 8: the probe's samples inside the hold.  Each line is
+    "time established accepts handled requests"; every sample made one
+    connection and one request to the front itself (stub_status), which
+    are taken out."""
+    path = os.path.join(work, name + ".probe")
+    if not os.path.exists(path):
+        return None
+    rows = []
+    with open(path) as f:
+        for line in f:
+            v = line.split()
+            if len(v) == 5:
+                rows.append([float(v[0])] + [int(x) for x in v[1:]])
+    inside = [x for x in rows
+              if row["hold_from"] <= x[0] <= row["hold_to"]]
+    if len(inside) < 2:
+        return None
+    a, b = inside[0], inside[-1]
+    n = len(inside) - 1
+    est = [x[1] for x in inside]
+    conns = b[2] - a[2] - n
+    gens = b[4] - a[4] - n
+    return {"est_mean": sum(est) / float(len(est)), "est_max": max(est),
+            "new_conns": conns, "generations": gens, "secs": b[0] - a[0],
+            "per_gen": conns / float(gens) if gens > 0 else None}
+
+
+def front_log(work, port):
+    """Scenario 8: the front's access log for one listener over the whole
+    run (ramp included): requests, connections, TLS sessions resumed,
+    protocols."""
+    path = os.path.join(work, "front", "logs", "access.log")
+    if not os.path.exists(path):
+        return None
+    reqs, conns, reused, protos = 0, set(), set(), {}
+    with open(path) as f:
+        for line in f:
+            v = line.split()
+            if len(v) != 7 or v[1] != str(port):
+                continue
+            reqs += 1
+            conns.add(v[2])
+            if v[4] == "r":
+                reused.add(v[2])
+            protos[v[5]] = protos.get(v[5], 0) + 1
+    return {"requests": reqs, "connections": len(conns),
+            "reused": len(reused), "protocols": protos}
+
+
+def long_figures(x):
+    """Scenario 9: one long job's figures."""
+    tokens = (x.get("usage") or {}).get("output_tokens") \
+        or x.get("tokens_asked")
+    f = {"tokens": tokens}
+    for side in ("owner", "other"):
+        s = x.get(side)
+        if s:
+            f[side + "_kb"] = s["max_kb"] - s["idle_kb"]
+            f[side + "_end_kb"] = s["end_kb"] - s["idle_kb"]
+    keys = x.get("redis_keys")
+    if keys is not None:
+        f["redis_bytes"] = sum(k["bytes"] for k in keys.values())
+        f["redis_keys"] = len(keys)
+    for name in ("start", "middle"):
+        rows = x.get("resume", {}).get(name) or []
+        if rows:
+            n = float(len(rows))
+            f[name] = {
+                "n": len(rows),
+                "ok": all(r["status"] == 200 and r["complete"]
+                          for r in rows),
+                "first_ms": sum(r["first_ms"] for r in rows) / n,
+                "total_ms": sum(r["total_ms"] for r in rows) / n,
+                "max_ms": max(r["total_ms"] for r in rows),
+                "bytes": rows[0]["bytes"],
+                "cpu_ms": sum(r["cpu_s"] for r in rows) * 1000 / n,
+                "owner": sum(1 for r in rows if r["owner"])}
+    return f
+
+
+def s8_rows(r, work):
+    """Scenario 8's rows with their probe and log figures."""
+    meta = load_obj(work, "s8-meta.json")
+    out = []
+    for m, label in (("plain", "plain HTTP/1.1"),
+                     ("h1", "HTTPS, HTTP/1.1 (ALPN)"),
+                     ("h2", "HTTPS, HTTP/2 (ALPN)")):
+        rows = r.get("s8-" + m)
+        if not rows:
+            continue
+        x = rows[0]
+        out.append((m, label, x, front_probe(work, "s8-" + m, x),
+                    front_log(work, meta.get(m))))
+    return out
+
+
 def main():
     work, out_md, out_png = sys.argv[1], sys.argv[2], sys.argv[3]
     meta = load_obj(work, "meta.json")
@@ -294,7 +418,7 @@ def main():
                  "s6-floor", "s6-default", "s6-story",
                  "s6-cpu-default", "s6-cpu-story",
                  "s7-steps-floor", "s7-steps", "s7-floor", "s7-one",
-                 "s7-seven"):
+                 "s7-seven", "s8-plain", "s8-h1", "s8-h2"):
         r[name] = load(work, name)
 
     L = []
@@ -410,6 +534,92 @@ def main():
               (GOAL_FORMAT_RATIO - 1) * 100, GOAL_FORMAT_RATIO,
               fc["measured"], yes(fc["met"]) if fc["met"] is not None
               else "n/a"))
+    w("")
+
+    # --- goals of round two (issue 14)
+    s8 = s8_rows(r, work)
+    s8d = dict((m, (label, x, pr, lg)) for m, label, x, pr, lg in s8)
+    w("## Goals of round two (issue 14; reported, not asserted)")
+    w("")
+    w("| Goal | Target | Measured | Met |")
+    w("|---|---|---|---|")
+    if "h2" in s8d and s8d["h2"][2]:
+        _, x, pr, _ = s8d["h2"]
+        per = x["level"] / max(pr["est_mean"], 1e-9)
+        w("| HTTPS upstream, HTTP/2 offered: connections shared "
+          "(multiplexed) | <= 1 per %d concurrent streams | %.1f "
+          "connections for %d streams (1 per %.0f; scenario 8) | %s |" % (
+              GOAL2_STREAMS_PER_CONN, pr["est_mean"], x["level"], per,
+              yes(per >= GOAL2_STREAMS_PER_CONN)))
+    if "h1" in s8d and s8d["h1"][2]:
+        _, x, pr, _ = s8d["h1"]
+        per = x["level"] / max(pr["est_mean"], 1e-9)
+        w("| HTTPS upstream, HTTP/1.1 only: connections shared "
+          "(kept alive and reused) | reused; <= 1 per %d concurrent "
+          "streams | reused (%d new connections for %d new generations "
+          "in the hold), but %.0f connections for %d streams (1 per "
+          "%.1f): HTTP/1.1 carries one stream at a time | %s |" % (
+              GOAL2_STREAMS_PER_CONN, pr["new_conns"], pr["generations"],
+              pr["est_mean"], x["level"], per,
+              yes(per >= GOAL2_STREAMS_PER_CONN)))
+    kb = []
+    for m in ("h1", "h2"):
+        if m in s8d:
+            x = s8d[m][1]
+            kb.append((m, relay_rss_delta(x) / x["level"]))
+    if kb:
+        w("| Worker RSS per stream, HTTPS upstream | <= %d KB | %s | %s |"
+          % (GOAL2_HTTPS_KB, ", ".join(
+              "%.1f KB (%s, %d streams)" % (v, "HTTP/2" if m == "h2"
+                                            else "HTTP/1.1",
+                                            s8d[m][1]["level"])
+              for m, v in kb),
+             "HTTP/2 " + yes(dict(kb).get("h2", 1e9) <= GOAL2_HTTPS_KB)
+             + ", HTTP/1.1 " + yes(dict(kb).get("h1", 1e9)
+                                   <= GOAL2_HTTPS_KB)))
+    hs = [(m, s8d[m][2]) for m in ("h1", "h2") if m in s8d and s8d[m][2]]
+    if hs:
+        w("| No TLS handshake per generation once warm | 0 | %s | %s |" % (
+            ", ".join("%s: %d handshakes for %d generations in the hold "
+                      "(%.3f each)" % ("HTTP/2" if m == "h2" else
+                                        "HTTP/1.1", p["new_conns"],
+                                        p["generations"],
+                                        p["per_gen"] or 0)
+                      for m, p in hs),
+            ", ".join("%s %s" % ("HTTP/2" if m == "h2" else "HTTP/1.1",
+                                 yes(p["new_conns"] <= 0
+                                     and p["generations"] > 0))
+                      for m, p in hs)))
+    if mem:
+        worst = max(kb for _, _, kb in mem)
+        w("| Worker RSS per stream, plain HTTP (scenario 3) | <= %d KB "
+          "| %s | %s |" % (
+              GOAL2_PLAIN_KB,
+              ", ".join("%.1f KB (%s, %d)" % (kb, s, n)
+                        for s, n, kb in mem),
+              yes(worst <= GOAL2_PLAIN_KB)))
+    if s2m:
+        hm = held_at(s2m, GOAL2_CAP_ADDED_MS)
+        w("| Capacity: streams at 5 tokens/s on the 2 cores, p99 added "
+          "<= %d ms | >= %d | %d (scenario 2's staircase stops at %d: "
+          "RLIMIT_NOFILE %s) | %s |" % (
+              GOAL2_CAP_ADDED_MS, GOAL2_STREAMS, hm,
+              max(x["level"] for x in s2m), meta.get("nofile", "?"),
+              yes(hm >= GOAL2_STREAMS)))
+        if s2b:
+            hb = held_at(s2b, GOAL2_CAP_ADDED_MS)
+            k = hm / float(hb) if hb else None
+            w("| Capacity against the baseline at equal p99 (added <= %d "
+              "ms) | >= %dx | %s (%d / %d streams) | %s |" % (
+                  GOAL2_CAP_ADDED_MS, GOAL_RATIO,
+                  "%.1fx" % k if k else "n/a", hm, hb,
+                  yes(k is not None and k >= GOAL_RATIO)))
+    s4m = r["s4-module"]
+    if s4m:
+        c = cpu_per_mtok(s4m[0])
+        w("| CPU per million tokens (scenario 4) | <= %.2f s (half of "
+          "42.9 s) | %.1f s | %s |" % (GOAL2_CPU_MTOK, c,
+                                       yes(c <= GOAL2_CPU_MTOK)))
     w("")
 
     # --- 1. latency
@@ -971,6 +1181,172 @@ def main():
               "requests; its latency is measured through them.")
         elif s7o or s7v:
             w("No ratio: only one of the two module runs ran.")
+    else:
+        w("Not run.")
+    w("")
+
+    # --- 8. HTTPS upstream
+    w("## 8. HTTPS upstream: the mock behind TLS, HTTP/1.1 and HTTP/2")
+    w("")
+    if s8:
+        x0 = s8[0][2]
+        w("A second nginx (the *front*, `worker_processes 2`) in front of "
+          "the mock, as a provider's edge: a plain listener, a TLS "
+          "listener without `http2` (ALPN gives HTTP/1.1) and one with "
+          "`http2` (libcurl takes h2 when ALPN offers it), each "
+          "`proxy_pass` to the mock with `proxy_buffering off` and a "
+          "keepalive pool; a self-signed P-256 certificate "
+          "(`llm_ssl_verify off`), a shared TLS session cache, "
+          "`keepalive_requests 1000000`.  The module passes to one "
+          "listener at a time, a fresh nginx each: %d streams of `%s`, "
+          "replaced as they end (the streams start together, so they "
+          "end and are replaced in bursts); %s s measured after a "
+          "settle.  *Connections*: the module "
+          "workers' ESTABLISHED connections to the listener (`ss`, every "
+          "0.5 s during the hold, mean and max); *new connections* and "
+          "*generations*: the front's accepted connections and requests "
+          "over the hold (stub_status, the probe's own taken out): on a "
+          "TLS listener every accepted connection is a TLS handshake.  "
+          "Latency in ms; RSS is the module workers' growth over idle "
+          "per stream." % (x0["level"],
+                           load_obj(work, "s8-meta.json").get("query"),
+                           num(x0["secs"])))
+        w("")
+        w("| upstream | streams | p50 | p99 | tokens/s | errors "
+          "| connections (mean) | max | streams per connection "
+          "| new connections in the hold | generations in the hold "
+          "| handshakes per generation | RSS KB/stream | nginx CPU "
+          "| CPU s/Mtok | front CPU | other CPU |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---"
+          "|---|---|")
+        for m, label, x, pr, lg in s8:
+            w("| %s | %d | %s | %s | %.0f | %d | %s | %s | %s | %s | %s "
+              "| %s | %.1f | %.2f | %s | %s | %.2f |" % (
+                  label, x["level"], ms(x["lat_p50"]), ms(x["lat_p99"]),
+                  x["tokps"], x["errors"],
+                  "%.1f" % pr["est_mean"] if pr else "n/a",
+                  pr["est_max"] if pr else "n/a",
+                  "%.1f" % (x["level"] / pr["est_mean"])
+                  if pr and pr["est_mean"] else "n/a",
+                  pr["new_conns"] if pr else "n/a",
+                  pr["generations"] if pr else "n/a",
+                  "%.3f" % pr["per_gen"]
+                  if pr and pr["per_gen"] is not None else "n/a",
+                  relay_rss_delta(x) / x["level"],
+                  relay_cpu(x) / x["secs"],
+                  num(cpu_per_mtok(x), "%.1f"),
+                  "%.2f" % cores(x, "front")
+                  if cores(x, "front") is not None else "n/a",
+                  x.get("other_cpu", 0)))
+        w("")
+        logs = [(label, lg) for m, label, x, pr, lg in s8 if lg]
+        if logs:
+            w("The front's access log over each whole run (ramp "
+              "included): %s." % "; ".join(
+                  "%s: %d requests on %d connections (%.1f per "
+                  "connection), %d TLS sessions resumed, %s" % (
+                      label, lg["requests"], lg["connections"],
+                      lg["requests"] / float(max(lg["connections"], 1)),
+                      lg["reused"],
+                      ", ".join("%d %s" % (n, p) for p, n in
+                                sorted(lg["protocols"].items())))
+                  for label, lg in logs))
+            w("")
+        if "plain" in s8d:
+            p = s8d["plain"][1]
+            for m in ("h1", "h2"):
+                if m not in s8d:
+                    continue
+                x = s8d[m][1]
+                w("- %s against plain HTTP: RSS per stream %s, CPU per "
+                  "million tokens %s, p99 %s." % (
+                      s8d[m][0],
+                      times(relay_rss_delta(x) / x["level"],
+                            relay_rss_delta(p) / p["level"]),
+                      times(cpu_per_mtok(x), cpu_per_mtok(p)),
+                      times(x["lat_p99"], p["lat_p99"])))
+            w("")
+    else:
+        w("Not run.")
+    w("")
+
+    # --- 9. long generations
+    w("## 9. Long generations: one job of 100,000 tokens")
+    w("")
+    s9 = [(lbl, load_obj(work, "s9-%s.json" % n))
+          for n, lbl in (("memory", "memory store"),
+                         ("redis", "Redis store"))]
+    s9 = [(lbl, x) for lbl, x in s9 if x]
+    if s9:
+        q = s9[0][1]["query"]
+        w("The assessment app's 38-minute generation (100,000 tokens at "
+          "44 a second), compressed: `%s` (4-byte tokens), one job in "
+          "the background (`POST` with `Prefer: respond-async`, no "
+          "client of its own), one follower on each worker from the "
+          "start (`GET /jobs/ID`, `Accept: text/event-stream`: on the "
+          "worker running the job it reads the job itself, on the other "
+          "a mirror of the store's copy), a fresh nginx for each store "
+          "(bench/longgen.py).  *Memory*: each worker's VmRSS growth "
+          "over idle, sampled every 100 ms, at its largest (and at the "
+          "end).  *Resume*: after the job ended, a client comes back "
+          "with `Last-Event-ID: ID` (from the start) or `ID:N` with N "
+          "half the job's events (from the middle) and reads to the "
+          "`complete` event; the mean of %d resumes each, time to the "
+          "response's first bytes and to its end, and both workers' CPU "
+          "per resume (clock ticks of 10 ms summed over the resumes)." % (
+              q, long_figures(s9[0][1]).get("start", {}).get("n", 0)))
+        w("")
+        w("| store | state | tokens | events | text bytes | job s "
+          "| worker running the job (+ its follower) KB | at the end KB "
+          "| other worker (follower through a mirror) KB | at the end KB "
+          "| follower bytes (same, other) |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|")
+        for lbl, x in s9:
+            f = long_figures(x)
+            fo = (x.get("owner") or {}).get("follower") or {}
+            fx = (x.get("other") or {}).get("follower") or {}
+            w("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s "
+              "| %s, %s |" % (
+                  lbl, x.get("state") or x.get("error"), f["tokens"],
+                  x.get("events"), x.get("text_bytes"),
+                  x.get("job_secs"), f.get("owner_kb", "n/a"),
+                  f.get("owner_end_kb", "n/a"), f.get("other_kb", "n/a"),
+                  f.get("other_end_kb", "n/a"), fo.get("bytes", "n/a"),
+                  fx.get("bytes", "n/a")))
+        w("")
+        w("| store | resume from | response bytes | first bytes ms "
+          "| end ms (mean) | max | worker CPU ms per resume "
+          "| on the job's worker | all complete |")
+        w("|---|---|---|---|---|---|---|---|---|")
+        for lbl, x in s9:
+            f = long_figures(x)
+            for name, where in (("start", "the start"),
+                                ("middle", "the middle (event %s)" %
+                                 x.get("resume_mid_event"))):
+                g = f.get(name)
+                if not g:
+                    continue
+                w("| %s | %s | %d | %.2f | %.2f | %.2f | %.1f | %d of %d "
+                  "| %s |" % (lbl, where, g["bytes"], g["first_ms"],
+                              g["total_ms"], g["max_ms"], g["cpu_ms"],
+                              g["owner"], g["n"], yes(g["ok"])))
+        w("")
+        for lbl, x in s9:
+            f = long_figures(x)
+            if "redis_bytes" not in f:
+                continue
+            w("Redis store: the job is %d keys, %d bytes (`MEMORY USAGE "
+              "... SAMPLES 0`: %s), **%.1f bytes per token**, %.2f per "
+              "byte of text; Redis's `used_memory` grew by %d bytes over "
+              "the job." % (
+                  f["redis_keys"], f["redis_bytes"],
+                  ", ".join("%s %s %d" % (k.rsplit(":", 1)[-1], v["type"],
+                                          v["bytes"])
+                            for k, v in sorted(x["redis_keys"].items())),
+                  f["redis_bytes"] / float(f["tokens"]),
+                  f["redis_bytes"] / float(max(x["text_bytes"], 1)),
+                  x.get("redis_used_memory_growth", -1)))
+            w("")
     else:
         w("Not run.")
     w("")

@@ -4,7 +4,7 @@
 # against the mock itself (the floor), all on one build/llm-mock.
 #
 #   bench/run.sh                 every scenario (make bench: bootstrap and
-#                                build first); 8 to 9 minutes
+#                                build first); 10 to 11 minutes
 #   BENCH_ONLY="1 3" bench/run.sh   some scenarios (the report keeps the
 #                                   missing ones as "not run")
 #   BENCH_QUICK=1 bench/run.sh   shorter holds and lower levels: a smoke
@@ -24,8 +24,8 @@ work=$build/bench
 results=$bench/results
 day=$(date +%Y-%m-%d)
 
-budget=${BENCH_BUDGET:-560}        # seconds for the scenarios
-all="1 2 3 4 5 6 7"
+budget=${BENCH_BUDGET:-680}        # seconds for the scenarios
+all="1 2 3 4 5 6 7 8 9"
 only=${BENCH_ONLY:-$all}
 quick=${BENCH_QUICK:-}
 python=/usr/bin/python3            # Debian's, which has fastapi/uvicorn
@@ -155,7 +155,8 @@ if ! flock -n 9; then
 fi
 
 rm -f "$work"/*.json "$work"/*.dat "$work"/*.series "$work"/*.errlog \
-      "$work"/module/logs/* "$work"/proxy/logs/*
+      "$work"/*.probe "$work"/redis.log "$work"/module/logs/* \
+      "$work"/proxy/logs/* "$work"/front/logs/*
 
 [ -x "$build/llm-mock" ] || die "build/llm-mock is missing: make all"
 module_src=${BENCH_MODULE:-$build/ngx_http_llm_module.so}
@@ -212,12 +213,15 @@ rlimit=$nofile
 nginx_module_pid=
 nginx_module_port=
 
-# start_module [HTTP [LOCATION]]: HTTP, directives at the http level (an
-# llm_store, llm_format blocks); LOCATION, directives in /generate (an
-# llm_format choice)
+# start_module [HTTP [LOCATION [SERVER]]]: HTTP, directives at the http
+# level (an llm_store, llm_format blocks); LOCATION, directives in
+# /generate (an llm_format choice); SERVER, more locations.  /generate
+# passes to $upstream_url (the mock, or the TLS front of scenario 8).
 start_module() {
     local p=$work/module store=${1:-"# the default job store (memory)"}
     local extra=${2:-"# the default format"}
+    local more=${3:-"# no other location"}
+    local up=${upstream_url:-http://127.0.0.1:$mock_port}
     mkdir -p "$p/conf" "$p/logs"
     nginx_module_port=$(free_port)
     cat > "$p/conf/nginx.conf" <<EOF
@@ -246,12 +250,14 @@ http {
 
         location = /generate {
             # the client's query (tps, tokens, ttft) goes to the mock
-            llm_pass  http://127.0.0.1:$mock_port/v1/chat/completions?stamp=1&\$args;
+            llm_pass  $up/v1/chat/completions?stamp=1&\$args;
             llm_model  bench;
             llm_prompt "Write a story.";
             llm_first_token_timeout 600s;
             $extra
         }
+
+        $more
     }
 }
 EOF
@@ -582,25 +588,30 @@ fi
 
 redis_pid=
 
+start_redis() {     # a private, empty redis-server on a free port
+    redis_port=$(free_port)
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save '' \
+        --appendonly no --daemonize no --dir "$work" \
+        >> "$work/redis.log" 2>&1 9>&- &
+    redis_pid=$!
+    pids+=("$redis_pid")
+    for _ in $(seq 100); do
+        [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ] \
+            && return 0
+        kill -0 "$redis_pid" 2>/dev/null \
+            || die "redis-server exited: $(tail -3 "$work/redis.log")"
+        sleep 0.1
+    done
+    die "redis-server does not answer"
+}
+
 if want 5 && ! over_budget 5; then
     if ! command -v redis-server > /dev/null; then
         echo '{"scenario":"5","skipped":"redis-server is not installed"}' \
             >> "$work/skipped.json"
         log "5: persistence: skipped (redis-server is not installed)"
     else
-        redis_port=$(free_port)
-        redis-server --port "$redis_port" --bind 127.0.0.1 --save '' \
-            --appendonly no --daemonize no --dir "$work" \
-            > "$work/redis.log" 2>&1 9>&- &
-        redis_pid=$!
-        pids+=("$redis_pid")
-        for _ in $(seq 100); do
-            [ "$(redis-cli -p "$redis_port" ping 2>/dev/null)" = PONG ] \
-                && break
-            kill -0 "$redis_pid" 2>/dev/null \
-                || die "redis-server exited: $(tail -3 "$work/redis.log")"
-            sleep 0.1
-        done
+        start_redis
 
         run s5-floor floor "$s1q" --levels 100 --tps 50 --hold "$hold1" \
             --settle "$settle"
@@ -739,6 +750,205 @@ if want 7 && ! over_budget 7 "$s7need"; then
     run s7-seven module "$s7step" --levels 100 --tps 50 --hold "$hold1" \
         --settle "$settle"
     stop_module
+fi
+
+
+# --- 8. HTTPS upstream: the mock behind TLS, HTTP/1.1 and HTTP/2 -----
+#
+# A second nginx, the front, stands for a provider's edge in front of the
+# mock: a plain listener, a TLS listener without http2 (ALPN gives
+# HTTP/1.1) and one with http2 (libcurl takes h2 when ALPN offers it),
+# each proxying to the mock with proxy_buffering off and a keepalive pool;
+# a self-signed certificate made here (llm_ssl_verify off in the module)
+# and a shared TLS session cache.  The module passes to one listener at a
+# time, a fresh nginx each, under one load: 1,000 streams x 10 tokens/s,
+# 5 s streams replaced as they end (200 new generations a second, in
+# bursts: the streams start together), the first turnover in a 6 s
+# settle, two in the hold, so that the hold shows both connections per
+# stream and what a new generation costs once warm.  A probe samples every 0.5 s the module
+# workers' ESTABLISHED connections to the listener (ss) and the front's
+# accepted connections and requests (stub_status): an accepted connection
+# is a TCP handshake and, on a TLS listener, a TLS handshake.
+
+front_pid=
+
+start_front() {
+    local p=$work/front
+    mkdir -p "$p/conf" "$p/logs"
+    if [ ! -s "$p/conf/cert.pem" ]; then
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+            -nodes -days 30 -subj /CN=127.0.0.1 \
+            -keyout "$p/conf/key.pem" -out "$p/conf/cert.pem" \
+            2> "$p/logs/openssl.log" || die "openssl: no certificate"
+    fi
+    front_plain=$(free_port)
+    front_h1=$(free_port)
+    front_h2=$(free_port)
+    front_status=$(free_port)
+    cat > "$p/conf/nginx.conf" <<EOF
+# bench/run.sh: the front, TLS (and plain HTTP) in front of the mock
+worker_processes 2;
+worker_rlimit_nofile $rlimit;
+error_log logs/error.log warn;
+pid logs/nginx.pid;
+
+events {
+    worker_connections $wc_proxy;
+}
+
+http {
+    log_format front '\$msec \$server_port \$connection '
+                     '\$connection_requests \$ssl_session_reused '
+                     '\$server_protocol \$status';
+    access_log logs/access.log front buffer=256k flush=5s;
+
+    # as a provider's edge: connections live long, hold many requests
+    keepalive_timeout 300s;
+    keepalive_requests 1000000;
+
+    ssl_certificate     cert.pem;
+    ssl_certificate_key key.pem;
+    ssl_session_cache   shared:front:10m;
+
+    upstream mock {
+        server 127.0.0.1:$mock_port;
+        keepalive 1024;
+    }
+
+    server {
+        listen 127.0.0.1:$front_plain reuseport backlog=4096;
+        listen 127.0.0.1:$front_h1 ssl reuseport backlog=4096;
+        listen 127.0.0.1:$front_h2 ssl http2 reuseport backlog=4096;
+
+        location / {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 600s;
+        }
+    }
+
+    server {
+        listen 127.0.0.1:$front_status;
+        access_log off;
+
+        location = /status {
+            stub_status;
+        }
+    }
+}
+EOF
+    nginx -p "$p" -c conf/nginx.conf -e logs/error.log -g "$globals" \
+        2> "$p/logs/stderr.log" 9>&- &
+    front_pid=$!
+    pids+=("$front_pid")
+    wait_http "http://127.0.0.1:$front_status/status"
+    front_workers=$(children "$front_pid" 2)
+}
+
+# probe_front PORT FILE: every 0.5 s until stopped, "time established
+# accepts requests": the module workers' connections to PORT, the front's
+# accepted connections and requests so far
+probe_front() {
+    local re
+    re="pid=($(echo "$module_workers" | tr , '|')),"
+    while :; do
+        printf '%s %s %s\n' "$(date +%s.%N)" \
+            "$(ss -Htnp state established "( dport = :$1 )" \
+               | grep -cE "$re" || true)" \
+            "$(curl -s --max-time 1 "http://127.0.0.1:$front_status/status" \
+               | sed -n 3p)"
+        sleep 0.5
+    done > "$2"
+}
+
+s8q="tps=10&tokens=50&ttft=100"
+s8level=1000
+s8settle=6      # the first turnover: the hold measures warm pools
+if [ -n "$quick" ]; then
+    s8level=200
+    s8settle=$settle
+fi
+
+if want 8 && ! over_budget 8 $(( 3 * (hold1 + s8settle + 6) )); then
+    start_front
+    printf '{"plain":%s,"h1":%s,"h2":%s,"level":%s,"query":"%s"}\n' \
+        "$front_plain" "$front_h1" "$front_h2" "$s8level" "$s8q" \
+        > "$work/s8-meta.json"
+    for m in plain h1 h2; do
+        case $m in
+        plain) port=$front_plain; upstream_url=http://127.0.0.1:$port ;;
+        h1)    port=$front_h1; upstream_url=https://127.0.0.1:$port ;;
+        h2)    port=$front_h2; upstream_url=https://127.0.0.1:$port ;;
+        esac
+        start_module "" "llm_ssl_verify off;"
+        probe_front "$port" "$work/s8-$m.probe" 9>&- &
+        probe_pid=$!
+        pids+=("$probe_pid")
+        run "s8-$m" module "$s8q" --levels "$s8level" --tps 10 \
+            --hold "$hold1" --settle "$s8settle" --ramp-rate "$ramp" \
+            --sample "front=$front_workers"
+        stop "$probe_pid"
+        stop_module
+    done
+    upstream_url=
+    stop "$front_pid"
+    front_pid=
+fi
+
+
+# --- 9. long generations: one job of 100,000 tokens -------------------
+#
+# The assessment app's 38-minute generation (100,000 tokens at 44 a
+# second), compressed: 10,000 tokens/s of 4 bytes each.  One background
+# job, one follower on each worker (the other worker's through a
+# mirror), both workers' RSS; the job read back (events, text); its keys
+# in Redis (MEMORY USAGE); then resumes with Last-Event-ID from the start
+# and from the middle.  With the memory store, then the Redis store, a
+# fresh nginx each (bench/longgen.py).
+
+s9tokens=100000
+[ -n "$quick" ] && s9tokens=20000
+s9q="tps=10000&tokens=$s9tokens&ttft=0&token_size=4"
+long_locations=$(cat <<'EOF'
+location = /long {
+            llm_pass  http://127.0.0.1:MOCK/v1/chat/completions?$args;
+            llm_model  bench;
+            llm_prompt "Write a story.";
+            llm_job_url /jobs/$llm_job_id;
+            add_header X-Worker $pid always;
+        }
+
+        location ~ "^/jobs/(?<id>[A-Za-z0-9_-]{22})$" {
+            llm_job $id;
+            add_header X-Worker $pid always;
+        }
+EOF
+)
+long_locations=${long_locations/MOCK/$mock_port}
+
+longgen() {     # longgen LABEL [REDIS PORT]
+    log "s9-$1: one job of $s9tokens tokens ($(elapsed) s)"
+    $python "$bench/longgen.py" --port "$nginx_module_port" \
+        --workers "$module_workers" --query "$s9q" --tokens "$s9tokens" \
+        --label "$1" ${2:+--redis "$2"} > "$work/s9-$1.json" 9>&- \
+        || die "s9-$1: longgen.py failed"
+}
+
+if want 9 && ! over_budget 9 $(( 2 * s9tokens / 10000 + 20 )); then
+    start_module "" "" "$long_locations"
+    longgen memory
+    stop_module
+    if command -v redis-server > /dev/null; then
+        start_redis
+        start_module "llm_store redis://127.0.0.1:$redis_port;" "" \
+            "$long_locations"
+        longgen redis "$redis_port"
+        stop_module
+        stop "$redis_pid"
+        redis_pid=
+    fi
 fi
 
 

@@ -619,7 +619,13 @@ ngx_http_llm_engine_scan(ngx_http_llm_engine_t *e, ngx_msec_t now)
         x = ngx_queue_data(q, ngx_http_llm_xfer_t, active);
         s = &x->spec;
 
-        if (s->timeout && now - x->started >= s->timeout) {
+        if (x->ended) {
+            /* the end marker came, the end of the response has not */
+            if (now - x->last_read < NGX_HTTP_LLM_SCAN_MS) {
+                continue;
+            }
+
+        } else if (s->timeout && now - x->started >= s->timeout) {
             ngx_http_llm_sink_fail_str(x, NGX_HTTP_LLM_E_TIMEOUT,
                                        "the generation took too long "
                                        "(llm_timeout)");

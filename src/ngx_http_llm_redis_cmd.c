@@ -66,15 +66,20 @@
 
 /*
  * The hash of a job that Redis has had: its fields are set only if it is
- * still there (-1 if not), so that a write from the job's marks never
- * makes a record of the part of the job it carries when Redis has lost
- * the rest (a restart without persistence); the job is written again
- * whole instead.
+ * still there and holds at least what the write starts from (ARGV[1..3]:
+ * the marks, events, text and meta), -1 if not, so that a write from the
+ * job's marks never makes a record of the part of the job it carries when
+ * Redis has lost the rest (a restart without persistence) or its end (a
+ * failover to a replica that had not received the last confirmed writes);
+ * the job is written again whole instead.
  */
 #define NGX_HTTP_LLM_REDIS_HSETKNOWN                                         \
-    "if redis.call('exists', KEYS[1]) == 1 then "                            \
-    "return redis.call('hset', KEYS[1], unpack(ARGV)) end "                  \
-    "return -1"
+    "local h = redis.call('hmget', KEYS[1], 'nevents', 'textlen', "         \
+    "'metalen') "                                                            \
+    "if not h[1] or tonumber(h[1]) < tonumber(ARGV[1]) "                     \
+    "or (tonumber(h[2]) or 0) < tonumber(ARGV[2]) "                          \
+    "or (tonumber(h[3]) or 0) < tonumber(ARGV[3]) then return -1 end "      \
+    "return redis.call('hset', KEYS[1], unpack(ARGV, 4))"
 
 
 static ngx_int_t ngx_http_llm_redis_reply(ngx_http_llm_redis_t *rd,
@@ -113,6 +118,12 @@ static void
 ngx_http_llm_redis_error(ngx_http_llm_redis_t *rd, u_char *id,
     redisReply *r)
 {
+    /* sent again to the node named: not an error */
+
+    if (ngx_http_llm_redis_cluster_redirected(rd)) {
+        return;
+    }
+
     rd->errors = 1;
 
     if (rd->erred) {
@@ -186,8 +197,9 @@ ngx_http_llm_redis_refusal(ngx_http_llm_redis_t *rd,
  *     [SET pstate STATE]                        a new pipeline state
  *     [XADD events MAXLEN ~ N SEQ-0 t T o O l L]...  one per new event
  *     HSET job state .. created .. (15 fields), or, when Redis has had
- *         the job, EVAL HSETKNOWN 1 job state .. (12 fields, not the
- *         created, owner and background that do not change)
+ *         the job, EVAL HSETKNOWN 1 job E T M state .. (from the
+ *         marks E, T, M; 12 fields, not the created, owner and
+ *         background that do not change)
  *     [HSETNX job cancel 0, HSETNX job watched 0]    first write
  *     PEXPIRE job|text|events TTL               3 commands
  *     [PEXPIRE meta TTL] [PEXPIRE pstate TTL]   a pipeline's job
@@ -299,6 +311,9 @@ ngx_http_llm_redis_send_write(ngx_http_llm_redis_t *rd,
         ngx_http_llm_redis_lit(&cmd, NGX_HTTP_LLM_REDIS_HSETKNOWN);
         ngx_http_llm_redis_lit(&cmd, "1");
         ngx_http_llm_redis_key(rd, &cmd, w->id, "job");
+        ngx_http_llm_redis_argf(&cmd, "%ui", w->from_event);
+        ngx_http_llm_redis_argf(&cmd, "%uz", w->from_text);
+        ngx_http_llm_redis_argf(&cmd, "%uz", w->from_meta);
 
     } else {
         ngx_http_llm_redis_cmd(&cmd, "HSET");
@@ -1158,6 +1173,102 @@ ngx_http_llm_redis_read_control(ngx_http_llm_redis_t *rd,
 }
 
 
+/*
+ * Store thread: ASKING before a part that a cluster node redirected with
+ * ASK (its slot is moving to the node it names); it holds for a whole
+ * MULTI ... EXEC.
+ */
+
+void
+ngx_http_llm_redis_send_asking(ngx_http_llm_redis_t *rd)
+{
+    ngx_http_llm_redis_cmd_t  cmd;
+
+    ngx_http_llm_redis_cmd(&cmd, "ASKING");
+    ngx_http_llm_redis_send(rd, &cmd);
+}
+
+
+/* store thread: its "+OK" (an error shows in the replies that follow) */
+
+void
+ngx_http_llm_redis_read_asking(ngx_http_llm_redis_t *rd)
+{
+    redisReply  *r;
+
+    if (ngx_http_llm_redis_reply(rd, &r) == NGX_OK) {
+        freeReplyObject(r);
+    }
+}
+
+
+/* store thread: WAIT REPLICAS TIMEOUT, after a round's writes */
+
+void
+ngx_http_llm_redis_send_wait(ngx_http_llm_redis_t *rd)
+{
+    ngx_http_llm_redis_cmd_t  cmd;
+
+    ngx_http_llm_redis_cmd(&cmd, "WAIT");
+    ngx_http_llm_redis_argf(&cmd, "%ui", rd->conf->replicas);
+    ngx_http_llm_redis_argf(&cmd, "%M", rd->conf->replicas_timeout);
+    ngx_http_llm_redis_send(rd, &cmd);
+}
+
+
+/*
+ * Store thread: how many replicas have the writes.  Too few is logged
+ * once while it lasts.
+ */
+
+ngx_int_t
+ngx_http_llm_redis_read_wait(ngx_http_llm_redis_t *rd)
+{
+    ngx_int_t    rc;
+    redisReply  *r;
+
+    if (ngx_http_llm_redis_reply(rd, &r) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    rc = (r->type == REDIS_REPLY_INTEGER
+          && r->integer >= (long long) rd->conf->replicas)
+         ? NGX_OK : NGX_ERROR;
+
+    if (rc == NGX_OK) {
+        if (rd->unreplicated) {
+            ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
+                          "llm: redis store: %V: writes reach %ui "
+                          "replicas again", &rd->conf->name,
+                          rd->conf->replicas);
+            rd->unreplicated = 0;
+        }
+
+    } else if (!rd->unreplicated) {
+        rd->unreplicated = 1;
+
+        if (r->type == REDIS_REPLY_INTEGER) {
+            ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                          "llm: redis store: %V: writes reached %L of %ui "
+                          "replicas in %M ms, not confirmed",
+                          &rd->conf->name, (int64_t) r->integer,
+                          rd->conf->replicas, rd->conf->replicas_timeout);
+
+        } else {
+            ngx_log_error(NGX_LOG_ERR, rd->log, 0,
+                          "llm: redis store: %V: WAIT failed: %*s",
+                          &rd->conf->name,
+                          r->type == REDIS_REPLY_ERROR ? r->len : 0,
+                          r->type == REDIS_REPLY_ERROR ? r->str : "");
+        }
+    }
+
+    freeReplyObject(r);
+
+    return rc;
+}
+
+
 void
 ngx_http_llm_redis_cmd(ngx_http_llm_redis_cmd_t *cmd, const char *name)
 {
@@ -1236,15 +1347,38 @@ ngx_http_llm_redis_send(ngx_http_llm_redis_t *rd,
 static ngx_int_t
 ngx_http_llm_redis_reply(ngx_http_llm_redis_t *rd, redisReply **reply)
 {
-    void  *r;
+    void        *p;
+    redisReply  *r;
 
-    if (redisGetReply(rd->ctx, &r) != REDIS_OK || r == NULL) {
+    if (redisGetReply(rd->ctx, &p) != REDIS_OK || p == NULL) {
         rd->lost = 1;
         return NGX_ERROR;
     }
 
+    r = p;
     *reply = r;
     rd->replies++;
+
+    if (r->type != REDIS_REPLY_ERROR) {
+        return NGX_OK;
+    }
+
+    /* a replica now (a failover), or one cut from its primary */
+
+    if (ngx_strncmp(r->str, "READONLY ", 9) == 0
+        || ngx_strncmp(r->str, "MASTERDOWN ", 11) == 0)
+    {
+        rd->demoted = 1;
+    }
+
+    /* a cluster's slot elsewhere: the thread sends that part again there */
+
+    if (rd->cluster
+        && (ngx_strncmp(r->str, "MOVED ", 6) == 0
+            || ngx_strncmp(r->str, "ASK ", 4) == 0))
+    {
+        ngx_http_llm_redis_cluster_redirect(rd, r);
+    }
 
     return NGX_OK;
 }

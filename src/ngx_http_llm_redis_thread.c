@@ -33,8 +33,6 @@ static void ngx_http_llm_redis_run(ngx_http_llm_redis_t *rd,
 static void ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *ops);
 static ngx_int_t ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd);
-static void ngx_http_llm_redis_broken(ngx_http_llm_redis_t *rd,
-    const char *what, const char *err);
 static ngx_msec_t ngx_http_llm_redis_now(void);
 
 
@@ -150,6 +148,23 @@ ngx_http_llm_redis_answer(ngx_http_llm_redis_t *rd,
 static void
 ngx_http_llm_redis_run(ngx_http_llm_redis_t *rd, ngx_http_llm_redis_op_t *ops)
 {
+    if (rd->cluster) {
+        ngx_http_llm_redis_cluster_run(rd, ops);
+
+    } else {
+        ngx_http_llm_redis_run_on(rd, ops);
+    }
+
+    ngx_http_llm_redis_answer(rd, ops);
+}
+
+
+/* store thread: a round trip on the connection (a cluster: a node's) */
+
+void
+ngx_http_llm_redis_run_on(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *ops)
+{
     ngx_uint_t  kept;
 
     kept = (rd->ctx != NULL);
@@ -162,17 +177,19 @@ ngx_http_llm_redis_run(ngx_http_llm_redis_t *rd, ngx_http_llm_redis_op_t *ops)
     if (kept && rd->ctx == NULL && rd->replies == 0) {
         ngx_http_llm_redis_round(rd, ops);
     }
-
-    ngx_http_llm_redis_answer(rd, ops);
 }
 
 
-/* store thread: one pipelined round trip for everything taken */
+/*
+ * Store thread: one pipelined round trip for everything taken (on a
+ * cluster: for what goes to the node in use, see "mine")
+ */
 
 static void
 ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *ops)
 {
+    ngx_uint_t                   writes, replicated;
     ngx_queue_t                 *q;
     ngx_http_llm_redis_op_t     *op;
     ngx_http_llm_redis_write_t  *w;
@@ -180,25 +197,49 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
     rd->nomem = 0;
     rd->lost = 0;
     rd->errors = 0;
+    rd->demoted = 0;
     rd->replies = 0;
 
     if (ngx_http_llm_redis_connect(rd) != NGX_OK) {
         return;
     }
 
+    writes = 0;
+
     for (op = ops; op; op = op->next) {
 
-        switch (op->type) {
-
-        case NGX_HTTP_LLM_REDIS_BATCH:
+        if (op->type == NGX_HTTP_LLM_REDIS_BATCH) {
             for (q = ngx_queue_head(&op->writes);
                  q != ngx_queue_sentinel(&op->writes);
                  q = ngx_queue_next(q))
             {
                 w = ngx_queue_data(q, ngx_http_llm_redis_write_t, queue);
+
+                if (!ngx_http_llm_redis_cluster_mine(rd, w->node)) {
+                    continue;
+                }
+
+                if (w->ask) {
+                    ngx_http_llm_redis_send_asking(rd);
+                }
+
                 ngx_http_llm_redis_send_write(rd, w);
+                w->waited = (rd->conf->replicas != 0);
+                writes = 1;
             }
-            break;
+
+            continue;
+        }
+
+        if (!ngx_http_llm_redis_cluster_mine(rd, op->node)) {
+            continue;
+        }
+
+        if (op->ask) {
+            ngx_http_llm_redis_send_asking(rd);
+        }
+
+        switch (op->type) {
 
         case NGX_HTTP_LLM_REDIS_FETCH:
             ngx_http_llm_redis_send_fetch(rd, op);
@@ -213,6 +254,12 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
         }
     }
 
+    /* the writes are confirmed once on as many replicas (replicas=) */
+
+    if (writes && rd->conf->replicas) {
+        ngx_http_llm_redis_send_wait(rd);
+    }
+
     /* some commands did not make it to the buffer: the pipeline is lost */
 
     if (rd->nomem) {
@@ -224,17 +271,37 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
 
     for (op = ops; op && !rd->lost; op = op->next) {
 
-        switch (op->type) {
-
-        case NGX_HTTP_LLM_REDIS_BATCH:
+        if (op->type == NGX_HTTP_LLM_REDIS_BATCH) {
             for (q = ngx_queue_head(&op->writes);
                  q != ngx_queue_sentinel(&op->writes) && !rd->lost;
                  q = ngx_queue_next(q))
             {
                 w = ngx_queue_data(q, ngx_http_llm_redis_write_t, queue);
+
+                if (!ngx_http_llm_redis_cluster_mine(rd, w->node)) {
+                    continue;
+                }
+
+                if (w->ask) {
+                    ngx_http_llm_redis_read_asking(rd);
+                }
+
                 ngx_http_llm_redis_read_write(rd, w);
+                ngx_http_llm_redis_cluster_answered(rd, &w->node, &w->ask);
             }
-            break;
+
+            continue;
+        }
+
+        if (!ngx_http_llm_redis_cluster_mine(rd, op->node)) {
+            continue;
+        }
+
+        if (op->ask) {
+            ngx_http_llm_redis_read_asking(rd);
+        }
+
+        switch (op->type) {
 
         case NGX_HTTP_LLM_REDIS_FETCH:
             ngx_http_llm_redis_read_fetch(rd, op);
@@ -247,15 +314,53 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
         default: /* NGX_HTTP_LLM_REDIS_CONTROL */
             ngx_http_llm_redis_read_control(rd, op);
         }
+
+        ngx_http_llm_redis_cluster_answered(rd, &op->node, &op->ask);
+    }
+
+    /*
+     * Writes that are not on enough replicas are not confirmed: their jobs
+     * keep their marks, and the loop backs off as if Redis were down.
+     */
+
+    replicated = 1;
+
+    if (writes && rd->conf->replicas) {
+        replicated = !rd->lost && ngx_http_llm_redis_read_wait(rd) == NGX_OK;
+
+        for (op = ops; op; op = op->next) {
+            if (op->type != NGX_HTTP_LLM_REDIS_BATCH) {
+                continue;
+            }
+
+            for (q = ngx_queue_head(&op->writes);
+                 q != ngx_queue_sentinel(&op->writes);
+                 q = ngx_queue_next(q))
+            {
+                w = ngx_queue_data(q, ngx_http_llm_redis_write_t, queue);
+
+                if (w->waited && !replicated) {
+                    w->ok = 0;
+                    w->lost = 0;
+                }
+
+                w->waited = 0;
+            }
+        }
     }
 
     if (rd->lost) {
         ngx_http_llm_redis_broken(rd, "connection lost",
                                   rd->ctx->err ? rd->ctx->errstr
                                                : "no reply");
+
+    } else if (rd->demoted && rd->conf->master.len) {
+        /* a failover: the sentinels are asked for the new primary */
+        ngx_http_llm_redis_broken(rd, "the primary is a replica now",
+                                  rd->primary);
     }
 
-    if (rd->ctx) {
+    if (rd->ctx && replicated) {
         for (op = ops; op; op = op->next) {
             if (op->type == NGX_HTTP_LLM_REDIS_BATCH) {
                 op->rc = NGX_OK;
@@ -276,11 +381,13 @@ ngx_http_llm_redis_round(ngx_http_llm_redis_t *rd,
 static ngx_int_t
 ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
 {
+    int                         port;
+    char                       *host;
+    u_char                      err[NGX_HTTP_LLM_REDIS_HOST_LEN + 128];
     void                       *reply;
     ngx_uint_t                  i, n;
     ngx_msec_t                  now;
     redisReply                 *r;
-    struct timeval              tv;
     redisContext               *c;
     ngx_http_llm_redis_cmd_t    cmd;
     ngx_http_llm_redis_conf_t  *rc;
@@ -301,19 +408,38 @@ ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
 
     rc = rd->conf;
 
-    tv.tv_sec = NGX_HTTP_LLM_REDIS_CONNECT_MS / 1000;
-    tv.tv_usec = (NGX_HTTP_LLM_REDIS_CONNECT_MS % 1000) * 1000;
+    if (rc->master.len) {
+        if (ngx_http_llm_redis_sentinel_primary(rd) != NGX_OK) {
+            return NGX_ERROR;
+        }
 
-    if (rc->path.len) {
-        c = redisConnectUnixWithTimeout((char *) rc->path.data, tv);
+        host = rd->primary;
+        port = rd->primary_port;
+
+    } else if (rd->cluster) {
+        ngx_http_llm_redis_cluster_node(rd, &host, &port);
+
+    } else if (rc->path.len) {
+        host = (char *) rc->path.data;
+        port = 0;
 
     } else {
-        c = redisConnectWithTimeout((char *) rc->host.data, rc->port, tv);
+        host = (char *) rc->host.data;
+        port = rc->port;
     }
 
+    c = ngx_http_llm_redis_open(rd, host, port);
+
     if (c == NULL || c->err) {
+        if (rc->servers) {
+            /* which primary or node, the name being the URL's */
+            *ngx_slprintf(err, err + sizeof(err) - 1, "%s:%d: %s", host,
+                          port, c ? c->errstr : "out of memory") = '\0';
+        }
+
         ngx_http_llm_redis_broken(rd, "cannot connect",
-                                  c ? c->errstr : "out of memory");
+                                  rc->servers ? (char *) err
+                                  : c ? c->errstr : "out of memory");
         if (c) {
             redisFree(c);
         }
@@ -322,16 +448,6 @@ ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
     }
 
     rd->ctx = c;
-
-    /* a dead server never holds the thread for long */
-
-    tv.tv_sec = NGX_HTTP_LLM_REDIS_TIMEOUT_MS / 1000;
-    tv.tv_usec = (NGX_HTTP_LLM_REDIS_TIMEOUT_MS % 1000) * 1000;
-
-    if (redisSetTimeout(c, tv) != REDIS_OK) {
-        ngx_http_llm_redis_broken(rd, "cannot set the timeout", c->errstr);
-        return NGX_ERROR;
-    }
 
     n = 0;
 
@@ -381,6 +497,10 @@ ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
         freeReplyObject(r);
     }
 
+    if (rc->master.len && ngx_http_llm_redis_sentinel_role(rd) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
     if (rd->down) {
         ngx_log_error(NGX_LOG_NOTICE, rd->log, 0,
                       "llm: redis store: connected to %V", &rc->name);
@@ -395,12 +515,50 @@ ngx_http_llm_redis_connect(ngx_http_llm_redis_t *rd)
 
 
 /*
+ * Store thread: a connection to a server, or a unix socket (port 0), with
+ * its timeouts set; NULL, or c->err set: it failed.  A dead server never
+ * holds the thread for long, nor does a WAIT for replicas.
+ */
+
+redisContext *
+ngx_http_llm_redis_open(ngx_http_llm_redis_t *rd, const char *host, int port)
+{
+    ngx_msec_t       ms;
+    struct timeval   tv;
+    redisContext    *c;
+
+    tv.tv_sec = NGX_HTTP_LLM_REDIS_CONNECT_MS / 1000;
+    tv.tv_usec = (NGX_HTTP_LLM_REDIS_CONNECT_MS % 1000) * 1000;
+
+    if (port == 0) {
+        c = redisConnectUnixWithTimeout(host, tv);
+
+    } else {
+        c = redisConnectWithTimeout(host, port, tv);
+    }
+
+    if (c == NULL || c->err) {
+        return c;
+    }
+
+    ms = NGX_HTTP_LLM_REDIS_TIMEOUT_MS + rd->conf->replicas_timeout;
+
+    tv.tv_sec = ms / 1000;
+    tv.tv_usec = (ms % 1000) * 1000;
+
+    (void) redisSetTimeout(c, tv);
+
+    return c;
+}
+
+
+/*
  * Store thread: the connection failed or broke.  Logged once until it
  * works again; a connection that worked is tried again at once, one that
  * cannot be made (or set up: AUTH, SELECT) with a growing delay.
  */
 
-static void
+void
 ngx_http_llm_redis_broken(ngx_http_llm_redis_t *rd, const char *what,
     const char *err)
 {

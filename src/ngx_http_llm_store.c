@@ -80,6 +80,8 @@ ngx_http_llm_store_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         rv = ngx_http_llm_store_memory_conf(cf, st, args, n);
 
     } else if (ngx_strncmp(value[1].data, "redis://", 8) == 0
+               || ngx_strncmp(value[1].data, "redis-sentinel://", 17) == 0
+               || ngx_strncmp(value[1].data, "redis-cluster://", 16) == 0
                || ngx_strncmp(value[1].data, "unix:", 5) == 0)
     {
         st->ops = &ngx_http_llm_store_redis;
@@ -95,13 +97,17 @@ ngx_http_llm_store_directive(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid store \"%V:...\" in \"llm_store\": "
-                               "\"memory\", \"redis://\" or \"unix:\" "
+                               "\"memory\", \"redis://\", "
+                               "\"redis-sentinel://\", "
+                               "\"redis-cluster://\" or \"unix:\" "
                                "expected", &value[1]);
 
         } else {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid store \"%V\" in \"llm_store\": "
-                               "\"memory\", \"redis://\" or \"unix:\" "
+                               "\"memory\", \"redis://\", "
+                               "\"redis-sentinel://\", "
+                               "\"redis-cluster://\" or \"unix:\" "
                                "expected", &value[1]);
         }
 

@@ -51,6 +51,14 @@
  */
 #define NGX_HTTP_LLM_REDIS_UNSAVED     (64 * 1024 * 1024)
 
+/*
+ * replicas=: a batch waits for its writes to reach that many replicas,
+ * 100 ms by default and 10 s at most (the store thread is held that long)
+ */
+#define NGX_HTTP_LLM_REDIS_REPLICAS_MAX      16
+#define NGX_HTTP_LLM_REDIS_REPLICAS_TIMEOUT  100
+#define NGX_HTTP_LLM_REDIS_REPLICAS_WAIT     10000
+
 
 /* the store's side of a job it saves: event loop only */
 struct ngx_http_llm_redis_job_s {
@@ -67,6 +75,8 @@ struct ngx_http_llm_redis_job_s {
 };
 
 
+static ngx_int_t ngx_http_llm_redis_server(ngx_conf_t *cf,
+    ngx_http_llm_redis_conf_t *rc, u_char *p, u_char *last, ngx_int_t port);
 static ngx_int_t ngx_http_llm_redis_url(ngx_conf_t *cf,
     ngx_http_llm_redis_conf_t *rc, ngx_str_t *url);
 static ngx_int_t ngx_http_llm_redis_init_process(ngx_http_llm_store_t *st,
@@ -134,9 +144,13 @@ static ngx_connection_t  ngx_http_llm_redis_conn = { .fd = -1 };
 /*
  * llm_store redis://[[USER]:PASSWORD@]HOST[:PORT][/DB] [OPTIONS];
  * llm_store unix:PATH [OPTIONS];
+ * llm_store redis-sentinel://[[USER]:PASSWORD@]HOST[:PORT][,...]/NAME
+ *           [OPTIONS];
+ * llm_store redis-cluster://[[USER]:PASSWORD@]HOST[:PORT][,...] [OPTIONS];
  *
  * OPTIONS: prefix=STR flush=TIME thread_pool=NAME db=N password=STR
- * unsaved=SIZE
+ * unsaved=SIZE replicas=N replicas_timeout=TIME, and with sentinels
+ * sentinel_user=STR sentinel_password=STR (a cluster: no db=)
  * (ttl= is the store layer's).
  */
 
@@ -145,6 +159,7 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
     ngx_str_t *args, ngx_uint_t nargs)
 {
     u_char                     *p;
+    ngx_int_t                   n;
     ngx_str_t                   v;
     ngx_uint_t                  i;
     ngx_http_llm_redis_conf_t  *rc;
@@ -160,7 +175,19 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
     ngx_str_set(&rc->prefix, NGX_HTTP_LLM_REDIS_PREFIX);
     ngx_str_set(&rc->pool_name, "default");
 
-    if (ngx_strncmp(args[0].data, "unix:", 5) == 0) {
+    rc->replicas_timeout = NGX_HTTP_LLM_REDIS_REPLICAS_TIMEOUT;
+
+    if (ngx_strncmp(args[0].data, "redis-sentinel://", 17) == 0) {
+        if (ngx_http_llm_redis_sentinel_conf(cf, rc, &args[0]) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+    } else if (ngx_strncmp(args[0].data, "redis-cluster://", 16) == 0) {
+        if (ngx_http_llm_redis_cluster_conf(cf, rc, &args[0]) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+
+    } else if (ngx_strncmp(args[0].data, "unix:", 5) == 0) {
         rc->path.len = args[0].len - 5;
 
         if (rc->path.len == 0) {
@@ -258,7 +285,7 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
             continue;
         }
 
-        if (ngx_strncmp(v.data, "db=", 3) == 0) {
+        if (ngx_strncmp(v.data, "db=", 3) == 0 && !rc->cluster) {
             v.data += 3;
             v.len -= 3;
 
@@ -279,6 +306,60 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
             continue;
         }
 
+        if (ngx_strncmp(v.data, "replicas=", 9) == 0) {
+            v.data += 9;
+            v.len -= 9;
+
+            n = ngx_atoi(v.data, v.len);
+
+            if (n == NGX_ERROR || n > NGX_HTTP_LLM_REDIS_REPLICAS_MAX) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid replicas \"%V\" in "
+                                   "\"llm_store\": 0 to %d", &v,
+                                   NGX_HTTP_LLM_REDIS_REPLICAS_MAX);
+                return NGX_CONF_ERROR;
+            }
+
+            rc->replicas = n;
+            continue;
+        }
+
+        if (ngx_strncmp(v.data, "replicas_timeout=", 17) == 0) {
+            v.data += 17;
+            v.len -= 17;
+
+            rc->replicas_timeout = ngx_parse_time(&v, 0);
+
+            /* the store thread waits that long for each batch */
+
+            if (rc->replicas_timeout == (ngx_msec_t) NGX_ERROR
+                || rc->replicas_timeout == 0
+                || rc->replicas_timeout > NGX_HTTP_LLM_REDIS_REPLICAS_WAIT)
+            {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid replicas_timeout \"%V\" in "
+                                   "\"llm_store\": 1ms to %dms", &v,
+                                   NGX_HTTP_LLM_REDIS_REPLICAS_WAIT);
+                return NGX_CONF_ERROR;
+            }
+
+            continue;
+        }
+
+        if (rc->master.len
+            && ngx_strncmp(v.data, "sentinel_password=", 18) == 0)
+        {
+            rc->sentinel_password.data = v.data + 18;
+            rc->sentinel_password.len = v.len - 18;
+            continue;
+        }
+
+        if (rc->master.len && ngx_strncmp(v.data, "sentinel_user=", 14) == 0) {
+            rc->sentinel_user.data = v.data + 14;
+            rc->sentinel_user.len = v.len - 14;
+            continue;
+        }
+
         /* never repeat a parameter back: it may hold a password */
 
         p = ngx_strlchr(v.data, v.data + v.len, '=');
@@ -289,6 +370,13 @@ ngx_http_llm_store_redis_conf(ngx_conf_t *cf, ngx_http_llm_store_t *st,
 
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid parameter \"%V\" in \"llm_store\"", &v);
+        return NGX_CONF_ERROR;
+    }
+
+    if (rc->sentinel_user.len && rc->sentinel_password.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "sentinel_user without sentinel_password in "
+                           "\"llm_store\"");
         return NGX_CONF_ERROR;
     }
 
@@ -440,6 +528,197 @@ ngx_http_llm_redis_url(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
 }
 
 
+
+/*
+ * SCHEME[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...][/REST]: the servers
+ * (sentinels, a cluster's first nodes), HOST may be [IPv6]; REST is what
+ * follows "/" (empty if nothing).  The log's name is the URL without the
+ * password.
+ */
+
+ngx_int_t
+ngx_http_llm_redis_servers_conf(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
+    ngx_str_t *url, ngx_int_t port, ngx_str_t *rest)
+{
+    u_char                     *p, *last, *host, *colon, *comma;
+    size_t                      scheme;
+    ngx_uint_t                  i;
+    ngx_http_llm_redis_addr_t  *a;
+
+    /* the caller knows there is one */
+    scheme = ngx_strnstr(url->data, "://", url->len) + 3 - url->data;
+
+    p = url->data + scheme;
+    last = url->data + url->len;
+
+    /* the password may hold anything but the last "@" */
+
+    for (host = last; host > p; host--) {
+        if (host[-1] == '@') {
+            break;
+        }
+    }
+
+    if (host > p) {
+        colon = ngx_strlchr(p, host - 1, ':');
+
+        if (colon == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid URL in \"llm_store\": "
+                               "[USER]:PASSWORD@ expected before the "
+                               "servers");
+            return NGX_ERROR;
+        }
+
+        rc->user.data = p;
+        rc->user.len = colon - p;
+        rc->password.data = colon + 1;
+        rc->password.len = host - 1 - (colon + 1);
+
+    } else {
+        host = p;
+    }
+
+    p = ngx_strlchr(host, last, '/');
+
+    if (p) {
+        rest->data = p + 1;
+        rest->len = last - rest->data;
+        last = p;
+
+    } else {
+        ngx_str_null(rest);
+    }
+
+    rc->servers = ngx_array_create(cf->pool, 3,
+                                   sizeof(ngx_http_llm_redis_addr_t));
+    if (rc->servers == NULL) {
+        return NGX_ERROR;
+    }
+
+    for (p = host; p <= last; p = comma + 1) {
+        comma = ngx_strlchr(p, last, ',');
+
+        if (comma == NULL) {
+            comma = last;
+        }
+
+        if (ngx_http_llm_redis_server(cf, rc, p, comma, port) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    rc->name.len = scheme + 1 + rest->len;
+    a = rc->servers->elts;
+
+    for (i = 0; i < rc->servers->nelts; i++) {
+        rc->name.len += a[i].host.len + sizeof("[]:65535,") - 1;
+    }
+
+    rc->name.data = ngx_pnalloc(cf->pool, rc->name.len);
+    if (rc->name.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    p = ngx_cpymem(rc->name.data, url->data, scheme);
+
+    for (i = 0; i < rc->servers->nelts; i++) {
+        p = ngx_sprintf(p, ngx_strlchr(a[i].host.data,
+                                       a[i].host.data + a[i].host.len, ':')
+                           ? "%s[%V]:%d" : "%s%V:%d",
+                        i ? "," : "", &a[i].host, a[i].port);
+    }
+
+    if (rest->len) {
+        p = ngx_sprintf(p, "/%V", rest);
+    }
+
+    rc->name.len = p - rc->name.data;
+
+    return NGX_OK;
+}
+
+
+/* one of the servers: HOST[:PORT], HOST may be [IPv6] */
+
+static ngx_int_t
+ngx_http_llm_redis_server(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
+    u_char *p, u_char *last, ngx_int_t port)
+{
+    u_char                     *host, *host_end;
+    ngx_str_t                   s;
+    ngx_http_llm_redis_addr_t  *a;
+
+    host = p;
+
+    if (host < last && *host == '[') {
+        host_end = ngx_strlchr(host, last, ']');
+
+        if (host_end == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid IPv6 address in \"llm_store\"");
+            return NGX_ERROR;
+        }
+
+        p = host_end + 1;
+        host++;
+
+    } else {
+        host_end = ngx_strlchr(host, last, ':');
+
+        if (host_end == NULL) {
+            host_end = last;
+        }
+
+        p = host_end;
+    }
+
+    if (host_end == host) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "no server host in \"llm_store\" URL");
+        return NGX_ERROR;
+    }
+
+    if (host_end - host >= NGX_HTTP_LLM_REDIS_HOST_LEN) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "server host name too long in \"llm_store\"");
+        return NGX_ERROR;
+    }
+
+    if (p < last) {
+        s.data = p + 1;
+        s.len = last - s.data;
+
+        port = (*p == ':') ? ngx_atoi(s.data, s.len) : NGX_ERROR;
+
+        if (port < 1 || port > 65535) {
+            s.data = p;
+            s.len = last - p;
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid server port \"%V\" in "
+                               "\"llm_store\"", &s);
+            return NGX_ERROR;
+        }
+    }
+
+    a = ngx_array_push(rc->servers);
+    if (a == NULL) {
+        return NGX_ERROR;
+    }
+
+    a->port = (int) port;
+    a->host.len = host_end - host;
+    a->host.data = ngx_pnalloc(cf->pool, a->host.len + 1);
+    if (a->host.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_memcpy(a->host.data, host, a->host.len);
+    a->host.data[a->host.len] = '\0';
+
+    return NGX_OK;
+}
+
 static ngx_int_t
 ngx_http_llm_redis_init_process(ngx_http_llm_store_t *st, ngx_cycle_t *cycle)
 {
@@ -485,6 +764,12 @@ ngx_http_llm_redis_init_process(ngx_http_llm_store_t *st, ngx_cycle_t *cycle)
 
     rd->conf = rc;
     rd->log = cycle->log;
+
+    if (rc->cluster && ngx_http_llm_redis_cluster_init(rd) != NGX_OK) {
+        (void) pthread_cond_destroy(&rd->cond);
+        ngx_free(rd);
+        return NGX_ERROR;
+    }
 
     rd->task->ctx = rd;
     rd->task->handler = ngx_http_llm_redis_thread;
@@ -598,6 +883,10 @@ ngx_http_llm_redis_exit_process(ngx_http_llm_store_t *st, ngx_cycle_t *cycle)
 
     if (rd->ctx) {
         redisFree(rd->ctx);
+    }
+
+    if (rd->cluster) {
+        ngx_http_llm_redis_cluster_free(rd);
     }
 
     (void) pthread_cond_destroy(&rd->cond);

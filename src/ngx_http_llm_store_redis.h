@@ -19,11 +19,13 @@
 
 
 /*
- * Private to the Redis store, which lives in three files:
+ * Private to the Redis store, which lives in five files:
  *
- *     ngx_http_llm_store_redis.c   the store as the event loop sees it
- *     ngx_http_llm_redis_thread.c  the store thread and its connection
- *     ngx_http_llm_redis_cmd.c     the commands it sends, their replies
+ *     ngx_http_llm_store_redis.c     the store as the event loop sees it
+ *     ngx_http_llm_redis_thread.c    the store thread and its connection
+ *     ngx_http_llm_redis_cmd.c       the commands it sends, their replies
+ *     ngx_http_llm_redis_sentinel.c  the primary, from Redis Sentinel
+ *     ngx_http_llm_redis_cluster.c   a Redis Cluster's nodes and slots
  */
 
 
@@ -36,11 +38,26 @@
 #define NGX_HTTP_LLM_REDIS_ARGS        40
 #define NGX_HTTP_LLM_REDIS_BUF         1024
 
+/* a host name as a sentinel gives it: an IP address, or a name (hostnames) */
+#define NGX_HTTP_LLM_REDIS_HOST_LEN    256
+
+/* a Redis Cluster: its slots, and the nodes a worker keeps track of */
+#define NGX_HTTP_LLM_REDIS_SLOTS       16384
+#define NGX_HTTP_LLM_REDIS_NODES       64
+
 
 typedef struct ngx_http_llm_redis_s        ngx_http_llm_redis_t;
 typedef struct ngx_http_llm_redis_write_s  ngx_http_llm_redis_write_t;
 typedef struct ngx_http_llm_redis_op_s     ngx_http_llm_redis_op_t;
 typedef struct ngx_http_llm_redis_job_s    ngx_http_llm_redis_job_t;
+typedef struct ngx_http_llm_redis_cluster_s  ngx_http_llm_redis_cluster_t;
+
+
+/* a sentinel's or a cluster node's address */
+typedef struct {
+    ngx_str_t                      host;        /* NUL-terminated */
+    int                            port;
+} ngx_http_llm_redis_addr_t;
 
 
 typedef struct {
@@ -50,6 +67,13 @@ typedef struct {
     ngx_str_t                      user;
     ngx_str_t                      password;
     ngx_int_t                      db;          /* -1: none */
+    ngx_array_t                   *servers;     /* sentinels, cluster */
+    ngx_str_t                      master;      /* behind sentinels */
+    ngx_str_t                      sentinel_user;
+    ngx_str_t                      sentinel_password;
+    unsigned                       cluster:1;   /* redis-cluster:// */
+    ngx_uint_t                     replicas;    /* WAIT for as many */
+    ngx_msec_t                     replicas_timeout;
     ngx_str_t                      prefix;
     ngx_msec_t                     flush;
     ngx_msec_t                     ttl;
@@ -92,6 +116,9 @@ struct ngx_http_llm_redis_write_s {
     size_t                         reply_len;
 
     /* the store thread's: where the answers are in the transaction */
+    ngx_int_t                      node;        /* a cluster's: or -1 */
+    ngx_uint_t                     ask;         /* ASKING first */
+    unsigned                       waited:1;    /* WAIT follows */
     ngx_uint_t                     ncmds;
     ngx_uint_t                     xadd;
     ngx_uint_t                     nxadd;
@@ -118,6 +145,10 @@ struct ngx_http_llm_redis_op_s {
 
     /* NGX_OK: answered (a batch: the round trip was made) */
     ngx_int_t                      rc;
+
+    /* a fetch's, claim's or control request's node in a cluster, or -1 */
+    ngx_int_t                      node;
+    ngx_uint_t                     ask;
 
     /* a fetch or a control request */
     u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN];
@@ -163,10 +194,14 @@ struct ngx_http_llm_redis_s {
     unsigned                       repost:1;
 
     /* the store thread only */
-    redisContext                  *ctx;
+    ngx_http_llm_redis_cluster_t  *cluster;     /* redis-cluster:// */
+    redisContext                  *ctx;         /* a cluster's: a node's */
     ngx_msec_t                     next_connect;
     ngx_msec_t                     backoff;
     ngx_uint_t                     replies;     /* in this round trip */
+    ngx_uint_t                     sentinel;    /* the one asked first */
+    char                           primary[NGX_HTTP_LLM_REDIS_HOST_LEN];
+    int                            primary_port;
     unsigned                       up:1;
     unsigned                       down:1;      /* failure logged */
     unsigned                       quiet:1;
@@ -174,6 +209,8 @@ struct ngx_http_llm_redis_s {
     unsigned                       errors:1;    /* in this round trip */
     unsigned                       nomem:1;
     unsigned                       lost:1;      /* a reply did not come */
+    unsigned                       demoted:1;   /* READONLY, MASTERDOWN */
+    unsigned                       unreplicated:1;  /* logged */
 };
 
 
@@ -195,6 +232,40 @@ typedef struct {
 void ngx_http_llm_redis_thread(void *data, ngx_log_t *log);
 void ngx_http_llm_redis_answer(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *ops);
+void ngx_http_llm_redis_run_on(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *ops);
+redisContext *ngx_http_llm_redis_open(ngx_http_llm_redis_t *rd,
+    const char *host, int port);
+void ngx_http_llm_redis_broken(ngx_http_llm_redis_t *rd, const char *what,
+    const char *err);
+
+/* ngx_http_llm_store_redis.c */
+ngx_int_t ngx_http_llm_redis_servers_conf(ngx_conf_t *cf,
+    ngx_http_llm_redis_conf_t *rc, ngx_str_t *url, ngx_int_t port,
+    ngx_str_t *rest);
+
+/* ngx_http_llm_redis_sentinel.c */
+ngx_int_t ngx_http_llm_redis_sentinel_conf(ngx_conf_t *cf,
+    ngx_http_llm_redis_conf_t *rc, ngx_str_t *url);
+ngx_int_t ngx_http_llm_redis_sentinel_primary(ngx_http_llm_redis_t *rd);
+ngx_int_t ngx_http_llm_redis_sentinel_role(ngx_http_llm_redis_t *rd);
+
+/* ngx_http_llm_redis_cluster.c */
+ngx_int_t ngx_http_llm_redis_cluster_conf(ngx_conf_t *cf,
+    ngx_http_llm_redis_conf_t *rc, ngx_str_t *url);
+ngx_int_t ngx_http_llm_redis_cluster_init(ngx_http_llm_redis_t *rd);
+void ngx_http_llm_redis_cluster_free(ngx_http_llm_redis_t *rd);
+void ngx_http_llm_redis_cluster_run(ngx_http_llm_redis_t *rd,
+    ngx_http_llm_redis_op_t *ops);
+ngx_int_t ngx_http_llm_redis_cluster_mine(ngx_http_llm_redis_t *rd,
+    ngx_int_t node);
+void ngx_http_llm_redis_cluster_node(ngx_http_llm_redis_t *rd,
+    char **host, int *port);
+void ngx_http_llm_redis_cluster_redirect(ngx_http_llm_redis_t *rd,
+    redisReply *r);
+ngx_int_t ngx_http_llm_redis_cluster_redirected(ngx_http_llm_redis_t *rd);
+void ngx_http_llm_redis_cluster_answered(ngx_http_llm_redis_t *rd,
+    ngx_int_t *node, ngx_uint_t *ask);
 
 /* ngx_http_llm_redis_cmd.c */
 void ngx_http_llm_redis_send_write(ngx_http_llm_redis_t *rd,
@@ -213,6 +284,10 @@ void ngx_http_llm_redis_send_control(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op);
 void ngx_http_llm_redis_read_control(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op);
+void ngx_http_llm_redis_send_wait(ngx_http_llm_redis_t *rd);
+void ngx_http_llm_redis_send_asking(ngx_http_llm_redis_t *rd);
+void ngx_http_llm_redis_read_asking(ngx_http_llm_redis_t *rd);
+ngx_int_t ngx_http_llm_redis_read_wait(ngx_http_llm_redis_t *rd);
 void ngx_http_llm_redis_cmd(ngx_http_llm_redis_cmd_t *cmd, const char *name);
 void ngx_http_llm_redis_arg(ngx_http_llm_redis_cmd_t *cmd, const void *p,
     size_t len);

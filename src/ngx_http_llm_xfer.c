@@ -206,6 +206,24 @@ ngx_http_llm_xfer_start(ngx_http_llm_engine_t *e, ngx_http_llm_xfer_t *x)
     /* small receive buffers: a stream carries a few bytes at a time */
     curl_easy_setopt(easy, CURLOPT_BUFFERSIZE, 1024L);
 
+    /*
+     * Over HTTP/2 libcurl sends the body through an upload buffer that
+     * each transfer keeps to its end: 64 KB by default, 16 KB at least;
+     * a prompt rarely needs more, and a larger one is sent in parts.
+     */
+    curl_easy_setopt(easy, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
+
+    /*
+     * A burst of streams to an HTTPS upstream waits for the connection
+     * being set up to say (by ALPN) whether it multiplexes, rather than
+     * opening a TLS connection each: with HTTP/2 they share it, up to its
+     * concurrent streams.  HTTP/2 only comes by ALPN, so a plain http://
+     * upstream would only wait for its first response's headers.
+     */
+    if (ngx_strncasecmp((u_char *) s->url, (u_char *) "https://", 8) == 0) {
+        curl_easy_setopt(easy, CURLOPT_PIPEWAIT, 1L);
+    }
+
     if (s->connect_timeout) {
         curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS,
                          (long) s->connect_timeout);
@@ -278,8 +296,16 @@ ngx_http_llm_xfer_write(char *ptr, size_t size, size_t n, void *data)
                                 ngx_http_llm_xfer_event, x);
 
     if (rc == NGX_DONE) {
+        /*
+         * The end marker: the generation is complete, and libcurl reads
+         * what is left of the response (its last chunk) so that the
+         * connection goes back to the cache; stopping here would close
+         * it, a handshake per generation with HTTP/1.1.  More data ends
+         * the transfer (above), and so does the scan when the response
+         * does not end soon.
+         */
         x->ended = 1;
-        return 0;
+        return len;
     }
 
     if (rc == NGX_ERROR) {

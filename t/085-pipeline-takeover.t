@@ -173,6 +173,7 @@ syswrite($s, "GET /single HTTP/1.0\r\nHost: localhost\r\n\r\n");
 $got = '';
 read_until($s, \$got, qr/event: delta/);
 ($last) = $got =~ /.*^id: (\S+)$/ms;
+sleep 0.5;      # its first writes are in Redis: it is a job there
 kill_instance($rb);
 close $s;
 

@@ -64,7 +64,9 @@
  * Control endpoints: GET /stats[?tag=X], POST /stats/reset[?tag=X] (also
  * GET /reset), GET /last[?tag=X] (the last LLM request, headers and
  * body), GET /health.  A stream is aborted when the client closes first,
- * completed when the mock ended it (cut included).
+ * completed when the mock ended it (cut included).  /stats also has
+ * "connections": the connections accepted since the start, whatever the
+ * tag (never reset), so that a client's connection reuse shows.
  */
 
 #define _GNU_SOURCE
@@ -241,6 +243,7 @@ static volatile sig_atomic_t  g_stop;
 static int                    g_ep = -1;
 static int                    g_lfd = -1;
 static uint64_t               g_accept_resume;
+static uint64_t               g_connections;  /* accepted, never reset */
 static conn_t                *g_conns;
 static conn_t               **g_heap;
 static size_t                 g_heap_n;
@@ -1856,13 +1859,14 @@ control_request(conn_t *c, const char *path)
 
         } else if (path[1] == 's') {
             k = s ? &s->cnt : &zero;
-            respond_json(c, 200, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I}",
+            respond_json(c, 200, json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
                          "requests", (json_int_t) k->requests,
                          "streams_started", (json_int_t) k->started,
                          "streams_completed", (json_int_t) k->completed,
                          "streams_aborted", (json_int_t) k->aborted,
                          "active", (json_int_t) k->active,
-                         "tokens_sent", (json_int_t) k->tokens), 1);
+                         "tokens_sent", (json_int_t) k->tokens,
+                         "connections", (json_int_t) g_connections), 1);
 
         } else if (s == NULL || s->last == NULL) {
             respond_lit(c, 404, "{\"error\":\"no request recorded\"}\n");
@@ -2295,6 +2299,8 @@ do_accept(void)
             }
             return;
         }
+
+        g_connections++;
 
         one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
