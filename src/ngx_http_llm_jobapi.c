@@ -58,6 +58,10 @@ static ngx_int_t ngx_http_llm_pause(ngx_http_request_t *r,
     ngx_http_llm_job_t *job, ngx_uint_t on);
 
 
+/* a lookup is answered at once, from inside its caller */
+static ngx_uint_t  ngx_http_llm_finding;
+
+
 ngx_int_t
 ngx_http_llm_job_handler(ngx_http_request_t *r)
 {
@@ -182,6 +186,7 @@ ngx_http_llm_lookup(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_str_t *id, ngx_uint_t from, ngx_http_llm_want_e want)
 {
     u_char                    sid[NGX_HTTP_LLM_JOB_ID_LEN + 1];
+    ngx_int_t                 rc;
     ngx_pool_cleanup_t       *cln;
     ngx_http_llm_lookup_t    *lk;
     ngx_http_llm_loc_conf_t  *llcf;
@@ -218,9 +223,14 @@ ngx_http_llm_lookup(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_memcpy(sid, id->data, NGX_HTTP_LLM_JOB_ID_LEN);
     sid[NGX_HTTP_LLM_JOB_ID_LEN] = '\0';
 
-    if (ngx_http_llm_job_find(llcf->store, sid, ngx_http_llm_looked_up, lk)
-        != NGX_OK)
-    {
+    /* a job in this worker is answered at once: inside the handler */
+    ngx_http_llm_finding = 1;
+
+    rc = ngx_http_llm_job_find(llcf->store, sid, ngx_http_llm_looked_up, lk);
+
+    ngx_http_llm_finding = 0;
+
+    if (rc != NGX_OK) {
         /* no answer will come */
         cln->handler = NULL;
         ngx_free(lk);
@@ -250,6 +260,7 @@ ngx_http_llm_looked_up(void *data, ngx_int_t rc, ngx_http_llm_job_t *job)
     u_char               owner[NGX_HTTP_LLM_OWNER_LEN];
     ngx_str_t            msg;
     ngx_int_t            orc;
+    ngx_uint_t           inside;
     ngx_connection_t    *c;
     ngx_http_request_t  *r;
     ngx_http_llm_ctx_t  *ctx;
@@ -267,6 +278,13 @@ ngx_http_llm_looked_up(void *data, ngx_int_t rc, ngx_http_llm_job_t *job)
     c = r->connection;
     ctx = ngx_http_get_module_ctx(r, ngx_http_llm_module);
     ctx->waiting = 0;
+
+    /*
+     * Called from inside the handler, the request must not be closed
+     * before the handler returns: nginx runs the posted requests (a
+     * termination among them) after it.
+     */
+    inside = ngx_http_llm_finding;
 
     if (rc == NGX_ERROR) {
         ngx_str_set(&msg, "the job store cannot be read now");
@@ -368,7 +386,10 @@ ngx_http_llm_looked_up(void *data, ngx_int_t rc, ngx_http_llm_job_t *job)
 done:
 
     ngx_free(lk);
-    ngx_http_run_posted_requests(c);
+
+    if (!inside) {
+        ngx_http_run_posted_requests(c);
+    }
 }
 
 

@@ -41,6 +41,10 @@ static ngx_int_t ngx_http_llm_status_send(ngx_http_request_t *r,
 static json_t *ngx_http_llm_status_zones(void);
 
 
+/* the probe is answered at once (the memory store), inside the handler */
+static ngx_uint_t  ngx_http_llm_probing;
+
+
 /* llm_status; */
 
 char *
@@ -111,11 +115,15 @@ ngx_http_llm_status_handler(ngx_http_request_t *r)
 
     r->main->count++;
 
-    if (llcf->store->ops->fetch(llcf->store,
-                                (u_char *) NGX_HTTP_LLM_PROBE_ID, 0, 0, 0,
-                                ngx_http_llm_status_probed, pr)
-        != NGX_OK)
-    {
+    ngx_http_llm_probing = 1;
+
+    rc = llcf->store->ops->fetch(llcf->store,
+                                 (u_char *) NGX_HTTP_LLM_PROBE_ID, 0, 0, 0,
+                                 ngx_http_llm_status_probed, pr);
+
+    ngx_http_llm_probing = 0;
+
+    if (rc != NGX_OK) {
         /* no answer will come */
         cln->handler = NULL;
         ngx_free(pr);
@@ -160,7 +168,15 @@ ngx_http_llm_status_probed(void *data, ngx_int_t rc,
 
     ngx_http_finalize_request(r, ngx_http_llm_status_send(r,
                                                           rc != NGX_ERROR));
-    ngx_http_run_posted_requests(c);
+
+    /*
+     * Inside the handler, the request must not be closed before it
+     * returns: nginx runs the posted requests after it.
+     */
+
+    if (!ngx_http_llm_probing) {
+        ngx_http_run_posted_requests(c);
+    }
 }
 
 

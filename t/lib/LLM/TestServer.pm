@@ -54,10 +54,11 @@ sub stop_redis {
     waitpid $pid, 0;
 }
 
-# start_nginx(name, main, http): the server root is t/servroot_NAME;
-# "main" and "http" are the main-level and http-level configuration.
+# start_nginx(name, main, http[, events]): the server root is
+# t/servroot_NAME; "main", "http" and "events" are the main-level,
+# http-level and events-level configuration (events: 1024 connections).
 sub start_nginx {
-    my ($name, $main, $http) = @_;
+    my ($name, $main, $http, $events) = @_;
 
     my $root = ($ENV{TEST_NGINX_SERVROOT} || 't/servroot') . "_$name";
     my $mods = $ENV{TEST_NGINX_LOAD_MODULES} || '';
@@ -71,7 +72,8 @@ sub start_nginx {
     open my $fh, '>', "$root/conf/nginx.conf" or die $!;
     print $fh "$load${user}pid logs/nginx.pid;\n"
               . "error_log logs/error.log info;\n$main\n"
-              . "events { worker_connections 1024; }\n"
+              . "events { " . ($events // 'worker_connections 1024;')
+              . " }\n"
               . "http {\n    access_log off;\n$http\n}\n";
     close $fh;
 
