@@ -564,8 +564,19 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
     job->updated = rec->updated;
     job->finished = rec->finished;
 
+    /*
+     * A single prompt's job that has not been written for that long by
+     * the record's own time is lost for a one-time reader too (a lookup);
+     * a pipeline's waits for a follower's own 15 s, since it may be taken
+     * over.
+     */
+
     if (rec->state == NGX_HTTP_LLM_RUNNING) {
-        if (ngx_current_msec - job->quiet_since < NGX_HTTP_LLM_LOST_MS) {
+        if (ngx_current_msec - job->quiet_since < NGX_HTTP_LLM_LOST_MS
+            && (job->state_version
+                || ngx_http_llm_now_ms() - rec->updated
+                   < NGX_HTTP_LLM_LOST_MS))
+        {
             return NGX_OK;
         }
 

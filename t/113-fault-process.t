@@ -141,11 +141,11 @@ is($fev[-1]{event}, 'error', '    an error');
 like($fev[-1]{data}, qr/"code":"job_lost","message":"[^"]+","text":"\S/,
      '    job_lost, with the text so far');
 
-# a lookup reads the record as it is: only a follower that has seen 15 s
-# of silence calls the job lost
+# a lookup reads the record: unwritten for 15 s, the job is lost
 my ($s, $j) = job_json($port, $job);
 is($s, 200, '  the job is still in the zone');
-is($j->{state}, 'running', '  as it was: running (until its ttl)');
+is($j->{state}, 'failed', '  a lookup says it failed');
+is($j->{error}{code}, 'job_lost', '  with job_lost');
 
 my $again = stream_open($port, "/g?tag=kill$run");
 ok(stream_read($again, $final, 60), 'the workers serve new streams');
@@ -212,7 +212,7 @@ HTTP
        '  Redis keeps the job as it was (running, until its ttl)');
 
     ($s, $j) = job_json($pb, $job);
-    is($j->{state}, 'running', '  read on B now: running');
+    is($j->{state}, 'failed', '  read on B now: failed, job_lost');
 
     $again = stream_open($pa, "/g?tag=rkill$run");
     ok(stream_read($again, $final, 60), 'A serves new streams');
