@@ -40,6 +40,9 @@ typedef struct {
     ngx_pool_cleanup_t            *cln;
     ngx_uint_t                     from;
     ngx_http_llm_want_e            want;
+    ngx_http_llm_store_t          *store;
+    u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN + 1];
+    ngx_event_t                    again;       /* another's job: 404 later */
 } ngx_http_llm_lookup_t;
 
 
@@ -48,6 +51,9 @@ static ngx_int_t ngx_http_llm_lookup(ngx_http_request_t *r,
     ngx_http_llm_want_e want);
 static void ngx_http_llm_looked_up(void *data, ngx_int_t rc,
     ngx_http_llm_job_t *job);
+static void ngx_http_llm_lookup_again(ngx_event_t *ev);
+static void ngx_http_llm_lookup_refused(void *data, ngx_int_t rc,
+    ngx_http_llm_record_t *rec);
 static void ngx_http_llm_lookup_cleanup(void *data);
 static void ngx_http_llm_continue(ngx_http_request_t *r,
     ngx_http_llm_ctx_t *ctx, ngx_http_llm_job_t *job);
@@ -193,7 +199,7 @@ ngx_http_llm_lookup(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
 
     llcf = ngx_http_get_module_loc_conf(r, ngx_http_llm_module);
 
-    lk = ngx_alloc(sizeof(ngx_http_llm_lookup_t), r->connection->log);
+    lk = ngx_calloc(sizeof(ngx_http_llm_lookup_t), r->connection->log);
     if (lk == NULL) {
         return NGX_ERROR;
     }
@@ -223,6 +229,9 @@ ngx_http_llm_lookup(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     ngx_memcpy(sid, id->data, NGX_HTTP_LLM_JOB_ID_LEN);
     sid[NGX_HTTP_LLM_JOB_ID_LEN] = '\0';
 
+    ngx_memcpy(lk->id, sid, NGX_HTTP_LLM_JOB_ID_LEN + 1);
+    lk->store = llcf->store;
+
     /* a job in this worker is answered at once: inside the handler */
     ngx_http_llm_finding = 1;
 
@@ -238,6 +247,36 @@ ngx_http_llm_lookup(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     }
 
     return NGX_OK;
+}
+
+
+static void
+ngx_http_llm_lookup_again(ngx_event_t *ev)
+{
+    ngx_http_llm_lookup_t  *lk;
+
+    lk = (ngx_http_llm_lookup_t *) ((u_char *) ev
+                                    - offsetof(ngx_http_llm_lookup_t, again));
+
+    if (lk->request == NULL
+        || lk->store->ops->fetch(lk->store, lk->id, 0, 0, 0,
+                                 ngx_http_llm_lookup_refused, lk)
+           != NGX_OK)
+    {
+        ngx_http_llm_lookup_refused(lk, NGX_DECLINED, NULL);
+    }
+}
+
+
+/* another's job: as unknown, whatever the store said this time */
+
+static void
+ngx_http_llm_lookup_refused(void *data, ngx_int_t rc,
+    ngx_http_llm_record_t *rec)
+{
+    ngx_http_llm_lookup_t *lk = data;
+
+    ngx_http_llm_looked_up(lk, NGX_DECLINED, NULL);
 }
 
 
@@ -301,7 +340,25 @@ ngx_http_llm_looked_up(void *data, ngx_int_t rc, ngx_http_llm_job_t *job)
         if (orc != NGX_OK
             || ngx_memcmp(owner, job->owner, NGX_HTTP_LLM_OWNER_LEN) != 0)
         {
-            /* the same answer as for an unknown job: ids are not probed */
+            /*
+             * The same answer as for an unknown job, and as late: a store
+             * that writes later asks again for an unknown id after its
+             * window (job.c), and so it does here, so that the time of
+             * the answer does not tell that the job exists.
+             */
+
+            if (lk->store->window) {
+                lk->cln->handler = ngx_http_llm_lookup_cleanup;
+                ctx->waiting = 1;
+
+                lk->again.data = c;
+                lk->again.log = c->log;
+                lk->again.handler = ngx_http_llm_lookup_again;
+                lk->again.cancelable = 1;
+                ngx_add_timer(&lk->again, lk->store->window);
+                return;
+            }
+
             rc = NGX_DECLINED;
         }
     }

@@ -63,6 +63,16 @@ sub http {
             llm_model m;
             llm_job   \$id;
         }
+        location = /mine {
+            llm_pass      "$up&tokens=400&tps=20";
+            llm_model     m;
+            llm_prompt    "hi";
+            llm_job_owner \$http_x_owner;
+        }
+        location ~ ^/myjobs/(?<id>[\\w-]+)\$ {
+            llm_job_owner \$http_x_owner;
+            llm_job       \$id;
+        }
     }
 HTTP
 }
@@ -119,6 +129,35 @@ is($ev[-1]{event}, 'complete', 'to the end');
                            headers => $json);
 is($s, 404, 'an unknown job is 404 on B');
 like($c, qr/"code":"job_not_found"/, 'job_not_found');
+
+# another's job is as unknown, and as late: asked of Redis twice, the
+# second time after the window (the time of a 404 does not tell)
+
+sub hgetall_calls {
+    my ($out) = `redis-cli -p $rport INFO commandstats` =~ /^cmdstat_hgetall:calls=(\d+)/m;
+    return $out // 0;
+}
+
+my (undef, undef, $mb) = http_get($pa, 'POST', '/mine',
+                                  headers => { Prefer => 'respond-async',
+                                               'X-Owner' => 'alice' });
+my $mine = (eval { decode_json($mb) } || {})->{job} // '';
+my ($ms) = http_get($pb, 'GET', "/myjobs/$mine",
+                    headers => { %$json, 'X-Owner' => 'alice' });
+is($ms, 200, 'its owner reads the job on B');
+
+my $calls = hgetall_calls();
+($ms, undef, $c) = http_get($pb, 'GET', "/myjobs/$mine",
+                            headers => { %$json, 'X-Owner' => 'bob' });
+is($ms, 404, 'another owner gets 404');
+is(hgetall_calls() - $calls, 2, '  after asking Redis twice');
+
+$calls = hgetall_calls();
+($ms) = http_get($pb, 'GET', '/myjobs/AAAAAAAAAAAAAAAAAAAAAA',
+                 headers => { %$json, 'X-Owner' => 'bob' });
+is($ms, 404, 'an unknown job: 404');
+is(hgetall_calls() - $calls, 2, '  after asking Redis twice too');
+http_get($pa, 'DELETE', "/myjobs/$mine", headers => { 'X-Owner' => 'alice' });
 
 unlike(error_log($ra) . error_log($rb), qr/\[(?:alert|crit|emerg)\]/,
        'no alerts');
