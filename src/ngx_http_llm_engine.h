@@ -78,6 +78,7 @@ struct ngx_http_llm_xfer_s {
     ngx_uint_t                     refs;
     ngx_queue_t                    link;        /* in engine->xfers */
     unsigned                       cancel:1;
+    unsigned                       counted:1;   /* by the metrics: loop's */
     ngx_http_llm_xfer_t           *next_submit;
     ngx_http_llm_xfer_t           *next_cancel;
 };

@@ -843,7 +843,12 @@ ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item)
 
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
 
-    ngx_http_llm_metrics_xfer(&x->spec, &out);
+    /* the final output may be drained again: it is counted once */
+
+    if (out.done && !x->counted) {
+        x->counted = 1;
+        ngx_http_llm_metrics_xfer(&x->spec, &out);
+    }
 
     handler = x->handler;
 
