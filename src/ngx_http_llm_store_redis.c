@@ -77,6 +77,9 @@ struct ngx_http_llm_redis_job_s {
 
 static ngx_int_t ngx_http_llm_redis_server(ngx_conf_t *cf,
     ngx_http_llm_redis_conf_t *rc, u_char *p, u_char *last, ngx_int_t port);
+static ngx_int_t ngx_http_llm_redis_hostport(ngx_conf_t *cf, u_char *p,
+    u_char *last, ngx_int_t port, const char *what,
+    ngx_http_llm_redis_addr_t *a);
 static u_char *ngx_http_llm_redis_userinfo(ngx_conf_t *cf,
     ngx_http_llm_redis_conf_t *rc, u_char *p, u_char *last);
 static ngx_int_t ngx_http_llm_redis_url(ngx_conf_t *cf,
@@ -447,9 +450,9 @@ static ngx_int_t
 ngx_http_llm_redis_url(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
     ngx_str_t *url)
 {
-    u_char     *p, *last, *host, *host_end;
-    ngx_str_t   s;
-    ngx_int_t   n;
+    u_char                     *p, *last, *host;
+    ngx_str_t                   s;
+    ngx_http_llm_redis_addr_t   addr;
 
     p = url->data + 8;
     last = url->data + url->len;
@@ -476,61 +479,14 @@ ngx_http_llm_redis_url(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
         }
     }
 
-    if (host < last && *host == '[') {
-        host_end = ngx_strlchr(host, last, ']');
-
-        if (host_end == NULL) {
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid IPv6 address in \"llm_store\"");
-            return NGX_ERROR;
-        }
-
-        p = host_end + 1;
-        host++;
-
-    } else {
-        host_end = ngx_strlchr(host, last, ':');
-
-        if (host_end == NULL) {
-            host_end = last;
-        }
-
-        p = host_end;
-    }
-
-    if (host_end == host) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "no host in \"llm_store\" URL");
+    if (ngx_http_llm_redis_hostport(cf, host, last, 6379, "", &addr)
+        != NGX_OK)
+    {
         return NGX_ERROR;
     }
 
-    rc->port = 6379;
-
-    if (p < last) {
-        s.data = p + 1;
-        s.len = last - s.data;
-
-        n = (*p == ':') ? ngx_atoi(s.data, s.len) : NGX_ERROR;
-
-        if (n < 1 || n > 65535) {
-            s.data = p;
-            s.len = last - p;
-            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid port \"%V\" in \"llm_store\"", &s);
-            return NGX_ERROR;
-        }
-
-        rc->port = (int) n;
-    }
-
-    rc->host.len = host_end - host;
-    rc->host.data = ngx_pnalloc(cf->pool, rc->host.len + 1);
-    if (rc->host.data == NULL) {
-        return NGX_ERROR;
-    }
-
-    ngx_memcpy(rc->host.data, host, rc->host.len);
-    rc->host.data[rc->host.len] = '\0';
+    rc->host = addr.host;
+    rc->port = addr.port;
 
     /* the log names the server, never the password */
 
@@ -540,7 +496,7 @@ ngx_http_llm_redis_url(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
     }
 
     rc->name.len = ngx_sprintf(rc->name.data,
-                               *(host - 1) == '[' ? "[%V]:%d" : "%V:%d",
+                               *host == '[' ? "[%V]:%d" : "%V:%d",
                                &rc->host, rc->port)
                    - rc->name.data;
 
@@ -642,9 +598,40 @@ static ngx_int_t
 ngx_http_llm_redis_server(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
     u_char *p, u_char *last, ngx_int_t port)
 {
-    u_char                     *host, *host_end;
-    ngx_str_t                   s;
     ngx_http_llm_redis_addr_t  *a;
+
+    a = ngx_array_push(rc->servers);
+    if (a == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (ngx_http_llm_redis_hostport(cf, p, last, port, "server ", a)
+        != NGX_OK)
+    {
+        return NGX_ERROR;
+    }
+
+    if (a->host.len >= NGX_HTTP_LLM_REDIS_HOST_LEN) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "server host name too long in \"llm_store\"");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * HOST[:PORT] from p to last, HOST may be [IPv6]: the host NUL-terminated
+ * in the configuration's pool.  "what" names it in the errors.
+ */
+
+static ngx_int_t
+ngx_http_llm_redis_hostport(ngx_conf_t *cf, u_char *p, u_char *last,
+    ngx_int_t port, const char *what, ngx_http_llm_redis_addr_t *a)
+{
+    u_char     *host, *host_end;
+    ngx_str_t   s;
 
     host = p;
 
@@ -672,13 +659,7 @@ ngx_http_llm_redis_server(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
 
     if (host_end == host) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "no server host in \"llm_store\" URL");
-        return NGX_ERROR;
-    }
-
-    if (host_end - host >= NGX_HTTP_LLM_REDIS_HOST_LEN) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "server host name too long in \"llm_store\"");
+                           "no %shost in \"llm_store\" URL", what);
         return NGX_ERROR;
     }
 
@@ -692,15 +673,10 @@ ngx_http_llm_redis_server(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
             s.data = p;
             s.len = last - p;
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                               "invalid server port \"%V\" in "
-                               "\"llm_store\"", &s);
+                               "invalid %sport \"%V\" in \"llm_store\"",
+                               what, &s);
             return NGX_ERROR;
         }
-    }
-
-    a = ngx_array_push(rc->servers);
-    if (a == NULL) {
-        return NGX_ERROR;
     }
 
     a->port = (int) port;
@@ -715,6 +691,7 @@ ngx_http_llm_redis_server(ngx_conf_t *cf, ngx_http_llm_redis_conf_t *rc,
 
     return NGX_OK;
 }
+
 
 static ngx_int_t
 ngx_http_llm_redis_init_process(ngx_http_llm_store_t *st, ngx_cycle_t *cycle)
