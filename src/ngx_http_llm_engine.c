@@ -46,6 +46,7 @@ static void ngx_http_llm_engine_scan(ngx_http_llm_engine_t *e,
     ngx_msec_t now);
 static void ngx_http_llm_engine_abort_all(ngx_http_llm_engine_t *e,
     const char *code, const char *msg);
+static void ngx_http_llm_engine_flush(ngx_http_llm_engine_t *e);
 static void ngx_http_llm_engine_wake(ngx_http_llm_engine_t *e);
 static int ngx_http_llm_engine_socket(CURL *easy, curl_socket_t s, int what,
     void *data, void *socketp);
@@ -368,6 +369,7 @@ ngx_http_llm_engine_thread(void *data, ngx_log_t *log)
     ch = &ngx_http_llm_channel;
     last_scan = 0;
     idle_since = ngx_http_llm_engine_now();
+    e->batch = 1;
 
     for ( ;; ) {
 
@@ -388,6 +390,8 @@ ngx_http_llm_engine_thread(void *data, ngx_log_t *log)
         if (e->deadline) {
             wait = (e->deadline > now) ? ngx_min(wait, e->deadline - now) : 0;
         }
+
+        ngx_http_llm_engine_flush(e);
 
         n = epoll_wait(e->epfd, events, NGX_HTTP_LLM_EVENTS, (int) wait);
 
@@ -456,7 +460,22 @@ ngx_http_llm_engine_thread(void *data, ngx_log_t *log)
         }
     }
 
+    ngx_http_llm_engine_flush(e);
+    e->batch = 0;
+
     ngx_log_debug0(NGX_LOG_DEBUG_HTTP, log, 0, "llm engine: idle, returns");
+}
+
+
+/* engine thread: wake the loop for the output of the pass just done */
+
+static void
+ngx_http_llm_engine_flush(ngx_http_llm_engine_t *e)
+{
+    if (e->wake) {
+        e->wake = 0;
+        ngx_http_llm_channel_wake();
+    }
 }
 
 

@@ -41,6 +41,8 @@ struct ngx_http_llm_engine_s {
     /* engine thread only */
     ngx_queue_t                    active;
     ngx_msec_t                     deadline;    /* libcurl's timer, or 0 */
+    ngx_uint_t                     batch;       /* in a run */
+    ngx_uint_t                     wake;        /* output queued, unwoken */
 };
 
 

@@ -26,6 +26,9 @@
 /* upper bound of a non-2xx upstream body kept for its error message */
 #define NGX_HTTP_LLM_ERRBODY_MAX     (16 * 1024)
 
+/* text handed to the loop by copy, the buffer kept (xfer_drain()) */
+#define NGX_HTTP_LLM_DRAIN_COPY      512
+
 
 /* stable error codes of the final "error" event */
 #define NGX_HTTP_LLM_E_STATUS        "upstream_status"

@@ -782,7 +782,10 @@ ngx_http_llm_sink_fail_str(ngx_http_llm_xfer_t *x, const char *code,
 }
 
 
-/* any thread: queue the transfer's output for the event loop */
+/*
+ * Any thread: queue the transfer's output for the event loop.  The loop
+ * only runs it while the engine does not run (engine_abort_all()).
+ */
 
 static void
 ngx_http_llm_xfer_push(ngx_http_llm_xfer_t *x)
@@ -804,9 +807,22 @@ ngx_http_llm_xfer_push(ngx_http_llm_xfer_t *x)
 
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
 
-    if (wake) {
-        ngx_http_llm_channel_wake();
+    if (!wake) {
+        return;
     }
+
+    /*
+     * In a run the engine wakes the loop once for all the output of one
+     * pass over the ready sockets: a wake costs two context switches and
+     * four system calls, as much as relaying a token.
+     */
+
+    if (x->engine->batch) {
+        x->engine->wake = 1;
+        return;
+    }
+
+    ngx_http_llm_channel_wake();
 }
 
 
@@ -815,6 +831,7 @@ ngx_http_llm_xfer_push(ngx_http_llm_xfer_t *x)
 static void
 ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item)
 {
+    u_char                   copy[NGX_HTTP_LLM_DRAIN_COPY];
     ngx_http_llm_xfer_t     *x;
     ngx_http_llm_output_t    out;
     ngx_http_llm_output_pt   handler;
@@ -828,9 +845,24 @@ ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item)
 
     out = x->out;
 
-    x->out.text = NULL;
+    /*
+     * A few tokens are copied out and the transfer keeps its buffer:
+     * no malloc() on one thread and free() on another for each token.
+     */
+
+    if (out.text_len == 0) {
+        out.text = NULL;
+
+    } else if (out.text_len <= NGX_HTTP_LLM_DRAIN_COPY) {
+        ngx_memcpy(copy, out.text, out.text_len);
+        out.text = copy;
+
+    } else {
+        x->out.text = NULL;
+        x->out.text_cap = 0;
+    }
+
     x->out.text_len = 0;
-    x->out.text_cap = 0;
 
     /* the outcome is read once, with the end of the transfer */
     if (out.done) {
@@ -865,7 +897,10 @@ ngx_http_llm_xfer_drain(ngx_http_llm_chan_item_t *item)
         }
     }
 
-    free(out.text);
+    if (out.text != copy) {
+        free(out.text);
+    }
+
     free(out.outcome.message);
 
     ngx_http_llm_xfer_release(x);
