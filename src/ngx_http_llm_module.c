@@ -45,12 +45,13 @@ static char *ngx_http_llm_max_events_check(ngx_conf_t *cf, void *post,
 /*
  * What one job may hold, text and event log, so that an upstream that
  * never stops cannot grow a worker without bound: 8 MB is some 2 million
- * tokens, far beyond any model's output limit; 100000 events match the
- * Redis store's stream length (a delta is one drain of the engine, many
- * tokens when they come fast).
+ * tokens, far beyond any model's output limit.  A delta is one drain of
+ * the engine, many tokens when they come fast, one when they come slowly:
+ * 250000 events hold a 38-minute generation at 44 tokens a second (the
+ * assessment app's) two and a half times, 6 MB of log at most.
  */
 #define NGX_HTTP_LLM_MAX_TEXT        (8 * 1024 * 1024)
-#define NGX_HTTP_LLM_MAX_EVENTS      100000
+#define NGX_HTTP_LLM_MAX_EVENTS      250000
 
 
 static ngx_conf_post_t  ngx_http_llm_max_text_post = {

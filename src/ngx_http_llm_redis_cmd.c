@@ -25,7 +25,8 @@
  *     PREFIX{ID}:events   STREAM  entry "SEQ-0" (SEQ: 1-based event number)
  *                                 with fields t (type), o (text offset, or
  *                                 meta offset of a payload event) and l
- *                                 (length); capped by MAXLEN ~
+ *                                 (length); as long as the job's log,
+ *                                 which llm_max_events bounds
  *
  * meta and pstate exist for pipeline jobs only.
  */
@@ -36,9 +37,6 @@
 #include <ngx_http.h>
 
 #include "ngx_http_llm_store_redis.h"
-
-
-#define NGX_HTTP_LLM_REDIS_MAXLEN      "100000"
 
 
 /*
@@ -195,7 +193,7 @@ ngx_http_llm_redis_refusal(ngx_http_llm_redis_t *rd,
  *     [SETRANGE text OFFSET NEW_TEXT]           new text
  *     [SETRANGE meta OFFSET NEW_META]           new payloads
  *     [SET pstate STATE]                        a new pipeline state
- *     [XADD events MAXLEN ~ N SEQ-0 t T o O l L]...  one per new event
+ *     [XADD events SEQ-0 t T o O l L]...  one per new event
  *     HSET job state .. created .. (15 fields), or, when Redis has had
  *         the job, EVAL HSETKNOWN 1 job E T M state .. (from the
  *         marks E, T, M; 12 fields, not the created, owner and
@@ -278,9 +276,6 @@ ngx_http_llm_redis_send_write(ngx_http_llm_redis_t *rd,
 
         ngx_http_llm_redis_cmd(&cmd, "XADD");
         ngx_http_llm_redis_key(rd, &cmd, w->id, "events");
-        ngx_http_llm_redis_lit(&cmd, "MAXLEN");
-        ngx_http_llm_redis_lit(&cmd, "~");
-        ngx_http_llm_redis_lit(&cmd, NGX_HTTP_LLM_REDIS_MAXLEN);
         ngx_http_llm_redis_argf(&cmd, "%ui-0", i + 1);
         ngx_http_llm_redis_lit(&cmd, "t");
         ngx_http_llm_redis_argf(&cmd, "%d", (int) ev->type);

@@ -221,7 +221,8 @@ ngx_http_llm_usse_append(u_char **buf, size_t *len, size_t *cap, u_char *src,
     }
 
     if (*len + n > *cap) {
-        size = *cap ? *cap : 1024;
+        /* an event of a stream is some 200 bytes: the buffer lives as long */
+        size = *cap ? *cap : 256;
 
         while (size < *len + n) {
             size *= 2;

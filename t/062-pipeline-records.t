@@ -187,8 +187,9 @@ is(join(',', map { $_->{event} } @ev), 'check,complete',
    'a resume after a step event');
 
 
-# a stream trimmed by MAXLEN that starts with a payload event: the gap is
-# one delta with the text it covered, the payload events in it are lost
+# a stream trimmed (by an older version's MAXLEN, or by hand) that starts
+# with a payload event: the gap is one delta with the text it covered, the
+# payload events in it are lost
 
 my $o2 = length($pl[0]) + length($pl[1]);
 my $trim = plant(events => [['5-0', 5, $o2, length $pl[2]],
