@@ -352,12 +352,75 @@ stop_baseline() {
 }
 
 
+# nginx's own proxy_pass straight to the mock, proxy_buffering off: the
+# bytes relayed without being understood.  Not a replacement for the
+# module (no events, no jobs, no resume); the reference for what nginx
+# itself costs per stream and per token (scenarios 3 and 4).
+nproxy_pid=
+nproxy_port=
+
+start_nproxy() {
+    local p=$work/nproxy
+    mkdir -p "$p/conf" "$p/logs"
+    nproxy_port=$(free_port)
+    cat > "$p/conf/nginx.conf" <<EOF
+# bench/run.sh: nginx proxy_pass to the mock, the reference
+worker_processes 2;
+worker_rlimit_nofile $rlimit;
+error_log logs/error.log warn;
+pid logs/nginx.pid;
+
+events {
+    worker_connections $wc_proxy;
+}
+
+http {
+    access_log off;
+
+    upstream mock {
+        server 127.0.0.1:$mock_port;
+        keepalive 256;
+    }
+
+    server {
+        listen 127.0.0.1:$nproxy_port reuseport backlog=4096;
+
+        location = /health {
+            return 200 "ok\n";
+        }
+
+        location = /v1/chat/completions {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_cache off;
+            proxy_read_timeout 600s;
+        }
+    }
+}
+EOF
+    nginx -p "$p" -c conf/nginx.conf -e logs/error.log -g "$globals" \
+        2> "$p/logs/stderr.log" 9>&- &
+    nproxy_pid=$!
+    pids+=("$nproxy_pid")
+    wait_http "http://127.0.0.1:$nproxy_port/health"
+    nproxy_workers=$(children "$nproxy_pid" 2)
+}
+
+stop_nproxy() {
+    [ -n "$nproxy_pid" ] && stop "$nproxy_pid"
+    nproxy_pid=
+    mock_idle
+}
+
+
 # --- the load ---------------------------------------------------------
 
 elapsed() { echo $(( $(date +%s) - t0 )); }
 
-# run NAME TARGET QUERY [llm-load options]: TARGET is floor, module or
-# baseline; the JSON lines go to build/bench/NAME.json
+# run NAME TARGET QUERY [llm-load options]: TARGET is floor, module,
+# baseline or nproxy; the JSON lines go to build/bench/NAME.json
 run() {
     local name=$1 target=$2 query=$3
     shift 3
@@ -377,11 +440,17 @@ run() {
         samples+=(--sample "nginx=$proxy_workers"
                   --sample "uvicorn=$uv_workers")
         ;;
+    nproxy)
+        url="http://127.0.0.1:$nproxy_port/v1/chat/completions?stamp=1&$query"
+        set -- --proto openai "$@"
+        samples+=(--sample "nginx=$nproxy_workers")
+        ;;
     esac
 
     local logs=() offs=() f i
     case $target in
     module)   logs=("$work/module/logs/error.log") ;;
+    nproxy)   logs=("$work/nproxy/logs/error.log") ;;
     baseline) logs=("$work/proxy/logs/error.log" "$work/uvicorn.log") ;;
     esac
     for f in "${logs[@]}"; do
@@ -550,6 +619,16 @@ if want 3 && ! over_budget 3; then
             --levels 1000 --hold 3 --settle 2 --ramp-rate "$ramp"
         stop_baseline
     fi
+    if ! over_budget 3-nproxy; then
+        start_nproxy
+        run s3-nproxy-wait nproxy "tps=5&tokens=10&ttft=600000" \
+            --levels 1000 --hold 3 --settle 2 --ramp-rate "$ramp"
+        stop_nproxy
+        start_nproxy
+        run s3-nproxy-stream nproxy "tps=1&tokens=5000&ttft=0" \
+            --levels 1000 --tps 1 --hold 3 --settle 6 --ramp-rate "$ramp"
+        stop_nproxy
+    fi
 fi
 
 
@@ -572,6 +651,12 @@ if want 4 && ! over_budget 4; then
         run s4-baseline baseline "$s4q" --levels 1000 --tps 10 \
             --hold "$hold1" --settle "$settle" --ramp-rate "$ramp"
         stop_baseline
+    fi
+    if ! over_budget 4-nproxy; then
+        start_nproxy
+        run s4-nproxy nproxy "$s4q" --levels 1000 --tps 10 \
+            --hold "$hold1" --settle "$settle" --ramp-rate "$ramp"
+        stop_nproxy
     fi
 fi
 
