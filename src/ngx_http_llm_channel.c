@@ -148,7 +148,12 @@ ngx_http_llm_channel_handler(ngx_event_t *ev)
 
     ch = &ngx_http_llm_channel;
 
-    while (read(ch->fd[0], buf, sizeof(buf)) > 0) { /* void */ }
+    /*
+     * One read: a byte is written only when the list was empty and not yet
+     * taken, so there is hardly ever more than one, and a byte written
+     * after this read is only an early wake with nothing, or little, to do.
+     */
+    (void) read(ch->fd[0], buf, sizeof(buf));
 
     (void) ngx_thread_mutex_lock(&ch->mutex, ch->log);
 
