@@ -47,6 +47,7 @@
 typedef struct {
     ngx_http_llm_store_t          *store;
     u_char                         id[NGX_HTTP_LLM_JOB_ID_LEN + 1];
+    ngx_uint_t                     from;        /* the first event read */
     ngx_http_llm_find_pt           handler;
     void                          *data;
     ngx_event_t                    again;       /* once more, later */
@@ -87,7 +88,8 @@ static void ngx_http_llm_job_pause_handler(ngx_event_t *ev);
 static void ngx_http_llm_job_pause_apply(ngx_http_llm_job_t *job,
     ngx_uint_t on);
 static void ngx_http_llm_job_free_handler(ngx_event_t *ev);
-static ngx_http_llm_job_t *ngx_http_llm_job_local(u_char *id);
+static ngx_http_llm_job_t *ngx_http_llm_job_local(u_char *id,
+    ngx_uint_t from);
 static void ngx_http_llm_job_found(void *data, ngx_int_t rc,
     ngx_http_llm_record_t *rec);
 static void ngx_http_llm_job_find_again(ngx_event_t *ev);
@@ -247,19 +249,20 @@ ngx_http_llm_job_alloc(ngx_log_t *log)
 
 /*
  * Find a job by id: in this worker, else in the store (the handler then
- * gets a mirror).  The handler gets the job, or NULL with NGX_DECLINED
- * (unknown or expired) or NGX_ERROR (the store cannot answer); it may run
- * before this returns.
+ * gets a mirror).  "from" is the first event the caller reads (a client
+ * resuming), 0 for all.  The handler gets the job, or NULL with
+ * NGX_DECLINED (unknown or expired) or NGX_ERROR (the store cannot
+ * answer); it may run before this returns.
  */
 
 ngx_int_t
-ngx_http_llm_job_find(ngx_http_llm_store_t *st, u_char *id,
+ngx_http_llm_job_find(ngx_http_llm_store_t *st, u_char *id, ngx_uint_t from,
     ngx_http_llm_find_pt handler, void *data)
 {
     ngx_http_llm_job_t   *job;
     ngx_http_llm_find_t  *f;
 
-    job = ngx_http_llm_job_local(id);
+    job = ngx_http_llm_job_local(id, from);
 
     if (job) {
         handler(data, NGX_OK, job);
@@ -277,7 +280,16 @@ ngx_http_llm_job_find(ngx_http_llm_store_t *st, u_char *id,
     f->handler = handler;
     f->data = data;
 
-    if (st->ops->fetch(st, f->id, 0, 0, 0, ngx_http_llm_job_found, f)
+    /*
+     * A client resuming from the middle of a long job costs the part it
+     * reads, not the whole log: the mirror reads from the last event the
+     * client had (so that the store's answer says where the log stands,
+     * even when that was the final one).  The text is read whole: the
+     * final event carries it.
+     */
+    f->from = from ? from - 1 : 0;
+
+    if (st->ops->fetch(st, f->id, f->from, 0, 0, ngx_http_llm_job_found, f)
         != NGX_OK)
     {
         ngx_free(f);
@@ -296,7 +308,7 @@ ngx_http_llm_job_find_again(ngx_event_t *ev)
     f = (ngx_http_llm_find_t *) ((u_char *) ev
                                  - offsetof(ngx_http_llm_find_t, again));
 
-    if (f->store->ops->fetch(f->store, f->id, 0, 0, 0,
+    if (f->store->ops->fetch(f->store, f->id, f->from, 0, 0,
                              ngx_http_llm_job_found, f)
         != NGX_OK)
     {
@@ -306,10 +318,14 @@ ngx_http_llm_job_find_again(ngx_event_t *ev)
 }
 
 
-/* linear: lookups are rare next to streaming, and jobs are few per worker */
+/*
+ * Linear: lookups are rare next to streaming, and jobs are few per worker.
+ * A copy that stands in for the events before "from" with a gap does not
+ * do for a client that reads them.
+ */
 
 static ngx_http_llm_job_t *
-ngx_http_llm_job_local(u_char *id)
+ngx_http_llm_job_local(u_char *id, ngx_uint_t from)
 {
     ngx_queue_t         *q;
     ngx_http_llm_job_t  *job;
@@ -324,7 +340,9 @@ ngx_http_llm_job_local(u_char *id)
     {
         job = ngx_queue_data(q, ngx_http_llm_job_t, queue);
 
-        if (ngx_strncmp(job->id, id, NGX_HTTP_LLM_JOB_ID_LEN) == 0) {
+        if (ngx_strncmp(job->id, id, NGX_HTTP_LLM_JOB_ID_LEN) == 0
+            && job->from_event <= from)
+        {
             return job;
         }
     }
@@ -364,11 +382,31 @@ ngx_http_llm_job_found(void *data, ngx_int_t rc, ngx_http_llm_record_t *rec)
 
     /* another find may have made a mirror meanwhile */
 
-    job = ngx_http_llm_job_local(f->id);
+    job = ngx_http_llm_job_local(f->id, f->from);
 
     if (job) {
         f->handler(f->data, NGX_OK, job);
         ngx_free(f);
+        return;
+    }
+
+    /*
+     * Nothing from the event asked for: a client ahead of the store (its
+     * write interval) or an id past the end.  The whole log then, as for
+     * a client from the start: the mirror knows where the job stands.
+     */
+
+    if (f->from && rec->nevents == rec->from_event) {
+        f->from = 0;
+
+        if (f->store->ops->fetch(f->store, f->id, 0, 0, 0,
+                                 ngx_http_llm_job_found, f)
+            != NGX_OK)
+        {
+            f->handler(f->data, NGX_ERROR, NULL);
+            ngx_free(f);
+        }
+
         return;
     }
 
@@ -382,6 +420,7 @@ ngx_http_llm_job_found(void *data, ngx_int_t rc, ngx_http_llm_record_t *rec)
 
     ngx_memcpy(job->id, f->id, NGX_HTTP_LLM_JOB_ID_LEN + 1);
     job->mirror = 1;
+    job->from_event = f->from;
     job->store = f->store;
     job->created = rec->created;
     job->background = rec->background;
@@ -490,7 +529,8 @@ ngx_http_llm_mirror_update(ngx_http_llm_job_t *job,
         && to <= job->text_len)
     {
         /*
-         * The store dropped the oldest events (a bounded log): the gap
+         * The store dropped the oldest events (a bounded log), or the
+         * mirror reads from a resuming client's event on: the gap
          * becomes deltas that carry the text it covered, so that ids keep
          * their positions; the SSE writer sends them as one event.  The
          * payload events among them are lost.
@@ -797,7 +837,8 @@ ngx_http_llm_record_check(ngx_http_llm_job_t *job, ngx_http_llm_record_t *rec)
             continue;
         }
 
-        if (i == 0 && gap && ev->type != NGX_HTTP_LLM_EV_DELTA) {
+        /* a final event may follow one: a resume from the last event */
+        if (i == 0 && gap && ev->type == NGX_HTTP_LLM_EV_START) {
             return "event after a gap";
         }
 

@@ -235,7 +235,8 @@ ngx_http_llm_lookup(ngx_http_request_t *r, ngx_http_llm_ctx_t *ctx,
     /* a job in this worker is answered at once: inside the handler */
     ngx_http_llm_finding = 1;
 
-    rc = ngx_http_llm_job_find(llcf->store, sid, ngx_http_llm_looked_up, lk);
+    rc = ngx_http_llm_job_find(llcf->store, sid, from, ngx_http_llm_looked_up,
+                               lk);
 
     ngx_http_llm_finding = 0;
 

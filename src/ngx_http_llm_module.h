@@ -256,6 +256,13 @@ struct ngx_http_llm_job_s {
     ngx_uint_t                     nevents;
     ngx_uint_t                     events_cap;
 
+    /*
+     * A mirror made for a client resuming from the middle reads the log
+     * from there: the events before are stand-ins (the gap's deltas),
+     * not to be replayed to anyone who wants them.
+     */
+    ngx_uint_t                     from_event;
+
     u_char                        *text;
     size_t                         text_len;
     size_t                         text_cap;
@@ -472,7 +479,7 @@ void ngx_http_llm_sse_wake(ngx_http_llm_ctx_t *ctx);
 ngx_http_llm_job_t *ngx_http_llm_job_start(ngx_http_llm_spec_t *spec,
     ngx_http_llm_job_opts_t *opts, ngx_log_t *log);
 ngx_int_t ngx_http_llm_job_find(ngx_http_llm_store_t *st, u_char *id,
-    ngx_http_llm_find_pt handler, void *data);
+    ngx_uint_t from, ngx_http_llm_find_pt handler, void *data);
 void ngx_http_llm_job_subscribe(ngx_http_llm_job_t *job,
     ngx_http_llm_ctx_t *ctx);
 void ngx_http_llm_job_unsubscribe(ngx_http_llm_ctx_t *ctx);

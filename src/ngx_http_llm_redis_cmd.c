@@ -80,6 +80,43 @@
     "return redis.call('hset', KEYS[1], unpack(ARGV, 4))"
 
 
+/*
+ * A fetch's events are made as hiredis parses the reply.  The XRANGE of a
+ * long job is tens of thousands of entries of nine replies each, which
+ * hiredis would allocate one by one (and free) only for them to be
+ * copied into the record: while the EXEC reply of a fetch is read, the
+ * reader's functions make the record's events of the entries instead,
+ * and the other replies as hiredis does.
+ */
+typedef struct {
+    redisReplyObjectFunctions     *fn;          /* hiredis's own */
+    ngx_http_llm_record_t         *rec;
+    ngx_uint_t                     from_event;
+    ngx_uint_t                     max;         /* entries in the reply */
+    ngx_uint_t                     n;           /* events kept */
+    int64_t                        first;       /* the first one's number */
+    const char                    *what;        /* what is wrong */
+    unsigned                       nomem:1;
+    unsigned                       stop:1;      /* a gap: no more kept */
+
+    /* the entry being read: [ID, [FIELD, VALUE, ...]] */
+    unsigned                       entry:1;
+    unsigned                       shape:1;     /* as such so far */
+    unsigned                       id:1;        /* its number read */
+    ngx_uint_t                     field;       /* of the value to come */
+    ngx_uint_t                     seen;        /* 1 t, 2 o, 4 l, 8 bad */
+    int64_t                        seq, t, o, l;
+} ngx_http_llm_redis_events_t;
+
+
+/* the count of an array reply, as hiredis declares it */
+#if (HIREDIS_MAJOR >= 1)
+typedef size_t  ngx_http_llm_redis_count_t;
+#else
+typedef int     ngx_http_llm_redis_count_t;
+#endif
+
+
 static ngx_int_t ngx_http_llm_redis_reply(ngx_http_llm_redis_t *rd,
     redisReply **reply);
 static void ngx_http_llm_redis_error(ngx_http_llm_redis_t *rd, u_char *id,
@@ -89,11 +126,21 @@ static void ngx_http_llm_redis_refusal(ngx_http_llm_redis_t *rd,
 static ngx_int_t ngx_http_llm_redis_check_write(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_write_t *w, redisReply *exec);
 static ngx_int_t ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
-    ngx_http_llm_redis_op_t *op, redisReply **replies);
+    ngx_http_llm_redis_op_t *op, redisReply **replies,
+    ngx_http_llm_redis_events_t *ev);
 static ngx_int_t ngx_http_llm_redis_string(redisReply *r, size_t max,
     u_char **p, size_t *len);
-static ngx_int_t ngx_http_llm_redis_record_events(ngx_http_llm_record_t *rec,
-    ngx_uint_t from_event, redisReply *xr, const char **what);
+static ngx_int_t ngx_http_llm_redis_level(const redisReadTask *task);
+static void *ngx_http_llm_redis_ev_string(const redisReadTask *task,
+    char *str, size_t len);
+static void *ngx_http_llm_redis_ev_array(const redisReadTask *task,
+    ngx_http_llm_redis_count_t n);
+static void *ngx_http_llm_redis_ev_integer(const redisReadTask *task,
+    long long value);
+static void *ngx_http_llm_redis_ev_nil(const redisReadTask *task);
+static void *ngx_http_llm_redis_ev_other(const redisReadTask *task,
+    ngx_int_t level);
+static void ngx_http_llm_redis_ev_entry(ngx_http_llm_redis_events_t *ev);
 static ngx_int_t ngx_http_llm_redis_owner(ngx_http_llm_record_t *rec,
     redisReply *v);
 static void ngx_http_llm_redis_lit(ngx_http_llm_redis_cmd_t *cmd,
@@ -591,8 +638,13 @@ void
 ngx_http_llm_redis_read_fetch(ngx_http_llm_redis_t *rd,
     ngx_http_llm_redis_op_t *op)
 {
-    ngx_uint_t   i, queued;
-    redisReply  *r;
+    void                         *privdata;
+    ngx_int_t                     rc;
+    ngx_uint_t                    i, queued;
+    redisReply                   *r;
+    redisReader                  *reader;
+    redisReplyObjectFunctions     fn;
+    ngx_http_llm_redis_events_t   ev;
 
     queued = 1;
 
@@ -609,9 +661,42 @@ ngx_http_llm_redis_read_fetch(ngx_http_llm_redis_t *rd,
         freeReplyObject(r);
     }
 
-    if (ngx_http_llm_redis_reply(rd, &r) != NGX_OK) {
+    /*
+     * The EXEC reply with the functions that make the events; hiredis
+     * parses a reply only when asked for it, so that none of the reply
+     * has been made with its own ones.
+     */
+
+    ngx_memzero(&ev, sizeof(ngx_http_llm_redis_events_t));
+
+    reader = rd->ctx->reader;
+    ev.fn = reader->fn;
+    ev.rec = &op->rec;
+    ev.from_event = op->from_event;
+
+    fn = *reader->fn;
+    fn.createString = ngx_http_llm_redis_ev_string;
+    fn.createArray = ngx_http_llm_redis_ev_array;
+    fn.createInteger = ngx_http_llm_redis_ev_integer;
+    fn.createNil = ngx_http_llm_redis_ev_nil;
+
+    privdata = reader->privdata;
+    reader->fn = &fn;
+    reader->privdata = &ev;
+
+    rc = ngx_http_llm_redis_reply(rd, &r);
+
+    reader->fn = ev.fn;
+    reader->privdata = privdata;
+
+    /* a reply cut short: the connection is closed before another read */
+
+    if (rc != NGX_OK) {
         return;
     }
+
+    /* the last entry */
+    ngx_http_llm_redis_ev_entry(&ev);
 
     if (!queued) {
         /* logged */
@@ -620,7 +705,7 @@ ngx_http_llm_redis_read_fetch(ngx_http_llm_redis_t *rd,
         ngx_http_llm_redis_error(rd, op->id, r);
 
     } else {
-        op->rc = ngx_http_llm_redis_record(rd, op, r->element);
+        op->rc = ngx_http_llm_redis_record(rd, op, r->element, &ev);
     }
 
     freeReplyObject(r);
@@ -636,7 +721,8 @@ ngx_http_llm_redis_read_fetch(ngx_http_llm_redis_t *rd,
 
 static ngx_int_t
 ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
-    ngx_http_llm_redis_op_t *op, redisReply **replies)
+    ngx_http_llm_redis_op_t *op, redisReply **replies,
+    ngx_http_llm_redis_events_t *ev)
 {
     size_t                   len;
     int64_t                  num;
@@ -803,12 +889,22 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
         return NGX_DECLINED;
     }
 
+    /*
+     * The events from "from_event" on, or from the oldest one left when
+     * MAXLEN trimmed the stream; they stop at a gap, so that the record
+     * is one run of events.
+     */
+
     if (what == NULL) {
-        n = ngx_http_llm_redis_record_events(rec, op->from_event, events,
-                                             &what);
-        if (n == NGX_ERROR) {
+        if (ev->nomem) {
             return NGX_ERROR;
         }
+
+        what = ev->what;
+
+        rec->from_event = ev->n ? (ngx_uint_t) ev->first - 1
+                                : op->from_event;
+        rec->nevents = rec->from_event + ev->n;
     }
 
     if (what == NULL && events->type != REDIS_REPLY_ARRAY) {
@@ -951,125 +1047,324 @@ ngx_http_llm_redis_owner(ngx_http_llm_record_t *rec, redisReply *v)
 
 
 /*
- * The events from "from_event" on, or from the oldest one left when
- * MAXLEN trimmed the stream; they stop at a gap, so that the record is
- * one run of events.  An entry that is not one this module writes sets
- * "what".
+ * Where a reply hiredis is making stands in a fetch's EXEC reply: -1
+ * outside the XRANGE reply (its second element), 0 for that reply, 1 for
+ * an entry, 2 for an entry's id and fields, 3 for a field or a value.
  */
 
 static ngx_int_t
-ngx_http_llm_redis_record_events(ngx_http_llm_record_t *rec,
-    ngx_uint_t from_event, redisReply *xr, const char **what)
+ngx_http_llm_redis_level(const redisReadTask *task)
 {
-    u_char                *dash;
-    int64_t                seq, first, t, o, l;
-    ngx_uint_t             i, j, n, seen;
-    redisReply            *e, *id, *fv, *f, *v, sr;
-    ngx_http_llm_event_t  *ev;
+    ngx_int_t             level;
+    const redisReadTask  *t;
 
-    rec->from_event = from_event;
-    rec->nevents = from_event;
+    level = 0;
 
-    if (xr->type != REDIS_REPLY_ARRAY || xr->elements == 0) {
-        return NGX_OK;
+    for (t = task; t->parent && t->parent->parent; t = t->parent) {
+        level++;
     }
 
-    rec->events = malloc(xr->elements * sizeof(ngx_http_llm_event_t));
-    if (rec->events == NULL) {
-        return NGX_ERROR;
+    return (t->parent && t->idx == 1) ? level : -1;
+}
+
+
+static void *
+ngx_http_llm_redis_ev_string(const redisReadTask *task, char *str,
+    size_t len)
+{
+    u_char                       *dash;
+    int64_t                       v;
+    ngx_int_t                     level, rc;
+    redisReply                    sr;
+    ngx_http_llm_redis_events_t  *ev;
+
+    ev = task->privdata;
+    level = ngx_http_llm_redis_level(task);
+
+    if (level <= 0) {
+        return ev->fn->createString(task, str, len);
     }
 
-    first = 0;
-    n = 0;
+    if (level == 1) {
+        /* an entry that is no array */
+        return ngx_http_llm_redis_ev_other(task, level);
+    }
 
-    for (i = 0; i < xr->elements; i++) {
-        e = xr->element[i];
+    if (level != 2 && level != 3) {
+        return ev;
+    }
 
-        if (e->type != REDIS_REPLY_ARRAY || e->elements != 2
-            || e->element[0]->type != REDIS_REPLY_STRING
-            || e->element[1]->type != REDIS_REPLY_ARRAY)
-        {
-            *what = "event entry";
-            return NGX_OK;
+    if (task->type != REDIS_REPLY_STRING) {
+        return ngx_http_llm_redis_ev_other(task, level);
+    }
+
+    ngx_memzero(&sr, sizeof(redisReply));
+    sr.type = REDIS_REPLY_STRING;
+    sr.str = str;
+    sr.len = len;
+
+    if (level == 2) {
+        if (task->idx != 0) {
+            /* fields that are no array */
+            ev->shape = 0;
+            return ev;
         }
-
-        id = e->element[0];
-        fv = e->element[1];
 
         /* "SEQ-0": the number before the dash */
 
-        dash = ngx_strlchr((u_char *) id->str, (u_char *) id->str + id->len,
-                           '-');
-        if (dash == NULL) {
-            *what = "event id";
-            return NGX_OK;
+        dash = ngx_strlchr((u_char *) str, (u_char *) str + len, '-');
+
+        if (dash) {
+            sr.len = dash - (u_char *) str;
+            ev->id = (ngx_http_llm_redis_num(&sr, 1, INT64_MAX - 1,
+                                             &ev->seq)
+                      == NGX_OK);
         }
 
-        sr = *id;
-        sr.len = dash - (u_char *) id->str;
+        return ev;
+    }
 
-        if (ngx_http_llm_redis_num(&sr, 1, INT64_MAX - 1, &seq)
-            != NGX_OK)
-        {
-            *what = "event id";
-            return NGX_OK;
-        }
+    /* a field or a value, of the fields' array only */
 
-        if (n == 0) {
-            if (seq <= (int64_t) from_event) {
-                break;
+    if (task->parent->idx != 1) {
+        return ev;
+    }
+
+    if (task->idx % 2 == 0) {
+        ev->field = (len != 1) ? 0
+                    : (str[0] == 't') ? 1
+                    : (str[0] == 'o') ? 2
+                    : (str[0] == 'l') ? 4 : 0;
+        return ev;
+    }
+
+    switch (ev->field) {
+
+    case 1:
+        rc = ngx_http_llm_redis_num(&sr, NGX_HTTP_LLM_EV_START,
+                                    NGX_HTTP_LLM_EV_LAST, &v);
+        ev->t = (rc == NGX_OK) ? v : ev->t;
+        break;
+
+    case 2:
+        rc = ngx_http_llm_redis_num(&sr, 0, INT64_MAX, &v);
+        ev->o = (rc == NGX_OK) ? v : ev->o;
+        break;
+
+    case 4:
+        rc = ngx_http_llm_redis_num(&sr, 0, NGX_MAX_UINT32_VALUE, &v);
+        ev->l = (rc == NGX_OK) ? v : ev->l;
+        break;
+
+    default:
+        return ev;
+    }
+
+    ev->seen |= (rc == NGX_OK) ? ev->field : 8;
+
+    return ev;
+}
+
+
+static void *
+ngx_http_llm_redis_ev_array(const redisReadTask *task,
+    ngx_http_llm_redis_count_t n)
+{
+    ngx_int_t                     level;
+    ngx_http_llm_redis_events_t  *ev;
+
+    ev = task->privdata;
+    level = ngx_http_llm_redis_level(task);
+
+    if (level < 0) {
+        return ev->fn->createArray(task, n);
+    }
+
+    if (level == 0) {
+        /* the XRANGE reply: an empty array, its entries are events */
+
+        if (n > 0) {
+            ev->rec->events = malloc(n * sizeof(ngx_http_llm_event_t));
+
+            if (ev->rec->events == NULL) {
+                ev->nomem = 1;
+
+            } else {
+                ev->max = n;
             }
+        }
 
-            first = seq;
+        return ev->fn->createArray(task, 0);
+    }
 
-        } else if (seq != first + (int64_t) n) {
+    if (level == 1) {
+        ngx_http_llm_redis_ev_entry(ev);
+
+        ev->entry = 1;
+        ev->shape = (n == 2);
+        ev->id = 0;
+        ev->field = 0;
+        ev->seen = 0;
+        ev->t = 0;
+        ev->o = 0;
+        ev->l = 0;
+
+        return ev;
+    }
+
+    if (level == 2 && task->idx == 0) {
+        /* an id that is no string */
+        ev->shape = 0;
+        return ev;
+    }
+
+    if (level == 3) {
+        return ngx_http_llm_redis_ev_other(task, level);
+    }
+
+    return ev;
+}
+
+
+static void *
+ngx_http_llm_redis_ev_integer(const redisReadTask *task, long long value)
+{
+    ngx_int_t                     level;
+    ngx_http_llm_redis_events_t  *ev;
+
+    ev = task->privdata;
+    level = ngx_http_llm_redis_level(task);
+
+    if (level <= 0) {
+        return ev->fn->createInteger(task, value);
+    }
+
+    return ngx_http_llm_redis_ev_other(task, level);
+}
+
+
+static void *
+ngx_http_llm_redis_ev_nil(const redisReadTask *task)
+{
+    ngx_int_t                     level;
+    ngx_http_llm_redis_events_t  *ev;
+
+    ev = task->privdata;
+    level = ngx_http_llm_redis_level(task);
+
+    if (level <= 0) {
+        return ev->fn->createNil(task);
+    }
+
+    return ngx_http_llm_redis_ev_other(task, level);
+}
+
+
+/*
+ * In an entry, a reply of another type than this module writes there: an
+ * entry, an id or fields of the wrong shape, a field that is none of
+ * "t", "o" and "l", a value of one of them that is no number.
+ */
+
+static void *
+ngx_http_llm_redis_ev_other(const redisReadTask *task, ngx_int_t level)
+{
+    ngx_http_llm_redis_events_t  *ev;
+
+    ev = task->privdata;
+
+    switch (level) {
+
+    case 1:
+        ngx_http_llm_redis_ev_entry(ev);
+
+        ev->entry = 1;
+        ev->shape = 0;
+        break;
+
+    case 2:
+        ev->shape = 0;
+        break;
+
+    case 3:
+        if (task->parent->idx != 1) {
             break;
         }
 
-        t = o = l = 0;
-        seen = 0;
+        if (task->idx % 2 == 0) {
+            ev->field = 0;
 
-        for (j = 0; j + 1 < fv->elements; j += 2) {
-            f = fv->element[j];
-            v = fv->element[j + 1];
-
-            if (ngx_http_llm_redis_is(f, "t")) {
-                seen |= (ngx_http_llm_redis_num(v, NGX_HTTP_LLM_EV_START,
-                                                NGX_HTTP_LLM_EV_LAST, &t)
-                         == NGX_OK) ? 1 : 8;
-
-            } else if (ngx_http_llm_redis_is(f, "o")) {
-                seen |= (ngx_http_llm_redis_num(v, 0, INT64_MAX,
-                                                &o)
-                         == NGX_OK) ? 2 : 8;
-
-            } else if (ngx_http_llm_redis_is(f, "l")) {
-                seen |= (ngx_http_llm_redis_num(v, 0, NGX_MAX_UINT32_VALUE,
-                                                &l)
-                         == NGX_OK) ? 4 : 8;
-            }
+        } else if (ev->field) {
+            ev->seen |= 8;
         }
 
-        if (seen != 7) {
-            *what = "event fields";
-            return NGX_OK;
+        break;
+    }
+
+    /* any pointer but NULL: hiredis never sees it again */
+    return ev;
+}
+
+
+/*
+ * The entry read so far becomes the next event, if it is one; one that
+ * is not one this module writes sets "what", and stops the events there.
+ */
+
+static void
+ngx_http_llm_redis_ev_entry(ngx_http_llm_redis_events_t *ev)
+{
+    ngx_http_llm_event_t  *e;
+
+    if (!ev->entry) {
+        return;
+    }
+
+    ev->entry = 0;
+
+    if (ev->stop || ev->what || ev->nomem) {
+        return;
+    }
+
+    if (!ev->shape) {
+        ev->what = "event entry";
+        return;
+    }
+
+    if (!ev->id) {
+        ev->what = "event id";
+        return;
+    }
+
+    if (ev->n == 0) {
+        if (ev->seq <= (int64_t) ev->from_event) {
+            ev->stop = 1;
+            return;
         }
 
-        ev = &rec->events[n];
-        ngx_memzero(ev, sizeof(ngx_http_llm_event_t));
-        ev->type = (ngx_http_llm_event_type_e) t;
-        ev->off = (size_t) o;
-        ev->len = (uint32_t) l;
+        ev->first = ev->seq;
 
-        n++;
+    } else if (ev->seq != ev->first + (int64_t) ev->n) {
+        ev->stop = 1;
+        return;
     }
 
-    if (n) {
-        rec->from_event = first - 1;
-        rec->nevents = rec->from_event + n;
+    if (ev->seen != 7) {
+        ev->what = "event fields";
+        return;
     }
 
-    return NGX_OK;
+    if (ev->n == ev->max) {
+        /* more entries than the reply said: hiredis would not */
+        ev->what = "event entry";
+        return;
+    }
+
+    e = &ev->rec->events[ev->n++];
+    ngx_memzero(e, sizeof(ngx_http_llm_event_t));
+    e->type = (ngx_http_llm_event_type_e) ev->t;
+    e->off = (size_t) ev->o;
+    e->len = (uint32_t) ev->l;
 }
 
 
