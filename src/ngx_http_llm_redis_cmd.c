@@ -891,8 +891,8 @@ ngx_http_llm_redis_record(ngx_http_llm_redis_t *rd,
 
     /*
      * The events from "from_event" on, or from the oldest one left when
-     * MAXLEN trimmed the stream; they stop at a gap, so that the record
-     * is one run of events.
+     * the stream was trimmed (by an older version's MAXLEN, or by hand);
+     * they stop at a gap, so that the record is one run of events.
      */
 
     if (what == NULL) {

@@ -1020,8 +1020,8 @@ ngx_http_llm_redis_release(ngx_http_llm_store_t *st,
 /*
  * Event loop.  Reads are sent at once, and go with whatever else the
  * store thread sends in its next round trip.  If the stream was trimmed
- * (MAXLEN) past "from_event", the record starts at the oldest event left:
- * rec->from_event says where.
+ * past "from_event" (by an older version's MAXLEN, or by hand), the record
+ * starts at the oldest event left: rec->from_event says where.
  */
 
 static ngx_int_t
