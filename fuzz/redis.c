@@ -74,7 +74,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         ngx_memzero(&op, sizeof(ngx_http_llm_redis_op_t));
         ngx_memset(op.id, 'c', NGX_HTTP_LLM_JOB_ID_LEN);
         op.rc = NGX_ERROR;
-        ngx_http_llm_redis_read_cancel(&rd, &op);
+        ngx_http_llm_redis_read_control(&rd, &op);
     }
 
 done:
