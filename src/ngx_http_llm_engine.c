@@ -33,6 +33,7 @@
 #define NGX_HTTP_LLM_SCAN_MS       50
 #define NGX_HTTP_LLM_LINGER_MS     2000
 #define NGX_HTTP_LLM_EVENTS        256
+#define NGX_HTTP_LLM_WAKE_AFTER    16     /* outputs a wake may wait for */
 
 
 static ngx_http_llm_engine_t *ngx_http_llm_engine_get(ngx_thread_pool_t *pool,
@@ -467,6 +468,25 @@ ngx_http_llm_engine_thread(void *data, ngx_log_t *log)
 }
 
 
+/*
+ * Engine thread: output was queued, and the loop must be woken for it if
+ * "wake".  The wake waits for the end of the pass, or for a few more
+ * outputs: the first of a long pass is not held for all of it.
+ */
+
+void
+ngx_http_llm_engine_defer(ngx_http_llm_engine_t *e, ngx_uint_t wake)
+{
+    if (wake) {
+        e->wake = 1;
+    }
+
+    if (e->wake && ++e->deferred >= NGX_HTTP_LLM_WAKE_AFTER) {
+        ngx_http_llm_engine_flush(e);
+    }
+}
+
+
 /* engine thread: wake the loop for the output of the pass just done */
 
 static void
@@ -474,6 +494,7 @@ ngx_http_llm_engine_flush(ngx_http_llm_engine_t *e)
 {
     if (e->wake) {
         e->wake = 0;
+        e->deferred = 0;
         ngx_http_llm_channel_wake();
     }
 }

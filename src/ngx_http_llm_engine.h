@@ -43,6 +43,7 @@ struct ngx_http_llm_engine_s {
     ngx_msec_t                     deadline;    /* libcurl's timer, or 0 */
     ngx_uint_t                     batch;       /* in a run */
     ngx_uint_t                     wake;        /* output queued, unwoken */
+    ngx_uint_t                     deferred;    /* outputs since then */
 };
 
 
@@ -87,6 +88,7 @@ struct ngx_http_llm_xfer_s {
 
 
 ngx_msec_t ngx_http_llm_engine_now(void);
+void ngx_http_llm_engine_defer(ngx_http_llm_engine_t *e, ngx_uint_t wake);
 
 ngx_http_llm_xfer_t *ngx_http_llm_xfer_create(ngx_http_llm_engine_t *e,
     ngx_http_llm_spec_t *spec, ngx_http_llm_output_pt handler, void *data,

@@ -807,22 +807,20 @@ ngx_http_llm_xfer_push(ngx_http_llm_xfer_t *x)
 
     (void) ngx_thread_mutex_unlock(&ch->mutex, ch->log);
 
-    if (!wake) {
-        return;
-    }
-
     /*
-     * In a run the engine wakes the loop once for all the output of one
-     * pass over the ready sockets: a wake costs two context switches and
-     * four system calls, as much as relaying a token.
+     * In a run the engine wakes the loop once for the output of a pass
+     * over the ready sockets: a wake costs two context switches and four
+     * system calls, as much as relaying a token.
      */
 
     if (x->engine->batch) {
-        x->engine->wake = 1;
+        ngx_http_llm_engine_defer(x->engine, wake);
         return;
     }
 
-    ngx_http_llm_channel_wake();
+    if (wake) {
+        ngx_http_llm_channel_wake();
+    }
 }
 
 
