@@ -278,24 +278,13 @@ stop_module() {
 uv_pid=
 proxy_pid=
 
-start_baseline() {
-    local p=$work/proxy
-    mkdir -p "$p/conf" "$p/logs"
-    uv_port=$(free_port)
-    proxy_port=$(free_port)
-
-    (cd "$bench/baseline" \
-     && RELAY_UPSTREAM="http://127.0.0.1:$mock_port/v1/chat/completions" \
-        RELAY_CLIENT=aiohttp \
-        exec $python -m uvicorn relay:app --workers 2 --host 127.0.0.1 \
-            --port "$uv_port" --backlog 4096 --loop uvloop --http httptools \
-            --no-access-log --log-level warning) \
-        2> "$work/uvicorn.log" 9>&- &
-    uv_pid=$!
-    pids+=("$uv_pid")
-
-    cat > "$p/conf/nginx.conf" <<EOF
-# bench/run.sh: the baseline's front, nginx proxying to uvicorn
+# proxy_conf DIR PORT UPSTREAM LOCATION COMMENT: an nginx that passes
+# LOCATION to UPSTREAM (host:port) with proxy_buffering off and a
+# keepalive pool, as the seeds' apps put nginx in front of their relay
+proxy_conf() {
+    mkdir -p "$1/conf" "$1/logs"
+    cat > "$1/conf/nginx.conf" <<EOF
+# bench/run.sh: $5
 worker_processes 2;
 worker_rlimit_nofile $rlimit;
 error_log logs/error.log warn;
@@ -309,18 +298,18 @@ http {
     access_log off;
 
     upstream relay {
-        server 127.0.0.1:$uv_port;
+        server $3;
         keepalive 256;
     }
 
     server {
-        listen 127.0.0.1:$proxy_port reuseport backlog=4096;
+        listen 127.0.0.1:$2 reuseport backlog=4096;
 
         location = /health {
             return 200 "ok\n";
         }
 
-        location = /generate {
+        location = $4 {
             proxy_pass http://relay;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -331,10 +320,35 @@ http {
     }
 }
 EOF
-    nginx -p "$p" -c conf/nginx.conf -e logs/error.log -g "$globals" \
-        2> "$p/logs/stderr.log" 9>&- &
-    proxy_pid=$!
-    pids+=("$proxy_pid")
+}
+
+# start_proxy DIR: that nginx, our child; its pid in $started
+start_proxy() {
+    nginx -p "$1" -c conf/nginx.conf -e logs/error.log -g "$globals" \
+        2> "$1/logs/stderr.log" 9>&- &
+    started=$!
+    pids+=("$started")
+}
+
+start_baseline() {
+    local p=$work/proxy
+    uv_port=$(free_port)
+    proxy_port=$(free_port)
+
+    (cd "$bench/baseline" \
+     && RELAY_UPSTREAM="http://127.0.0.1:$mock_port/v1/chat/completions" \
+        RELAY_CLIENT=aiohttp \
+        exec $python -m uvicorn relay:app --workers 2 --host 127.0.0.1 \
+            --port "$uv_port" --backlog 4096 --loop uvloop --http httptools \
+            --no-access-log --log-level warning) \
+        2> "$work/uvicorn.log" 9>&- &
+    uv_pid=$!
+    pids+=("$uv_pid")
+
+    proxy_conf "$p" "$proxy_port" "127.0.0.1:$uv_port" /generate \
+        "the baseline's front, nginx proxying to uvicorn"
+    start_proxy "$p"
+    proxy_pid=$started
     wait_http "http://127.0.0.1:$proxy_port/health"
     proxy_workers=$(children "$proxy_pid" 2)
     # the workers, not multiprocessing's resource tracker
@@ -361,49 +375,11 @@ nproxy_port=
 
 start_nproxy() {
     local p=$work/nproxy
-    mkdir -p "$p/conf" "$p/logs"
     nproxy_port=$(free_port)
-    cat > "$p/conf/nginx.conf" <<EOF
-# bench/run.sh: nginx proxy_pass to the mock, the reference
-worker_processes 2;
-worker_rlimit_nofile $rlimit;
-error_log logs/error.log warn;
-pid logs/nginx.pid;
-
-events {
-    worker_connections $wc_proxy;
-}
-
-http {
-    access_log off;
-
-    upstream mock {
-        server 127.0.0.1:$mock_port;
-        keepalive 256;
-    }
-
-    server {
-        listen 127.0.0.1:$nproxy_port reuseport backlog=4096;
-
-        location = /health {
-            return 200 "ok\n";
-        }
-
-        location = /v1/chat/completions {
-            proxy_pass http://mock;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-            proxy_cache off;
-            proxy_read_timeout 600s;
-        }
-    }
-}
-EOF
-    nginx -p "$p" -c conf/nginx.conf -e logs/error.log -g "$globals" \
-        2> "$p/logs/stderr.log" 9>&- &
-    nproxy_pid=$!
-    pids+=("$nproxy_pid")
+    proxy_conf "$p" "$nproxy_port" "127.0.0.1:$mock_port" \
+        /v1/chat/completions "nginx proxy_pass to the mock, the reference"
+    start_proxy "$p"
+    nproxy_pid=$started
     wait_http "http://127.0.0.1:$nproxy_port/health"
     nproxy_workers=$(children "$nproxy_pid" 2)
 }
