@@ -34,6 +34,7 @@
 #define NGX_HTTP_LLM_LINGER_MS     2000
 #define NGX_HTTP_LLM_EVENTS        256
 #define NGX_HTTP_LLM_WAKE_AFTER    16     /* outputs a wake may wait for */
+#define NGX_HTTP_LLM_WAKE_MS       1      /* and milliseconds */
 
 
 static ngx_http_llm_engine_t *ngx_http_llm_engine_get(ngx_thread_pool_t *pool,
@@ -419,6 +420,14 @@ ngx_http_llm_engine_thread(void *data, ngx_log_t *log)
 
             (void) curl_multi_socket_action(e->multi, events[i].data.fd,
                                             flags, &running);
+
+            /* a socket may take long (a TLS handshake): an owed wake goes */
+
+            if (e->wake && ngx_http_llm_engine_now() - e->wake_since
+                           >= NGX_HTTP_LLM_WAKE_MS)
+            {
+                ngx_http_llm_engine_flush(e);
+            }
         }
 
         now = ngx_http_llm_engine_now();
@@ -470,15 +479,18 @@ ngx_http_llm_engine_thread(void *data, ngx_log_t *log)
 
 /*
  * Engine thread: output was queued, and the loop must be woken for it if
- * "wake".  The wake waits for the end of the pass, or for a few more
- * outputs: the first of a long pass is not held for all of it.
+ * "wake".  The wake waits for the end of the pass, for a few more outputs
+ * or for a millisecond, whichever comes first: the first output of a long
+ * pass is not held for all of it, nor is what other threads queue on the
+ * channel meanwhile (their items wake nobody while this wake is owed).
  */
 
 void
 ngx_http_llm_engine_defer(ngx_http_llm_engine_t *e, ngx_uint_t wake)
 {
-    if (wake) {
+    if (wake && !e->wake) {
         e->wake = 1;
+        e->wake_since = ngx_http_llm_engine_now();
     }
 
     if (e->wake && ++e->deferred >= NGX_HTTP_LLM_WAKE_AFTER) {

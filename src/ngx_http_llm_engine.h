@@ -44,6 +44,7 @@ struct ngx_http_llm_engine_s {
     ngx_uint_t                     batch;       /* in a run */
     ngx_uint_t                     wake;        /* output queued, unwoken */
     ngx_uint_t                     deferred;    /* outputs since then */
+    ngx_msec_t                     wake_since;
 };
 
 

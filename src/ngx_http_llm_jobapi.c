@@ -429,8 +429,13 @@ ngx_http_llm_looked_up(void *data, ngx_int_t rc, ngx_http_llm_job_t *job)
         ngx_http_llm_metrics_resume(ctx);
         ngx_http_llm_job_subscribe(job, ctx);
 
+        /*
+         * A follower can take a pipeline's job over, also from a copy
+         * read from a resuming client's event on: the store keeps the
+         * events before it, and only a reader from there on is given
+         * this copy (job_local()).
+         */
         if (job->mirror && job->state_version) {
-            /* a follower can take a pipeline's job over */
             job->takeover = ngx_http_llm_takeover;
         }
 

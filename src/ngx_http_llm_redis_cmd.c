@@ -667,6 +667,9 @@ ngx_http_llm_redis_read_fetch(ngx_http_llm_redis_t *rd,
      * has been made with its own ones.
      */
 
+    /* a cluster may send a fetch cut short by a lost node once more */
+    ngx_http_llm_record_free(&op->rec);
+
     ngx_memzero(&ev, sizeof(ngx_http_llm_redis_events_t));
 
     reader = rd->ctx->reader;
@@ -1184,7 +1187,11 @@ ngx_http_llm_redis_ev_array(const redisReadTask *task,
         /* the XRANGE reply: an empty array, its entries are events */
 
         if (n > 0) {
-            ev->rec->events = malloc(n * sizeof(ngx_http_llm_event_t));
+            ev->rec->events = ((size_t) n
+                               <= NGX_MAX_SIZE_T_VALUE
+                                  / sizeof(ngx_http_llm_event_t))
+                              ? malloc(n * sizeof(ngx_http_llm_event_t))
+                              : NULL;
 
             if (ev->rec->events == NULL) {
                 ev->nomem = 1;
